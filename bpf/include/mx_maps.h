@@ -1,0 +1,27 @@
+/* mx_maps.h — the maps every counting program shares (one set per interface, pinned by the loader). */
+#pragma once
+
+#include <linux/bpf.h>
+#include <bpf/bpf_helpers.h>
+
+#include "mx_types.h"
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, MX_DIR_MAX);
+	__type(key, __u32);
+	__type(value, struct mx_counters);
+} mptcpx_counters SEC(".maps");
+
+/* Attach state, written by the loader; the programs never read it. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct mx_meta);
+} mptcpx_meta SEC(".maps");
+
+static __always_inline struct mx_counters *mx_counters_for(__u32 dir)
+{
+	return bpf_map_lookup_elem(&mptcpx_counters, &dir);
+}

@@ -1,0 +1,25 @@
+// SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause)
+/* xdp_ingress.c — counts MPTCP options of every frame received, at the XDP hook. Always XDP_PASS. */
+#include <linux/bpf.h>
+#include <bpf/bpf_helpers.h>
+
+#include "include/mx_parse.h"
+#include "include/mx_maps.h"
+
+SEC("xdp")
+int mptcpx_xdp_in(struct xdp_md *ctx)
+{
+	void *data = (void *)(long)ctx->data;
+	void *data_end = (void *)(long)ctx->data_end;
+	struct mx_result r = {};
+
+	struct mx_counters *c = mx_counters_for(MX_DIR_INGRESS);
+	if (!c)
+		return XDP_PASS;
+	if (mx_parse(data, data_end, &r) == MX_PARSE_TRUNCATED)
+		r.truncated = 1;
+	mx_commit(c, &r, 1);
+	return XDP_PASS;
+}
+
+char __license[] SEC("license") = "Dual BSD/GPL";
