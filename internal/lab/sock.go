@@ -1,0 +1,80 @@
+package lab
+
+import (
+	"context"
+	"fmt"
+	"net"
+
+	"github.com/mptcp-xdp/mptcp-xdp/internal/netns"
+)
+
+// Listen opens an MPTCP listener in the server namespace. addr is a host:port ("" host: all
+// addresses, IPv4 and IPv6; port 0: any). The socket stays in the server namespace whichever
+// goroutine uses it later.
+func (l *Lab) Listen(ctx context.Context, addr string) (net.Listener, error) {
+	return ListenIn(ctx, l.Server, addr)
+}
+
+// Dial opens an MPTCP connection from the client namespace to addr (host:port).
+func (l *Lab) Dial(ctx context.Context, addr string) (net.Conn, error) {
+	return DialFrom(ctx, l.Client, addr)
+}
+
+// ListenIn opens an MPTCP TCP listener inside network namespace ns ("" is the caller's).
+func ListenIn(ctx context.Context, ns, addr string) (net.Listener, error) {
+	var lc net.ListenConfig
+	lc.SetMultipathTCP(true)
+	var ln net.Listener
+	err := netns.Do(ns, func() error {
+		var err error
+		ln, err = lc.Listen(ctx, "tcp", addr)
+		return err
+	})
+	if err != nil {
+		return nil, fmt.Errorf("mptcp listen on %s in %s: %w", addr, ns, err)
+	}
+	return ln, nil
+}
+
+// DialFrom opens an MPTCP connection from network namespace ns ("" is the caller's) to addr.
+// When the peer or the kernel refuses MPTCP the connection silently falls back to TCP, as Go does;
+// check with IsMPTCP.
+func DialFrom(ctx context.Context, ns, addr string) (net.Conn, error) {
+	return DialFromAddr(ctx, ns, "", addr)
+}
+
+// DialFromAddr is DialFrom with a local address (host or host:port) to bind, "" for any.
+func DialFromAddr(ctx context.Context, ns, local, addr string) (net.Conn, error) {
+	var d net.Dialer
+	d.SetMultipathTCP(true)
+	if local != "" {
+		if _, _, err := net.SplitHostPort(local); err != nil {
+			local = net.JoinHostPort(local, "0")
+		}
+		la, err := net.ResolveTCPAddr("tcp", local)
+		if err != nil {
+			return nil, fmt.Errorf("mptcp dial %s from %s: %w", addr, local, err)
+		}
+		d.LocalAddr = la
+	}
+	var c net.Conn
+	err := netns.Do(ns, func() error {
+		var err error
+		c, err = d.DialContext(ctx, "tcp", addr)
+		return err
+	})
+	if err != nil {
+		return nil, fmt.Errorf("mptcp dial %s from %s: %w", addr, ns, err)
+	}
+	return c, nil
+}
+
+// IsMPTCP reports whether c is a TCP connection that is (still) using MPTCP.
+func IsMPTCP(c net.Conn) bool {
+	tc, ok := c.(*net.TCPConn)
+	if !ok {
+		return false
+	}
+	on, err := tc.MultipathTCP()
+	return err == nil && on
+}
