@@ -154,6 +154,9 @@ func (l *Lab) setup() error {
 		}
 		l.Paths = append(l.Paths, p)
 	}
+	if err := setupHook("paths"); err != nil {
+		return err
+	}
 	if cfg.Subflows {
 		n := strconv.Itoa(cfg.Paths - 1)
 		for _, ns := range []string{l.Client, l.Server} {
@@ -174,6 +177,9 @@ func (l *Lab) setup() error {
 	}
 	return nil
 }
+
+// setupHook lets tests make setup fail at a named step.
+var setupHook = func(step string) error { return nil }
 
 func (l *Lab) setupPath(p Path) error {
 	cfg := l.Config
