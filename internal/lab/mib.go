@@ -20,11 +20,18 @@ type MIB map[string]uint64
 // MPTCP returns the MPTcpExt counter name ("MPJoinAckRx").
 func (m MIB) MPTCP(name string) uint64 { return m["MPTcpExt."+name] }
 
-// Sub returns m - old for every key in m (counters only grow; a key missing in old counts from 0).
-func (m MIB) Sub(old MIB) MIB {
-	d := make(MIB, len(m))
+// Delta is the change of each counter between two readings. Signed, because a few entries are
+// gauges that go down (MPTcpExt.MPCurrEstab, Tcp.CurrEstab).
+type Delta map[string]int64
+
+// MPTCP returns the change of MPTcpExt counter name.
+func (d Delta) MPTCP(name string) int64 { return d["MPTcpExt."+name] }
+
+// Sub returns m - old for every key in m (a key missing in old counts from 0).
+func (m MIB) Sub(old MIB) Delta {
+	d := make(Delta, len(m))
 	for k, v := range m {
-		d[k] = v - old[k]
+		d[k] = int64(v - old[k])
 	}
 	return d
 }
