@@ -1,0 +1,21 @@
+package sockopt
+
+// WithoutFullInfo makes r behave as on a kernel without MPTCP_FULL_INFO (before 6.5), so the
+// fallback to the three separate calls can be tested on a kernel that has it.
+func WithoutFullInfo(r *Reader) *Reader { r.noFullInfo = true; return r }
+
+// Layout exposes the field tables to the BTF layout test: C name → byte offset and size.
+func Layout(v any) map[string][2]int {
+	var t fieldTable
+	switch v.(type) {
+	case MPTCPInfo:
+		t = mptcpInfoFields
+	case SubflowTCPInfo:
+		t = tcpInfoFields
+	}
+	m := map[string][2]int{}
+	for _, name := range t.names {
+		m[name] = [2]int{t.off[name], t.end[name] - t.off[name]}
+	}
+	return m
+}
