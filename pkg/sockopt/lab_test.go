@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"io"
 	"net"
-	"strconv"
 	"testing"
 	"time"
 
@@ -38,37 +37,16 @@ func newPair(t testing.TB, paths int, v6 bool) *pair {
 	l := testutil.NewLab(t, lab.Config{Paths: paths, Subflows: true, IPv6: v6})
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	ln, err := l.Listen(ctx, ":0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
 	host := l.Paths[0].ServerIP4.String()
 	if v6 {
 		host = l.Paths[0].ServerIP6.String()
 	}
-	accepted := make(chan net.Conn, 1)
-	go func() {
-		c, err := ln.Accept()
-		if err != nil {
-			close(accepted)
-			return
-		}
-		accepted <- c
-	}()
-	c, err := l.Dial(ctx, net.JoinHostPort(host, strconv.Itoa(ln.Addr().(*net.TCPAddr).Port)))
+	lp, err := l.Pair(ctx, host)
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { c.Close() })
-	s, ok := <-accepted
-	if !ok {
-		t.Fatal("accept failed")
-	}
-	t.Cleanup(func() { s.Close() })
-	p := &pair{lab: l, client: c.(*net.TCPConn), server: s.(*net.TCPConn)}
-	// The path manager opens subflows once the connection is fully established: that takes data.
-	p.exchange(t, 1, 1)
+	t.Cleanup(func() { lp.Close() })
+	p := &pair{lab: l, client: lp.Client.(*net.TCPConn), server: lp.Server.(*net.TCPConn)}
 	p.waitSubflows(t, paths)
 	return p
 }
