@@ -11,14 +11,14 @@ int mptcpx_xdp_in(struct xdp_md *ctx)
 {
 	void *data = (void *)(long)ctx->data;
 	void *data_end = (void *)(long)ctx->data_end;
-	struct mx_result r = {};
 
 	struct mx_counters *c = mx_counters_for(MX_DIR_INGRESS);
-	if (!c)
+	struct mx_result *r = mx_scratch(MX_SCRATCH_XDP);
+	if (!c || !r)
 		return XDP_PASS;
-	if (mx_parse(data, data_end, &r) == MX_PARSE_TRUNCATED)
-		r.truncated = 1;
-	mx_commit(c, &r, 1);
+	if (mx_parse(data, data_end, r) == MX_PARSE_TRUNCATED)
+		r->truncated = 1;
+	mx_commit(c, r, 1);
 	return XDP_PASS;
 }
 

@@ -57,3 +57,8 @@
 #ifndef TC_PULL_LEN
 #define TC_PULL_LEN 256
 #endif
+/* Deepest TCP header offset walked (Ethernet, VLANs, IPv6 and its extension headers). A frame whose
+ * TCP header lies deeper is counted malformed: we cannot see it. */
+#ifndef MAX_L4_OFFSET
+#define MAX_L4_OFFSET 1024
+#endif

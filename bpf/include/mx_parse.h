@@ -1,5 +1,10 @@
 /* mx_parse.h — the header parser shared by every program: Ethernet/VLAN/IPv4/IPv6/TCP options and
- * the classification of MPTCP options (RFC 8684) into enum mx_class. Pure: it never writes a packet. */
+ * the classification of MPTCP options (RFC 8684) into enum mx_class. Pure: it never writes a packet.
+ *
+ * Offsets are kept as scalars relative to the frame start. Where paths of different lengths meet (the
+ * start of the TCP header, each IPv6 extension header, each TCP option), the offset is passed through
+ * map memory ("laundered") so that the verifier sees one range on every path and can prune, instead of
+ * exploring every combination of header lengths. */
 #pragma once
 
 #include <linux/types.h>
@@ -12,10 +17,6 @@
 
 #include "mx_consts.h"
 #include "mx_types.h"
-
-struct hdr_cursor {
-	void *pos;
-};
 
 struct vlan_hdr_ {
 	__be16 tci;
@@ -34,12 +35,16 @@ struct frag_hdr_ {
 	__be32 identification;
 };
 
-/* What one frame held, committed to the counters only once the parse is over. */
+/* What one frame held, committed to the counters only once the parse is over. It lives in a per-CPU
+ * scratch map, not on the stack: counts kept in map memory do not multiply the states the verifier
+ * has to tell apart. */
 struct mx_result {
 	__u8 tcp;
 	__u8 mptcp;
 	__u8 truncated; /* headers claimed more bytes than the buffer holds */
 	__u8 pad;
+	__u16 launder;  /* see mx_launder */
+	__u16 pad2;
 	__u8 classes[MX_CLASS_MAX];
 };
 
@@ -48,7 +53,20 @@ enum mx_parse_status {
 	MX_PARSE_TRUNCATED = 1,
 };
 
-/* Classify one MPTCP option of total length len starting at p. */
+/* The verifier forgets where v came from: it reloads it from map memory as an unknown 16-bit value. */
+static __always_inline __u32 mx_launder(struct mx_result *r, __u32 v)
+{
+	*(volatile __u16 *)&r->launder = v;
+	return *(volatile __u16 *)&r->launder;
+}
+
+static __always_inline void mx_add(struct mx_result *r, __u32 cls)
+{
+	if (cls < MX_CLASS_MAX)
+		r->classes[cls]++;
+}
+
+/* Classify one MPTCP option of total length len (>= 2) starting at p. */
 static __always_inline __u32 mx_classify(__u8 *p, __u32 len, void *data_end, int syn, int ack)
 {
 	if (len < 3 || (void *)(p + 3) > data_end)
@@ -109,18 +127,15 @@ static __always_inline __u32 mx_classify(__u8 *p, __u32 len, void *data_end, int
 	return MX_MALFORMED;
 }
 
-static __always_inline void mx_add(struct mx_result *r, __u32 cls)
+/* Walk the TCP header at offset l4 of the frame. */
+static __always_inline int mx_parse_tcp(void *data, void *data_end, __u32 l4, struct mx_result *r)
 {
-	if (cls < MX_CLASS_MAX)
-		r->classes[cls]++;
-}
-
-/* Walk the TCP options of the header at th (whose length hl was checked against data_end). */
-static __always_inline int mx_parse_tcp(struct hdr_cursor *nh, void *data_end, struct mx_result *r)
-{
-	struct tcphdr *th = nh->pos;
-
 	r->tcp = 1;
+	l4 = mx_launder(r, l4);
+	if (l4 > MAX_L4_OFFSET)
+		return MX_PARSE_TRUNCATED; /* no frame we can see has its TCP header this far in */
+
+	struct tcphdr *th = data + l4;
 	if ((void *)(th + 1) > data_end)
 		return MX_PARSE_TRUNCATED;
 	__u32 hl = th->doff * 4;
@@ -137,6 +152,8 @@ static __always_inline int mx_parse_tcp(struct hdr_cursor *nh, void *data_end, s
 	__u32 off = 0;
 
 	for (int i = 0; i < MAX_TCP_OPTIONS; i++) {
+		/* off never exceeds 40 here; the mask gives it one range on every path. */
+		off &= 0x3f;
 		if (off >= optlen || off >= TCP_OPTIONS_MAX_LEN)
 			break;
 		__u8 *p = opts + off;
@@ -163,116 +180,122 @@ static __always_inline int mx_parse_tcp(struct hdr_cursor *nh, void *data_end, s
 			mx_add(r, MX_MALFORMED);
 			break;
 		}
+		/* Computed before the classification narrows len on each path, and hidden from the
+		 * compiler, so that every path reaches the next iteration alike. */
+		__u32 next = off + len;
+		asm volatile("" : "+r"(next));
 		if (kind == TCPOPT_MPTCP)
 			mx_add(r, mx_classify(p, len, data_end, syn, ack));
-		off += len;
+		off = next;
 	}
 	return MX_PARSE_DONE;
 }
 
-static __always_inline int mx_parse_ipv6(struct hdr_cursor *nh, void *data_end, struct mx_result *r)
+/* The network layer: returns the offset of the TCP header, or 0 when there is none to walk. */
+static __always_inline __u32 mx_parse_l3(void *data, void *data_end, struct mx_result *r, int *st)
 {
-	struct ipv6hdr *ip6 = nh->pos;
+	__u32 off = sizeof(struct ethhdr);
+	struct ethhdr *eth = data;
 
-	if ((void *)(ip6 + 1) > data_end)
-		return MX_PARSE_TRUNCATED;
+	*st = MX_PARSE_TRUNCATED;
+	if ((void *)(eth + 1) > data_end)
+		return 0;
+	__be16 proto = eth->h_proto;
+
+	for (int i = 0; i < MAX_VLAN_TAGS; i++) {
+		if (proto != ETH_P_8021Q_BE && proto != ETH_P_8021AD_BE)
+			break;
+		struct vlan_hdr_ *vh = data + off;
+		if ((void *)(vh + 1) > data_end)
+			return 0;
+		proto = vh->encap_proto;
+		off += sizeof(*vh);
+	}
+	*st = MX_PARSE_DONE;
+
+	if (proto == ETH_P_IP_BE) {
+		struct iphdr *iph = data + off;
+		if ((void *)(iph + 1) > data_end) {
+			*st = MX_PARSE_TRUNCATED;
+			return 0;
+		}
+		__u32 ihl = iph->ihl * 4;
+		if (iph->version != 4 || ihl < sizeof(*iph)) {
+			mx_add(r, MX_MALFORMED);
+			return 0;
+		}
+		if ((void *)iph + ihl > data_end) {
+			*st = MX_PARSE_TRUNCATED;
+			return 0;
+		}
+		/* A non-first fragment has no TCP header to read. */
+		if (iph->protocol != IPPROTO_TCP_ || (iph->frag_off & IP_OFFSET_MASK_BE))
+			return 0;
+		return off + ihl;
+	}
+
+	if (proto != ETH_P_IPV6_BE)
+		return 0;
+	struct ipv6hdr *ip6 = data + off;
+	if ((void *)(ip6 + 1) > data_end) {
+		*st = MX_PARSE_TRUNCATED;
+		return 0;
+	}
 	if (ip6->version != 6) {
 		mx_add(r, MX_MALFORMED);
-		return MX_PARSE_DONE;
+		return 0;
 	}
 	__u8 next = ip6->nexthdr;
-	nh->pos = ip6 + 1;
+	off += sizeof(*ip6);
 
 	for (int i = 0; i < MAX_IPV6_EXT_HDRS; i++) {
-		if (next == IPPROTO_TCP_) {
-			return mx_parse_tcp(nh, data_end, r);
+		if (next == IPPROTO_TCP_)
+			return off;
+		if (next != IPPROTO_HOPOPTS_ && next != IPPROTO_ROUTING_ && next != IPPROTO_DSTOPTS_ &&
+		    next != IPPROTO_AH_ && next != IPPROTO_FRAGMENT_)
+			return 0; /* another upper-layer protocol */
+		off = mx_launder(r, off);
+		if (off > MAX_L4_OFFSET) {
+			*st = MX_PARSE_TRUNCATED;
+			return 0;
 		}
-		if (next == IPPROTO_HOPOPTS_ || next == IPPROTO_ROUTING_ || next == IPPROTO_DSTOPTS_) {
-			struct ipv6_ext_hdr_ *eh = nh->pos;
-			if ((void *)(eh + 1) > data_end)
-				return MX_PARSE_TRUNCATED;
-			next = eh->nexthdr;
-			nh->pos += (eh->hdrlen + 1) * 8;
-			continue;
-		}
-		if (next == IPPROTO_AH_) {
-			struct ipv6_ext_hdr_ *eh = nh->pos;
-			if ((void *)(eh + 1) > data_end)
-				return MX_PARSE_TRUNCATED;
-			next = eh->nexthdr;
-			nh->pos += (eh->hdrlen + 2) * 4;
-			continue;
+		struct ipv6_ext_hdr_ *eh = data + off;
+		if ((void *)eh + sizeof(struct frag_hdr_) > data_end) {
+			/* Every extension header is at least 8 bytes long. */
+			*st = MX_PARSE_TRUNCATED;
+			return 0;
 		}
 		if (next == IPPROTO_FRAGMENT_) {
-			struct frag_hdr_ *fh = nh->pos;
-			if ((void *)(fh + 1) > data_end)
-				return MX_PARSE_TRUNCATED;
 			/* A non-first fragment has no TCP header to read. */
-			if (fh->frag_off & IP6_OFFSET_MASK_BE)
-				return MX_PARSE_DONE;
-			next = fh->nexthdr;
-			nh->pos = fh + 1;
-			continue;
+			if (((struct frag_hdr_ *)eh)->frag_off & IP6_OFFSET_MASK_BE)
+				return 0;
+			next = eh->nexthdr;
+			off += sizeof(struct frag_hdr_);
+		} else if (next == IPPROTO_AH_) {
+			next = eh->nexthdr;
+			off += (eh->hdrlen + 2) * 4;
+		} else {
+			next = eh->nexthdr;
+			off += (eh->hdrlen + 1) * 8;
 		}
-		return MX_PARSE_DONE; /* another upper-layer protocol */
 	}
 	if (next == IPPROTO_TCP_)
-		return mx_parse_tcp(nh, data_end, r);
+		return off;
 	/* More extension headers than we walk: we cannot tell what follows. */
 	if (next == IPPROTO_HOPOPTS_ || next == IPPROTO_ROUTING_ || next == IPPROTO_DSTOPTS_ ||
 	    next == IPPROTO_AH_ || next == IPPROTO_FRAGMENT_)
 		mx_add(r, MX_MALFORMED);
-	return MX_PARSE_DONE;
-}
-
-static __always_inline int mx_parse_ipv4(struct hdr_cursor *nh, void *data_end, struct mx_result *r)
-{
-	struct iphdr *iph = nh->pos;
-
-	if ((void *)(iph + 1) > data_end)
-		return MX_PARSE_TRUNCATED;
-	__u32 ihl = iph->ihl * 4;
-	if (iph->version != 4 || ihl < sizeof(*iph)) {
-		mx_add(r, MX_MALFORMED);
-		return MX_PARSE_DONE;
-	}
-	if ((void *)iph + ihl > data_end)
-		return MX_PARSE_TRUNCATED;
-	if (iph->protocol != IPPROTO_TCP_)
-		return MX_PARSE_DONE;
-	/* A non-first fragment has no TCP header to read. */
-	if (iph->frag_off & IP_OFFSET_MASK_BE)
-		return MX_PARSE_DONE;
-	nh->pos = (void *)iph + ihl;
-	return mx_parse_tcp(nh, data_end, r);
+	return 0;
 }
 
 /* Parse one frame from data to data_end into r. */
 static __always_inline int mx_parse(void *data, void *data_end, struct mx_result *r)
 {
-	struct hdr_cursor nh = { .pos = data };
-	struct ethhdr *eth = nh.pos;
-
-	if ((void *)(eth + 1) > data_end)
-		return MX_PARSE_TRUNCATED;
-	__be16 proto = eth->h_proto;
-	nh.pos = eth + 1;
-
-	for (int i = 0; i < MAX_VLAN_TAGS; i++) {
-		if (proto != ETH_P_8021Q_BE && proto != ETH_P_8021AD_BE)
-			break;
-		struct vlan_hdr_ *vh = nh.pos;
-		if ((void *)(vh + 1) > data_end)
-			return MX_PARSE_TRUNCATED;
-		proto = vh->encap_proto;
-		nh.pos = vh + 1;
-	}
-
-	if (proto == ETH_P_IP_BE)
-		return mx_parse_ipv4(&nh, data_end, r);
-	if (proto == ETH_P_IPV6_BE)
-		return mx_parse_ipv6(&nh, data_end, r);
-	return MX_PARSE_DONE;
+	int st;
+	__u32 l4 = mx_parse_l3(data, data_end, r, &st);
+	if (!l4)
+		return st;
+	return mx_parse_tcp(data, data_end, l4, r);
 }
 
 /* Add one parsed frame, standing for n wire packets, to the counters. */

@@ -44,6 +44,14 @@ struct mx_counters {
 	__u64 options[MX_CLASS_MAX];
 };
 
+/* Slots of the per-CPU scratch map, one per program so that no two programs share one. */
+enum mx_scratch_slot {
+	MX_SCRATCH_XDP = 0,
+	MX_SCRATCH_TC_INGRESS = 1,
+	MX_SCRATCH_TC_EGRESS = 2,
+	MX_SCRATCH_MAX = 3,
+};
+
 /* Attach state of one interface, kept in a pinned map so that it outlives the CLI. */
 enum mx_meta_flags {
 	MX_META_CLSACT_ADDED = 1 << 0, /* we created the clsact qdisc and must remove it */

@@ -57,6 +57,10 @@ func newRootCmd() *cobra.Command {
 // commands lists every subcommand; each lives in its own file.
 func commands(g *globalFlags) []*cobra.Command {
 	return []*cobra.Command{
+		newAttachCmd(g),
+		newDetachCmd(g),
+		newStatusCmd(g),
+		newStatsCmd(g),
 	}
 }
 

@@ -31,12 +31,24 @@ type TcEgressMxMeta struct {
 	AttachedNs uint64
 }
 
+type TcEgressMxResult struct {
+	_         structs.HostLayout
+	Tcp       uint8
+	Mptcp     uint8
+	Truncated uint8
+	Pad       uint8
+	Launder   uint16
+	Pad2      uint16
+	Classes   [16]uint8
+}
+
 // Names of all BPF objects in the ELF.
 //
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
 	TcEgressMapMptcpxCounters = "mptcpx_counters"
 	TcEgressMapMptcpxMeta     = "mptcpx_meta"
+	TcEgressMapMptcpxScratch  = "mptcpx_scratch"
 	TcEgressProgMptcpxTcOut   = "mptcpx_tc_out"
 )
 
@@ -91,6 +103,7 @@ type TcEgressProgramSpecs struct {
 type TcEgressMapSpecs struct {
 	MptcpxCounters *ebpf.MapSpec `ebpf:"mptcpx_counters"`
 	MptcpxMeta     *ebpf.MapSpec `ebpf:"mptcpx_meta"`
+	MptcpxScratch  *ebpf.MapSpec `ebpf:"mptcpx_scratch"`
 }
 
 // TcEgressVariableSpecs contains global variables before they are loaded into the kernel.
@@ -121,12 +134,14 @@ func (o *TcEgressObjects) Close() error {
 type TcEgressMaps struct {
 	MptcpxCounters *ebpf.Map `ebpf:"mptcpx_counters"`
 	MptcpxMeta     *ebpf.Map `ebpf:"mptcpx_meta"`
+	MptcpxScratch  *ebpf.Map `ebpf:"mptcpx_scratch"`
 }
 
 func (m *TcEgressMaps) Close() error {
 	return _TcEgressClose(
 		m.MptcpxCounters,
 		m.MptcpxMeta,
+		m.MptcpxScratch,
 	)
 }
 

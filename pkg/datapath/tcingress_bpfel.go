@@ -31,12 +31,24 @@ type TcIngressMxMeta struct {
 	AttachedNs uint64
 }
 
+type TcIngressMxResult struct {
+	_         structs.HostLayout
+	Tcp       uint8
+	Mptcp     uint8
+	Truncated uint8
+	Pad       uint8
+	Launder   uint16
+	Pad2      uint16
+	Classes   [16]uint8
+}
+
 // Names of all BPF objects in the ELF.
 //
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
 	TcIngressMapMptcpxCounters = "mptcpx_counters"
 	TcIngressMapMptcpxMeta     = "mptcpx_meta"
+	TcIngressMapMptcpxScratch  = "mptcpx_scratch"
 	TcIngressProgMptcpxTcIn    = "mptcpx_tc_in"
 )
 
@@ -91,6 +103,7 @@ type TcIngressProgramSpecs struct {
 type TcIngressMapSpecs struct {
 	MptcpxCounters *ebpf.MapSpec `ebpf:"mptcpx_counters"`
 	MptcpxMeta     *ebpf.MapSpec `ebpf:"mptcpx_meta"`
+	MptcpxScratch  *ebpf.MapSpec `ebpf:"mptcpx_scratch"`
 }
 
 // TcIngressVariableSpecs contains global variables before they are loaded into the kernel.
@@ -121,12 +134,14 @@ func (o *TcIngressObjects) Close() error {
 type TcIngressMaps struct {
 	MptcpxCounters *ebpf.Map `ebpf:"mptcpx_counters"`
 	MptcpxMeta     *ebpf.Map `ebpf:"mptcpx_meta"`
+	MptcpxScratch  *ebpf.Map `ebpf:"mptcpx_scratch"`
 }
 
 func (m *TcIngressMaps) Close() error {
 	return _TcIngressClose(
 		m.MptcpxCounters,
 		m.MptcpxMeta,
+		m.MptcpxScratch,
 	)
 }
 

@@ -31,12 +31,24 @@ type XdpMxMeta struct {
 	AttachedNs uint64
 }
 
+type XdpMxResult struct {
+	_         structs.HostLayout
+	Tcp       uint8
+	Mptcp     uint8
+	Truncated uint8
+	Pad       uint8
+	Launder   uint16
+	Pad2      uint16
+	Classes   [16]uint8
+}
+
 // Names of all BPF objects in the ELF.
 //
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
 	XdpMapMptcpxCounters = "mptcpx_counters"
 	XdpMapMptcpxMeta     = "mptcpx_meta"
+	XdpMapMptcpxScratch  = "mptcpx_scratch"
 	XdpProgMptcpxXdpIn   = "mptcpx_xdp_in"
 )
 
@@ -91,6 +103,7 @@ type XdpProgramSpecs struct {
 type XdpMapSpecs struct {
 	MptcpxCounters *ebpf.MapSpec `ebpf:"mptcpx_counters"`
 	MptcpxMeta     *ebpf.MapSpec `ebpf:"mptcpx_meta"`
+	MptcpxScratch  *ebpf.MapSpec `ebpf:"mptcpx_scratch"`
 }
 
 // XdpVariableSpecs contains global variables before they are loaded into the kernel.
@@ -121,12 +134,14 @@ func (o *XdpObjects) Close() error {
 type XdpMaps struct {
 	MptcpxCounters *ebpf.Map `ebpf:"mptcpx_counters"`
 	MptcpxMeta     *ebpf.Map `ebpf:"mptcpx_meta"`
+	MptcpxScratch  *ebpf.Map `ebpf:"mptcpx_scratch"`
 }
 
 func (m *XdpMaps) Close() error {
 	return _XdpClose(
 		m.MptcpxCounters,
 		m.MptcpxMeta,
+		m.MptcpxScratch,
 	)
 }
 

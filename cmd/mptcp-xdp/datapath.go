@@ -1,0 +1,227 @@
+package main
+
+import (
+	"fmt"
+	"io"
+	"strings"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/mptcp-xdp/mptcp-xdp/pkg/loader"
+	"github.com/mptcp-xdp/mptcp-xdp/pkg/maps"
+	"github.com/mptcp-xdp/mptcp-xdp/pkg/mptcp"
+)
+
+// bpffsRoot can be changed by tests; operators keep the default.
+var bpffsRoot = loader.DefaultRoot
+
+func newLoader() (*loader.Loader, error) { return loader.New(bpffsRoot) }
+
+func newAttachCmd(g *globalFlags) *cobra.Command {
+	var (
+		mode, ingress, tc string
+		noEgress, force   bool
+	)
+	cmd := &cobra.Command{
+		Use:   "attach IFACE",
+		Short: "Attach the datapath to an interface (XDP ingress, TC egress) and pin it",
+		Long: `Attach loads the MPTCP counting programs, attaches them to IFACE and pins them under
+/sys/fs/bpf/mptcp-xdp/<netns>/<iface>/, so that they keep counting after the command exits.
+Attaching again updates the programs in place and keeps the counters.`,
+		Example: "  mptcp-xdp attach eth0\n  mptcp-xdp --netns lab attach veth1 --mode generic --ingress tc",
+		Args:    cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if err := loader.CheckPrivileges(g.netns != ""); err != nil {
+				return err
+			}
+			l, err := newLoader()
+			if err != nil {
+				return err
+			}
+			a, err := l.Attach(loader.AttachOptions{
+				Iface: args[0], Netns: g.netns, Mode: loader.XDPMode(mode), Ingress: loader.IngressHook(ingress),
+				TC: loader.TCMechanism(tc), Egress: !noEgress, Force: force,
+			})
+			if err != nil {
+				return err
+			}
+			return render(cmd, g, a, func(w io.Writer) error {
+				fmt.Fprintf(w, "attached to %s (netns %s): %s\n", a.Interface, a.Netns, describeHooks(*a))
+				return nil
+			})
+		},
+	}
+	cmd.Flags().StringVar(&mode, "mode", "auto", "XDP mode: auto (native, else generic), native or generic")
+	cmd.Flags().StringVar(&ingress, "ingress", "xdp", "ingress hook: xdp, or tc where XDP cannot be used")
+	cmd.Flags().StringVar(&tc, "tc", "auto", "TC mechanism: auto (tcx, else clsact), tcx or clsact")
+	cmd.Flags().BoolVar(&noEgress, "no-egress", false, "do not count egress")
+	cmd.Flags().BoolVar(&force, "force", false, "replace another tool's XDP program (attached through netlink)")
+	for f, vals := range map[string][]string{"mode": {"auto", "native", "generic"}, "ingress": {"xdp", "tc"}, "tc": {"auto", "tcx", "clsact"}} {
+		_ = cmd.RegisterFlagCompletionFunc(f, fixedCompletion(vals))
+	}
+	return cmd
+}
+
+func fixedCompletion(vals []string) func(*cobra.Command, []string, string) ([]string, cobra.ShellCompDirective) {
+	return func(*cobra.Command, []string, string) ([]string, cobra.ShellCompDirective) {
+		return vals, cobra.ShellCompDirectiveNoFileComp
+	}
+}
+
+func describeHooks(a loader.Attachment) string {
+	var parts []string
+	for _, p := range a.Programs {
+		s := fmt.Sprintf("%s via %s (prog %d)", p.Hook, p.Mechanism, p.ID)
+		if p.Hook == "xdp" && a.XDPMode != "" {
+			s = fmt.Sprintf("xdp %s via %s (prog %d)", a.XDPMode, p.Mechanism, p.ID)
+		}
+		parts = append(parts, s)
+	}
+	if len(parts) == 0 {
+		return "nothing attached"
+	}
+	return strings.Join(parts, ", ")
+}
+
+func newDetachCmd(g *globalFlags) *cobra.Command {
+	return &cobra.Command{
+		Use:   "detach IFACE",
+		Short: "Detach the datapath from an interface and remove everything it made",
+		Long:  "Detach removes the links, filters, the clsact qdisc if mptcp-xdp added it, and the pins of IFACE.",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if err := loader.CheckPrivileges(g.netns != ""); err != nil {
+				return err
+			}
+			l, err := newLoader()
+			if err != nil {
+				return err
+			}
+			if err := l.Detach(g.netns, args[0]); err != nil {
+				return err
+			}
+			return render(cmd, g, map[string]string{"detached": args[0]}, func(w io.Writer) error {
+				fmt.Fprintf(w, "detached from %s\n", args[0])
+				return nil
+			})
+		},
+	}
+}
+
+// selectedNetns is the namespace directory a listing is limited to: --netns, else all ("").
+func selectedNetns(g *globalFlags) string { return g.netns }
+
+func newStatusCmd(g *globalFlags) *cobra.Command {
+	return &cobra.Command{
+		Use:   "status",
+		Short: "Show the interfaces the datapath is attached to",
+		Long:  "Status lists every attachment (all namespaces, or the one --netns names): hooks, XDP mode, TC mechanism, program ids, map fill and problems.",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			l, err := newLoader()
+			if err != nil {
+				return err
+			}
+			atts, err := l.List(selectedNetns(g))
+			if err != nil {
+				return err
+			}
+			if atts == nil {
+				atts = []loader.Attachment{}
+			}
+			return render(cmd, g, map[string]any{"attachments": atts}, func(w io.Writer) error {
+				fmt.Fprintln(w, "NETNS\tINTERFACE\tIFINDEX\tINGRESS\tXDP MODE\tEGRESS\tPROGRAMS\tMAPS\tSINCE\tPROBLEMS")
+				for _, a := range atts {
+					var progs, ms []string
+					for _, p := range a.Programs {
+						progs = append(progs, fmt.Sprintf("%s:%s:%d", p.Hook, p.Mechanism, p.ID))
+					}
+					for _, m := range a.Maps {
+						ms = append(ms, fmt.Sprintf("%s %d/%d", m.Name, m.Entries, m.MaxEntries))
+					}
+					since := "-"
+					if !a.AttachedAt.IsZero() {
+						since = a.AttachedAt.Local().Format(time.DateTime)
+					}
+					fmt.Fprintf(w, "%s\t%s\t%d\t%s\t%s\t%v\t%s\t%s\t%s\t%s\n", a.Netns, a.Interface, a.Ifindex, a.Ingress,
+						orDash(a.XDPMode), a.Egress, strings.Join(progs, ","), strings.Join(ms, ","), since, orDash(strings.Join(a.Problems, "; ")))
+				}
+				return nil
+			})
+		},
+	}
+}
+
+func orDash(s string) string {
+	if s == "" {
+		return "-"
+	}
+	return s
+}
+
+// statsInterface is one row of `stats -o json`.
+type statsInterface struct {
+	Netns   string        `json:"netns"`
+	Name    string        `json:"name"`
+	Ifindex int           `json:"ifindex"`
+	Ingress maps.Counters `json:"ingress"`
+	Egress  maps.Counters `json:"egress"`
+}
+
+func newStatsCmd(g *globalFlags) *cobra.Command {
+	cmd := &cobra.Command{
+		Use:   "stats [IFACE]",
+		Short: "Show the datapath's packet and MPTCP option counters",
+		Long: `Stats prints, per interface and direction, the packet totals (total, tcp, mptcp) and the count
+of every MPTCP option class. Counters are per-CPU in the kernel and summed here.`,
+		Args: cobra.MaximumNArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			l, err := newLoader()
+			if err != nil {
+				return err
+			}
+			atts, err := l.List(selectedNetns(g))
+			if err != nil {
+				return err
+			}
+			rows := []statsInterface{}
+			for _, a := range atts {
+				if len(args) == 1 && a.Interface != args[0] {
+					continue
+				}
+				c, err := maps.ReadPinnedCounters(a.PinDir)
+				if err != nil {
+					return err
+				}
+				rows = append(rows, statsInterface{Netns: a.Netns, Name: a.Interface, Ifindex: a.Ifindex, Ingress: c.Ingress, Egress: c.Egress})
+			}
+			if len(args) == 1 && len(rows) == 0 {
+				return fmt.Errorf("mptcp-xdp is not attached to %s (see `mptcp-xdp status`)", args[0])
+			}
+			return render(cmd, g, map[string]any{"interfaces": rows}, func(w io.Writer) error {
+				fmt.Fprint(w, "COUNTER")
+				for _, r := range rows {
+					fmt.Fprintf(w, "\t%s/%s rx\t%s/%s tx", r.Netns, r.Name, r.Netns, r.Name)
+				}
+				fmt.Fprintln(w)
+				for i := 0; i < mptcp.NumPacketCounters; i++ {
+					fmt.Fprintf(w, "packets.%s", mptcp.PacketCounter(i))
+					for _, r := range rows {
+						fmt.Fprintf(w, "\t%d\t%d", r.Ingress.Packets[i], r.Egress.Packets[i])
+					}
+					fmt.Fprintln(w)
+				}
+				for _, cl := range mptcp.Classes() {
+					fmt.Fprintf(w, "%s", cl)
+					for _, r := range rows {
+						fmt.Fprintf(w, "\t%d\t%d", r.Ingress.Options[cl], r.Egress.Options[cl])
+					}
+					fmt.Fprintln(w)
+				}
+				return nil
+			})
+		},
+	}
+	return cmd
+}

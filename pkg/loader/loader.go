@@ -1,0 +1,164 @@
+// Package loader loads the mptcp-xdp eBPF programs, attaches them to interfaces (XDP on ingress, TC
+// on egress, or TC on ingress where XDP cannot be used), pins them under bpffs so that the datapath
+// outlives the process, and detaches them leaving nothing behind.
+//
+// Layout under the bpffs root (default /sys/fs/bpf/mptcp-xdp):
+//
+//	<netns>/<iface>/mptcpx_counters   per-CPU counters (map)
+//	<netns>/<iface>/mptcpx_meta       attach state (map)
+//	<netns>/<iface>/link_xdp          bpf_link of the XDP program      (or prog_xdp with netlink)
+//	<netns>/<iface>/link_tc_ingress   tcx link of the TC ingress program (or prog_tc_ingress with clsact)
+//	<netns>/<iface>/link_tc_egress    tcx link of the TC egress program  (or prog_tc_egress with clsact)
+//
+// <netns> is the `ip netns` name the interface was attached through, or "host" for the initial
+// network namespace. Minimum kernel: 4.8 (XDP); bpf_link XDP needs 5.9 and tcx 6.6, below which the
+// loader falls back to netlink XDP and clsact filters.
+package loader
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strconv"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/mptcp-xdp/mptcp-xdp/internal/netns"
+)
+
+// DefaultRoot is the tool's bpffs directory.
+const DefaultRoot = "/sys/fs/bpf/mptcp-xdp"
+
+// ProgPrefix starts the name of every program and map mptcp-xdp loads, so that its attachments can
+// be told from anyone else's.
+const ProgPrefix = "mptcpx_"
+
+// HostNetns names the initial network namespace in pin paths.
+const HostNetns = "host"
+
+// Pin names inside an interface directory.
+const (
+	pinMeta          = "mptcpx_meta"
+	pinCounters      = "mptcpx_counters"
+	pinLinkXDP       = "link_xdp"
+	pinLinkTCIngress = "link_tc_ingress"
+	pinLinkTCEgress  = "link_tc_egress"
+	pinProgXDP       = "prog_xdp"
+	pinProgTCIngress = "prog_tc_ingress"
+	pinProgTCEgress  = "prog_tc_egress"
+)
+
+// Loader manages the pins under one bpffs directory.
+type Loader struct {
+	Root string
+	// LockTimeout bounds the wait for another invocation's lock.
+	LockTimeout time.Duration
+}
+
+// New returns a loader for root (DefaultRoot when empty). It mounts bpffs on root's parent when
+// nothing is mounted there yet.
+func New(root string) (*Loader, error) {
+	if root == "" {
+		root = DefaultRoot
+	}
+	if err := ensureBPFFS(filepath.Dir(root)); err != nil {
+		return nil, err
+	}
+	return &Loader{Root: root, LockTimeout: 30 * time.Second}, nil
+}
+
+// ensureBPFFS makes sure dir is a bpffs mount, mounting one if needed.
+func ensureBPFFS(dir string) error {
+	var st unix.Statfs_t
+	if err := unix.Statfs(dir, &st); err == nil && uint32(st.Type) == unix.BPF_FS_MAGIC {
+		return nil
+	}
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return fmt.Errorf("create bpffs mount point %s: %w", dir, err)
+	}
+	if err := unix.Mount("bpf", dir, "bpf", 0, "mode=0700"); err != nil {
+		return fmt.Errorf("mount bpffs on %s: %w", dir, err)
+	}
+	return nil
+}
+
+// NetnsDir is the directory name for a network namespace: its `ip netns` name, "host" for the
+// initial namespace, or "ns-<inode>" for an unnamed one the caller is in.
+func NetnsDir(name string) (string, error) {
+	if name != "" {
+		return name, netns.Validate(name)
+	}
+	self, err := netns.Inode("")
+	if err != nil {
+		return "", err
+	}
+	var st unix.Stat_t
+	if err := unix.Stat("/proc/1/ns/net", &st); err != nil {
+		return "", fmt.Errorf("stat /proc/1/ns/net: %w", err)
+	}
+	if st.Ino == self {
+		return HostNetns, nil
+	}
+	return "ns-" + strconv.FormatUint(self, 10), nil
+}
+
+// IfaceDir is the pin directory of one interface.
+func (l *Loader) IfaceDir(netnsDir, iface string) string {
+	return filepath.Join(l.Root, netnsDir, iface)
+}
+
+// Lock takes the tool-wide lock (flock on the root directory), waiting up to LockTimeout for
+// another invocation to finish. The returned function releases it.
+func (l *Loader) Lock() (func(), error) {
+	deadline := time.Now().Add(l.LockTimeout)
+	for {
+		if err := os.MkdirAll(l.Root, 0o700); err != nil {
+			return nil, fmt.Errorf("create %s: %w", l.Root, err)
+		}
+		fd, err := unix.Open(l.Root, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+		if err != nil {
+			if errors.Is(err, unix.ENOENT) {
+				continue // removed by a detach between MkdirAll and Open
+			}
+			return nil, fmt.Errorf("open %s: %w", l.Root, err)
+		}
+		for {
+			err = unix.Flock(fd, unix.LOCK_EX|unix.LOCK_NB)
+			if err == nil || !errors.Is(err, unix.EWOULDBLOCK) || time.Now().After(deadline) {
+				break
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+		if err != nil {
+			unix.Close(fd)
+			if errors.Is(err, unix.EWOULDBLOCK) {
+				return nil, fmt.Errorf("another mptcp-xdp holds the lock on %s (waited %s)", l.Root, l.LockTimeout)
+			}
+			return nil, fmt.Errorf("lock %s: %w", l.Root, err)
+		}
+		// The directory may have been removed (last detach) while we waited: lock the live one.
+		var held, now unix.Stat_t
+		if unix.Fstat(fd, &held) == nil && unix.Stat(l.Root, &now) == nil && held.Ino == now.Ino {
+			return func() { unix.Close(fd) }, nil
+		}
+		unix.Close(fd)
+	}
+}
+
+// removeEmptyDirs removes dir and then its parents up to and including l.Root while they are empty.
+func (l *Loader) removeEmptyDirs(dir string) {
+	for {
+		if err := os.Remove(dir); err != nil {
+			return
+		}
+		if dir == l.Root {
+			return
+		}
+		dir = filepath.Dir(dir)
+		if len(dir) < len(l.Root) {
+			return
+		}
+	}
+}
