@@ -113,7 +113,7 @@ func (l *Loader) Attach(o AttachOptions) (*Attachment, error) {
 	defer unlock()
 
 	var att *Attachment
-	err = netns.Do(o.Netns, func() error {
+	err = netns.Do(o.Netns, func() (err error) {
 		lnk, err := linkByName(o.Iface, nsDir)
 		if err != nil {
 			return err
@@ -127,9 +127,26 @@ func (l *Loader) Attach(o AttachOptions) (*Attachment, error) {
 			return err
 		}
 		// State pinned for an interface that is gone (same name, new index or namespace) is stale.
-		if old, ok := loadPinnedMeta(dir); ok && old.Ifindex != 0 &&
+		old, attached := loadPinnedMeta(dir)
+		if attached && old.Ifindex != 0 &&
 			(old.Ifindex != uint32(lnk.Attrs().Index) || old.NetnsIno != nsIno) {
 			removePins(dir)
+			attached = false
+		}
+		attached = attached && old.Ifindex != 0
+		if !attached {
+			// A first attach that fails leaves nothing behind.
+			defer func() {
+				if err != nil {
+					m := Meta{}
+					m, _ = loadPinnedMeta(dir)
+					_ = detachXDP(dir, lnk, &m)
+					_ = detachTC(dir, lnk, ingress, &m)
+					_ = detachTC(dir, lnk, egress, &m)
+					removePins(dir)
+					l.removeEmptyDirs(dir)
+				}
+			}()
 		}
 
 		objs, err := loadObjects(dir, o.Ingress == IngressXDP, o.Ingress == IngressTC, o.Egress)

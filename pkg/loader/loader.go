@@ -42,6 +42,7 @@ const HostNetns = "host"
 const (
 	pinMeta          = "mptcpx_meta"
 	pinCounters      = "mptcpx_counters"
+	pinScratch       = "mptcpx_scratch"
 	pinLinkXDP       = "link_xdp"
 	pinLinkTCIngress = "link_tc_ingress"
 	pinLinkTCEgress  = "link_tc_egress"
@@ -96,7 +97,8 @@ func NetnsDir(name string) (string, error) {
 	}
 	var st unix.Stat_t
 	if err := unix.Stat("/proc/1/ns/net", &st); err != nil {
-		return "", fmt.Errorf("stat /proc/1/ns/net: %w", err)
+		// Inside a sandbox that hides init's namespace, the caller's namespace is the host's.
+		return HostNetns, nil
 	}
 	if st.Ino == self {
 		return HostNetns, nil

@@ -113,7 +113,7 @@ func (l *Loader) describe(nsDir, iface string) (*Attachment, error) {
 		{"tc_egress", pinLinkTCEgress, pinProgTCEgress, "tcx", "clsact"},
 	}
 	for _, h := range hooks {
-		if lk, err := link.LoadPinnedLink(filepath.Join(dir, h.linkPin), &ebpf.LoadPinOptions{ReadOnly: true}); err == nil {
+		if lk, err := link.LoadPinnedLink(filepath.Join(dir, h.linkPin), nil); err == nil {
 			p := Program{Hook: h.hook, Mechanism: h.linkMech}
 			if info, err := lk.Info(); err == nil {
 				p.LinkID = uint32(info.ID)
@@ -130,7 +130,7 @@ func (l *Loader) describe(nsDir, iface string) (*Attachment, error) {
 			a.Programs = append(a.Programs, p)
 			continue
 		}
-		if pr, err := ebpf.LoadPinnedProgram(filepath.Join(dir, h.progPin), &ebpf.LoadPinOptions{ReadOnly: true}); err == nil {
+		if pr, err := ebpf.LoadPinnedProgram(filepath.Join(dir, h.progPin), nil); err == nil {
 			p := Program{Hook: h.hook, Mechanism: h.nlMech}
 			if info, err := pr.Info(); err == nil {
 				id, _ := info.ID()
@@ -141,7 +141,7 @@ func (l *Loader) describe(nsDir, iface string) (*Attachment, error) {
 		}
 	}
 
-	for _, name := range []string{pinCounters, pinMeta} {
+	for _, name := range []string{pinCounters, pinMeta, pinScratch} {
 		m, err := ebpf.LoadPinnedMap(filepath.Join(dir, name), &ebpf.LoadPinOptions{ReadOnly: true})
 		if err != nil {
 			continue
