@@ -80,10 +80,10 @@ type PacketCounter uint8
 
 // The packet totals.
 const (
-	PacketsTotal PacketCounter = iota // every frame
-	PacketsTCP                        // frames whose L4 is TCP (non-first fragments excluded)
-	PacketsMPTCP                      // TCP frames carrying at least one MPTCP option
-	NumPacketCounters int = iota
+	PacketsTotal      PacketCounter = iota // every frame
+	PacketsTCP                             // frames whose L4 is TCP (non-first fragments excluded)
+	PacketsMPTCP                           // TCP frames carrying at least one MPTCP option
+	NumPacketCounters int           = iota
 )
 
 var packetNames = [...]string{PacketsTotal: "total", PacketsTCP: "tcp", PacketsMPTCP: "mptcp"}
