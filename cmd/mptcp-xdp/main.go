@@ -61,6 +61,9 @@ func commands(g *globalFlags) []*cobra.Command {
 		newDetachCmd(g),
 		newStatusCmd(g),
 		newStatsCmd(g),
+		newProgCmd(g),
+		newMapCmd(g),
+		newTCPInfoCmd(g),
 	}
 }
 

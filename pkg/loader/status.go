@@ -146,7 +146,7 @@ func (l *Loader) describe(nsDir, iface string) (*Attachment, error) {
 		if err != nil {
 			continue
 		}
-		a.Maps = append(a.Maps, mapInfo(m, filepath.Join(dir, name)))
+		a.Maps = append(a.Maps, DescribeMap(m, filepath.Join(dir, name)))
 		m.Close()
 	}
 	if a.Ifindex != 0 && !strings.HasPrefix(nsDir, "ns-") {
@@ -195,8 +195,8 @@ func progName(id uint32) string {
 	return info.Name
 }
 
-// mapInfo describes a map, counting the entries of hash-like maps.
-func mapInfo(m *ebpf.Map, pin string) MapInfo {
+// DescribeMap describes a map, counting the entries of hash-like maps.
+func DescribeMap(m *ebpf.Map, pin string) MapInfo {
 	mi := MapInfo{Type: m.Type().String(), KeySize: m.KeySize(), ValueSize: m.ValueSize(), MaxEntries: m.MaxEntries(), Pin: pin}
 	if info, err := m.Info(); err == nil {
 		mi.Name = info.Name
