@@ -2,6 +2,7 @@ package sockopt
 
 import (
 	"errors"
+	"fmt"
 	"runtime"
 	"sync"
 	"sync/atomic"
@@ -362,3 +363,22 @@ func SubflowAddrs(c syscall.Conn) ([]SubflowAddr, error) { return pooled(c, (*Re
 // FullInfo returns connection info and every subflow in one call (MPTCP_FULL_INFO, falling back to
 // the separate calls before 6.5). See Reader.FullInfo.
 func FullInfo(c syscall.Conn) (*Full, error) { return pooled(c, (*Reader).FullInfo) }
+
+// SocketTCPInfo returns getsockopt(SOL_TCP, TCP_INFO) of the socket itself: on a connection that
+// fell back to TCP it is the one remaining subflow's tcp_info (the kernel passes the option
+// through), on an MPTCP connection the first subflow's, on a plain TCP socket its own.
+func SocketTCPInfo(c syscall.Conn) (*SubflowTCPInfo, error) {
+	var t *SubflowTCPInfo
+	err := control(c, func(fd int) error {
+		buf := make([]byte, 2*int(kernelTCPInfoSize.Load()))
+		n, err := getsockopt(fd, unix.SOL_TCP, unix.TCP_INFO, buf)
+		if err != nil {
+			return fmt.Errorf("getsockopt TCP_INFO: %w", err)
+		}
+		t = &SubflowTCPInfo{}
+		t.decode(buf[:n])
+		t.Raw = buf[:n:n]
+		return nil
+	})
+	return t, err
+}
