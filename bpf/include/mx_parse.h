@@ -278,6 +278,11 @@ static __always_inline __u32 mx_parse_l3(void *data, void *data_end, struct mx_r
 			next = eh->nexthdr;
 			off += (eh->hdrlen + 1) * 8;
 		}
+		/* The whole extension header must be there, whatever follows it. */
+		if (data + off > data_end) {
+			*st = MX_PARSE_TRUNCATED;
+			return 0;
+		}
 	}
 	if (next == IPPROTO_TCP_)
 		return off;
