@@ -19,3 +19,9 @@ func Layout(v any) map[string][2]int {
 	}
 	return m
 }
+
+// DecodeMPTCPInfo decodes b as the kernel's returned bytes of struct mptcp_info.
+func DecodeMPTCPInfo(b []byte) *MPTCPInfo { m := &MPTCPInfo{}; m.decode(b); return m }
+
+// DecodeTCPInfo decodes b as the kernel's returned bytes of struct tcp_info.
+func DecodeTCPInfo(b []byte) *SubflowTCPInfo { t := &SubflowTCPInfo{}; t.decode(b); return t }

@@ -43,6 +43,7 @@ func TestKernel(t *testing.T) {
 						t.Run("ShortBuffer", func(t *testing.T) { testShortBuffer(t, p.client, o.opt, o.size, n) })
 					})
 				}
+				t.Run("MPTCPInfoLength", func(t *testing.T) { testInfoLength(t, p.client) })
 				t.Run("Retry", func(t *testing.T) { testRetry(t, p, n) })
 				t.Run("FullInfoProtocol", func(t *testing.T) { testFullInfoProtocol(t, p.client, n) })
 				t.Run("Values", func(t *testing.T) { testValues(t, p, n) })
@@ -233,6 +234,22 @@ func testShortBuffer(t *testing.T, c syscall.Conn, opt sockopt.Option, size, n i
 		}
 		if !untouched(buf[16+fit*size:]) {
 			t.Errorf("room for %d.5: kernel wrote part of an element", fit)
+		}
+	}
+}
+
+// testInfoLength: MPTCP_INFO returns min(optlen, sizeof(struct mptcp_info)) bytes and writes
+// nothing beyond; optlen 0 succeeds with nothing written (the fallback probe).
+func testInfoLength(t *testing.T, c syscall.Conn) {
+	size := int(kernelStruct(t, "mptcp_info").Size)
+	for _, optlen := range []int{0, 1, 40, size, size + 100} {
+		buf := bytes.Repeat([]byte{0xAA}, optlen)
+		got, err := sockopt.Raw(c, sockopt.OptInfo, buf)
+		if err != nil {
+			t.Fatalf("optlen %d: %v", optlen, err)
+		}
+		if want := min(optlen, size); got != want || !untouched(buf[got:]) {
+			t.Errorf("optlen %d: returned %d, want %d (untouched after: %v)", optlen, got, want, untouched(buf[got:]))
 		}
 	}
 }
