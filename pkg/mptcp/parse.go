@@ -21,6 +21,9 @@ import "encoding/binary"
 //     option needs a length byte of at least 2 that, with the body, stays inside the header; an
 //     option that breaks this counts malformed and ends the walk. Every kind-30 option marks the
 //     packet MPTCP (even a broken one) and well-formed ones are classified by ClassifyOption.
+//   - The datapath looks at most MaxL4Offset bytes into a frame for an IPv6 extension header or the
+//     TCP header; one that starts deeper counts as truncated (only long IPv6 extension header chains
+//     get there).
 //   - A header that claims bytes the frame does not hold (Ethernet, a VLAN tag, the IPv4 header with
 //     its options, the IPv6 header, an extension header, the TCP header with its options) makes the
 //     frame truncated: it counts one malformed, and the parse stops there.
@@ -30,8 +33,9 @@ import "encoding/binary"
 
 // Parser limits; they match the defaults in bpf/include/mx_consts.h.
 const (
-	MaxVLANTags       = 2 // VLAN tags read before the network header
-	MaxIPv6ExtHeaders = 8 // IPv6 extension headers skipped before giving up
+	MaxVLANTags       = 2    // VLAN tags read before the network header
+	MaxIPv6ExtHeaders = 8    // IPv6 extension headers skipped before giving up
+	MaxL4Offset       = 1024 // deepest offset of an extension header or the TCP header
 )
 
 // Result is what one frame contributes to the datapath counters (before any GSO multiplier).
@@ -86,12 +90,18 @@ const (
 
 // parser carries the result through one frame. A method returns false when the frame turned out to
 // be shorter than its headers claim.
-type parser struct{ r Result }
+type parser struct {
+	r     Result
+	frame int // length of the whole frame, to tell offsets from it
+}
+
+// offset is where b starts in the frame.
+func (p *parser) offset(b []byte) int { return p.frame - len(b) }
 
 // Parse reads one Ethernet frame and returns what the datapath counts for it. It never fails: every
 // frame, however short or broken, is counted (in total, and in malformed when it is broken).
 func Parse(frame []byte) Result {
-	var p parser
+	p := parser{frame: len(frame)}
 	if !p.ethernet(frame) {
 		p.r.Truncated = true
 		p.r.Options[Malformed]++
@@ -171,6 +181,9 @@ func (p *parser) ipv6(b []byte) bool {
 			p.malformed() // more headers than the datapath walks: what follows is unknown
 			return true
 		}
+		if p.offset(b) > MaxL4Offset {
+			return false
+		}
 		switch next {
 		case protoFragment:
 			if len(b) < ipv6FragHdrLen {
@@ -201,7 +214,7 @@ func (p *parser) ipv6(b []byte) bool {
 
 func (p *parser) tcp(b []byte) bool {
 	p.r.TCP = true
-	if len(b) < tcpMinHeader {
+	if p.offset(b) > MaxL4Offset || len(b) < tcpMinHeader {
 		return false
 	}
 	headerLen := int(b[12]>>4) * 4
