@@ -63,6 +63,7 @@ func commands(g *globalFlags) []*cobra.Command {
 		newStatsCmd(g),
 		newProgCmd(g),
 		newMapCmd(g),
+		newDemoCmd(g),
 		newTCPInfoCmd(g),
 	}
 }
