@@ -67,4 +67,3 @@ MPTcpExt counters. Everything it creates is removed at the end, on failure and o
 	cmd.Flags().StringVar(&ingress, "ingress", "xdp", "ingress hook: xdp or tc")
 	return cmd
 }
-
