@@ -42,7 +42,7 @@ func newRootCmd() *cobra.Command {
 			return validateOutput(g.output)
 		},
 	}
-	root.PersistentFlags().StringVar(&g.netns, "netns", "", "run against the named network namespace (`ip netns` name), entered with setns; pins stay in the host's bpffs")
+	root.PersistentFlags().StringVar(&g.netns, "netns", "", "run against this named network namespace (a name from 'ip netns list'), entered with setns; pins stay in the host's bpffs")
 	root.PersistentFlags().StringVarP(&g.output, "output", "o", "table", "output format: table or json")
 	_ = root.RegisterFlagCompletionFunc("output", func(*cobra.Command, []string, string) ([]string, cobra.ShellCompDirective) {
 		return []string{"table", "json"}, cobra.ShellCompDirectiveNoFileComp
