@@ -514,6 +514,11 @@ func subflowAccounting(t *testing.T, p *pair, n int) []string {
 			c.TCP.BytesSent-c.TCP.BytesRetrans, s.TCP.BytesReceived)
 		check(key+" server tcpi_bytes_sent - tcpi_bytes_retrans vs client tcpi_bytes_received",
 			s.TCP.BytesSent-s.TCP.BytesRetrans, c.TCP.BytesReceived)
+		// tcpi_bytes_acked counts the SYN on the connecting side (the client), not on the server.
+		check(key+" client tcpi_bytes_acked vs its unique bytes sent + 1 (the SYN)",
+			c.TCP.BytesAcked, c.TCP.BytesSent-c.TCP.BytesRetrans+1)
+		check(key+" server tcpi_bytes_acked vs its unique bytes sent",
+			s.TCP.BytesAcked, s.TCP.BytesSent-s.TCP.BytesRetrans)
 		cUnique += c.TCP.BytesSent - c.TCP.BytesRetrans
 		sUnique += s.TCP.BytesSent - s.TCP.BytesRetrans
 		cRecv += c.TCP.BytesReceived
@@ -694,12 +699,11 @@ func testFullInfoAgrees(t *testing.T, p *pair) {
 			}
 		}
 	}
-	ids := map[uint32]bool{}
-	for _, s := range f.Subflows {
-		if s.ID == 0 || ids[s.ID] {
-			t.Errorf("subflow ids %v: want distinct, non-zero", f.Subflows)
+	// The initial subflow is id 1 and the joins count up, in the kernel's list order.
+	for i, s := range f.Subflows {
+		if s.ID != uint32(i+1) {
+			t.Errorf("subflow %d has id %d, want %d", i, s.ID, i+1)
 		}
-		ids[s.ID] = true
 	}
 	if sep.IDs {
 		t.Error("separate calls claim subflow ids")
