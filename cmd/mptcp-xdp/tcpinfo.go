@@ -364,8 +364,12 @@ func (r *tcpinfoReport) table(w io.Writer) error {
 // tcpinfoMicros prints a duration in microseconds as milliseconds, as ss does (rtt:0.049).
 func tcpinfoMicros(us uint32) string { return strconv.FormatFloat(float64(us)/1000, 'f', 3, 64) + "ms" }
 
-// tcpinfoRate prints a rate given in bytes per second in bits per second with a unit.
+// tcpinfoRate prints a rate given in bytes per second in bits per second with a unit; the
+// kernel's "no limit" (~0, e.g. pacing before the handshake completes) prints as "-".
 func tcpinfoRate(bytesPerSec uint64) string {
+	if bytesPerSec == ^uint64(0) {
+		return "-"
+	}
 	bps := float64(bytesPerSec) * 8
 	for _, u := range []struct {
 		div  float64

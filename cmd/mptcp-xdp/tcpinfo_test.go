@@ -124,7 +124,13 @@ func runHelper(js string) error {
 			if err != nil {
 				return err
 			}
-			if len(ti) == spec.Subflows {
+			est := 0
+			for _, s := range ti {
+				if s.StateName() == "ESTAB" {
+					est++
+				}
+			}
+			if len(ti) == spec.Subflows && est == len(ti) {
 				break
 			}
 			if ctx.Err() != nil {
