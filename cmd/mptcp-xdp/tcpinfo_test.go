@@ -39,11 +39,12 @@ type helperSpec struct {
 	Subflows int      // subflows to wait for on each
 	Fallback string   // an MPTCP connection to a plain TCP listener: falls back
 	Plain    string   // a plain TCP connection: not MPTCP, must be skipped
+	Listen   bool     // also hold an MPTCP listener
 }
 
 // helperReady is the helper's one line of output once everything is up: kind of each fd.
 type helperReady struct {
-	FDs map[int]string // "mptcp", "fallback", "plain"
+	FDs map[int]string // "mptcp", "fallback", "plain", "listener"
 }
 
 // TestTCPInfoHelperProcess is not a test: it is the separate process the tcpinfo tests read.
@@ -116,6 +117,20 @@ func runHelper(js string) error {
 	}
 	if err := add(c, "plain"); err != nil {
 		return err
+	}
+	if spec.Listen {
+		ln, err := lab.ListenIn(ctx, spec.Netns, "127.0.0.1:0")
+		if err != nil {
+			return err
+		}
+		defer ln.Close()
+		rc, err := ln.(*net.TCPListener).SyscallConn()
+		if err != nil {
+			return err
+		}
+		if err := rc.Control(func(fd uintptr) { ready.FDs[int(fd)] = "listener" }); err != nil {
+			return err
+		}
 	}
 	// Wait for every MPTCP connection's subflows.
 	for _, c := range conns[:len(spec.MPTCP)] {
@@ -348,6 +363,7 @@ func TestTCPInfoProcess(t *testing.T) {
 		Subflows: paths,
 		Fallback: net.JoinHostPort(v4, pport),
 		Plain:    net.JoinHostPort(v4, pport),
+		Listen:   true,
 	})
 	pid := strconv.Itoa(h.cmd.Process.Pid)
 
@@ -373,8 +389,11 @@ func TestTCPInfoProcess(t *testing.T) {
 	for _, c := range rep.Connections {
 		byFD[c.FD] = c
 	}
-	if len(rep.Connections) != 4 {
-		t.Errorf("%d connections, want 3 MPTCP + 1 fallback: %s", len(rep.Connections), out)
+	if len(rep.Connections) != 5 {
+		t.Errorf("%d connections, want 3 MPTCP + 1 fallback + 1 listener: %s", len(rep.Connections), out)
+	}
+	if c, ok := byFD[h.fd("listener")]; !ok || !c.Listening || c.Token != "" || len(c.Subflows) != 0 || c.Local == "" {
+		t.Errorf("listener: %+v (present %v)", c, ok)
 	}
 	if c, ok := byFD[h.fd("plain")]; ok {
 		t.Errorf("plain TCP socket listed: %+v", c)

@@ -1,6 +1,7 @@
 package sockopt
 
 import (
+	"encoding/binary"
 	"fmt"
 	"net/netip"
 	"reflect"
@@ -223,7 +224,7 @@ func parseSockaddr(b []byte) netip.AddrPort {
 	if len(b) < 4 {
 		return netip.AddrPort{}
 	}
-	family := *(*uint16)(unsafe.Pointer(&b[0]))
+	family := binary.NativeEndian.Uint16(b)
 	port := uint16(b[2])<<8 | uint16(b[3]) // network order
 	switch family {
 	case afInet:
