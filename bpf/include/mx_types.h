@@ -69,3 +69,57 @@ struct mx_meta {
 	__u64 netns_ino; /* inode of the network namespace the interface lives in */
 	__u64 attached_ns; /* CLOCK_REALTIME of the first attach, in nanoseconds */
 };
+
+/* Subflow flags of a subflow record: the same bits, from the same fields of struct
+ * mptcp_subflow_context, as the kernel's MPTCP diag reports (MPTCP_SUBFLOW_FLAG_*,
+ * include/uapi/linux/mptcp.h) and `ss -ti` prints as letters (MmJjBbecv). Append only. */
+enum mx_sf_flags {
+	MX_SF_MCAP_REM = 1 << 0,          /* 'M' mp_capable: the initial subflow, MP_CAPABLE agreed */
+	MX_SF_MCAP_LOC = 1 << 1,          /* 'm' request_mptcp: we sent MP_CAPABLE (client side) */
+	MX_SF_JOIN_REM = 1 << 2,          /* 'J' mp_join: an additional subflow (MP_JOIN) */
+	MX_SF_JOIN_LOC = 1 << 3,          /* 'j' request_join: we sent the MP_JOIN SYN */
+	MX_SF_BKUP_REM = 1 << 4,          /* 'B' backup: the peer asked for this subflow as backup */
+	MX_SF_BKUP_LOC = 1 << 5,          /* 'b' request_bkup: we asked for it as backup */
+	MX_SF_FULLY_ESTABLISHED = 1 << 6, /* 'e' fully_established */
+	MX_SF_CONNECTED = 1 << 7,         /* 'c' conn_finished */
+};
+
+/* One MPTCP subflow, written by the iter/tcp program (bpf_seq_write) per subflow of the network
+ * namespace being read. Never carries MPTCP keys. Addresses in network order, ports in host
+ * order; times in microseconds; rates in bytes per second. The tcp_info figures are computed as
+ * tcp_get_info() computes them (noted per field). */
+struct mx_subflow_rec {
+	__u64 cookie;         /* socket cookie of the subflow (bpf_get_socket_cookie) */
+	__u64 bytes_sent;     /* tcpi_bytes_sent (retransmissions included) */
+	__u64 bytes_acked;    /* tcpi_bytes_acked */
+	__u64 bytes_received; /* tcpi_bytes_received */
+	__u64 bytes_retrans;  /* tcpi_bytes_retrans */
+	__u64 delivery_rate;  /* tcpi_delivery_rate: rate_delivered * mss_cache * 1e6 / rate_interval_us */
+	__u64 pacing_rate;    /* tcpi_pacing_rate: sk_pacing_rate (~0: unlimited) */
+	__u32 token;          /* local token of the MPTCP connection (msk->token, as `ss -M` shows) */
+	enum mx_sf_flags flags; /* 4 bytes */
+	__u32 subflow_id;     /* the kernel's subflow id (MPTCP_FULL_INFO's id; 0 before 6.8) */
+	__u32 srtt_us;        /* tcpi_rtt: srtt_us >> 3 */
+	__u32 rttvar_us;      /* tcpi_rttvar: mdev_us >> 2 */
+	__u32 min_rtt_us;     /* tcpi_min_rtt: rtt_min.s[0].v (~0 before the first sample) */
+	__u32 snd_cwnd;       /* tcpi_snd_cwnd, segments */
+	__u32 snd_ssthresh;   /* tcpi_snd_ssthresh */
+	__u32 snd_mss;        /* tcpi_snd_mss: mss_cache */
+	__u32 total_retrans;  /* tcpi_total_retrans */
+	__u32 lost;           /* tcpi_lost: lost_out */
+	__u32 retrans;        /* tcpi_retrans: retrans_out */
+	__u32 segs_in;        /* tcpi_segs_in */
+	__u32 segs_out;       /* tcpi_segs_out */
+	__u32 data_segs_in;   /* tcpi_data_segs_in */
+	__u32 data_segs_out;  /* tcpi_data_segs_out */
+	__u16 sport;          /* local port, host order */
+	__u16 dport;          /* remote port, host order */
+	__u8 saddr[16];       /* local address: IPv4 in the first 4 bytes, or IPv6 */
+	__u8 daddr[16];       /* remote address */
+	__u8 family;          /* AF_INET 2 or AF_INET6 10 */
+	__u8 state;           /* TCP state of the subflow (TCP_ESTABLISHED = 1, ...) */
+	__u8 conn_state;      /* TCP-style state of the MPTCP socket */
+	__u8 local_id;        /* local address id (max(0, local_id), as the diag reports it) */
+	__u8 remote_id;       /* remote address id */
+	__u8 pad[7];
+};
