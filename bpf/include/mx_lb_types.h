@@ -1,0 +1,131 @@
+/* mx_lb_types.h — types shared between the load-balancer programs (lb_xdp.c, lb_decap.c) and Go
+ * (pkg/lb, pkg/control). Addresses are 16 bytes: IPv6 as is, IPv4 as ::ffff:a.b.c.d. All multi-byte
+ * fields on the wire side (addresses, ports, tokens as seen in packets) are kept in network byte order
+ * unless named _h (host order). Append only. */
+#pragma once
+
+#include <linux/types.h>
+
+#ifndef LB_MAX_VIPS
+#define LB_MAX_VIPS 64
+#endif
+#ifndef LB_MAX_BACKENDS
+#define LB_MAX_BACKENDS 4096
+#endif
+/* Maglev lookup table size per VIP: a prime much larger than the backend count. */
+#ifndef LB_RING_SIZE
+#define LB_RING_SIZE 65537
+#endif
+#ifndef LB_MAX_FLOWS
+#define LB_MAX_FLOWS 1048576
+#endif
+#ifndef LB_MAX_TOKENS
+#define LB_MAX_TOKENS 1048576
+#endif
+
+enum lb_forward {
+	LB_FWD_L2 = 0,   /* rewrite the destination MAC, keep the VIP (backend has it on loopback) */
+	LB_FWD_IPIP = 1, /* IPv4-in-IPv4 / IPv6-in-IPv6 to the backend's address */
+};
+
+enum lb_unknown_join {
+	LB_JOIN_DROP = 0, /* default: a forged or stale join never reaches a backend */
+	LB_JOIN_HASH = 1, /* treat it as a new flow (Maglev on the 5-tuple) */
+	LB_JOIN_PASS = 2, /* hand it to the kernel stack */
+};
+
+enum lb_vip_flags {
+	LB_VIP_JOIN_STEERING = 1 << 0, /* steer MP_JOIN SYNs by token (off: plain 5-tuple balancing) */
+};
+
+struct lb_vip_key {
+	__u8 addr[16];
+	__be16 port;
+	__u8 proto; /* IPPROTO_TCP */
+	__u8 pad;
+};
+
+struct lb_vip {
+	__u32 id;           /* index into the Maglev ring: ring[id * LB_RING_SIZE + h % LB_RING_SIZE] */
+	__u32 flags;        /* enum lb_vip_flags */
+	__u32 forward;      /* enum lb_forward */
+	__u32 unknown_join; /* enum lb_unknown_join */
+};
+
+enum lb_backend_flags {
+	LB_BACKEND_ACTIVE = 1 << 0,   /* present in the table */
+	LB_BACKEND_DRAINING = 1 << 1, /* no new connections; existing flows and their joins still reach it */
+};
+
+struct lb_backend {
+	__u8 addr[16];    /* tunnel destination (ipip), next hop (l2) */
+	__u8 mac[6];      /* next-hop MAC, resolved by the control plane from the neighbour table */
+	__u8 src_mac[6];  /* MAC of the egress interface */
+	__u32 ifindex;    /* egress interface */
+	__u32 flags;      /* enum lb_backend_flags */
+	__u8 src_addr[16]; /* outer source address for ipip (the balancer's address on the egress link) */
+};
+
+struct lb_flow_key {
+	__u8 src[16];
+	__u8 dst[16];
+	__be16 sport;
+	__be16 dport;
+	__u8 proto;
+	__u8 pad[3];
+};
+
+struct lb_flow {
+	__u32 backend;
+	__u32 token;    /* the server's token once learned (0 before); host order */
+	__u64 last_ns;  /* bpf_ktime_get_ns of the last packet */
+};
+
+struct lb_token_key {
+	__u32 vip_id;
+	__u32 token; /* host order, as ss -M prints it */
+};
+
+struct lb_token {
+	__u32 backend;
+	__u32 pad;
+	__u64 key_hash; /* low 64 bits of SHA-256(server key): tells a collision from a repeat */
+	__u64 last_ns;
+};
+
+/* Per-CPU counters of the balancer, one slot per enum value. */
+enum lb_stat {
+	LB_STAT_PACKETS = 0,       /* every frame seen */
+	LB_STAT_VIP = 1,           /* frames to a VIP */
+	LB_STAT_FLOW_HIT = 2,      /* frames of a known flow */
+	LB_STAT_NEW_FLOW = 3,      /* new flows placed by Maglev */
+	LB_STAT_TOKEN_LEARNED = 4, /* tokens computed from an MP_CAPABLE third ACK or first data */
+	LB_STAT_JOIN_STEERED = 5,  /* MP_JOIN SYNs steered by token */
+	LB_STAT_JOIN_UNKNOWN = 6,  /* MP_JOIN SYNs with an unknown token */
+	LB_STAT_JOIN_DROPPED = 7,  /* ... of which dropped by policy */
+	LB_STAT_COLLISION = 8,     /* a token already held by another live connection on another backend */
+	LB_STAT_FWD_L2 = 9,
+	LB_STAT_FWD_IPIP = 10,
+	LB_STAT_NO_BACKEND = 11,   /* VIP with no usable backend: passed */
+	LB_STAT_FWD_ERROR = 12,    /* encapsulation or redirect failed: passed */
+	LB_STAT_DECAP = 13,        /* frames decapsulated (lb_decap) */
+	LB_STAT_MALFORMED = 14,
+	LB_STAT_MAX = 15,
+};
+
+enum lb_event_type {
+	LB_EV_CONN_LEARNED = 1, /* token learned for a flow */
+	LB_EV_JOIN_STEERED = 2,
+	LB_EV_JOIN_UNKNOWN = 3,
+	LB_EV_COLLISION = 4,
+};
+
+/* One ring-buffer event. */
+struct lb_event {
+	__u32 type;    /* enum lb_event_type */
+	__u32 token;   /* host order */
+	__u32 backend; /* chosen (or, for a collision, the new) backend */
+	__u32 other;   /* collision: the backend that held the token */
+	struct lb_flow_key flow;
+	__u64 ts_ns;
+};
