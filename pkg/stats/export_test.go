@@ -1,0 +1,4 @@
+package stats
+
+// Decode exposes decode to the external tests.
+var Decode = decode
