@@ -110,7 +110,14 @@ enum lb_stat {
 	LB_STAT_FWD_ERROR = 12,    /* encapsulation or redirect failed: passed */
 	LB_STAT_DECAP = 13,        /* frames decapsulated (lb_decap) */
 	LB_STAT_MALFORMED = 14,
-	LB_STAT_MAX = 15,
+	LB_STAT_EVENT_LOST = 15,     /* ring buffer full: event not sent (traffic unaffected) */
+	LB_STAT_TOKEN_REPLACED = 16, /* a token mapping idle past the threshold taken over by another backend */
+	LB_STAT_MAX = 17,
+};
+
+/* Value of the per-CPU stats map (one entry): one counter per enum lb_stat. */
+struct lb_stats {
+	__u64 count[LB_STAT_MAX];
 };
 
 enum lb_event_type {
@@ -118,6 +125,7 @@ enum lb_event_type {
 	LB_EV_JOIN_STEERED = 2,
 	LB_EV_JOIN_UNKNOWN = 3,
 	LB_EV_COLLISION = 4,
+	LB_EV_TOKEN_REPLACED = 5, /* an idle mapping taken over: other = the backend that held it */
 };
 
 /* One ring-buffer event. */
