@@ -1,0 +1,226 @@
+package main
+
+import (
+	"fmt"
+	"io"
+	"math"
+	"strconv"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/mptcp-xdp/mptcp-xdp/pkg/stats"
+)
+
+// The JSON forms of `conn list`, `conn show` and `subflow list` are documented in docs/conn.md.
+
+// connListReport is the output of `conn list`.
+type connListReport struct {
+	Netns       string          `json:"netns"`
+	Connections []stats.Summary `json:"connections"`
+}
+
+// connShowReport is the output of `conn show`.
+type connShowReport struct {
+	Netns      string           `json:"netns"`
+	Connection stats.Connection `json:"connection"`
+}
+
+// subflowListReport is the output of `subflow list`.
+type subflowListReport struct {
+	Netns    string          `json:"netns"`
+	Subflows []stats.Subflow `json:"subflows"`
+}
+
+const connLong = `The figures come from the kernel's sockets, read with a BPF socket iterator in the network
+namespace --netns names (default: the current one): every MPTCP subflow that is not listening, with
+its connection's token and the tcp_info figures tcp_get_info computes. No process needs to own the
+sockets, and nothing is attached or pinned. Needs root (CAP_BPF and CAP_PERFMON, CAP_SYS_ADMIN for
+--netns) and Linux 5.12 with BTF and MPTCP.`
+
+func newConnCmd(g *globalFlags) *cobra.Command {
+	cmd := &cobra.Command{
+		Use:   "conn",
+		Short: "List MPTCP connections and show one with its subflows",
+		Long:  "conn lists the MPTCP connections of a network namespace, grouped from their subflows.\n\n" + connLong,
+	}
+	cmd.AddCommand(&cobra.Command{
+		Use:     "list",
+		Short:   "One row per MPTCP connection: token, first subflow's addresses, subflows, bytes, srtt range",
+		Long:    "conn list prints one row per MPTCP connection: its token (as ss -M shows it, 8 hex digits),\nthe local and remote address of its first subflow, the number of subflows, the bytes of all its\nsubflows summed, and the lowest and highest smoothed RTT among them.\n\n" + connLong,
+		Example: "  mptcp-xdp conn list\n  mptcp-xdp conn list --netns blue -o json",
+		Args:    cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			conns, err := connRead(g)
+			if err != nil {
+				return err
+			}
+			rep := connListReport{Netns: connNetns(g), Connections: make([]stats.Summary, 0, len(conns))}
+			for i := range conns {
+				rep.Connections = append(rep.Connections, conns[i].Summary())
+			}
+			return render(cmd, g, rep, func(w io.Writer) error {
+				fmt.Fprintln(w, "TOKEN\tSTATE\tLOCAL\tREMOTE\tSUBFLOWS\tSENT\tACKED\tRECEIVED\tRETRANS\tSRTT(ms)")
+				for _, s := range rep.Connections {
+					fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%d\t%d\t%d\t%d\t%d\t%s\n", s.Token, s.State, s.Local, s.Remote,
+						s.Live, s.Totals.BytesSent, s.Totals.BytesAcked, s.Totals.BytesReceived, s.Totals.BytesRetrans,
+						connSRTTRange(s.SRTTMin, s.SRTTMax))
+				}
+				return nil
+			})
+		},
+	})
+	cmd.AddCommand(&cobra.Command{
+		Use:     "show TOKEN",
+		Short:   "Show one MPTCP connection and every subflow's figures",
+		Long:    "conn show prints the MPTCP connection with this token (hex, with or without leading zeros or\n0x, as conn list or ss -M print it) and the addresses, ids, flags and tcp_info figures of each of\nits subflows.\n\n" + connLong,
+		Example: "  mptcp-xdp conn show 98dd7c13\n  mptcp-xdp conn show 98dd7c13 --netns blue -o json",
+		Args:    cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			tok, err := stats.ParseToken(args[0])
+			if err != nil {
+				return err
+			}
+			conns, err := connRead(g)
+			if err != nil {
+				return err
+			}
+			c := stats.Find(conns, tok)
+			if c == nil {
+				return fmt.Errorf("no MPTCP connection with token %s in %s (see `mptcp-xdp conn list`)", tok, connNetns(g))
+			}
+			rep := connShowReport{Netns: connNetns(g), Connection: *c}
+			return render(cmd, g, rep, func(w io.Writer) error {
+				s := c.Summary()
+				fmt.Fprintf(w, "token\t%s\n", s.Token)
+				fmt.Fprintf(w, "state\t%s\n", s.State)
+				fmt.Fprintf(w, "local\t%s\n", s.Local)
+				fmt.Fprintf(w, "remote\t%s\n", s.Remote)
+				fmt.Fprintf(w, "subflows\t%d\n", s.Live)
+				if s.Closed > 0 {
+					fmt.Fprintf(w, "closed subflows\t%d\n", s.Closed)
+				}
+				fmt.Fprintf(w, "bytes sent/acked/received/retrans\t%d/%d/%d/%d\n",
+					s.Totals.BytesSent, s.Totals.BytesAcked, s.Totals.BytesReceived, s.Totals.BytesRetrans)
+				fmt.Fprintf(w, "srtt (ms)\t%s\n\n", connSRTTRange(s.SRTTMin, s.SRTTMax))
+				return connSubflowTable(w, c.Subflows, false)
+			})
+		},
+	})
+	return cmd
+}
+
+func newSubflowCmd(g *globalFlags) *cobra.Command {
+	cmd := &cobra.Command{
+		Use:   "subflow",
+		Short: "List MPTCP subflows with their tcp_info figures",
+	}
+	cmd.AddCommand(&cobra.Command{
+		Use:     "list",
+		Short:   "One row per MPTCP subflow: token, addresses, ids, flags, rtt, cwnd, bytes, rates",
+		Long:    "subflow list prints every MPTCP subflow, ordered by connection token then subflow id.\nFLAGS are the letters ss -ti prints after tcp-ulp-mptcp (M initial subflow, J joined,\nm/j sent by us, B/b backup asked by the peer/by us, e fully established, c connected).\n\n" + connLong,
+		Example: "  mptcp-xdp subflow list --netns blue\n  mptcp-xdp subflow list -o json",
+		Args:    cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			conns, err := connRead(g)
+			if err != nil {
+				return err
+			}
+			rep := subflowListReport{Netns: connNetns(g), Subflows: []stats.Subflow{}}
+			for _, c := range conns {
+				rep.Subflows = append(rep.Subflows, c.Subflows...)
+			}
+			return render(cmd, g, rep, func(w io.Writer) error { return connSubflowTable(w, rep.Subflows, true) })
+		},
+	})
+	return cmd
+}
+
+// connRead reads the connections of the selected namespace with a reader made for this
+// command.
+func connRead(g *globalFlags) ([]stats.Connection, error) {
+	r, err := stats.NewReader()
+	if err != nil {
+		return nil, err
+	}
+	defer r.Close()
+	return r.Connections(g.netns)
+}
+
+// connNetns names the namespace read: its name, or "current" without --netns.
+func connNetns(g *globalFlags) string {
+	if g.netns == "" {
+		return "current"
+	}
+	return g.netns
+}
+
+func connSubflowTable(w io.Writer, sfs []stats.Subflow, withToken bool) error {
+	if withToken {
+		fmt.Fprint(w, "TOKEN\t")
+	}
+	fmt.Fprintln(w, "ID\tLOCAL\tREMOTE\tLID\tRID\tFLAGS\tSTATE\tSRTT(ms)\tRTTVAR(ms)\tMINRTT(ms)\tCWND\tSSTHRESH\tMSS\tSENT\tACKED\tRECEIVED\tRETRANS\tRETRANS(segs)\tLOST\tSEGS_IN\tSEGS_OUT\tDELIVERY\tPACING")
+	for _, s := range sfs {
+		if withToken {
+			fmt.Fprintf(w, "%s\t", s.Token)
+		}
+		state := s.State.String()
+		if s.Closed {
+			state = "closed"
+		}
+		fmt.Fprintf(w, "%d\t%s\t%s\t%d\t%d\t%s\t%s\t%s\t%s\t%s\t%d\t%s\t%d\t%d\t%d\t%d\t%d\t%d\t%d\t%d\t%d\t%s\t%s\n",
+			s.ID, s.Local, s.Remote, s.LocalID, s.RemoteID, connDash(s.Flags.String()), state,
+			connMs(s.SRTT), connMs(s.RTTVar), connMs(s.MinRTT), s.Cwnd, connSsthresh(s.Ssthresh), s.MSS,
+			s.BytesSent, s.BytesAcked, s.BytesReceived, s.BytesRetrans, s.TotalRetrans, s.Lost,
+			s.SegsIn, s.SegsOut, connBitRate(s.DeliveryRate), connPacing(s.PacingRate))
+	}
+	return nil
+}
+
+func connDash(s string) string {
+	if s == "" {
+		return "-"
+	}
+	return s
+}
+
+// connMs prints a duration in milliseconds with microsecond resolution, as ss does ("0.071").
+func connMs(d time.Duration) string {
+	return strconv.FormatFloat(float64(d.Microseconds())/1000, 'f', 3, 64)
+}
+
+func connSRTTRange(loUs, hiUs int64) string {
+	lo, hi := connMs(time.Duration(loUs)*time.Microsecond), connMs(time.Duration(hiUs)*time.Microsecond)
+	if lo == hi {
+		return lo
+	}
+	return lo + "-" + hi
+}
+
+// connSsthresh prints TCP_INFINITE_SSTHRESH (no loss yet) as "inf".
+func connSsthresh(v uint32) string {
+	if v >= 0x7fffffff {
+		return "inf"
+	}
+	return strconv.FormatUint(uint64(v), 10)
+}
+
+// connBitRate prints a rate in bytes per second as bits per second with an SI prefix, as ss does
+// in bps ("128.7Mbit/s").
+func connBitRate(bytesPerSec uint64) string {
+	v := float64(bytesPerSec) * 8
+	for _, u := range []string{"bit/s", "kbit/s", "Mbit/s", "Gbit/s"} {
+		if v < 1000 {
+			return strconv.FormatFloat(v, 'f', 1, 64) + u
+		}
+		v /= 1000
+	}
+	return strconv.FormatFloat(v, 'f', 1, 64) + "Tbit/s"
+}
+
+func connPacing(bytesPerSec uint64) string {
+	if bytesPerSec == math.MaxUint64 {
+		return "unlimited"
+	}
+	return connBitRate(bytesPerSec)
+}
