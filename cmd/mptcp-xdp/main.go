@@ -65,7 +65,6 @@ func commands(g *globalFlags) []*cobra.Command {
 		newMapCmd(g),
 		newDemoCmd(g),
 		newTCPInfoCmd(g),
-		newServeCmd(g),
 		newConnCmd(g),
 		newSubflowCmd(g),
 	}
