@@ -15,7 +15,6 @@
 package lablb
 
 import (
-	"context"
 	"crypto/rand"
 	"encoding/hex"
 	"errors"
@@ -278,20 +277,6 @@ func (l *Lab) RouteVIP(j int) error {
 		}
 	}
 	return nil
-}
-
-// Resolve makes the balancer's kernel resolve every backend's link-layer address (one ping each,
-// IPv4 and IPv6), so that the neighbour table has them before the datapath needs them.
-func (l *Lab) Resolve(ctx context.Context) error {
-	var errs []error
-	for _, b := range l.Backends {
-		for _, a := range []netip.Addr{b.IP4, b.IP6} {
-			if _, err := l.Exec(l.LB, "ping", "-c", "1", "-W", "2", a.String()); err != nil {
-				errs = append(errs, err)
-			}
-		}
-	}
-	return errors.Join(errs...)
 }
 
 // Namespaces lists every namespace of the lab: client, balancer, backends.
