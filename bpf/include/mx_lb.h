@@ -1,0 +1,235 @@
+/* mx_lb.h — maps, configuration and helpers of the load balancer (lb_xdp.c): one set of maps per
+ * balancer, shared by every interface its program is attached to. Types in mx_lb_types.h. */
+#pragma once
+
+#include <linux/types.h>
+#include <linux/bpf.h>
+#include <linux/if_ether.h>
+#include <linux/ip.h>
+#include <linux/ipv6.h>
+#include <linux/tcp.h>
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_endian.h>
+
+#include "mx_consts.h"
+#include "mx_lb_types.h"
+
+#ifndef LB_EVENTS_BYTES
+#define LB_EVENTS_BYTES (256 * 1024)
+#endif
+/* Ring slots tried, from the flow's own, before a new flow gives up on finding a backend that takes
+ * new connections (the control plane rebuilds the ring without a draining or removed backend; this
+ * covers the window until it has). */
+#ifndef LB_PICK_PROBES
+#define LB_PICK_PROBES 8
+#endif
+
+/* TCP options walked per frame before the balancer stops looking for an MPTCP option. Real stacks
+ * put at most 6-8 options (NOPs included) before it; a frame whose MPTCP option lies further is
+ * forwarded as if it had none (no token learned; a join placed by Maglev like any new flow, which
+ * any SYN can get anyway). Each iteration multiplies the verifier's work. */
+#ifndef LB_MAX_TCP_OPTIONS
+#define LB_MAX_TCP_OPTIONS 16
+#endif
+
+/* --- configuration, set from Go before load --- */
+
+/* Seed of the 5-tuple hash (Maglev slot and IPv6 outer flow label). */
+const volatile __u32 lb_hash_seed = 0x6d707463;
+/* A token mapping whose connection has been silent this long may be taken over by a new connection
+ * of another backend that computed the same token; until then the new one is a collision. */
+const volatile __u64 lb_collision_idle_ns = 120ULL * 1000000000ULL;
+/* How stale a token's last_ns may get before a packet of one of its flows refreshes it. */
+const volatile __u64 lb_token_refresh_ns = 1000000000ULL;
+
+/* --- maps --- */
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, LB_MAX_VIPS);
+	__type(key, struct lb_vip_key);
+	__type(value, struct lb_vip);
+} mptcpx_vips SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, LB_MAX_BACKENDS);
+	__type(key, __u32);
+	__type(value, struct lb_backend);
+} mptcpx_backends SEC(".maps");
+
+/* The Maglev lookup tables of every VIP, one after the other: slot s of VIP id is
+ * ring[id * LB_RING_SIZE + s], holding a backend id. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, LB_MAX_VIPS * LB_RING_SIZE);
+	__type(key, __u32);
+	__type(value, __u32);
+} mptcpx_ring SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, LB_MAX_FLOWS);
+	__type(key, struct lb_flow_key);
+	__type(value, struct lb_flow);
+} mptcpx_flows SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, LB_MAX_TOKENS);
+	__type(key, struct lb_token_key);
+	__type(value, struct lb_token);
+} mptcpx_tokens SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct lb_stats);
+} mptcpx_lb_stats SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, LB_EVENTS_BYTES);
+} mptcpx_lb_evts SEC(".maps");
+
+/* Per-CPU scratch word: a value written and read back through map memory is unknown to the
+ * verifier (see mx_launder in mx_parse.h), which lets it prune the TCP options loop. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u32);
+} mptcpx_lb_scr SEC(".maps");
+
+static __always_inline __u32 lb_launder(__u32 *slot, __u32 v)
+{
+	*(volatile __u32 *)slot = v;
+	return *(volatile __u32 *)slot;
+}
+
+/* --- helpers --- */
+
+static __always_inline void lb_count(struct lb_stats *st, __u32 stat)
+{
+	if (st && stat < LB_STAT_MAX)
+		st->count[stat]++;
+}
+
+/* A full ring buffer costs the event, never the packet. */
+static __always_inline void lb_emit(struct lb_stats *st, __u32 type, __u32 token, __u32 backend, __u32 other,
+				    const struct lb_flow_key *fk, __u64 now)
+{
+	struct lb_event *e = bpf_ringbuf_reserve(&mptcpx_lb_evts, sizeof(*e), 0);
+	if (!e) {
+		lb_count(st, LB_STAT_EVENT_LOST);
+		return;
+	}
+	e->type = type;
+	e->token = token;
+	e->backend = backend;
+	e->other = other;
+	__builtin_memcpy(&e->flow, fk, sizeof(e->flow));
+	e->ts_ns = now;
+	bpf_ringbuf_submit(e, 0);
+}
+
+static __always_inline __u32 lb_rol32(__u32 w, __u32 s)
+{
+	return (w << s) | (w >> (32 - s));
+}
+
+#define LB_JHASH_MIX(a, b, c)                      \
+	do {                                       \
+		a -= c; a ^= lb_rol32(c, 4); c += b;  \
+		b -= a; b ^= lb_rol32(a, 6); a += c;  \
+		c -= b; c ^= lb_rol32(b, 8); b += a;  \
+		a -= c; a ^= lb_rol32(c, 16); c += b; \
+		b -= a; b ^= lb_rol32(a, 19); a += c; \
+		c -= b; c ^= lb_rol32(b, 4); b += a;  \
+	} while (0)
+
+#define LB_JHASH_FINAL(a, b, c)                    \
+	do {                                       \
+		c ^= b; c -= lb_rol32(b, 14);         \
+		a ^= c; a -= lb_rol32(c, 11);         \
+		b ^= a; b -= lb_rol32(a, 25);         \
+		c ^= b; c -= lb_rol32(b, 16);         \
+		a ^= c; a -= lb_rol32(c, 4);          \
+		b ^= a; b -= lb_rol32(a, 14);         \
+		c ^= b; c -= lb_rol32(b, 24);         \
+	} while (0)
+
+/* The 5-tuple hash: Linux's jhash2 over the ten 32-bit words of struct lb_flow_key (addresses, ports,
+ * protocol; padding zero), read in host order. pkg/lb.FlowHash is the same function in Go. */
+static __always_inline __u32 lb_flow_hash(const struct lb_flow_key *fk)
+{
+	const __u32 *k = (const __u32 *)fk;
+	__u32 a, b, c;
+
+	a = b = c = 0xdeadbeef + (10 << 2) + lb_hash_seed;
+	a += k[0]; b += k[1]; c += k[2];
+	LB_JHASH_MIX(a, b, c);
+	a += k[3]; b += k[4]; c += k[5];
+	LB_JHASH_MIX(a, b, c);
+	a += k[6]; b += k[7]; c += k[8];
+	LB_JHASH_MIX(a, b, c);
+	a += k[9];
+	LB_JHASH_FINAL(a, b, c);
+	return c;
+}
+
+/* A backend that may take a packet: of an existing flow or join (any active backend), or of a new
+ * flow (active and not draining). */
+static __always_inline struct lb_backend *lb_backend_usable(__u32 id, int new_flow)
+{
+	struct lb_backend *be = bpf_map_lookup_elem(&mptcpx_backends, &id);
+	if (!be || !(be->flags & LB_BACKEND_ACTIVE) || !be->ifindex)
+		return NULL;
+	if (new_flow && (be->flags & LB_BACKEND_DRAINING))
+		return NULL;
+	return be;
+}
+
+/* Maglev: the backend of slot hash % LB_RING_SIZE of the VIP's table, or of the next slots when that
+ * one's backend takes no new flows. */
+static __always_inline struct lb_backend *lb_pick(const struct lb_vip *vip, __u32 hash, __u32 *id)
+{
+	if (vip->id >= LB_MAX_VIPS)
+		return NULL;
+	__u32 base = vip->id * LB_RING_SIZE;
+	__u32 slot = hash % LB_RING_SIZE;
+
+	for (int i = 0; i < LB_PICK_PROBES; i++) {
+		__u32 idx = base + slot;
+		__u32 *b = bpf_map_lookup_elem(&mptcpx_ring, &idx);
+		if (!b)
+			return NULL;
+		struct lb_backend *be = lb_backend_usable(*b, 1);
+		if (be) {
+			*id = *b;
+			return be;
+		}
+		slot = slot + 1 == LB_RING_SIZE ? 0 : slot + 1;
+	}
+	return NULL;
+}
+
+static __always_inline int lb_is_v4mapped(const __u8 *a)
+{
+	const __u32 *w = (const __u32 *)a;
+	return w[0] == 0 && w[1] == 0 && w[2] == bpf_htonl(0xffff);
+}
+
+/* The ones'-complement checksum of a 20-byte IPv4 header whose check field is zero. */
+static __always_inline __u16 lb_ip4_csum(const struct iphdr *iph)
+{
+	const __u16 *p = (const __u16 *)iph;
+	__u32 sum = 0;
+#pragma unroll
+	for (int i = 0; i < (int)sizeof(*iph) / 2; i++)
+		sum += p[i];
+	sum = (sum & 0xffff) + (sum >> 16);
+	sum = (sum & 0xffff) + (sum >> 16);
+	return (__u16)~sum;
+}

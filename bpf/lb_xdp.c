@@ -1,0 +1,402 @@
+// SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause)
+/* lb_xdp.c — the MPTCP-aware L4 load balancer, at the XDP hook, with direct server return.
+ *
+ * Frames to a VIP (IPv4/IPv6 address + TCP port) go to a backend: the one the flow table remembers;
+ * for an MP_JOIN SYN (VIPs with LB_VIP_JOIN_STEERING), the one that holds the join's token; otherwise
+ * the one of the VIP's Maglev table at the 5-tuple's hash (always for a SYN, which opens a connection). Tokens are learned here, with no
+ * control-plane round trip, from the client's MP_CAPABLE third ACK or first data packet, which carry
+ * the server's key: token = SHA-256(key)[0:4]. Forwarding rewrites the MACs (l2) or adds an outer
+ * IPv4/IPv6 header to the backend's address (ipip), then XDP_TX or XDP_REDIRECT. Everything else
+ * passes untouched; so does a VIP frame that cannot be forwarded (no backend, bad config), and a
+ * malformed one. Only an unknown-token join under the drop policy is dropped.
+ *
+ * Not handled (passed untouched): VLAN-tagged frames, IPv4 fragments, IPv6 with extension headers. */
+#include <linux/bpf.h>
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_endian.h>
+
+#include "include/mx_lb.h"
+#include "include/mx_sha256.h"
+
+#define IP_MF_OFFSET_BE bpf_htons(0x3fff)
+#define IPPROTO_IPIP_ 4
+#define IPPROTO_IPV6_ 41
+
+/* Puts struct lb_event in the object's BTF for bpf2go (-type lb_event); never used. */
+const struct lb_event *lb_event_btf __attribute__((unused));
+
+enum lb_mp_kind {
+	LB_MP_NONE = 0,
+	LB_MP_KEYS = 1, /* MP_CAPABLE with both keys (third ACK, or ACK + data) */
+	LB_MP_JOIN = 2, /* MP_JOIN SYN */
+};
+
+struct lb_mp {
+	__u32 kind;  /* enum lb_mp_kind */
+	__u32 token; /* MP_JOIN SYN: receiver's token, host order */
+	__u64 rkey;  /* MP_CAPABLE: receiver's (the server's) key */
+	int malformed;
+};
+
+static __always_inline __u64 lb_load_be64(const __u8 *p)
+{
+	__u64 v;
+	__builtin_memcpy(&v, p, sizeof(v));
+	return bpf_be64_to_cpu(v);
+}
+
+static __always_inline __u32 lb_load_be32(const __u8 *p)
+{
+	__u32 v;
+	__builtin_memcpy(&v, p, sizeof(v));
+	return bpf_ntohl(v);
+}
+
+/* Find the MPTCP option that matters to the balancer in the TCP options opts[0:optlen]
+ * (optlen <= 40, the header already checked to lie inside the frame). */
+static __always_inline void lb_scan_opts(__u8 *opts, __u32 optlen, void *data_end, int syn, int ack,
+					 struct lb_mp *mp, __u32 *scr)
+{
+	__u32 off = 0;
+
+	for (int i = 0; i < LB_MAX_TCP_OPTIONS; i++) {
+		/* One range for off on every path into the next iteration, so the verifier prunes. */
+		off = lb_launder(scr, off) & 0x3f;
+		if (off >= optlen || off >= TCP_OPTIONS_MAX_LEN)
+			return;
+		__u8 *p = opts + off;
+		if ((void *)(p + 1) > data_end)
+			return;
+		__u8 kind = p[0];
+		if (kind == TCPOPT_EOL_)
+			return;
+		if (kind == TCPOPT_NOP_) {
+			off++;
+			continue;
+		}
+		if (off + 2 > optlen || (void *)(p + 2) > data_end) {
+			mp->malformed = 1;
+			return;
+		}
+		__u32 len = p[1];
+		if (len < 2 || off + len > optlen) {
+			mp->malformed = 1;
+			return;
+		}
+		__u32 next = off + len;
+		asm volatile("" : "+r"(next));
+		if (kind == TCPOPT_MPTCP && len >= 12) {
+			if ((void *)(p + 12) > data_end)
+				return;
+			__u8 subtype = p[2] >> 4;
+			if (subtype == MPTCPOPT_MP_JOIN && syn && !ack && len == 12) {
+				mp->kind = LB_MP_JOIN;
+				mp->token = lb_load_be32(p + 4);
+				return;
+			}
+			/* v1 MP_CAPABLE with both keys: sender's key, then receiver's key. */
+			if (subtype == MPTCPOPT_MP_CAPABLE && !syn && ack && (p[2] & 0x0f) == 1 &&
+			    (len == 20 || len == 22 || len == 24)) {
+				if ((void *)(p + 20) > data_end)
+					return;
+				mp->kind = LB_MP_KEYS;
+				mp->rkey = lb_load_be64(p + 12);
+				return;
+			}
+		}
+		off = next;
+	}
+}
+
+/* Record token -> backend for the connection of flow fk, whose server key is rkey. Returns the
+ * token when this flow now owns (or shares, as the same connection) the mapping, else 0. */
+static __always_inline __u32 lb_learn(struct lb_stats *st, const struct lb_vip *vip, __u64 rkey, __u32 backend,
+				      const struct lb_flow_key *fk, __u64 now)
+{
+	struct mx_sha256_digest d;
+	mx_sha256_key(rkey, &d);
+
+	struct lb_token_key tk = {.vip_id = vip->id, .token = d.h[0]};
+	__u64 key_hash = ((__u64)d.h[6] << 32) | d.h[7];
+	struct lb_token *t = bpf_map_lookup_elem(&mptcpx_tokens, &tk);
+
+	if (t) {
+		if (t->key_hash == key_hash || t->backend == backend) {
+			/* The same connection again (a repeated key), or the backend that held the token
+			 * minted it again, so its old connection is gone: refresh. */
+			int changed = t->key_hash != key_hash || t->backend != backend;
+			t->backend = backend;
+			t->key_hash = key_hash;
+			t->last_ns = now;
+			if (changed) {
+				lb_count(st, LB_STAT_TOKEN_LEARNED);
+				lb_emit(st, LB_EV_CONN_LEARNED, tk.token, backend, 0, fk, now);
+			}
+			return tk.token;
+		}
+		__u32 other = t->backend;
+		if (now - t->last_ns <= lb_collision_idle_ns) {
+			/* Two live connections, two backends, one token: keep the mapping we have. */
+			lb_count(st, LB_STAT_COLLISION);
+			lb_emit(st, LB_EV_COLLISION, tk.token, backend, other, fk, now);
+			return 0;
+		}
+		t->backend = backend;
+		t->key_hash = key_hash;
+		t->last_ns = now;
+		lb_count(st, LB_STAT_TOKEN_REPLACED);
+		lb_count(st, LB_STAT_TOKEN_LEARNED);
+		lb_emit(st, LB_EV_TOKEN_REPLACED, tk.token, backend, other, fk, now);
+		return tk.token;
+	}
+
+	struct lb_token nt = {.backend = backend, .key_hash = key_hash, .last_ns = now};
+	/* BPF_NOEXIST: of two CPUs learning one token at once, the first one wins. */
+	if (bpf_map_update_elem(&mptcpx_tokens, &tk, &nt, BPF_NOEXIST))
+		return 0;
+	lb_count(st, LB_STAT_TOKEN_LEARNED);
+	lb_emit(st, LB_EV_CONN_LEARNED, tk.token, backend, 0, fk, now);
+	return tk.token;
+}
+
+/* Send the frame to backend be by rewriting its MACs. */
+static __always_inline int lb_fwd_l2(struct xdp_md *ctx, struct lb_stats *st, const struct lb_backend *be)
+{
+	void *data = (void *)(long)ctx->data;
+	void *data_end = (void *)(long)ctx->data_end;
+	struct ethhdr *eth = data;
+	if ((void *)(eth + 1) > data_end)
+		return XDP_PASS;
+	__builtin_memcpy(eth->h_dest, be->mac, ETH_ALEN);
+	__builtin_memcpy(eth->h_source, be->src_mac, ETH_ALEN);
+	lb_count(st, LB_STAT_FWD_L2);
+	if (be->ifindex == ctx->ingress_ifindex)
+		return XDP_TX;
+	return bpf_redirect(be->ifindex, 0);
+}
+
+/* Send the frame to backend be inside an outer IPv4 or IPv6 header (the backend address's family)
+ * to the backend's address. inner_len is the inner IP packet's length, tos its traffic class. */
+static __always_inline int lb_fwd_ipip(struct xdp_md *ctx, struct lb_stats *st, const struct lb_backend *be,
+				       int inner_v6, __u32 inner_len, __u8 tos, __u32 hash)
+{
+	int outer_v6 = !lb_is_v4mapped(be->addr);
+	int hdr = outer_v6 ? (int)sizeof(struct ipv6hdr) : (int)sizeof(struct iphdr);
+	__u8 proto = inner_v6 ? IPPROTO_IPV6_ : IPPROTO_IPIP_;
+
+	if (inner_len + hdr > 0xffff || bpf_xdp_adjust_head(ctx, -hdr)) {
+		lb_count(st, LB_STAT_FWD_ERROR);
+		return XDP_PASS;
+	}
+	void *data = (void *)(long)ctx->data;
+	void *data_end = (void *)(long)ctx->data_end;
+	struct ethhdr *eth = data;
+
+	if (outer_v6) {
+		struct ipv6hdr *ip6 = data + sizeof(*eth);
+		if ((void *)(ip6 + 1) > data_end)
+			return XDP_ABORTED; /* unreachable: the frame just grew by this much */
+		__builtin_memcpy(eth->h_dest, be->mac, ETH_ALEN);
+		__builtin_memcpy(eth->h_source, be->src_mac, ETH_ALEN);
+		eth->h_proto = ETH_P_IPV6_BE;
+		/* version 6, the inner traffic class, the 5-tuple's hash as flow label (ECMP entropy). */
+		__u32 vtcfl = (6U << 28) | ((__u32)tos << 20) | (hash & 0xfffff);
+		*(__be32 *)ip6 = bpf_htonl(vtcfl);
+		ip6->payload_len = bpf_htons(inner_len);
+		ip6->nexthdr = proto;
+		ip6->hop_limit = 64;
+		__builtin_memcpy(&ip6->saddr, be->src_addr, 16);
+		__builtin_memcpy(&ip6->daddr, be->addr, 16);
+	} else {
+		struct iphdr *iph = data + sizeof(*eth);
+		if ((void *)(iph + 1) > data_end)
+			return XDP_ABORTED; /* unreachable: the frame just grew by this much */
+		__builtin_memcpy(eth->h_dest, be->mac, ETH_ALEN);
+		__builtin_memcpy(eth->h_source, be->src_mac, ETH_ALEN);
+		eth->h_proto = ETH_P_IP_BE;
+		iph->version = 4;
+		iph->ihl = 5;
+		iph->tos = tos;
+		iph->tot_len = bpf_htons(inner_len + sizeof(*iph));
+		iph->id = 0;
+		iph->frag_off = 0;
+		iph->ttl = 64;
+		iph->protocol = proto;
+		iph->check = 0;
+		__builtin_memcpy(&iph->saddr, be->src_addr + 12, 4);
+		__builtin_memcpy(&iph->daddr, be->addr + 12, 4);
+		iph->check = lb_ip4_csum(iph);
+	}
+	lb_count(st, LB_STAT_FWD_IPIP);
+	if (be->ifindex == ctx->ingress_ifindex)
+		return XDP_TX;
+	return bpf_redirect(be->ifindex, 0);
+}
+
+SEC("xdp")
+int mptcpx_lb(struct xdp_md *ctx)
+{
+	void *data = (void *)(long)ctx->data;
+	void *data_end = (void *)(long)ctx->data_end;
+	__u32 zero = 0;
+	struct lb_stats *st = bpf_map_lookup_elem(&mptcpx_lb_stats, &zero);
+
+	lb_count(st, LB_STAT_PACKETS);
+
+	struct ethhdr *eth = data;
+	if ((void *)(eth + 1) > data_end)
+		return XDP_PASS;
+
+	struct lb_flow_key fk = {.proto = IPPROTO_TCP_};
+	struct tcphdr *th;
+	__u32 inner_len;
+	__u8 tos;
+	int v6;
+
+	if (eth->h_proto == ETH_P_IP_BE) {
+		struct iphdr *iph = (void *)(eth + 1);
+		if ((void *)(iph + 1) > data_end)
+			goto malformed;
+		__u32 ihl = iph->ihl * 4;
+		if (iph->version != 4 || ihl < sizeof(*iph) || (void *)iph + ihl > data_end)
+			goto malformed;
+		if (iph->protocol != IPPROTO_TCP_ || (iph->frag_off & IP_MF_OFFSET_BE))
+			return XDP_PASS;
+		inner_len = bpf_ntohs(iph->tot_len);
+		if (inner_len < ihl + sizeof(*th) || (void *)iph + inner_len > data_end)
+			goto malformed;
+		th = (void *)iph + ihl;
+		tos = iph->tos;
+		v6 = 0;
+		((__u32 *)fk.src)[2] = bpf_htonl(0xffff);
+		((__u32 *)fk.src)[3] = iph->saddr;
+		((__u32 *)fk.dst)[2] = bpf_htonl(0xffff);
+		((__u32 *)fk.dst)[3] = iph->daddr;
+	} else if (eth->h_proto == ETH_P_IPV6_BE) {
+		struct ipv6hdr *ip6 = (void *)(eth + 1);
+		if ((void *)(ip6 + 1) > data_end)
+			goto malformed;
+		if (ip6->version != 6)
+			goto malformed;
+		if (ip6->nexthdr != IPPROTO_TCP_)
+			return XDP_PASS;
+		inner_len = bpf_ntohs(ip6->payload_len) + sizeof(*ip6);
+		if (inner_len < sizeof(*ip6) + sizeof(*th) || (void *)ip6 + inner_len > data_end)
+			goto malformed;
+		th = (void *)(ip6 + 1);
+		tos = (ip6->priority << 4) | (ip6->flow_lbl[0] >> 4);
+		v6 = 1;
+		__builtin_memcpy(fk.src, &ip6->saddr, 16);
+		__builtin_memcpy(fk.dst, &ip6->daddr, 16);
+	} else {
+		return XDP_PASS;
+	}
+
+	if ((void *)(th + 1) > data_end)
+		goto malformed;
+	__u32 thl = th->doff * 4;
+	if (thl < sizeof(*th) || (void *)th + thl > data_end)
+		goto malformed;
+	fk.sport = th->source;
+	fk.dport = th->dest;
+
+	struct lb_vip_key vk = {.port = th->dest, .proto = IPPROTO_TCP_};
+	__builtin_memcpy(vk.addr, fk.dst, 16);
+	struct lb_vip *vip = bpf_map_lookup_elem(&mptcpx_vips, &vk);
+	if (!vip)
+		return XDP_PASS;
+	lb_count(st, LB_STAT_VIP);
+
+	int syn = th->syn, ack = th->ack;
+	struct lb_mp mp = {};
+	__u32 *scr = bpf_map_lookup_elem(&mptcpx_lb_scr, &zero);
+	if (scr)
+		lb_scan_opts((__u8 *)(th + 1), thl - sizeof(*th), data_end, syn, ack, &mp, scr);
+	if (mp.malformed)
+		lb_count(st, LB_STAT_MALFORMED);
+
+	int steering = vip->flags & LB_VIP_JOIN_STEERING;
+	__u64 now = bpf_ktime_get_ns();
+	__u32 hash = lb_flow_hash(&fk);
+	struct lb_backend *be = NULL;
+	__u32 bid = 0, token = 0;
+	int pin = 1; /* write the flow table */
+
+	if (steering && mp.kind == LB_MP_JOIN) {
+		struct lb_token_key tk = {.vip_id = vip->id, .token = mp.token};
+		struct lb_token *t = bpf_map_lookup_elem(&mptcpx_tokens, &tk);
+		if (t) {
+			bid = t->backend;
+			be = lb_backend_usable(bid, 0);
+		}
+		if (be) {
+			token = mp.token;
+			lb_count(st, LB_STAT_JOIN_STEERED);
+			lb_emit(st, LB_EV_JOIN_STEERED, token, bid, 0, &fk, now);
+		} else {
+			lb_count(st, LB_STAT_JOIN_UNKNOWN);
+			lb_emit(st, LB_EV_JOIN_UNKNOWN, mp.token, 0, 0, &fk, now);
+			if (vip->unknown_join == LB_JOIN_PASS)
+				return XDP_PASS;
+			if (vip->unknown_join != LB_JOIN_HASH) {
+				lb_count(st, LB_STAT_JOIN_DROPPED);
+				return XDP_DROP;
+			}
+			be = lb_pick(vip, hash, &bid);
+		}
+	} else {
+		/* A SYN opens a connection: Maglev decides, whatever a stale entry of a reused 5-tuple
+		 * says (as Katran does). Anything else follows its flow when there is one. */
+		struct lb_flow *f = NULL;
+		if (!syn || ack)
+			f = bpf_map_lookup_elem(&mptcpx_flows, &fk);
+		if (f) {
+			bid = f->backend;
+			be = lb_backend_usable(bid, 0);
+		}
+		if (be) {
+			/* An established flow: refresh it, and now and then its connection's token. */
+			pin = 0;
+			lb_count(st, LB_STAT_FLOW_HIT);
+			f->last_ns = now;
+			token = f->token;
+			if (token && steering && mp.kind != LB_MP_KEYS) {
+				struct lb_token_key tk = {.vip_id = vip->id, .token = token};
+				struct lb_token *t = bpf_map_lookup_elem(&mptcpx_tokens, &tk);
+				if (t && t->backend == bid && now - t->last_ns > lb_token_refresh_ns)
+					t->last_ns = now;
+			}
+		} else {
+			be = lb_pick(vip, hash, &bid);
+			if (be)
+				lb_count(st, LB_STAT_NEW_FLOW);
+		}
+	}
+	if (!be) {
+		lb_count(st, LB_STAT_NO_BACKEND);
+		return XDP_PASS;
+	}
+
+	if (steering && mp.kind == LB_MP_KEYS) {
+		__u32 learned = lb_learn(st, vip, mp.rkey, bid, &fk, now);
+		if (learned && learned != token) {
+			token = learned;
+			pin = 1;
+		}
+	}
+	if (pin) {
+		struct lb_flow nf = {.backend = bid, .token = token, .last_ns = now};
+		/* A full table evicts its least recently used flow; a failure costs the pin, not the packet. */
+		bpf_map_update_elem(&mptcpx_flows, &fk, &nf, BPF_ANY);
+	}
+
+	if (vip->forward == LB_FWD_IPIP)
+		return lb_fwd_ipip(ctx, st, be, v6, inner_len, tos, hash);
+	return lb_fwd_l2(ctx, st, be);
+
+malformed:
+	lb_count(st, LB_STAT_MALFORMED);
+	return XDP_PASS;
+}
+
+char __license[] SEC("license") = "Dual BSD/GPL";
