@@ -37,7 +37,8 @@ type Reader struct {
 
 // Probe checks that the kernel has what the iterator needs: BTF, MPTCP and the TCP socket
 // iterator (5.9). The error is a *loader.FeatureError. (Loading also needs bpf_get_socket_cookie in
-// tracing programs, 5.12; NewReader reports that one when the load fails on it.)
+// tracing programs, 5.12; NewReader reports that one when the load fails on it.) NewReader probes
+// only when loading fails; call Probe to check a kernel without loading anything.
 func Probe() error {
 	spec, err := btf.LoadKernelSpec()
 	if err != nil {
@@ -53,12 +54,21 @@ func Probe() error {
 	return nil
 }
 
-// NewReader probes the kernel, loads the iterator program and attaches it as an iterator (not
-// pinned: it goes with the process or Close).
+// NewReader loads the iterator program and attaches it as an iterator (not pinned: it goes with
+// the process or Close). When the kernel refuses it, the error says which feature is missing
+// (Probe) when that is the reason.
 func NewReader() (*Reader, error) {
-	if err := Probe(); err != nil {
-		return nil, err
+	r, err := newReader()
+	if err != nil {
+		// Probing parses the kernel's BTF once more: only worth it to explain a failure.
+		if perr := Probe(); perr != nil {
+			return nil, perr
+		}
 	}
+	return r, err
+}
+
+func newReader() (*Reader, error) {
 	spec, err := datapath.LoadIterTcp()
 	if err != nil {
 		return nil, fmt.Errorf("read embedded socket iterator object: %w", err)

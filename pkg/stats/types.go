@@ -124,44 +124,47 @@ outer:
 	return nil
 }
 
-// Subflow is one MPTCP subflow and its tcp_info figures, as tcp_get_info() computes them.
+// Subflow is one MPTCP subflow and its tcp_info figures, as tcp_get_info() computes them. Its JSON
+// form is SubflowJSON.
 type Subflow struct {
-	Token     Token          `json:"token"`
-	Cookie    uint64         `json:"cookie"`    // socket cookie of the subflow
-	ID        uint32         `json:"id"`        // the kernel's subflow id (1 for the first; 0 before Linux 6.8)
-	LocalID   uint8          `json:"local_id"`  // local address id
-	RemoteID  uint8          `json:"remote_id"` // remote address id
-	Flags     Flags          `json:"flags"`
-	State     State          `json:"state"`      // TCP state of the subflow
-	ConnState State          `json:"conn_state"` // state of the MPTCP socket
-	Local     netip.AddrPort `json:"local"`
-	Remote    netip.AddrPort `json:"remote"`
+	Token     Token
+	Cookie    uint64 // socket cookie of the subflow (ss -e "sk:")
+	ID        uint32 // the kernel's subflow id (1 for the first; 0 before Linux 6.8)
+	LocalID   uint8  // local address id
+	RemoteID  uint8  // remote address id
+	Flags     Flags
+	State     State // TCP state of the subflow
+	ConnState State // state of the MPTCP socket
+	// Local and Remote are as the kernel (and ss) has them: an IPv4 peer of an IPv6 socket is
+	// v4-mapped.
+	Local  netip.AddrPort
+	Remote netip.AddrPort
 
-	SRTT   time.Duration `json:"-"` // smoothed RTT (tcpi_rtt), microsecond resolution
-	RTTVar time.Duration `json:"-"` // tcpi_rttvar
-	MinRTT time.Duration `json:"-"` // tcpi_min_rtt; 0 before the first sample
+	SRTT   time.Duration // smoothed RTT (tcpi_rtt), microsecond resolution
+	RTTVar time.Duration // tcpi_rttvar
+	MinRTT time.Duration // tcpi_min_rtt; 0 before the first sample
 
-	Cwnd     uint32 `json:"cwnd"`     // segments
-	Ssthresh uint32 `json:"ssthresh"` // segments; 2147483647 (TCP_INFINITE_SSTHRESH) before the first loss
-	MSS      uint32 `json:"mss"`      // sender MSS (tcpi_snd_mss)
+	Cwnd     uint32 // segments
+	Ssthresh uint32 // segments; 2147483647 (TCP_INFINITE_SSTHRESH) before the first loss
+	MSS      uint32 // sender MSS (tcpi_snd_mss)
 
-	BytesSent     uint64 `json:"bytes_sent"` // retransmissions included
-	BytesAcked    uint64 `json:"bytes_acked"`
-	BytesReceived uint64 `json:"bytes_received"`
-	BytesRetrans  uint64 `json:"bytes_retrans"`
-	TotalRetrans  uint32 `json:"total_retrans"` // segments retransmitted over the subflow's life
-	Retrans       uint32 `json:"retrans"`       // segments retransmitted and not yet acknowledged
-	Lost          uint32 `json:"lost"`          // segments currently presumed lost
-	SegsIn        uint32 `json:"segs_in"`
-	SegsOut       uint32 `json:"segs_out"`
-	DataSegsIn    uint32 `json:"data_segs_in"`
-	DataSegsOut   uint32 `json:"data_segs_out"`
-	DeliveryRate  uint64 `json:"delivery_rate"` // bytes/s, 0 before the first sample
-	PacingRate    uint64 `json:"pacing_rate"`   // bytes/s, math.MaxUint64 when unlimited
+	BytesSent     uint64 // retransmissions included
+	BytesAcked    uint64
+	BytesReceived uint64
+	BytesRetrans  uint64
+	TotalRetrans  uint32 // segments retransmitted over the subflow's life
+	Retrans       uint32 // segments retransmitted and not yet acknowledged
+	Lost          uint32 // segments currently presumed lost
+	SegsIn        uint32
+	SegsOut       uint32
+	DataSegsIn    uint32
+	DataSegsOut   uint32
+	DeliveryRate  uint64 // bytes/s, 0 before the first sample
+	PacingRate    uint64 // bytes/s, math.MaxUint64 when unlimited
 
 	// Closed marks a subflow that is no longer in the kernel, whose figures are its final ones
 	// (supplied by another source, such as a sock_ops program; the iterator sees live ones only).
-	Closed bool `json:"closed,omitempty"`
+	Closed bool
 }
 
 // Backup reports whether either end asked for the subflow to be a backup.
@@ -176,45 +179,107 @@ func (s *Subflow) Initial() bool { return s.Flags&FlagMPCapable != 0 }
 // PacingUnlimited reports whether no pacing rate is set.
 func (s *Subflow) PacingUnlimited() bool { return s.PacingRate == math.MaxUint64 }
 
-// subflowJSON adds the durations, as integer microseconds, to the tagged fields.
-type subflowJSON struct {
-	*subflowAlias
-	SRTTUs   int64 `json:"srtt_us"`
-	RTTVarUs int64 `json:"rttvar_us"`
-	MinRTTUs int64 `json:"min_rtt_us"`
-	Backup   bool  `json:"backup"`
-	FullyEst bool  `json:"fully_established"`
+// SubflowJSON is the JSON form of a Subflow (docs/conn.md). Its fields are plain values, so that
+// encoding thousands of them calls no marshaler per value.
+type SubflowJSON struct {
+	Token            string `json:"token"` // 8 hex digits
+	Cookie           uint64 `json:"cookie"`
+	ID               uint32 `json:"id"`
+	LocalID          uint8  `json:"local_id"`
+	RemoteID         uint8  `json:"remote_id"`
+	Flags            string `json:"flags"` // ss's letters
+	Backup           bool   `json:"backup"`
+	FullyEstablished bool   `json:"fully_established"`
+	State            string `json:"state"`
+	ConnState        string `json:"conn_state"`
+	Local            string `json:"local"`
+	Remote           string `json:"remote"`
+	SRTTUs           int64  `json:"srtt_us"`
+	RTTVarUs         int64  `json:"rttvar_us"`
+	MinRTTUs         int64  `json:"min_rtt_us"`
+	Cwnd             uint32 `json:"cwnd"`
+	Ssthresh         uint32 `json:"ssthresh"`
+	MSS              uint32 `json:"mss"`
+	BytesSent        uint64 `json:"bytes_sent"`
+	BytesAcked       uint64 `json:"bytes_acked"`
+	BytesReceived    uint64 `json:"bytes_received"`
+	BytesRetrans     uint64 `json:"bytes_retrans"`
+	TotalRetrans     uint32 `json:"total_retrans"`
+	Retrans          uint32 `json:"retrans"`
+	Lost             uint32 `json:"lost"`
+	SegsIn           uint32 `json:"segs_in"`
+	SegsOut          uint32 `json:"segs_out"`
+	DataSegsIn       uint32 `json:"data_segs_in"`
+	DataSegsOut      uint32 `json:"data_segs_out"`
+	DeliveryRate     uint64 `json:"delivery_rate"`
+	PacingRate       uint64 `json:"pacing_rate"`
+	Closed           bool   `json:"closed,omitempty"`
 }
 
-type subflowAlias Subflow
-
-// MarshalJSON writes the fields of docs/conn.md.
-func (s Subflow) MarshalJSON() ([]byte, error) {
-	return json.Marshal(subflowJSON{
-		subflowAlias: (*subflowAlias)(&s),
-		SRTTUs:       s.SRTT.Microseconds(),
-		RTTVarUs:     s.RTTVar.Microseconds(),
-		MinRTTUs:     s.MinRTT.Microseconds(),
-		Backup:       s.Backup(),
-		FullyEst:     s.FullyEstablished(),
-	})
-}
-
-// UnmarshalJSON reads what MarshalJSON writes.
-func (s *Subflow) UnmarshalJSON(b []byte) error {
-	var j struct {
-		subflowAlias
-		SRTTUs   int64 `json:"srtt_us"`
-		RTTVarUs int64 `json:"rttvar_us"`
-		MinRTTUs int64 `json:"min_rtt_us"`
+// JSON converts the subflow to its JSON form.
+func (s *Subflow) JSON() SubflowJSON {
+	return SubflowJSON{
+		Token: s.Token.String(), Cookie: s.Cookie, ID: s.ID, LocalID: s.LocalID, RemoteID: s.RemoteID,
+		Flags: s.Flags.String(), Backup: s.Backup(), FullyEstablished: s.FullyEstablished(),
+		State: s.State.String(), ConnState: s.ConnState.String(),
+		Local: s.Local.String(), Remote: s.Remote.String(),
+		SRTTUs: s.SRTT.Microseconds(), RTTVarUs: s.RTTVar.Microseconds(), MinRTTUs: s.MinRTT.Microseconds(),
+		Cwnd: s.Cwnd, Ssthresh: s.Ssthresh, MSS: s.MSS,
+		BytesSent: s.BytesSent, BytesAcked: s.BytesAcked, BytesReceived: s.BytesReceived,
+		BytesRetrans: s.BytesRetrans, TotalRetrans: s.TotalRetrans, Retrans: s.Retrans, Lost: s.Lost,
+		SegsIn: s.SegsIn, SegsOut: s.SegsOut, DataSegsIn: s.DataSegsIn, DataSegsOut: s.DataSegsOut,
+		DeliveryRate: s.DeliveryRate, PacingRate: s.PacingRate, Closed: s.Closed,
 	}
+}
+
+// Subflow converts the JSON form back.
+func (j *SubflowJSON) Subflow() (Subflow, error) {
+	s := Subflow{
+		Cookie: j.Cookie, ID: j.ID, LocalID: j.LocalID, RemoteID: j.RemoteID,
+		SRTT: time.Duration(j.SRTTUs) * time.Microsecond, RTTVar: time.Duration(j.RTTVarUs) * time.Microsecond,
+		MinRTT: time.Duration(j.MinRTTUs) * time.Microsecond,
+		Cwnd:   j.Cwnd, Ssthresh: j.Ssthresh, MSS: j.MSS,
+		BytesSent: j.BytesSent, BytesAcked: j.BytesAcked, BytesReceived: j.BytesReceived,
+		BytesRetrans: j.BytesRetrans, TotalRetrans: j.TotalRetrans, Retrans: j.Retrans, Lost: j.Lost,
+		SegsIn: j.SegsIn, SegsOut: j.SegsOut, DataSegsIn: j.DataSegsIn, DataSegsOut: j.DataSegsOut,
+		DeliveryRate: j.DeliveryRate, PacingRate: j.PacingRate, Closed: j.Closed,
+	}
+	var err error
+	if s.Token, err = ParseToken(j.Token); err != nil {
+		return s, err
+	}
+	if err = s.Flags.UnmarshalText([]byte(j.Flags)); err != nil {
+		return s, err
+	}
+	if err = s.State.UnmarshalText([]byte(j.State)); err != nil {
+		return s, err
+	}
+	if err = s.ConnState.UnmarshalText([]byte(j.ConnState)); err != nil {
+		return s, err
+	}
+	if s.Local, err = netip.ParseAddrPort(j.Local); err != nil {
+		return s, err
+	}
+	if s.Remote, err = netip.ParseAddrPort(j.Remote); err != nil {
+		return s, err
+	}
+	return s, nil
+}
+
+// MarshalJSON writes the SubflowJSON form.
+func (s Subflow) MarshalJSON() ([]byte, error) { return json.Marshal(s.JSON()) }
+
+// UnmarshalJSON reads the SubflowJSON form.
+func (s *Subflow) UnmarshalJSON(b []byte) error {
+	var j SubflowJSON
 	if err := json.Unmarshal(b, &j); err != nil {
 		return err
 	}
-	*s = Subflow(j.subflowAlias)
-	s.SRTT = time.Duration(j.SRTTUs) * time.Microsecond
-	s.RTTVar = time.Duration(j.RTTVarUs) * time.Microsecond
-	s.MinRTT = time.Duration(j.MinRTTUs) * time.Microsecond
+	v, err := j.Subflow()
+	if err != nil {
+		return fmt.Errorf("subflow: %w", err)
+	}
+	*s = v
 	return nil
 }
 
@@ -323,21 +388,27 @@ func (c *Connection) Summary() Summary {
 	return s
 }
 
-// MarshalJSON writes the summary's fields and "subflows", every subflow (docs/conn.md).
-func (c Connection) MarshalJSON() ([]byte, error) {
-	j := struct {
-		Summary
-		Subflows []Subflow `json:"subflows"`
-	}{c.Summary(), c.Subflows}
-	if j.Subflows == nil {
-		j.Subflows = []Subflow{}
-	}
-	return json.Marshal(j)
+// ConnectionJSON is the JSON form of a Connection (docs/conn.md): its summary and every subflow.
+type ConnectionJSON struct {
+	Summary
+	Subflows []SubflowJSON `json:"subflows"`
 }
+
+// JSON converts the connection to its JSON form.
+func (c *Connection) JSON() ConnectionJSON {
+	j := ConnectionJSON{Summary: c.Summary(), Subflows: make([]SubflowJSON, len(c.Subflows))}
+	for i := range c.Subflows {
+		j.Subflows[i] = c.Subflows[i].JSON()
+	}
+	return j
+}
+
+// MarshalJSON writes the ConnectionJSON form.
+func (c Connection) MarshalJSON() ([]byte, error) { return json.Marshal(c.JSON()) }
 
 // Group gathers subflows into connections by token (a token names one MPTCP connection of a
 // network namespace while it lives). A closed subflow whose cookie is also live is dropped: the
-// live figures are the newer. Connections are ordered by token; within one, live subflows come
+// live figures are the newer; a live cookie seen twice is kept once. Connections are ordered by token; within one, live subflows come
 // first by (id, local id, remote id, cookie), then closed ones in the same order.
 func Group(subflows []Subflow) []Connection {
 	live := make(map[uint64]bool, len(subflows))
@@ -346,11 +417,19 @@ func Group(subflows []Subflow) []Connection {
 			live[subflows[i].Cookie] = true
 		}
 	}
+	seen := make(map[uint64]bool, len(subflows))
 	idx := make(map[Token]int)
 	var conns []Connection
 	for _, s := range subflows {
 		if s.Closed && live[s.Cookie] {
 			continue
+		}
+		if !s.Closed {
+			// A walk of a changing socket table may meet a socket twice: count it once.
+			if seen[s.Cookie] {
+				continue
+			}
+			seen[s.Cookie] = true
 		}
 		i, ok := idx[s.Token]
 		if !ok {

@@ -158,6 +158,7 @@ func TestGroup(t *testing.T) {
 		sf(2, 21, 1, 250, 2*time.Millisecond, false),
 		sf(2, 20, 2, 350, 3*time.Millisecond, true),
 		sf(2, 21, 1, 1, 0, true),
+		sf(2, 21, 1, 250, 2*time.Millisecond, false), // met twice by the walk
 		sf(1, 10, 1, 100, 1*time.Millisecond, false),
 	})
 	c = *stats.Find(after, 2)
