@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bufio"
 	"fmt"
 	"io"
 	"math"
@@ -22,14 +23,14 @@ type connListReport struct {
 
 // connShowReport is the output of `conn show`.
 type connShowReport struct {
-	Netns      string           `json:"netns"`
-	Connection stats.Connection `json:"connection"`
+	Netns      string               `json:"netns"`
+	Connection stats.ConnectionJSON `json:"connection"`
 }
 
 // subflowListReport is the output of `subflow list`.
 type subflowListReport struct {
-	Netns    string          `json:"netns"`
-	Subflows []stats.Subflow `json:"subflows"`
+	Netns    string              `json:"netns"`
+	Subflows []stats.SubflowJSON `json:"subflows"`
 }
 
 const connLong = `The figures come from the kernel's sockets, read with a BPF socket iterator in the network
@@ -59,7 +60,7 @@ func newConnCmd(g *globalFlags) *cobra.Command {
 			for i := range conns {
 				rep.Connections = append(rep.Connections, conns[i].Summary())
 			}
-			return render(cmd, g, rep, func(w io.Writer) error {
+			return connRender(cmd, g, rep, func(w io.Writer) error {
 				fmt.Fprintln(w, "TOKEN\tSTATE\tLOCAL\tREMOTE\tSUBFLOWS\tSENT\tACKED\tRECEIVED\tRETRANS\tSRTT(ms)")
 				for _, s := range rep.Connections {
 					fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%d\t%d\t%d\t%d\t%d\t%s\n", s.Token, s.State, s.Local, s.Remote,
@@ -89,8 +90,8 @@ func newConnCmd(g *globalFlags) *cobra.Command {
 			if c == nil {
 				return fmt.Errorf("no MPTCP connection with token %s in %s (see `mptcp-xdp conn list`)", tok, connNetns(g))
 			}
-			rep := connShowReport{Netns: connNetns(g), Connection: *c}
-			return render(cmd, g, rep, func(w io.Writer) error {
+			rep := connShowReport{Netns: connNetns(g), Connection: c.JSON()}
+			return connRender(cmd, g, rep, func(w io.Writer) error {
 				s := c.Summary()
 				fmt.Fprintf(w, "token\t%s\n", s.Token)
 				fmt.Fprintf(w, "state\t%s\n", s.State)
@@ -126,14 +127,35 @@ func newSubflowCmd(g *globalFlags) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			rep := subflowListReport{Netns: connNetns(g), Subflows: []stats.Subflow{}}
+			n := 0
 			for _, c := range conns {
-				rep.Subflows = append(rep.Subflows, c.Subflows...)
+				n += len(c.Subflows)
 			}
-			return render(cmd, g, rep, func(w io.Writer) error { return connSubflowTable(w, rep.Subflows, true) })
+			sfs := make([]stats.Subflow, 0, n)
+			for _, c := range conns {
+				sfs = append(sfs, c.Subflows...)
+			}
+			rep := subflowListReport{Netns: connNetns(g), Subflows: make([]stats.SubflowJSON, len(sfs))}
+			for i := range sfs {
+				rep.Subflows[i] = sfs[i].JSON()
+			}
+			return connRender(cmd, g, rep, func(w io.Writer) error { return connSubflowTable(w, sfs, true) })
 		},
 	})
 	return cmd
+}
+
+// connRender is render with the output buffered: a table of thousands of subflows is written
+// cell by cell by the tabwriter, one write(2) each on an unbuffered stdout.
+func connRender(cmd *cobra.Command, g *globalFlags, v any, table func(w io.Writer) error) error {
+	out := cmd.OutOrStdout()
+	bw := bufio.NewWriterSize(out, 256<<10)
+	cmd.SetOut(bw)
+	defer cmd.SetOut(out)
+	if err := render(cmd, g, v, table); err != nil {
+		return err
+	}
+	return bw.Flush()
 }
 
 // connRead reads the connections of the selected namespace with a reader made for this
