@@ -1,0 +1,111 @@
+package lb
+
+import (
+	"encoding/binary"
+	"net"
+	"net/netip"
+	"time"
+
+	"github.com/mptcp-xdp/mptcp-xdp/pkg/datapath"
+)
+
+const ipprotoTCP = 6
+
+// netOrder16 turns a port into the uint16 whose in-memory bytes are the port in network order (the
+// datapath keeps ports as __be16); it is its own inverse.
+func netOrder16(v uint16) uint16 {
+	var b [2]byte
+	binary.BigEndian.PutUint16(b[:], v)
+	return binary.NativeEndian.Uint16(b[:])
+}
+
+// addr16 is the datapath's 16-byte address: IPv6 as is, IPv4 as ::ffff:a.b.c.d.
+func addr16(a netip.Addr) [16]byte {
+	if !a.IsValid() {
+		return [16]byte{}
+	}
+	return a.As16()
+}
+
+func addrFrom16(b [16]byte) netip.Addr {
+	return netip.AddrFrom16(b).Unmap()
+}
+
+func mac6(m net.HardwareAddr) (out [6]byte) {
+	copy(out[:], m)
+	return out
+}
+
+func vipKey(a netip.AddrPort) datapath.LbLbVipKey {
+	return datapath.LbLbVipKey{Addr: addr16(a.Addr()), Port: netOrder16(a.Port()), Proto: ipprotoTCP}
+}
+
+func flowKey(k FlowKey) datapath.LbLbFlowKey {
+	return datapath.LbLbFlowKey{
+		Src:   addr16(k.Src.Addr()),
+		Dst:   addr16(k.Dst.Addr()),
+		Sport: netOrder16(k.Src.Port()),
+		Dport: netOrder16(k.Dst.Port()),
+		Proto: ipprotoTCP,
+	}
+}
+
+func fromFlowKey(k datapath.LbLbFlowKey) FlowKey {
+	return FlowKey{
+		Src: netip.AddrPortFrom(addrFrom16(k.Src), netOrder16(k.Sport)),
+		Dst: netip.AddrPortFrom(addrFrom16(k.Dst), netOrder16(k.Dport)),
+	}
+}
+
+// marshalFlowKey is struct lb_flow_key's memory image.
+func marshalFlowKey(k FlowKey) (b [40]byte) {
+	src, dst := addr16(k.Src.Addr()), addr16(k.Dst.Addr())
+	copy(b[0:16], src[:])
+	copy(b[16:32], dst[:])
+	binary.BigEndian.PutUint16(b[32:], k.Src.Port())
+	binary.BigEndian.PutUint16(b[34:], k.Dst.Port())
+	b[36] = ipprotoTCP
+	return b
+}
+
+func fromFlow(k datapath.LbLbFlowKey, v datapath.LbLbFlow) Flow {
+	return Flow{FlowKey: fromFlowKey(k), Backend: v.Backend, Token: v.Token, LastSeen: time.Duration(v.LastNs)}
+}
+
+func toFlow(f Flow) datapath.LbLbFlow {
+	return datapath.LbLbFlow{Backend: f.Backend, Token: f.Token, LastNs: uint64(f.LastSeen)}
+}
+
+func toBackend(b Backend) datapath.LbLbBackend {
+	flags := uint32(backendActive)
+	if b.Draining {
+		flags |= backendDraining
+	}
+	return datapath.LbLbBackend{
+		Addr:    addr16(b.Addr),
+		Mac:     mac6(b.MAC),
+		SrcMac:  mac6(b.SrcMAC),
+		Ifindex: uint32(b.Ifindex),
+		Flags:   flags,
+		SrcAddr: addr16(b.SrcAddr),
+	}
+}
+
+func fromBackend(id uint32, v datapath.LbLbBackend) Backend {
+	b := Backend{
+		ID:       id,
+		MAC:      net.HardwareAddr(append([]byte(nil), v.Mac[:]...)),
+		SrcMAC:   net.HardwareAddr(append([]byte(nil), v.SrcMac[:]...)),
+		Ifindex:  int(v.Ifindex),
+		Draining: v.Flags&backendDraining != 0,
+	}
+	if v.Addr != ([16]byte{}) {
+		b.Addr = addrFrom16(v.Addr)
+	}
+	if v.SrcAddr != ([16]byte{}) {
+		b.SrcAddr = addrFrom16(v.SrcAddr)
+	}
+	return b
+}
+
+func timeNs(v uint64) time.Duration { return time.Duration(v) }

@@ -1,0 +1,155 @@
+package lb
+
+import (
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/cilium/ebpf"
+
+	"github.com/mptcp-xdp/mptcp-xdp/pkg/datapath"
+)
+
+// Config is what is fixed when the balancer's program is loaded.
+type Config struct {
+	// HashSeed of the 5-tuple hash; 0 keeps DefaultHashSeed. Every balancer in front of the same
+	// backends must use the same seed (and the same rings) to place a flow alike.
+	HashSeed uint32
+	// CollisionIdle: a token mapping whose connection has been silent this long is taken over by
+	// another backend's new connection with the same token; before that the newcomer is a
+	// collision. 0 keeps 120 s.
+	CollisionIdle time.Duration
+	// TokenRefresh: how stale a token's LastSeen may get before a packet of one of its flows
+	// refreshes it. 0 keeps 1 s.
+	TokenRefresh time.Duration
+	// Table sizes; 0 keeps the compiled-in size. MaxVIPs sizes the ring map (MaxVIPs * RingSize
+	// slots); VIP IDs must stay below it.
+	MaxVIPs, MaxFlows, MaxTokens uint32
+	// PinPath: when set, every map is pinned by name in this bpffs directory, and maps already
+	// pinned there are reused, so that programs loaded later (and restarted control planes) share
+	// one balancer state.
+	PinPath string
+}
+
+// Maps are the balancer's maps.
+type Maps struct {
+	VIPs, Backends, Ring, Flows, Tokens, Stats, Events *ebpf.Map
+}
+
+// Balancer is the loaded XDP program (attach it to every interface of the balancer) and its maps.
+type Balancer struct {
+	Program *ebpf.Program
+	*Maps
+}
+
+// Spec returns the balancer's collection spec with cfg applied.
+func Spec(cfg Config) (*ebpf.CollectionSpec, error) {
+	spec, err := datapath.LoadLb()
+	if err != nil {
+		return nil, fmt.Errorf("load balancer spec: %w", err)
+	}
+	set := func(name string, v any) error {
+		if err := spec.Variables[name].Set(v); err != nil {
+			return fmt.Errorf("set %s: %w", name, err)
+		}
+		return nil
+	}
+	if cfg.HashSeed != 0 {
+		if err := set(datapath.LbVarLbHashSeed, cfg.HashSeed); err != nil {
+			return nil, err
+		}
+	}
+	if cfg.CollisionIdle != 0 {
+		if err := set(datapath.LbVarLbCollisionIdleNs, uint64(cfg.CollisionIdle)); err != nil {
+			return nil, err
+		}
+	}
+	if cfg.TokenRefresh != 0 {
+		if err := set(datapath.LbVarLbTokenRefreshNs, uint64(cfg.TokenRefresh)); err != nil {
+			return nil, err
+		}
+	}
+	if cfg.MaxVIPs > MaxVIPs {
+		return nil, fmt.Errorf("at most %d VIPs, not %d", MaxVIPs, cfg.MaxVIPs)
+	}
+	if cfg.MaxVIPs != 0 {
+		spec.Maps[MapRing].MaxEntries = cfg.MaxVIPs * RingSize
+	}
+	if cfg.MaxFlows != 0 {
+		spec.Maps[MapFlows].MaxEntries = cfg.MaxFlows
+	}
+	if cfg.MaxTokens != 0 {
+		spec.Maps[MapTokens].MaxEntries = cfg.MaxTokens
+	}
+	if cfg.PinPath != "" {
+		for _, m := range spec.Maps {
+			if m.Name == MapVIPs || m.Name == MapBackends || m.Name == MapRing || m.Name == MapFlows ||
+				m.Name == MapTokens || m.Name == MapStats || m.Name == MapEvents {
+				m.Pinning = ebpf.PinByName
+			}
+		}
+	}
+	return spec, nil
+}
+
+// Load loads the balancer's program and creates (or, with cfg.PinPath, reuses) its maps.
+func Load(cfg Config) (*Balancer, error) {
+	spec, err := Spec(cfg)
+	if err != nil {
+		return nil, err
+	}
+	var objs datapath.LbObjects
+	opts := &ebpf.CollectionOptions{Maps: ebpf.MapOptions{PinPath: cfg.PinPath}}
+	if err := spec.LoadAndAssign(&objs, opts); err != nil {
+		var ve *ebpf.VerifierError
+		if errors.As(err, &ve) {
+			return nil, fmt.Errorf("load balancer program: %+v", ve)
+		}
+		return nil, fmt.Errorf("load balancer program: %w", err)
+	}
+	return &Balancer{
+		Program: objs.MptcpxLb,
+		Maps: &Maps{
+			VIPs: objs.MptcpxVips, Backends: objs.MptcpxBackends, Ring: objs.MptcpxRing,
+			Flows: objs.MptcpxFlows, Tokens: objs.MptcpxTokens, Stats: objs.MptcpxLbStats,
+			Events: objs.MptcpxLbEvts,
+		},
+	}, nil
+}
+
+// Close releases the program and the maps (pinned maps stay pinned).
+func (b *Balancer) Close() error {
+	err := b.Program.Close()
+	return errors.Join(err, b.Maps.Close())
+}
+
+// OpenPinnedMaps opens the maps a balancer pinned in dir (Config.PinPath).
+func OpenPinnedMaps(dir string) (*Maps, error) {
+	m := &Maps{}
+	for _, p := range []struct {
+		name string
+		m    **ebpf.Map
+	}{
+		{MapVIPs, &m.VIPs}, {MapBackends, &m.Backends}, {MapRing, &m.Ring}, {MapFlows, &m.Flows},
+		{MapTokens, &m.Tokens}, {MapStats, &m.Stats}, {MapEvents, &m.Events},
+	} {
+		mp, err := ebpf.LoadPinnedMap(dir+"/"+p.name, nil)
+		if err != nil {
+			m.Close()
+			return nil, fmt.Errorf("open pinned map %s: %w", p.name, err)
+		}
+		*p.m = mp
+	}
+	return m, nil
+}
+
+// Close closes every map that is open.
+func (m *Maps) Close() error {
+	var errs []error
+	for _, mp := range []*ebpf.Map{m.VIPs, m.Backends, m.Ring, m.Flows, m.Tokens, m.Stats, m.Events} {
+		if mp != nil {
+			errs = append(errs, mp.Close())
+		}
+	}
+	return errors.Join(errs...)
+}

@@ -1,0 +1,267 @@
+package lb
+
+import (
+	"errors"
+	"fmt"
+	"net/netip"
+
+	"github.com/cilium/ebpf"
+
+	"github.com/mptcp-xdp/mptcp-xdp/pkg/datapath"
+)
+
+// PutVIP adds or updates a VIP.
+func (m *Maps) PutVIP(v VIP) error {
+	if v.ID >= MaxVIPs {
+		return fmt.Errorf("vip %s: id %d out of range (< %d)", v.Addr, v.ID, MaxVIPs)
+	}
+	val := datapath.LbLbVip{Id: v.ID, Forward: uint32(v.Forward), UnknownJoin: uint32(v.UnknownJoin)}
+	if v.JoinSteering {
+		val.Flags |= vipJoinSteering
+	}
+	if err := m.VIPs.Put(vipKey(v.Addr), val); err != nil {
+		return fmt.Errorf("put vip %s: %w", v.Addr, err)
+	}
+	return nil
+}
+
+// DeleteVIP removes a VIP: its traffic passes to the balancer's stack from the next packet on.
+func (m *Maps) DeleteVIP(addr netip.AddrPort) error {
+	if err := m.VIPs.Delete(vipKey(addr)); err != nil {
+		return fmt.Errorf("delete vip %s: %w", addr, err)
+	}
+	return nil
+}
+
+// ListVIPs lists the VIPs.
+func (m *Maps) ListVIPs() ([]VIP, error) {
+	var (
+		k   datapath.LbLbVipKey
+		v   datapath.LbLbVip
+		out []VIP
+	)
+	it := m.VIPs.Iterate()
+	for it.Next(&k, &v) {
+		out = append(out, VIP{
+			Addr:         netip.AddrPortFrom(addrFrom16(k.Addr), netOrder16(k.Port)),
+			ID:           v.Id,
+			JoinSteering: v.Flags&vipJoinSteering != 0,
+			Forward:      Forward(v.Forward),
+			UnknownJoin:  UnknownJoin(v.UnknownJoin),
+		})
+	}
+	if err := it.Err(); err != nil {
+		return nil, fmt.Errorf("iterate vips: %w", err)
+	}
+	return out, nil
+}
+
+// PutBackend adds or updates backend b.ID (active; draining when b.Draining).
+func (m *Maps) PutBackend(b Backend) error {
+	if b.ID >= MaxBackends {
+		return fmt.Errorf("backend %s: id %d out of range (< %d)", b.Addr, b.ID, MaxBackends)
+	}
+	if len(b.MAC) != 6 || len(b.SrcMAC) != 6 || b.Ifindex <= 0 {
+		return fmt.Errorf("backend %s: need 6-byte MACs and an egress ifindex", b.Addr)
+	}
+	if err := m.Backends.Put(b.ID, toBackend(b)); err != nil {
+		return fmt.Errorf("put backend %d: %w", b.ID, err)
+	}
+	return nil
+}
+
+// DeleteBackend clears entry id: no packet goes to it any more, not even of its existing flows
+// (they are placed anew). Drain first (PutBackend with Draining) to keep its connections.
+func (m *Maps) DeleteBackend(id uint32) error {
+	if err := m.Backends.Put(id, datapath.LbLbBackend{}); err != nil {
+		return fmt.Errorf("delete backend %d: %w", id, err)
+	}
+	return nil
+}
+
+// Backend reads entry id; ok is false when it is not active.
+func (m *Maps) Backend(id uint32) (b Backend, ok bool, err error) {
+	var v datapath.LbLbBackend
+	if err := m.Backends.Lookup(id, &v); err != nil {
+		return Backend{}, false, fmt.Errorf("lookup backend %d: %w", id, err)
+	}
+	return fromBackend(id, v), v.Flags&backendActive != 0, nil
+}
+
+// ListBackends lists the active backends.
+func (m *Maps) ListBackends() ([]Backend, error) {
+	var (
+		k   uint32
+		v   datapath.LbLbBackend
+		out []Backend
+	)
+	it := m.Backends.Iterate()
+	for it.Next(&k, &v) {
+		if v.Flags&backendActive != 0 {
+			out = append(out, fromBackend(k, v))
+		}
+	}
+	if err := it.Err(); err != nil {
+		return nil, fmt.Errorf("iterate backends: %w", err)
+	}
+	return out, nil
+}
+
+// WriteRing replaces VIP vipID's Maglev lookup table (RingSize backend IDs) in one batch. Packets
+// in flight see either table, slot by slot; flows already placed keep their backend.
+func (m *Maps) WriteRing(vipID uint32, ring []uint32) error {
+	if len(ring) != RingSize {
+		return fmt.Errorf("ring of vip %d: %d slots, want %d", vipID, len(ring), RingSize)
+	}
+	if (uint64(vipID)+1)*RingSize > uint64(m.Ring.MaxEntries()) {
+		return fmt.Errorf("ring of vip %d: the ring map holds %d vips", vipID, m.Ring.MaxEntries()/RingSize)
+	}
+	keys := make([]uint32, RingSize)
+	for i := range keys {
+		keys[i] = vipID*RingSize + uint32(i)
+	}
+	if _, err := m.Ring.BatchUpdate(keys, ring, nil); err != nil {
+		return fmt.Errorf("write ring of vip %d: %w", vipID, err)
+	}
+	return nil
+}
+
+// ReadRing reads VIP vipID's lookup table back.
+func (m *Maps) ReadRing(vipID uint32) ([]uint32, error) {
+	out := make([]uint32, RingSize)
+	for i := range out {
+		if err := m.Ring.Lookup(vipID*RingSize+uint32(i), &out[i]); err != nil {
+			return nil, fmt.Errorf("read ring of vip %d slot %d: %w", vipID, i, err)
+		}
+	}
+	return out, nil
+}
+
+// ListFlows returns every flow of the flow table.
+func (m *Maps) ListFlows() ([]Flow, error) {
+	var (
+		k   datapath.LbLbFlowKey
+		v   datapath.LbLbFlow
+		out []Flow
+	)
+	it := m.Flows.Iterate()
+	for it.Next(&k, &v) {
+		out = append(out, fromFlow(k, v))
+	}
+	if err := it.Err(); err != nil {
+		return nil, fmt.Errorf("iterate flows: %w", err)
+	}
+	return out, nil
+}
+
+// LookupFlow reads one flow.
+func (m *Maps) LookupFlow(k FlowKey) (f Flow, ok bool, err error) {
+	var v datapath.LbLbFlow
+	err = m.Flows.Lookup(flowKey(k), &v)
+	if errors.Is(err, ebpf.ErrKeyNotExist) {
+		return Flow{}, false, nil
+	}
+	if err != nil {
+		return Flow{}, false, fmt.Errorf("lookup flow %s -> %s: %w", k.Src, k.Dst, err)
+	}
+	return fromFlow(flowKey(k), v), true, nil
+}
+
+// PutFlows writes flows in batches (restoring state, pre-placing flows, benchmarks).
+func (m *Maps) PutFlows(flows []Flow) error {
+	const batch = 65536
+	for len(flows) > 0 {
+		n := min(batch, len(flows))
+		keys := make([]datapath.LbLbFlowKey, n)
+		vals := make([]datapath.LbLbFlow, n)
+		for i, f := range flows[:n] {
+			keys[i], vals[i] = flowKey(f.FlowKey), toFlow(f)
+		}
+		if _, err := m.Flows.BatchUpdate(keys, vals, nil); err != nil {
+			return fmt.Errorf("put %d flows: %w", n, err)
+		}
+		flows = flows[n:]
+	}
+	return nil
+}
+
+// DeleteFlow removes one flow (garbage collection); a missing flow is not an error.
+func (m *Maps) DeleteFlow(k FlowKey) error {
+	if err := m.Flows.Delete(flowKey(k)); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+		return fmt.Errorf("delete flow %s -> %s: %w", k.Src, k.Dst, err)
+	}
+	return nil
+}
+
+// ListTokens returns every token mapping.
+func (m *Maps) ListTokens() ([]Token, error) {
+	var (
+		k   datapath.LbLbTokenKey
+		v   datapath.LbLbToken
+		out []Token
+	)
+	it := m.Tokens.Iterate()
+	for it.Next(&k, &v) {
+		out = append(out, fromToken(k, v))
+	}
+	if err := it.Err(); err != nil {
+		return nil, fmt.Errorf("iterate tokens: %w", err)
+	}
+	return out, nil
+}
+
+func fromToken(k datapath.LbLbTokenKey, v datapath.LbLbToken) Token {
+	return Token{VIPID: k.VipId, Token: k.Token, Backend: v.Backend, KeyHash: v.KeyHash, LastSeen: timeNs(v.LastNs)}
+}
+
+// LookupToken reads the mapping of one token of a VIP.
+func (m *Maps) LookupToken(vipID, token uint32) (t Token, ok bool, err error) {
+	k := datapath.LbLbTokenKey{VipId: vipID, Token: token}
+	var v datapath.LbLbToken
+	err = m.Tokens.Lookup(k, &v)
+	if errors.Is(err, ebpf.ErrKeyNotExist) {
+		return Token{}, false, nil
+	}
+	if err != nil {
+		return Token{}, false, fmt.Errorf("lookup token %08x of vip %d: %w", token, vipID, err)
+	}
+	return fromToken(k, v), true, nil
+}
+
+// PutToken writes one token mapping (restoring state, tests).
+func (m *Maps) PutToken(t Token) error {
+	k := datapath.LbLbTokenKey{VipId: t.VIPID, Token: t.Token}
+	v := datapath.LbLbToken{Backend: t.Backend, KeyHash: t.KeyHash, LastNs: uint64(t.LastSeen)}
+	if err := m.Tokens.Put(k, v); err != nil {
+		return fmt.Errorf("put token %08x of vip %d: %w", t.Token, t.VIPID, err)
+	}
+	return nil
+}
+
+// DeleteToken removes one token mapping; a missing one is not an error.
+func (m *Maps) DeleteToken(vipID, token uint32) error {
+	k := datapath.LbLbTokenKey{VipId: vipID, Token: token}
+	if err := m.Tokens.Delete(k); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+		return fmt.Errorf("delete token %08x of vip %d: %w", token, vipID, err)
+	}
+	return nil
+}
+
+// ReadStats sums the per-CPU counters.
+func (m *Maps) ReadStats() (Stats, error) {
+	return readStats(m.Stats)
+}
+
+func readStats(mp *ebpf.Map) (Stats, error) {
+	var perCPU []datapath.LbLbStats
+	if err := mp.Lookup(uint32(0), &perCPU); err != nil {
+		return Stats{}, fmt.Errorf("read stats: %w", err)
+	}
+	var s Stats
+	for _, c := range perCPU {
+		for i := range s {
+			s[i] += c.Count[i]
+		}
+	}
+	return s, nil
+}
