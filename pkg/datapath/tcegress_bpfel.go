@@ -36,9 +36,9 @@ type TcEgressMxResult struct {
 	Tcp       uint8
 	Mptcp     uint8
 	Truncated uint8
-	Pad       uint8
+	Last      uint8
 	Launder   uint16
-	Pad2      uint16
+	Seen      uint16
 	Classes   [16]uint8
 }
 
