@@ -317,7 +317,6 @@ int mptcpx_lb(struct xdp_md *ctx)
 
 	int steering = vip->flags & LB_VIP_JOIN_STEERING;
 	__u64 now = bpf_ktime_get_ns();
-	__u32 hash = lb_flow_hash(&fk);
 	struct lb_backend *be = NULL;
 	__u32 bid = 0, token = 0;
 	int pin = 1; /* write the flow table */
@@ -342,7 +341,7 @@ int mptcpx_lb(struct xdp_md *ctx)
 				lb_count(st, LB_STAT_JOIN_DROPPED);
 				return XDP_DROP;
 			}
-			be = lb_pick(vip, hash, &bid);
+			be = lb_pick(vip, lb_flow_hash(&fk), &bid);
 		}
 	} else {
 		/* A SYN opens a connection: Maglev decides, whatever a stale entry of a reused 5-tuple
@@ -367,7 +366,7 @@ int mptcpx_lb(struct xdp_md *ctx)
 					t->last_ns = now;
 			}
 		} else {
-			be = lb_pick(vip, hash, &bid);
+			be = lb_pick(vip, lb_flow_hash(&fk), &bid);
 			if (be)
 				lb_count(st, LB_STAT_NEW_FLOW);
 		}
@@ -391,7 +390,7 @@ int mptcpx_lb(struct xdp_md *ctx)
 	}
 
 	if (vip->forward == LB_FWD_IPIP)
-		return lb_fwd_ipip(ctx, st, be, v6, inner_len, tos, hash);
+		return lb_fwd_ipip(ctx, st, be, v6, inner_len, tos, lb_flow_hash(&fk));
 	return lb_fwd_l2(ctx, st, be);
 
 malformed:

@@ -265,3 +265,21 @@ func readStats(mp *ebpf.Map) (Stats, error) {
 	}
 	return s, nil
 }
+
+// ListFlowsCount counts the flows of the flow table (a full walk: for tests and status, not per
+// packet).
+func (m *Maps) ListFlowsCount() (int, error) {
+	var (
+		k datapath.LbLbFlowKey
+		v datapath.LbLbFlow
+		n int
+	)
+	it := m.Flows.Iterate()
+	for it.Next(&k, &v) {
+		n++
+	}
+	if err := it.Err(); err != nil {
+		return 0, fmt.Errorf("iterate flows: %w", err)
+	}
+	return n, nil
+}
