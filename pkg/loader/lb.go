@@ -1,0 +1,452 @@
+package loader
+
+// The load balancer's pins. A balancer is one set of maps per network namespace, shared by every
+// interface its XDP program is attached to; a backend's decapsulator (ipip mode) is one set of maps
+// per namespace too:
+//
+//	<Root>-lb/<netns>/balancer/mptcpx_{vips,backends,ring,flows,tokens,lb_stats,lb_evts}  (datapath maps)
+//	<Root>-lb/<netns>/balancer/mptcpx_lb_weights  backend id → weight (the control plane's, for rebuilds)
+//	<Root>-lb/<netns>/balancer/link_xdp@<iface>   one bpf_link per interface
+//	<Root>-lb/<netns>/decap/mptcpx_dc_{addrs,stats}, link_xdp@<iface>
+//
+// The tree sits beside <Root> rather than inside it, because everything under <Root>/<netns>/ is an
+// interface of the counting datapath to `status`, and any directory name could be an interface's.
+// Needs the ring buffer (Linux 5.8) and bpf_link for XDP (5.9).
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/link"
+	"github.com/cilium/ebpf/rlimit"
+	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
+
+	"github.com/mptcp-xdp/mptcp-xdp/internal/netns"
+	"github.com/mptcp-xdp/mptcp-xdp/pkg/datapath"
+	"github.com/mptcp-xdp/mptcp-xdp/pkg/lb"
+)
+
+// LB pin names.
+const (
+	lbBalancerDir = "balancer"
+	lbDecapDir    = "decap"
+	lbLinkPrefix  = "link_xdp@"
+	// PinLBWeights is the control plane's map of backend weights.
+	PinLBWeights = "mptcpx_lb_weights"
+)
+
+// LBRoot is the directory of the balancer pins: Root with "-lb" appended.
+func (l *Loader) LBRoot() string { return l.Root + "-lb" }
+
+// LBDir is the pin directory of the balancer of one network namespace (a NetnsDir name).
+func (l *Loader) LBDir(nsDir string) string { return filepath.Join(l.LBRoot(), nsDir, lbBalancerDir) }
+
+// DecapDir is the pin directory of the decapsulator of one network namespace.
+func (l *Loader) DecapDir(nsDir string) string { return filepath.Join(l.LBRoot(), nsDir, lbDecapDir) }
+
+// LBAttachOptions describe an attach of the balancer (or of the decapsulator).
+type LBAttachOptions struct {
+	Netns  string   // `ip netns` name; empty for the caller's namespace
+	Ifaces []string // interfaces to attach to (in addition to those already attached)
+	Mode   XDPMode  // auto, native or generic
+	// Config of the balancer's program (hash seed, timeouts, table sizes); ignored by the
+	// decapsulator. Its PinPath is the balancer's directory.
+	Config lb.Config
+}
+
+// LBMaps are the pinned maps of one balancer, opened: the datapath's (pkg/lb) and the control
+// plane's weights. Close them when done.
+type LBMaps struct {
+	*lb.Maps
+	Weights *ebpf.Map // backend id → weight (u32), control plane only
+	Dir     string
+}
+
+// Close closes every map.
+func (m *LBMaps) Close() {
+	_ = m.Maps.Close()
+	if m.Weights != nil {
+		m.Weights.Close()
+	}
+}
+
+// ErrLBNotAttached is returned for a namespace with no balancer.
+var ErrLBNotAttached = errors.New("no balancer attached")
+
+// weightsSpec is the control plane's map of backend weights, as large as the backend table.
+func weightsSpec(backends uint32) *ebpf.MapSpec {
+	return &ebpf.MapSpec{
+		Name: PinLBWeights, Type: ebpf.Array, KeySize: 4, ValueSize: 4,
+		MaxEntries: backends, Pinning: ebpf.PinByName,
+	}
+}
+
+// OpenLB opens the pinned maps of the balancer of a namespace (no lock: the maps are shared with a
+// running datapath anyway).
+func (l *Loader) OpenLB(netnsName string) (*LBMaps, error) {
+	nsDir, err := NetnsDir(netnsName)
+	if err != nil {
+		return nil, err
+	}
+	dir := l.LBDir(nsDir)
+	if _, err := os.Stat(filepath.Join(dir, lb.MapVIPs)); err != nil {
+		return nil, fmt.Errorf("%w in network namespace %s", ErrLBNotAttached, nsDir)
+	}
+	maps, err := lb.OpenPinnedMaps(dir)
+	if err != nil {
+		return nil, err
+	}
+	w, err := ebpf.LoadPinnedMap(filepath.Join(dir, PinLBWeights), nil)
+	if err != nil {
+		maps.Close()
+		return nil, fmt.Errorf("open pinned map %s: %w", PinLBWeights, err)
+	}
+	m := &LBMaps{Maps: maps, Weights: w, Dir: dir}
+	return m, nil
+}
+
+// AttachLB loads the balancer program with the namespace's pinned maps (creating and pinning them
+// on the first attach) and attaches it to every interface given and every interface it was already
+// attached to, updating those links in place so that steering never stops. It returns the maps.
+func (l *Loader) AttachLB(o LBAttachOptions) (*LBMaps, error) {
+	return l.attachLBKind(o, false)
+}
+
+// AttachDecap attaches the backends' decapsulator (ipip mode) to interfaces, accepting outer
+// packets to any address the namespace has now.
+func (l *Loader) AttachDecap(o LBAttachOptions) error {
+	m, err := l.attachLBKind(o, true)
+	if m != nil {
+		m.Close()
+	}
+	return err
+}
+
+func (l *Loader) attachLBKind(o LBAttachOptions, decap bool) (_ *LBMaps, err error) {
+	if o.Mode == "" {
+		o.Mode = ModeAuto
+	}
+	switch o.Mode {
+	case ModeAuto, ModeNative, ModeGeneric:
+	default:
+		return nil, fmt.Errorf("unknown XDP mode %q: use auto, native or generic", o.Mode)
+	}
+	if len(o.Ifaces) == 0 {
+		return nil, errors.New("no interface given")
+	}
+	if err := ProbeXDP(); err != nil {
+		return nil, err
+	}
+	if err := rlimit.RemoveMemlock(); err != nil {
+		return nil, fmt.Errorf("raise memlock limit: %w", err)
+	}
+	nsDir, err := netnsDirIn(o.Netns)
+	if err != nil {
+		return nil, err
+	}
+	unlock, err := l.Lock()
+	if err != nil {
+		return nil, err
+	}
+	defer unlock()
+	if err := ensureBPFFS(filepath.Dir(l.LBRoot())); err != nil {
+		return nil, err
+	}
+	dir := l.LBDir(nsDir)
+	what := "balancer"
+	if decap {
+		dir, what = l.DecapDir(nsDir), "decapsulator"
+	}
+	_, statErr := os.Stat(dir)
+	first := statErr != nil
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return nil, fmt.Errorf("create pin directory %s: %w", dir, err)
+	}
+	var newLinks []string
+	defer func() {
+		if err == nil {
+			return
+		}
+		// Undo what this attach added: the links it made, and on a first attach everything.
+		for _, p := range newLinks {
+			unpinLink(p)
+		}
+		if first {
+			removePins(dir)
+			l.removeLBDirs(dir)
+		}
+	}()
+
+	err = netns.Do(o.Netns, func() error {
+		spec, err := lbSpec(decap, o.Config, dir)
+		if err != nil {
+			return err
+		}
+		coll, err := ebpf.NewCollectionWithOptions(spec, ebpf.CollectionOptions{Maps: ebpf.MapOptions{PinPath: dir}})
+		if err != nil {
+			if errors.Is(err, ebpf.ErrMapIncompatible) {
+				return fmt.Errorf("maps pinned in %s come from an incompatible mptcp-xdp version: run lb detach first: %w", dir, err)
+			}
+			return fmt.Errorf("load %s: %w", what, err)
+		}
+		defer coll.Close()
+		prog := coll.Programs[lb.ProgName]
+		if decap {
+			prog = coll.Programs[lb.DecapProg]
+			if err := fillDecapAddrs(coll.Maps[lb.MapDecapAddr]); err != nil {
+				return err
+			}
+		} else {
+			w, err := ebpf.NewMapWithOptions(weightsSpec(spec.Maps[lb.MapBackends].MaxEntries), ebpf.MapOptions{PinPath: dir})
+			if err != nil {
+				return fmt.Errorf("create the weights map: %w", err)
+			}
+			w.Close()
+		}
+		// Every interface already attached gets the new program in place; then the new ones.
+		ifaces := attachedIfaces(dir)
+		for _, i := range o.Ifaces {
+			if !contains(ifaces, i) {
+				ifaces = append(ifaces, i)
+			}
+		}
+		for _, iface := range ifaces {
+			made, err := attachLBLink(dir, iface, nsDir, prog, o.Mode, contains(o.Ifaces, iface))
+			if err != nil {
+				return fmt.Errorf("attach %s to %s: %w", what, iface, err)
+			}
+			if made != "" {
+				newLinks = append(newLinks, made)
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	if decap {
+		return nil, nil
+	}
+	return l.OpenLB(o.Netns)
+}
+
+func lbSpec(decap bool, cfg lb.Config, dir string) (*ebpf.CollectionSpec, error) {
+	if !decap {
+		cfg.PinPath = dir
+		return lb.Spec(cfg)
+	}
+	spec, err := datapath.LoadLbDecap()
+	if err != nil {
+		return nil, fmt.Errorf("read embedded decapsulator object: %w", err)
+	}
+	for _, name := range []string{lb.MapDecapAddr, lb.MapDecapStat} {
+		spec.Maps[name].Pinning = ebpf.PinByName
+	}
+	return spec, nil
+}
+
+// fillDecapAddrs puts every address of the namespace (IPv4 as ::ffff:a.b.c.d) in the
+// decapsulator's address map.
+func fillDecapAddrs(m *ebpf.Map) error {
+	addrs, err := netlink.AddrList(nil, netlink.FAMILY_ALL)
+	if err != nil {
+		return fmt.Errorf("list addresses: %w", err)
+	}
+	for _, a := range addrs {
+		var k [16]byte
+		copy(k[:], a.IP.To16())
+		if err := m.Put(k, uint32(0)); err != nil {
+			return fmt.Errorf("decapsulator address %s: %w", a.IP, err)
+		}
+	}
+	return nil
+}
+
+func contains(s []string, v string) bool {
+	for _, x := range s {
+		if x == v {
+			return true
+		}
+	}
+	return false
+}
+
+// attachedIfaces lists the interfaces with a pinned link in dir.
+func attachedIfaces(dir string) []string {
+	ents, _ := os.ReadDir(dir)
+	var out []string
+	for _, e := range ents {
+		if name, ok := strings.CutPrefix(e.Name(), lbLinkPrefix); ok {
+			out = append(out, name)
+		}
+	}
+	sort.Strings(out)
+	return out
+}
+
+// attachLBLink updates the pinned link of iface to prog, or makes and pins a new one (native, else
+// generic, as mode allows). It returns the pin path of a link it made. A link whose interface is
+// gone is replaced when the interface is asked for (want), else removed.
+func attachLBLink(dir, iface, nsDir string, prog *ebpf.Program, mode XDPMode, want bool) (string, error) {
+	pin := filepath.Join(dir, lbLinkPrefix+iface)
+	if pinned, err := link.LoadPinnedLink(pin, nil); err == nil {
+		live := false
+		if info, err := pinned.Info(); err == nil {
+			if x := info.XDP(); x != nil && x.Ifindex != 0 {
+				live = true
+			}
+		}
+		if live {
+			err := pinned.Update(prog)
+			pinned.Close()
+			if err != nil {
+				return "", fmt.Errorf("update pinned link: %w", err)
+			}
+			return "", nil
+		}
+		pinned.Close()
+		unpinLink(pin)
+		if !want {
+			return "", nil
+		}
+	}
+	lnk, err := linkByName(iface, nsDir)
+	if err != nil {
+		return "", err
+	}
+	var lastErr error
+	for _, m := range wantedModes(mode) {
+		flag, _ := modeFlags(m)
+		lk, err := link.AttachXDP(link.XDPOptions{Program: prog, Interface: lnk.Attrs().Index, Flags: flag})
+		if err == nil {
+			defer lk.Close()
+			if err := lk.Pin(pin); err != nil {
+				_ = lk.Close()
+				return "", fmt.Errorf("pin XDP link: %w", err)
+			}
+			return pin, nil
+		}
+		if errors.Is(err, unix.EBUSY) || errors.Is(err, unix.EEXIST) {
+			return "", fmt.Errorf("%s already has an XDP program (mptcp-xdp attach, or another tool): detach it first", iface)
+		}
+		lastErr = fmt.Errorf("attach XDP in %s mode: %w", modeName(m), err)
+	}
+	return "", lastErr
+}
+
+// DetachLB removes the balancer of a namespace: every link, every pin (maps, flows, tokens), and the
+// directories left empty. The balancer's traffic goes back to the kernel's routing.
+func (l *Loader) DetachLB(netnsName string) error { return l.detachLBKind(netnsName, nil, false) }
+
+// DetachDecap removes the decapsulator from ifaces (all of them when empty); the last one removes its
+// maps too.
+func (l *Loader) DetachDecap(netnsName string, ifaces []string) error {
+	return l.detachLBKind(netnsName, ifaces, true)
+}
+
+func (l *Loader) detachLBKind(netnsName string, ifaces []string, decap bool) error {
+	nsDir, err := NetnsDir(netnsName)
+	if err != nil {
+		return err
+	}
+	unlock, err := l.Lock()
+	if err != nil {
+		return err
+	}
+	defer unlock()
+	dir, what := l.LBDir(nsDir), "balancer"
+	if decap {
+		dir, what = l.DecapDir(nsDir), "decapsulator"
+	}
+	if _, err := os.Stat(dir); err != nil {
+		return fmt.Errorf("detach %s: %w in network namespace %s", what, ErrLBNotAttached, nsDir)
+	}
+	attached := attachedIfaces(dir)
+	for _, i := range ifaces {
+		if !contains(attached, i) {
+			return fmt.Errorf("detach %s: not attached to %s in network namespace %s", what, i, nsDir)
+		}
+	}
+	if len(ifaces) == 0 {
+		ifaces = attached
+	}
+	for _, i := range ifaces {
+		unpinLink(filepath.Join(dir, lbLinkPrefix+i))
+	}
+	if len(attachedIfaces(dir)) == 0 {
+		removePins(dir)
+		l.removeLBDirs(dir)
+	}
+	return nil
+}
+
+// removeLBDirs removes dir and its parents up to the LB root while they are empty, then the tool's
+// root if the lock left it empty.
+func (l *Loader) removeLBDirs(dir string) {
+	root := l.LBRoot()
+	for len(dir) >= len(root) {
+		if err := os.Remove(dir); err != nil {
+			break
+		}
+		dir = filepath.Dir(dir)
+	}
+	l.removeEmptyDirs(l.Root)
+}
+
+// LBLink is one interface a balancer or decapsulator is attached to.
+type LBLink struct {
+	Interface string `json:"interface"`
+	Ifindex   int    `json:"ifindex"`
+	XDPMode   string `json:"xdp_mode"` // native or generic
+	LinkID    uint32 `json:"link_id"`
+	ProgID    uint32 `json:"prog_id"`
+	Problem   string `json:"problem,omitempty"`
+}
+
+// LBLinks describes the interfaces of the balancer (or decapsulator) of a namespace.
+func (l *Loader) LBLinks(netnsName string, decap bool) ([]LBLink, error) {
+	nsDir, err := NetnsDir(netnsName)
+	if err != nil {
+		return nil, err
+	}
+	dir := l.LBDir(nsDir)
+	if decap {
+		dir = l.DecapDir(nsDir)
+	}
+	if _, err := os.Stat(dir); err != nil {
+		return nil, fmt.Errorf("%w in network namespace %s", ErrLBNotAttached, nsDir)
+	}
+	var out []LBLink
+	err = netns.Do(netnsName, func() error {
+		for _, iface := range attachedIfaces(dir) {
+			ll := LBLink{Interface: iface}
+			lk, err := link.LoadPinnedLink(filepath.Join(dir, lbLinkPrefix+iface), nil)
+			if err != nil {
+				ll.Problem = "pinned link unreadable: " + err.Error()
+				out = append(out, ll)
+				continue
+			}
+			if info, err := lk.Info(); err == nil {
+				ll.LinkID, ll.ProgID = uint32(info.ID), uint32(info.Program)
+				if x := info.XDP(); x != nil {
+					ll.Ifindex = int(x.Ifindex)
+				}
+			}
+			lk.Close()
+			if ll.Ifindex == 0 {
+				ll.Problem = "link is defunct: its interface is gone"
+			} else if nl, err := netlink.LinkByIndex(ll.Ifindex); err == nil && nl.Attrs().Xdp != nil {
+				ll.XDPMode = attachModeName(nl.Attrs().Xdp.AttachMode)
+			}
+			out = append(out, ll)
+		}
+		return nil
+	})
+	return out, err
+}
