@@ -1,0 +1,315 @@
+package control
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/netip"
+	"slices"
+
+	"github.com/cilium/ebpf"
+
+	"github.com/mptcp-xdp/mptcp-xdp/pkg/lb"
+)
+
+// Policy is how a balancer treats its VIPs' traffic.
+type Policy struct {
+	Forward      lb.Forward     // l2 (backends on a link of the balancer) or ipip
+	UnknownJoin  lb.UnknownJoin // what happens to an MP_JOIN SYN with an unknown token
+	JoinSteering bool           // steer MP_JOIN SYNs by token (false: plain 5-tuple balancing)
+}
+
+// DefaultPolicy steers joins, drops unknown ones and forwards at layer 2.
+var DefaultPolicy = Policy{Forward: lb.ForwardL2, UnknownJoin: lb.JoinDrop, JoinSteering: true}
+
+// Balancer is the control plane of one balancer: its pinned maps, the backend set they hold and
+// the resolver of its network namespace. Every change is written to the maps at once, so any
+// number of short-lived processes (the CLI) and one long-running one (`lb run`) can share a
+// balancer; serialize changes with the loader's lock.
+type Balancer struct {
+	Maps     *lb.Maps
+	Weights  *ebpf.Map // backend id → weight, the control plane's own pinned map
+	Resolver *Resolver
+
+	set *BackendSet
+}
+
+// OpenBalancer reads the backend set back from the maps. The resolver is used, and owned, by
+// the balancer from then on (Close closes it); the maps are the caller's.
+func OpenBalancer(maps *lb.Maps, weights *ebpf.Map, res *Resolver) (*Balancer, error) {
+	b := &Balancer{Maps: maps, Weights: weights, Resolver: res}
+	if err := b.reload(); err != nil {
+		return nil, err
+	}
+	return b, nil
+}
+
+// Close releases the resolver.
+func (b *Balancer) Close() {
+	if b.Resolver != nil {
+		b.Resolver.Close()
+	}
+}
+
+func (b *Balancer) reload() error {
+	bes, err := b.Maps.ListBackends()
+	if err != nil {
+		return err
+	}
+	var existing []Backend
+	for _, e := range bes {
+		var w uint32
+		if err := b.Weights.Lookup(e.ID, &w); err != nil {
+			return fmt.Errorf("read weight of backend %d: %w", e.ID, err)
+		}
+		if w == 0 {
+			w = DefaultWeight
+		}
+		st := Active
+		if e.Draining {
+			st = Draining
+		}
+		existing = append(existing, Backend{ID: e.ID, Addr: e.Addr, Weight: w, State: st})
+	}
+	set, err := NewBackendSet(int(b.Backends().MaxEntries()), existing...)
+	if err != nil {
+		return fmt.Errorf("backend table: %w", err)
+	}
+	b.set = set
+	return nil
+}
+
+// Backends is the datapath's backend table.
+func (b *Balancer) Backends() *ebpf.Map { return b.Maps.Backends }
+
+// onLink reports whether backends must be on a link of the balancer: any VIP forwarding at l2.
+func (b *Balancer) onLink() (bool, error) {
+	vips, err := b.Maps.ListVIPs()
+	if err != nil {
+		return false, err
+	}
+	for _, v := range vips {
+		if v.Forward == lb.ForwardL2 {
+			return true, nil
+		}
+	}
+	return false, nil
+}
+
+// PutVIP adds a VIP (or changes its policy), giving it the lowest free ring id, and writes its
+// Maglev table.
+func (b *Balancer) PutVIP(addr netip.AddrPort, p Policy) (lb.VIP, error) {
+	addr = netip.AddrPortFrom(addr.Addr().Unmap(), addr.Port())
+	if !addr.Addr().IsValid() || addr.Port() == 0 {
+		return lb.VIP{}, fmt.Errorf("vip %s: want ADDR:PORT with a port", addr)
+	}
+	vips, err := b.Maps.ListVIPs()
+	if err != nil {
+		return lb.VIP{}, err
+	}
+	used := map[uint32]bool{}
+	v := lb.VIP{Addr: addr, ID: lb.MaxVIPs, Forward: p.Forward, UnknownJoin: p.UnknownJoin, JoinSteering: p.JoinSteering}
+	for _, o := range vips {
+		used[o.ID] = true
+		if o.Addr == addr {
+			v.ID = o.ID
+		}
+	}
+	if v.ID == lb.MaxVIPs {
+		for id := uint32(0); id < b.Maps.Ring.MaxEntries()/lb.RingSize; id++ {
+			if !used[id] {
+				v.ID = id
+				break
+			}
+		}
+		if v.ID == lb.MaxVIPs {
+			return lb.VIP{}, fmt.Errorf("vip %s: the VIP table is full", addr)
+		}
+	}
+	// The table first, so that the VIP never answers with an empty one.
+	if err := b.writeRing(v.ID); err != nil {
+		return lb.VIP{}, err
+	}
+	if err := b.Maps.PutVIP(v); err != nil {
+		return lb.VIP{}, err
+	}
+	slog.Debug("vip", "addr", v.Addr, "id", v.ID, "forward", v.Forward, "unknown_join", v.UnknownJoin, "join_steering", v.JoinSteering)
+	return v, nil
+}
+
+// DeleteVIP removes a VIP and its tokens; its traffic goes to the balancer's stack again.
+func (b *Balancer) DeleteVIP(addr netip.AddrPort) error {
+	return b.Maps.DeleteVIP(netip.AddrPortFrom(addr.Addr().Unmap(), addr.Port()))
+}
+
+func (b *Balancer) writeRing(vipID uint32) error {
+	table, err := b.set.Table(nil)
+	if err != nil {
+		return err
+	}
+	return b.Maps.WriteRing(vipID, table)
+}
+
+// rebuild rewrites every VIP's table from the current set.
+func (b *Balancer) rebuild() error {
+	vips, err := b.Maps.ListVIPs()
+	if err != nil {
+		return err
+	}
+	table, err := b.set.Table(nil)
+	if err != nil {
+		return err
+	}
+	for _, v := range vips {
+		if err := b.Maps.WriteRing(v.ID, table); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// AddBackends adds backends (or updates their weight, or reactivates draining ones): each is
+// resolved to its next hop first (waiting for the neighbour until ctx ends), written to the backend
+// table, and then the tables of every VIP are rebuilt once.
+func (b *Balancer) AddBackends(ctx context.Context, specs ...BackendSpec) ([]Backend, error) {
+	onLink, err := b.onLink()
+	if err != nil {
+		return nil, err
+	}
+	var out []Backend
+	for _, s := range specs {
+		nh, err := b.Resolver.Resolve(ctx, s.Addr, onLink)
+		if err != nil {
+			return out, fmt.Errorf("backend %s: %w", s.Addr, err)
+		}
+		be, err := b.set.Add(s)
+		if err != nil {
+			return out, err
+		}
+		if err := b.putBackend(be, nh); err != nil {
+			return out, err
+		}
+		if err := b.Weights.Put(be.ID, be.Weight); err != nil {
+			return out, fmt.Errorf("write weight of backend %d: %w", be.ID, err)
+		}
+		slog.Debug("backend added", "addr", be.Addr, "id", be.ID, "weight", be.Weight, "iface", nh.Iface, "mac", nh.DstMAC.String())
+		out = append(out, be)
+	}
+	return out, b.rebuild()
+}
+
+func (b *Balancer) putBackend(be Backend, nh NextHop) error {
+	return b.Maps.PutBackend(lb.Backend{
+		ID: be.ID, Addr: be.Addr, SrcAddr: nh.SrcAddr, MAC: nh.DstMAC, SrcMAC: nh.SrcMAC,
+		Ifindex: nh.Ifindex, Draining: be.State == Draining,
+	})
+}
+
+// Drain stops new connections to a backend: it leaves every VIP's table (and is flagged draining,
+// which the datapath also honours for the moment until the tables are rewritten); its flows and the
+// joins of its connections still reach it.
+func (b *Balancer) Drain(addr netip.Addr) (Backend, error) {
+	be, err := b.set.Drain(addr)
+	if err != nil {
+		return be, err
+	}
+	cur, ok, err := b.Maps.Backend(be.ID)
+	if err != nil {
+		return be, err
+	}
+	if ok {
+		cur.Draining = true
+		if err := b.Maps.PutBackend(cur); err != nil {
+			return be, err
+		}
+	}
+	slog.Debug("backend draining", "addr", be.Addr, "id", be.ID)
+	return be, b.rebuild()
+}
+
+// Remove takes a backend out: the tables first, then its entry, so that its flows are placed anew
+// and its connections' joins follow the unknown-join policy.
+func (b *Balancer) Remove(addr netip.Addr) (Backend, error) {
+	be, err := b.set.Remove(addr)
+	if err != nil {
+		return be, err
+	}
+	if err := b.rebuild(); err != nil {
+		return be, err
+	}
+	if err := b.Maps.DeleteBackend(be.ID); err != nil {
+		return be, err
+	}
+	if err := b.Weights.Put(be.ID, uint32(0)); err != nil {
+		return be, fmt.Errorf("clear weight of backend %d: %w", be.ID, err)
+	}
+	slog.Debug("backend removed", "addr", be.Addr, "id", be.ID)
+	return be, nil
+}
+
+// List returns the backend set ordered by id.
+func (b *Balancer) List() []Backend { return b.set.List() }
+
+// RefreshNextHops re-reads every backend's next hop from the kernel and rewrites the entries whose
+// MAC, interface or source changed; a backend whose neighbour the kernel has lost is solicited and
+// keeps its last known MAC meanwhile. It returns the backends it rewrote.
+func (b *Balancer) RefreshNextHops(ctx context.Context) ([]Backend, error) {
+	onLink, err := b.onLink()
+	if err != nil {
+		return nil, err
+	}
+	var changed []Backend
+	var errs []error
+	for _, be := range b.set.List() {
+		cur, ok, err := b.Maps.Backend(be.ID)
+		if err != nil || !ok {
+			errs = append(errs, err)
+			continue
+		}
+		nh, err := b.Resolver.Lookup(be.Addr, onLink)
+		if err != nil {
+			errs = append(errs, fmt.Errorf("backend %s: %w", be.Addr, err))
+			continue
+		}
+		if nh.DstMAC == nil {
+			slog.Warn("backend neighbour unresolved: soliciting, keeping the last MAC", "addr", be.Addr, "state", nh.State, "mac", cur.MAC.String())
+			_ = b.Resolver.solicit(nh)
+			continue
+		}
+		if bytes.Equal(nh.DstMAC, cur.MAC) && bytes.Equal(nh.SrcMAC, cur.SrcMAC) && nh.Ifindex == cur.Ifindex &&
+			(!nh.SrcAddr.IsValid() || nh.SrcAddr == cur.SrcAddr) {
+			continue
+		}
+		if !nh.SrcAddr.IsValid() {
+			nh.SrcAddr = cur.SrcAddr
+		}
+		if err := b.putBackend(be, nh); err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		slog.Info("backend next hop changed", "addr", be.Addr, "id", be.ID, "mac", nh.DstMAC.String(), "was", cur.MAC.String(), "iface", nh.Iface)
+		changed = append(changed, be)
+	}
+	return changed, errors.Join(slices.DeleteFunc(errs, func(e error) bool { return e == nil })...)
+}
+
+// Watches reports whether a neighbour event concerns one of the backends (or their gateways).
+func (b *Balancer) Watches(ev NeighEvent) bool {
+	for _, be := range b.set.List() {
+		if be.Addr == ev.Addr {
+			return true
+		}
+	}
+	cur, err := b.Maps.ListBackends()
+	if err != nil {
+		return true
+	}
+	for _, c := range cur {
+		if c.Ifindex == ev.Ifindex {
+			return true // a gateway of an ipip backend, or a neighbour on a backend link
+		}
+	}
+	return false
+}

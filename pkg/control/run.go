@@ -1,0 +1,139 @@
+package control
+
+import (
+	"context"
+	"log/slog"
+	"sync"
+	"time"
+
+	"github.com/mptcp-xdp/mptcp-xdp/pkg/lb"
+)
+
+// RunConfig configures the balancer's long-running loop.
+type RunConfig struct {
+	GC              GCConfig
+	GCInterval      time.Duration // 0 means 30 s
+	RefreshInterval time.Duration // next-hop re-check besides neighbour events; 0 means 30 s
+	SummaryInterval time.Duration // a log line with counters; 0 means 60 s
+	// Lock, if set, is held around every change the loop writes, so that it never races a CLI
+	// invocation that changes the backend set (the loader's lock).
+	Lock func() (func(), error)
+	// Counts receives the event counts; nil makes a private one.
+	Counts *EventCounts
+	// OnEvent, if set, sees every datapath event.
+	OnEvent func(lb.Event)
+}
+
+// Run consumes the datapath's events, collects idle flows and tokens, and keeps every backend's
+// next hop in step with the kernel's neighbour table (on every change the kernel reports, and every
+// RefreshInterval), until ctx ends. The datapath does not need it to steer: everything it needs is
+// pinned, so the loop may stop and start again at any time.
+func (b *Balancer) Run(ctx context.Context, cfg RunConfig) error {
+	if cfg.GCInterval <= 0 {
+		cfg.GCInterval = 30 * time.Second
+	}
+	if cfg.RefreshInterval <= 0 {
+		cfg.RefreshInterval = 30 * time.Second
+	}
+	if cfg.SummaryInterval <= 0 {
+		cfg.SummaryInterval = time.Minute
+	}
+	if cfg.Counts == nil {
+		cfg.Counts = &EventCounts{}
+	}
+	if cfg.Lock == nil {
+		cfg.Lock = func() (func(), error) { return func() {}, nil }
+	}
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+
+	// Both goroutines end with ctx; Run waits for them, so nothing of theirs outlives it.
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	defer cancel()
+	evDone := make(chan error, 1)
+	neigh := make(chan NeighEvent, 64)
+	nDone := make(chan error, 1)
+	wg.Add(2)
+	go func() { defer wg.Done(); evDone <- ConsumeEvents(ctx, b.Maps, cfg.Counts, cfg.OnEvent) }()
+	go func() {
+		defer wg.Done()
+		nDone <- b.Resolver.Watch(ctx, func(e NeighEvent) {
+			select {
+			case neigh <- e:
+			default: // a refresh is pending anyway
+			}
+		})
+	}()
+
+	locked := func(what string, fn func() error) {
+		unlock, err := cfg.Lock()
+		if err != nil {
+			slog.Warn("balancer loop: lock", "step", what, "err", err)
+			return
+		}
+		defer unlock()
+		// Another process may have changed the set since the last step.
+		if err := b.reload(); err != nil {
+			slog.Warn("balancer loop: reload backends", "step", what, "err", err)
+			return
+		}
+		if err := fn(); err != nil {
+			slog.Warn("balancer loop", "step", what, "err", err)
+		}
+	}
+	refresh := func() {
+		locked("refresh next hops", func() error {
+			_, err := b.RefreshNextHops(ctx)
+			return err
+		})
+	}
+	gc := func() {
+		locked("gc", func() error {
+			r, err := b.GC(cfg.GC, lb.Monotonic())
+			if r.IdleFlows+r.IdleTokens+r.OrphanFlows+r.OrphanTokens > 0 {
+				slog.Info("gc", "flows", r.FlowsAfter, "tokens", r.TokensAfter, "idle_flows", r.IdleFlows,
+					"idle_tokens", r.IdleTokens, "orphan_flows", r.OrphanFlows, "orphan_tokens", r.OrphanTokens)
+			}
+			return err
+		})
+	}
+	refresh()
+	gcT := time.NewTicker(cfg.GCInterval)
+	defer gcT.Stop()
+	refT := time.NewTicker(cfg.RefreshInterval)
+	defer refT.Stop()
+	sumT := time.NewTicker(cfg.SummaryInterval)
+	defer sumT.Stop()
+	slog.Info("balancer loop running", "backends", len(b.List()))
+	for {
+		select {
+		case <-ctx.Done():
+			slog.Info("balancer loop stopped", "events", cfg.Counts.Snapshot())
+			return nil
+		case err := <-evDone:
+			if ctx.Err() == nil {
+				return err
+			}
+		case err := <-nDone:
+			if ctx.Err() == nil {
+				return err
+			}
+		case e := <-neigh:
+			if b.Watches(e) {
+				refresh()
+			}
+		case <-refT.C:
+			refresh()
+		case <-gcT.C:
+			gc()
+		case <-sumT.C:
+			st, err := b.Maps.ReadStats()
+			if err != nil {
+				slog.Warn("balancer loop: stats", "err", err)
+				continue
+			}
+			slog.Info("balancer", "events", cfg.Counts.Snapshot(), "stats", st.Map())
+		}
+	}
+}
