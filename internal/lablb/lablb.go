@@ -42,6 +42,9 @@ type Config struct {
 	Paths int
 	// Backends; 0 means 3.
 	Backends int
+	// NoEndpoints leaves the client without its `subflow` endpoints: connections stay on one path
+	// until AddSubflowEndpoints, which makes the path manager join every existing connection.
+	NoEndpoints bool
 }
 
 // Path is one client–balancer link.
@@ -219,11 +222,20 @@ func (l *Lab) setup() error {
 		l.Backends = append(l.Backends, b)
 	}
 
-	// The client's path manager opens one subflow from every other path's address, to the VIP.
 	n := strconv.Itoa(cfg.Paths - 1)
 	if _, err := l.IP(l.Client, "mptcp", "limits", "set", "subflows", n, "add_addr_accepted", "0"); err != nil {
 		return err
 	}
+	if cfg.NoEndpoints {
+		return nil
+	}
+	return l.AddSubflowEndpoints()
+}
+
+// AddSubflowEndpoints gives the client's path manager a `subflow` endpoint on every path but the
+// first (IPv4 and IPv6): new connections open one subflow per extra path, and so do existing ones
+// at once.
+func (l *Lab) AddSubflowEndpoints() error {
 	for _, p := range l.Paths[1:] {
 		for _, a := range []netip.Addr{p.ClientIP4, p.ClientIP6} {
 			if _, err := l.IP(l.Client, "mptcp", "endpoint", "add", a.String(), "dev", p.ClientIf, "subflow"); err != nil {
@@ -254,10 +266,13 @@ func (l *Lab) link(ns1, if1 string, a4, a6 netip.Addr, ns2, if2 string, b4, b6 n
 		if _, err := l.IP(e.ns, "addr", "add", e.ip6.String()+"/64", "dev", e.dev, "nodad"); err != nil {
 			return err
 		}
-		if _, err := l.Exec(e.ns, "ethtool", "-K", e.dev, "tx", "off", "gro", "on"); err != nil {
+		if _, err := l.IP(e.ns, "link", "set", e.dev, "up"); err != nil {
 			return err
 		}
-		if _, err := l.IP(e.ns, "link", "set", e.dev, "up"); err != nil {
+		// GRO after up: veth makes its peer a redirect target (NDO_XMIT) only when GRO is turned on
+		// while the device is up (6.18 veth_set_features returns early on a down device), so
+		// turned on before, XDP_REDIRECT into the peer fails with EOPNOTSUPP.
+		if _, err := l.Exec(e.ns, "ethtool", "-K", e.dev, "tx", "off", "gro", "on"); err != nil {
 			return err
 		}
 	}
