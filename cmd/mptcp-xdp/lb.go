@@ -1,0 +1,534 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/netip"
+	"os"
+	"os/signal"
+	"sort"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/mptcp-xdp/mptcp-xdp/pkg/control"
+	"github.com/mptcp-xdp/mptcp-xdp/pkg/lb"
+	"github.com/mptcp-xdp/mptcp-xdp/pkg/loader"
+)
+
+func newLBCmd(g *globalFlags) *cobra.Command {
+	cmd := &cobra.Command{
+		Use:   "lb",
+		Short: "MPTCP-aware XDP load balancer: steers MP_JOIN subflows to their connection's backend",
+		Long: `lb runs an L4 load balancer at the XDP hook with direct server return. New connections to a VIP
+are placed by Maglev consistent hashing; the server's MPTCP token is learned in the datapath from
+the client's MP_CAPABLE third ACK, and every MP_JOIN SYN (a new subflow, a new 5-tuple) is steered
+by its token to the backend that holds the connection. Everything is pinned under
+/sys/fs/bpf/mptcp-xdp-lb/<netns>/, so steering continues without any mptcp-xdp process; 'lb run'
+adds event accounting, garbage collection and next-hop refresh. See docs/lb.md.`,
+	}
+	cmd.AddCommand(newLBAttachCmd(g), newLBDetachCmd(g), newLBBackendCmd(g), newLBStatusCmd(g),
+		newLBDecapCmd(g), newLBRunCmd(g))
+	return cmd
+}
+
+// openBalancer opens the pinned balancer of --netns and its control plane. Close both.
+func openBalancer(g *globalFlags, l *loader.Loader) (*loader.LBMaps, *control.Balancer, error) {
+	m, err := l.OpenLB(g.netns)
+	if err != nil {
+		return nil, nil, err
+	}
+	res, err := control.NewResolver(g.netns)
+	if err != nil {
+		m.Close()
+		return nil, nil, err
+	}
+	b, err := control.OpenBalancer(m.Maps, m.Weights, res)
+	if err != nil {
+		res.Close()
+		m.Close()
+		return nil, nil, err
+	}
+	return m, b, nil
+}
+
+func parseBackends(specs []string) ([]control.BackendSpec, error) {
+	var out []control.BackendSpec
+	for _, s := range specs {
+		b, err := control.ParseBackendSpec(s)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, b)
+	}
+	return out, nil
+}
+
+func newLBAttachCmd(g *globalFlags) *cobra.Command {
+	var (
+		vips, backends         []string
+		forward, unknown, mode string
+		steering               bool
+		resolveTimeout         time.Duration
+	)
+	cmd := &cobra.Command{
+		Use:   "attach IFACE...",
+		Short: "Attach the balancer to interfaces and configure VIPs and backends",
+		Long: `Attach loads the balancer program with the namespace's pinned maps (created on the first
+attach) and attaches it to every IFACE, keeping interfaces attached before. Each --vip is a service
+(ADDR:PORT, [V6]:PORT); each --backend (ADDR[,weight=N]) is resolved to its next hop from the
+kernel's routing and neighbour tables. Attaching again adds interfaces, VIPs and backends, or
+changes a VIP's policy, without interrupting steering.`,
+		Example: `  mptcp-xdp --netns lb lb attach l0 l1 --vip 10.0.0.10:80 --backend 10.2.0.2 --backend 10.2.1.2,weight=2
+  mptcp-xdp lb attach eth0 --vip [2001:db8::10]:443 --backend 2001:db8:1::2 --forward ipip`,
+		Args: cobra.MinimumNArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if err := loader.CheckPrivileges(g.netns != ""); err != nil {
+				return err
+			}
+			pol := control.Policy{JoinSteering: steering}
+			var err error
+			if pol.Forward, err = lb.ParseForward(forward); err != nil {
+				return err
+			}
+			if pol.UnknownJoin, err = lb.ParseUnknownJoin(unknown); err != nil {
+				return err
+			}
+			var addrs []netip.AddrPort
+			for _, v := range vips {
+				a, err := netip.ParseAddrPort(v)
+				if err != nil {
+					return fmt.Errorf("--vip %q: %w (want ADDR:PORT or [V6]:PORT)", v, err)
+				}
+				addrs = append(addrs, a)
+			}
+			specs, err := parseBackends(backends)
+			if err != nil {
+				return err
+			}
+			l, err := newLoader()
+			if err != nil {
+				return err
+			}
+			m, err := l.AttachLB(loader.LBAttachOptions{Netns: g.netns, Ifaces: args, Mode: loader.XDPMode(mode)})
+			if err != nil {
+				return err
+			}
+			m.Close()
+			unlock, err := l.Lock()
+			if err != nil {
+				return err
+			}
+			defer unlock()
+			m, b, err := openBalancer(g, l)
+			if err != nil {
+				return err
+			}
+			defer m.Close()
+			defer b.Close()
+			for _, a := range addrs {
+				if _, err := b.PutVIP(a, pol); err != nil {
+					return err
+				}
+			}
+			ctx, cancel := context.WithTimeout(cmd.Context(), resolveTimeout)
+			defer cancel()
+			if _, err := b.AddBackends(ctx, specs...); err != nil {
+				return err
+			}
+			st, err := lbStatusOf(g, l, m, b)
+			if err != nil {
+				return err
+			}
+			return render(cmd, g, st, func(w io.Writer) error { return st.table(w) })
+		},
+	}
+	cmd.Flags().StringArrayVar(&vips, "vip", nil, "service address ADDR:PORT ([V6]:PORT), repeatable")
+	cmd.Flags().StringArrayVar(&backends, "backend", nil, "backend ADDR[,weight=N], repeatable")
+	cmd.Flags().StringVar(&forward, "forward", "l2", "forwarding: l2 (backend on a link of the balancer, MAC rewrite) or ipip (outer header to the backend)")
+	cmd.Flags().StringVar(&unknown, "unknown-join", "drop", "MP_JOIN SYN with an unknown token: drop, hash (place like a new flow) or pass (to this host's stack)")
+	cmd.Flags().BoolVar(&steering, "join-steering", true, "steer MP_JOIN SYNs by token (false: plain 5-tuple balancing, the baseline)")
+	cmd.Flags().StringVar(&mode, "mode", "auto", "XDP mode: auto (native, else generic), native or generic")
+	cmd.Flags().DurationVar(&resolveTimeout, "resolve-timeout", 5*time.Second, "how long to wait for a backend's neighbour to resolve")
+	for f, vals := range map[string][]string{"forward": {"l2", "ipip"}, "unknown-join": {"drop", "hash", "pass"}, "mode": {"auto", "native", "generic"}} {
+		_ = cmd.RegisterFlagCompletionFunc(f, fixedCompletion(vals))
+	}
+	return cmd
+}
+
+func newLBDetachCmd(g *globalFlags) *cobra.Command {
+	return &cobra.Command{
+		Use:   "detach",
+		Short: "Detach the balancer from every interface and remove its maps and pins",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if err := loader.CheckPrivileges(g.netns != ""); err != nil {
+				return err
+			}
+			l, err := newLoader()
+			if err != nil {
+				return err
+			}
+			if err := l.DetachLB(g.netns); err != nil {
+				return err
+			}
+			return render(cmd, g, map[string]string{"detached": "balancer"}, func(w io.Writer) error {
+				fmt.Fprintln(w, "balancer detached")
+				return nil
+			})
+		},
+	}
+}
+
+func newLBBackendCmd(g *globalFlags) *cobra.Command {
+	cmd := &cobra.Command{
+		Use:   "backend",
+		Short: "Add, drain or remove backends of the balancer",
+	}
+	var timeout time.Duration
+	change := func(use, short string, fn func(ctx context.Context, b *control.Balancer, arg string) error) *cobra.Command {
+		return &cobra.Command{
+			Use: use, Short: short, Args: cobra.MinimumNArgs(1),
+			RunE: func(cmd *cobra.Command, args []string) error {
+				if err := loader.CheckPrivileges(g.netns != ""); err != nil {
+					return err
+				}
+				l, err := newLoader()
+				if err != nil {
+					return err
+				}
+				unlock, err := l.Lock()
+				if err != nil {
+					return err
+				}
+				defer unlock()
+				m, b, err := openBalancer(g, l)
+				if err != nil {
+					return err
+				}
+				defer m.Close()
+				defer b.Close()
+				ctx, cancel := context.WithTimeout(cmd.Context(), timeout)
+				defer cancel()
+				for _, a := range args {
+					if err := fn(ctx, b, a); err != nil {
+						return err
+					}
+				}
+				st, err := lbStatusOf(g, l, m, b)
+				if err != nil {
+					return err
+				}
+				return render(cmd, g, st, func(w io.Writer) error { return st.table(w) })
+			},
+		}
+	}
+	addr := func(s string) (netip.Addr, error) {
+		a, err := netip.ParseAddr(s)
+		if err != nil {
+			return a, fmt.Errorf("backend %q: %w", s, err)
+		}
+		return a, nil
+	}
+	add := change("add ADDR[,weight=N]...", "Add backends (or change their weight, or reactivate draining ones)",
+		func(ctx context.Context, b *control.Balancer, arg string) error {
+			s, err := control.ParseBackendSpec(arg)
+			if err != nil {
+				return err
+			}
+			_, err = b.AddBackends(ctx, s)
+			return err
+		})
+	add.Flags().DurationVar(&timeout, "resolve-timeout", 5*time.Second, "how long to wait for a backend's neighbour to resolve")
+	drain := change("drain ADDR...", "Give backends no new connections; their connections and joins still reach them",
+		func(ctx context.Context, b *control.Balancer, arg string) error {
+			a, err := addr(arg)
+			if err == nil {
+				_, err = b.Drain(a)
+			}
+			return err
+		})
+	remove := change("remove ADDR...", "Remove backends: their flows are placed anew, their joins follow the unknown-join policy",
+		func(ctx context.Context, b *control.Balancer, arg string) error {
+			a, err := addr(arg)
+			if err == nil {
+				_, err = b.Remove(a)
+			}
+			return err
+		})
+	for _, c := range []*cobra.Command{drain, remove} {
+		c.Flags().DurationVar(&timeout, "resolve-timeout", 5*time.Second, "unused")
+		_ = c.Flags().MarkHidden("resolve-timeout")
+	}
+	cmd.AddCommand(add, drain, remove)
+	return cmd
+}
+
+// lbStatus is `lb status -o json` (docs/lb.md).
+type lbStatus struct {
+	Netns      string            `json:"netns"`
+	PinDir     string            `json:"pin_dir"`
+	Interfaces []loader.LBLink   `json:"interfaces"`
+	VIPs       []lbVIP           `json:"vips"`
+	Backends   []lbBackend       `json:"backends"`
+	Flows      int               `json:"flows"`
+	Tokens     int               `json:"tokens"`
+	Stats      map[string]uint64 `json:"stats"`
+}
+
+type lbVIP struct {
+	Addr         string `json:"addr"`
+	ID           uint32 `json:"id"`
+	Forward      string `json:"forward"`
+	UnknownJoin  string `json:"unknown_join"`
+	JoinSteering bool   `json:"join_steering"`
+	Tokens       int    `json:"tokens"`
+}
+
+type lbBackend struct {
+	ID        uint32 `json:"id"`
+	Addr      string `json:"addr"`
+	Weight    uint32 `json:"weight"`
+	State     string `json:"state"`
+	Ifindex   int    `json:"ifindex"`
+	Iface     string `json:"iface"`
+	MAC       string `json:"mac"`
+	SrcMAC    string `json:"src_mac"`
+	SrcAddr   string `json:"src_addr,omitempty"`
+	RingSlots int    `json:"ring_slots"` // slots of the first VIP's Maglev table
+	Flows     int    `json:"flows"`
+	Tokens    int    `json:"tokens"`
+}
+
+func lbStatusOf(g *globalFlags, l *loader.Loader, m *loader.LBMaps, b *control.Balancer) (*lbStatus, error) {
+	nsDir, err := loader.NetnsDir(g.netns)
+	if err != nil {
+		return nil, err
+	}
+	st := &lbStatus{Netns: nsDir, PinDir: m.Dir, Interfaces: []loader.LBLink{}, VIPs: []lbVIP{}, Backends: []lbBackend{}}
+	if st.Interfaces, err = l.LBLinks(g.netns, false); err != nil {
+		return nil, err
+	}
+	vips, err := m.ListVIPs()
+	if err != nil {
+		return nil, err
+	}
+	sort.Slice(vips, func(i, j int) bool { return vips[i].ID < vips[j].ID })
+	flows, err := m.ListFlows()
+	if err != nil {
+		return nil, err
+	}
+	tokens, err := m.ListTokens()
+	if err != nil {
+		return nil, err
+	}
+	st.Flows, st.Tokens = len(flows), len(tokens)
+	perVIP := map[uint32]int{}
+	tokPerBE, flowPerBE := map[uint32]int{}, map[uint32]int{}
+	for _, t := range tokens {
+		perVIP[t.VIPID]++
+		tokPerBE[t.Backend]++
+	}
+	for _, f := range flows {
+		flowPerBE[f.Backend]++
+	}
+	for _, v := range vips {
+		st.VIPs = append(st.VIPs, lbVIP{Addr: v.Addr.String(), ID: v.ID, Forward: v.Forward.String(),
+			UnknownJoin: v.UnknownJoin.String(), JoinSteering: v.JoinSteering, Tokens: perVIP[v.ID]})
+	}
+	slots := map[uint32]int{}
+	if len(vips) > 0 {
+		ring, err := m.ReadRing(vips[0].ID)
+		if err != nil {
+			return nil, err
+		}
+		for _, id := range ring {
+			slots[id]++
+		}
+	}
+	for _, be := range b.List() {
+		e, _, err := m.Backend(be.ID)
+		if err != nil {
+			return nil, err
+		}
+		row := lbBackend{ID: be.ID, Addr: be.Addr.String(), Weight: be.Weight, State: string(be.State),
+			Ifindex: e.Ifindex, MAC: e.MAC.String(), SrcMAC: e.SrcMAC.String(), RingSlots: slots[be.ID],
+			Flows: flowPerBE[be.ID], Tokens: tokPerBE[be.ID]}
+		if e.SrcAddr.IsValid() && !e.SrcAddr.IsUnspecified() {
+			row.SrcAddr = e.SrcAddr.String()
+		}
+		if nh, err := b.Resolver.Route(be.Addr, false); err == nil {
+			row.Iface = nh.Iface
+		}
+		st.Backends = append(st.Backends, row)
+	}
+	s, err := m.ReadStats()
+	if err != nil {
+		return nil, err
+	}
+	st.Stats = s.Map()
+	return st, nil
+}
+
+func (st *lbStatus) table(w io.Writer) error {
+	var ifs []string
+	for _, i := range st.Interfaces {
+		s := i.Interface + " (" + orDash(i.XDPMode) + ")"
+		if i.Problem != "" {
+			s += " [" + i.Problem + "]"
+		}
+		ifs = append(ifs, s)
+	}
+	fmt.Fprintf(w, "balancer in %s on %s; %d flows, %d tokens\n\n", st.Netns, orDash(strings.Join(ifs, ", ")), st.Flows, st.Tokens)
+	fmt.Fprintln(w, "VIP\tID\tFORWARD\tUNKNOWN JOIN\tJOIN STEERING\tTOKENS")
+	for _, v := range st.VIPs {
+		fmt.Fprintf(w, "%s\t%d\t%s\t%s\t%v\t%d\n", v.Addr, v.ID, v.Forward, v.UnknownJoin, v.JoinSteering, v.Tokens)
+	}
+	fmt.Fprintln(w, "\nBACKEND\tID\tWEIGHT\tSTATE\tIFACE\tMAC\tRING SLOTS\tFLOWS\tTOKENS")
+	for _, b := range st.Backends {
+		fmt.Fprintf(w, "%s\t%d\t%d\t%s\t%s\t%s\t%d\t%d\t%d\n", b.Addr, b.ID, b.Weight, b.State, orDash(b.Iface), b.MAC, b.RingSlots, b.Flows, b.Tokens)
+	}
+	fmt.Fprintln(w, "\nCOUNTER\tVALUE")
+	names := make([]string, 0, len(st.Stats))
+	for k := range st.Stats {
+		names = append(names, k)
+	}
+	sort.Slice(names, func(i, j int) bool { return statOrder(names[i]) < statOrder(names[j]) })
+	for _, k := range names {
+		fmt.Fprintf(w, "%s\t%d\n", k, st.Stats[k])
+	}
+	return nil
+}
+
+func statOrder(name string) int {
+	for i := lb.Stat(0); i < lb.NumStats; i++ {
+		if i.String() == name {
+			return int(i)
+		}
+	}
+	return int(lb.NumStats)
+}
+
+func newLBStatusCmd(g *globalFlags) *cobra.Command {
+	return &cobra.Command{
+		Use:   "status",
+		Short: "Show the balancer: interfaces, VIPs, backends, flows, tokens and counters",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			l, err := newLoader()
+			if err != nil {
+				return err
+			}
+			m, b, err := openBalancer(g, l)
+			if err != nil {
+				return err
+			}
+			defer m.Close()
+			defer b.Close()
+			st, err := lbStatusOf(g, l, m, b)
+			if err != nil {
+				return err
+			}
+			return render(cmd, g, st, func(w io.Writer) error { return st.table(w) })
+		},
+	}
+}
+
+func newLBDecapCmd(g *globalFlags) *cobra.Command {
+	var detach bool
+	var mode string
+	cmd := &cobra.Command{
+		Use:   "decap IFACE...",
+		Short: "Attach (or --detach) the backends' decapsulator of ipip mode",
+		Long: `Decap attaches, on a backend, an XDP program that strips the outer IPv4/IPv6 header the balancer
+adds in ipip mode and passes the inner packet up the stack: for kernels built without ipip/ip6tnl
+tunnel drivers. It decapsulates packets to the addresses the namespace has when it is attached.`,
+		Args: cobra.MinimumNArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if err := loader.CheckPrivileges(g.netns != ""); err != nil {
+				return err
+			}
+			l, err := newLoader()
+			if err != nil {
+				return err
+			}
+			if detach {
+				err = l.DetachDecap(g.netns, args)
+			} else {
+				err = l.AttachDecap(loader.LBAttachOptions{Netns: g.netns, Ifaces: args, Mode: loader.XDPMode(mode)})
+			}
+			if err != nil {
+				return err
+			}
+			links, err := l.LBLinks(g.netns, true)
+			if errors.Is(err, loader.ErrLBNotAttached) {
+				links, err = []loader.LBLink{}, nil
+			}
+			if err != nil {
+				return err
+			}
+			return render(cmd, g, map[string]any{"decap": links}, func(w io.Writer) error {
+				fmt.Fprintln(w, "INTERFACE\tIFINDEX\tXDP MODE\tPROG\tPROBLEM")
+				for _, ll := range links {
+					fmt.Fprintf(w, "%s\t%d\t%s\t%d\t%s\n", ll.Interface, ll.Ifindex, orDash(ll.XDPMode), ll.ProgID, orDash(ll.Problem))
+				}
+				return nil
+			})
+		},
+	}
+	cmd.Flags().BoolVar(&detach, "detach", false, "detach from the interfaces instead")
+	cmd.Flags().StringVar(&mode, "mode", "auto", "XDP mode: auto (native, else generic), native or generic")
+	return cmd
+}
+
+func newLBRunCmd(g *globalFlags) *cobra.Command {
+	var (
+		cfg      control.RunConfig
+		logLevel string
+	)
+	cmd := &cobra.Command{
+		Use:   "run",
+		Short: "Run the balancer's control loop: events, garbage collection, next-hop refresh",
+		Long: `Run consumes the datapath's ring buffer of events (connection learned, join steered, unknown-token
+join, token collision), counting and logging them; removes idle flows and tokens; and follows the
+kernel's neighbour table so that a backend whose MAC changes keeps receiving. The datapath steers
+without it: stop and restart it at will. Logs go to stderr; SIGINT/SIGTERM stop it.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			var lvl slog.Level
+			if err := lvl.UnmarshalText([]byte(logLevel)); err != nil {
+				return fmt.Errorf("--log-level %q: %w", logLevel, err)
+			}
+			slog.SetDefault(slog.New(slog.NewTextHandler(cmd.ErrOrStderr(), &slog.HandlerOptions{Level: lvl})))
+			if err := loader.CheckPrivileges(g.netns != ""); err != nil {
+				return err
+			}
+			l, err := newLoader()
+			if err != nil {
+				return err
+			}
+			m, b, err := openBalancer(g, l)
+			if err != nil {
+				return err
+			}
+			defer m.Close()
+			defer b.Close()
+			ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
+			defer stop()
+			cfg.Lock = l.Lock
+			return b.Run(ctx, cfg)
+		},
+	}
+	cmd.Flags().DurationVar(&cfg.GCInterval, "gc-interval", 30*time.Second, "how often to collect idle flows and tokens")
+	cmd.Flags().DurationVar(&cfg.GC.FlowIdle, "flow-idle", 10*time.Minute, "forget a flow without packets for this long")
+	cmd.Flags().DurationVar(&cfg.GC.TokenIdle, "token-idle", 30*time.Minute, "forget a token not refreshed for this long")
+	cmd.Flags().DurationVar(&cfg.RefreshInterval, "refresh-interval", 30*time.Second, "re-check next hops this often besides neighbour events")
+	cmd.Flags().DurationVar(&cfg.SummaryInterval, "summary-interval", time.Minute, "log counters this often")
+	cmd.Flags().StringVar(&logLevel, "log-level", "info", "debug, info, warn or error (debug logs every event)")
+	return cmd
+}
