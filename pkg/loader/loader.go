@@ -111,9 +111,16 @@ func (l *Loader) IfaceDir(netnsDir, iface string) string {
 	return filepath.Join(l.Root, netnsDir, iface)
 }
 
-// Lock takes the tool-wide lock (flock on the root directory), waiting up to LockTimeout for
-// another invocation to finish. The returned function releases it.
-func (l *Loader) Lock() (func(), error) {
+// Lock takes the tool-wide lock exclusively (flock on the root directory), waiting up to
+// LockTimeout for other invocations to finish: for anything that changes the pins or the hooks.
+// The returned function releases it.
+func (l *Loader) Lock() (func(), error) { return l.lock(unix.LOCK_EX) }
+
+// RLock takes the tool-wide lock shared: readers (status, stats) never see an attachment half made
+// or half removed, and do not wait for each other.
+func (l *Loader) RLock() (func(), error) { return l.lock(unix.LOCK_SH) }
+
+func (l *Loader) lock(how int) (func(), error) {
 	deadline := time.Now().Add(l.LockTimeout)
 	for {
 		if err := os.MkdirAll(l.Root, 0o700); err != nil {
@@ -127,7 +134,7 @@ func (l *Loader) Lock() (func(), error) {
 			return nil, fmt.Errorf("open %s: %w", l.Root, err)
 		}
 		for {
-			err = unix.Flock(fd, unix.LOCK_EX|unix.LOCK_NB)
+			err = unix.Flock(fd, how|unix.LOCK_NB)
 			if err == nil || !errors.Is(err, unix.EWOULDBLOCK) || time.Now().After(deadline) {
 				break
 			}
@@ -143,7 +150,12 @@ func (l *Loader) Lock() (func(), error) {
 		// The directory may have been removed (last detach) while we waited: lock the live one.
 		var held, now unix.Stat_t
 		if unix.Fstat(fd, &held) == nil && unix.Stat(l.Root, &now) == nil && held.Ino == now.Ino {
-			return func() { unix.Close(fd) }, nil
+			return func() {
+				// Leave no empty root behind (an invocation that attached nothing, a reader):
+				// rmdir fails on a directory that holds anything. Waiters notice the removal.
+				_ = unix.Rmdir(l.Root)
+				unix.Close(fd)
+			}, nil
 		}
 		unix.Close(fd)
 	}
