@@ -1,8 +1,10 @@
 package main
 
 import (
+	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"strings"
 	"time"
 
@@ -17,6 +19,34 @@ import (
 var bpffsRoot = loader.DefaultRoot
 
 func newLoader() (*loader.Loader, error) { return loader.New(bpffsRoot) }
+
+// listAttachments lists the attachments (of one namespace directory, or all with "") under the
+// shared lock, which the caller releases once it has read what it needs from the pins: a
+// concurrent attach or detach is then never seen half done.
+func listAttachments(nsDir string) ([]loader.Attachment, func(), error) {
+	l, err := newLoader()
+	if err != nil {
+		return nil, nil, readError(err)
+	}
+	unlock, err := l.RLock()
+	if err != nil {
+		return nil, nil, readError(err)
+	}
+	atts, err := l.List(nsDir)
+	if err != nil {
+		unlock()
+		return nil, nil, readError(err)
+	}
+	return atts, unlock, nil
+}
+
+// readError names what a reader lacks when the pins are not its to read.
+func readError(err error) error {
+	if errors.Is(err, fs.ErrPermission) {
+		return fmt.Errorf("%w: reading the pins needs root or CAP_DAC_OVERRIDE", err)
+	}
+	return err
+}
 
 func newAttachCmd(g *globalFlags) *cobra.Command {
 	var (
@@ -119,14 +149,11 @@ func newStatusCmd(g *globalFlags) *cobra.Command {
 		Long:  "Status lists every attachment (all namespaces, or the one --netns names): hooks, XDP mode, TC mechanism, program ids, map fill and problems.",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
-			l, err := newLoader()
+			atts, unlock, err := listAttachments(selectedNetns(g))
 			if err != nil {
 				return err
 			}
-			atts, err := l.List(selectedNetns(g))
-			if err != nil {
-				return err
-			}
+			defer unlock()
 			if atts == nil {
 				atts = []loader.Attachment{}
 			}
@@ -177,14 +204,11 @@ func newStatsCmd(g *globalFlags) *cobra.Command {
 of every MPTCP option class. Counters are per-CPU in the kernel and summed here.`,
 		Args: cobra.MaximumNArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			l, err := newLoader()
+			atts, unlock, err := listAttachments(selectedNetns(g))
 			if err != nil {
 				return err
 			}
-			atts, err := l.List(selectedNetns(g))
-			if err != nil {
-				return err
-			}
+			defer unlock()
 			rows := []statsInterface{}
 			for _, a := range atts {
 				if len(args) == 1 && a.Interface != args[0] {
@@ -192,7 +216,7 @@ of every MPTCP option class. Counters are per-CPU in the kernel and summed here.
 				}
 				c, err := maps.ReadPinnedCounters(a.PinDir)
 				if err != nil {
-					return err
+					return readError(err)
 				}
 				rows = append(rows, statsInterface{Netns: a.Netns, Name: a.Interface, Ifindex: a.Ifindex, Ingress: c.Ingress, Egress: c.Egress})
 			}
