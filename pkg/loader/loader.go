@@ -117,18 +117,24 @@ func (l *Loader) IfaceDir(netnsDir, iface string) string {
 func (l *Loader) Lock() (func(), error) { return l.lock(unix.LOCK_EX) }
 
 // RLock takes the tool-wide lock shared: readers (status, stats) never see an attachment half made
-// or half removed, and do not wait for each other.
+// or half removed, and do not wait for each other. Without a root there is nothing to read, and a
+// reader does not create one.
 func (l *Loader) RLock() (func(), error) { return l.lock(unix.LOCK_SH) }
 
 func (l *Loader) lock(how int) (func(), error) {
 	deadline := time.Now().Add(l.LockTimeout)
 	for {
-		if err := os.MkdirAll(l.Root, 0o700); err != nil {
-			return nil, fmt.Errorf("create %s: %w", l.Root, err)
+		if how == unix.LOCK_EX {
+			if err := os.MkdirAll(l.Root, 0o700); err != nil {
+				return nil, fmt.Errorf("create %s: %w", l.Root, err)
+			}
 		}
 		fd, err := unix.Open(l.Root, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
 		if err != nil {
 			if errors.Is(err, unix.ENOENT) {
+				if how != unix.LOCK_EX {
+					return func() {}, nil
+				}
 				continue // removed by a detach between MkdirAll and Open
 			}
 			return nil, fmt.Errorf("open %s: %w", l.Root, err)
