@@ -65,6 +65,7 @@ func commands(g *globalFlags) []*cobra.Command {
 		newMapCmd(g),
 		newDemoCmd(g),
 		newTCPInfoCmd(g),
+		newServeCmd(g),
 		newLBCmd(g),
 		newConnCmd(g),
 		newSubflowCmd(g),
