@@ -38,6 +38,10 @@ const ProgPrefix = "mptcpx_"
 // HostNetns names the initial network namespace in pin paths.
 const HostNetns = "host"
 
+// procNetInitIno is the inode of the initial network namespace on kernels that fix it
+// (PROC_NET_INIT_INO); older kernels number it like any other.
+const procNetInitIno = 0xEFFFFFF9
+
 // Pin names inside an interface directory.
 const (
 	pinMeta          = "mptcpx_meta"
@@ -95,10 +99,14 @@ func NetnsDir(name string) (string, error) {
 	if err != nil {
 		return "", err
 	}
+	// Linux 6.x gives the initial network namespace a fixed inode number.
+	if self == procNetInitIno {
+		return HostNetns, nil
+	}
 	var st unix.Stat_t
 	if err := unix.Stat("/proc/1/ns/net", &st); err != nil {
-		// Inside a sandbox that hides init's namespace, the caller's namespace is the host's.
-		return HostNetns, nil
+		// init's namespace is hidden from us: name ours by its inode, never guess "host".
+		return "ns-" + strconv.FormatUint(self, 10), nil
 	}
 	if st.Ino == self {
 		return HostNetns, nil

@@ -39,7 +39,7 @@ func effectiveCaps() (uint64, error) {
 }
 
 // CheckPrivileges returns an error naming the capabilities that changing the datapath needs and
-// this process lacks: CAP_BPF (or CAP_SYS_ADMIN) to load programs, CAP_NET_ADMIN to attach them,
+// this process lacks: CAP_BPF and CAP_PERFMON (or CAP_SYS_ADMIN) to load programs, CAP_NET_ADMIN to attach them,
 // CAP_SYS_ADMIN to enter a network namespace or mount bpffs.
 func CheckPrivileges(needNetns bool) error {
 	caps, err := effectiveCaps()
@@ -50,6 +50,10 @@ func CheckPrivileges(needNetns bool) error {
 	var missing []string
 	if !has(capBPF) && !has(capSysAdmin) {
 		missing = append(missing, capNames[capBPF])
+	}
+	if !has(capPerfmon) && !has(capSysAdmin) {
+		// The verifier refuses the parser's packet-pointer arithmetic without it.
+		missing = append(missing, capNames[capPerfmon])
 	}
 	if !has(capNetAdmin) {
 		missing = append(missing, capNames[capNetAdmin])
