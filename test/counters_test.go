@@ -53,6 +53,7 @@ var txPairs = []struct{ class, mib string }{
 // requires the datapath's ingress counters to equal the server kernel's own MPTcpExt counters.
 func TestCountersEqualKernel(t *testing.T) {
 	testutil.RequireRoot(t)
+	t.Parallel()
 	for _, tc := range []struct {
 		name    string
 		v6      bool

@@ -32,6 +32,11 @@ func TestMain(m *testing.M) {
 		fmt.Fprintln(os.Stderr, "temp dir:", err)
 		os.Exit(1)
 	}
+	// Others may run it too (TestPrivileges runs it as nobody).
+	if err := os.Chmod(dir, 0o755); err != nil {
+		fmt.Fprintln(os.Stderr, "temp dir:", err)
+		os.Exit(1)
+	}
 	bin = filepath.Join(dir, "mptcp-xdp")
 	build := exec.Command("go", "build", "-o", bin, "github.com/mptcp-xdp/mptcp-xdp/cmd/mptcp-xdp")
 	if out, err := build.CombinedOutput(); err != nil {
@@ -177,14 +182,15 @@ func stats(t testing.TB, ns string) map[string]statsRow {
 
 // attachment is one entry of `status -o json`.
 type attachment struct {
-	Netns     string `json:"netns"`
-	Interface string `json:"interface"`
-	Ifindex   int    `json:"ifindex"`
-	PinDir    string `json:"pin_dir"`
-	Ingress   string `json:"ingress"`
-	XDPMode   string `json:"xdp_mode"`
-	Egress    bool   `json:"egress"`
-	Programs  []struct {
+	Netns      string `json:"netns"`
+	Interface  string `json:"interface"`
+	Ifindex    int    `json:"ifindex"`
+	PinDir     string `json:"pin_dir"`
+	Ingress    string `json:"ingress"`
+	XDPMode    string `json:"xdp_mode"`
+	Egress     bool   `json:"egress"`
+	AttachedAt string `json:"attached_at"`
+	Programs   []struct {
 		Hook      string `json:"hook"`
 		Mechanism string `json:"mechanism"`
 		ID        uint32 `json:"id"`
