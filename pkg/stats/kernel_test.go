@@ -9,6 +9,7 @@ import (
 	"reflect"
 	"slices"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -94,6 +95,9 @@ func TestKernel(t *testing.T) {
 					agreeTCPInfo(t, r, l.Client, c.client, c.clientToken, paths)
 					agreeTCPInfo(t, r, l.Server, c.server, c.serverToken, paths)
 				})
+			}
+			if paths == 2 {
+				t.Run("concurrent", func(t *testing.T) { concurrentReads(t, r, l.Client, 2*paths+1) })
 			}
 			t.Run("isolation", func(t *testing.T) {
 				// The test's own network namespace holds none of the lab's subflows.
@@ -398,5 +402,33 @@ func transfer(t *testing.T, c *conn, up, down int) {
 		if err := <-errc; err != nil {
 			t.Fatal(err)
 		}
+	}
+}
+
+// concurrentReads reads ns from several goroutines at once with one Reader (as an exporter
+// serving parallel scrapes does): every read sees the same quiet subflows.
+func concurrentReads(t *testing.T, r *stats.Reader, ns string, want int) {
+	var wg sync.WaitGroup
+	errs := make(chan error, 8)
+	for range cap(errs) {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for range 10 {
+				sfs, err := r.Subflows(ns)
+				if err == nil && len(sfs) != want {
+					err = fmt.Errorf("%d subflows, want %d", len(sfs), want)
+				}
+				if err != nil {
+					errs <- err
+					return
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Error(err)
 	}
 }
