@@ -92,6 +92,8 @@ func BenchmarkSubflows(b *testing.B) {
 			}
 			ss := float64(took[0])
 			b.ReportMetric(float64(took[len(procs)])/ss, "reader/ss")
+			b.ReportMetric(float64(took[len(procs)].Microseconds())/1000/float64(b.N), "reader-ms/op")
+			b.ReportMetric(ss/1e6/float64(b.N), "ss-ms/op")
 			for i, p := range procs {
 				if i > 0 {
 					b.ReportMetric(float64(took[i])/ss, p.name+"/ss")
