@@ -249,3 +249,21 @@ func (f *farm) one(ctx context.Context, addr string) error {
 	_, err = io.ReadFull(c, one[:])
 	return err
 }
+
+// BenchmarkNewReader measures loading the iterator: the fixed cost of a one-shot reader such as
+// the CLI (decoding the kernel's BTF for the CO-RE relocations is most of it).
+//
+//	go test -run '^$' -bench BenchmarkNewReader -benchmem ./pkg/stats/
+func BenchmarkNewReader(b *testing.B) {
+	testutil.RequireRoot(b)
+	b.ReportAllocs()
+	for b.Loop() {
+		r, err := stats.NewReader()
+		if err != nil {
+			b.Fatal(err)
+		}
+		if err := r.Close(); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
