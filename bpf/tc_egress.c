@@ -5,7 +5,7 @@
 SEC("tc")
 int mptcpx_tc_out(struct __sk_buff *skb)
 {
-	mx_tc_count(skb, MX_DIR_EGRESS, MX_SCRATCH_TC_EGRESS);
+	mx_tc_count(skb, MX_DIR_EGRESS);
 	return TC_ACT_UNSPEC; /* pass on to the next program or filter, untouched */
 }
 

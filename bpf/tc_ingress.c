@@ -5,7 +5,7 @@
 SEC("tc")
 int mptcpx_tc_in(struct __sk_buff *skb)
 {
-	mx_tc_count(skb, MX_DIR_INGRESS, MX_SCRATCH_TC_INGRESS);
+	mx_tc_count(skb, MX_DIR_INGRESS);
 	return TC_ACT_UNSPEC; /* pass on to the next program or filter, untouched */
 }
 

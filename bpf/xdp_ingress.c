@@ -13,9 +13,9 @@ int mptcpx_xdp_in(struct xdp_md *ctx)
 	void *data_end = (void *)(long)ctx->data_end;
 
 	struct mx_counters *c = mx_counters_for(MX_DIR_INGRESS);
-	struct mx_result *r = mx_scratch(MX_SCRATCH_XDP);
-	if (!c || !r)
+	if (!c)
 		return XDP_PASS;
+	struct mx_result *r = mx_scratch(c);
 	if (mx_parse(data, data_end, r) == MX_PARSE_TRUNCATED)
 		r->truncated = 1;
 	mx_commit(c, r, 1);

@@ -22,23 +22,16 @@ struct {
 	__type(value, struct mx_meta);
 } mptcpx_meta SEC(".maps");
 
-/* Per-CPU scratch space for one frame's parse result. */
-struct {
-	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
-	__uint(max_entries, MX_SCRATCH_MAX);
-	__type(key, __u32);
-	__type(value, struct mx_result);
-} mptcpx_scratch SEC(".maps");
-
-static __always_inline struct mx_result *mx_scratch(__u32 slot)
-{
-	struct mx_result *r = bpf_map_lookup_elem(&mptcpx_scratch, &slot);
-	if (r)
-		__builtin_memset(r, 0, sizeof(*r));
-	return r;
-}
-
 static __always_inline struct mx_counters *mx_counters_for(__u32 dir)
 {
 	return bpf_map_lookup_elem(&mptcpx_counters, &dir);
+}
+
+/* The cleared parse result that lives beside a direction's counters. XDP and TC ingress never run
+ * nested on one CPU (both run in softirq), nor does TC egress (it runs with bottom halves off). */
+static __always_inline struct mx_result *mx_scratch(struct mx_counters *c)
+{
+	struct mx_result *r = &c->scratch;
+	__builtin_memset(r, 0, sizeof(*r));
+	return r;
 }

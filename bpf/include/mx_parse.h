@@ -35,18 +35,6 @@ struct frag_hdr_ {
 	__be32 identification;
 };
 
-/* What one frame held, committed to the counters only once the parse is over. It lives in a per-CPU
- * scratch map, not on the stack: counts kept in map memory do not multiply the states the verifier
- * has to tell apart. */
-struct mx_result {
-	__u8 tcp;
-	__u8 mptcp;
-	__u8 truncated; /* headers claimed more bytes than the buffer holds */
-	__u8 last;      /* the class counted last (see mx_add) */
-	__u16 launder;  /* see mx_launder */
-	__u16 seen;     /* bit i set when classes[i] is not zero: mx_commit touches only those */
-	__u8 classes[MX_CLASS_MAX];
-} __attribute__((aligned(8))); /* so that clearing it takes three 8-byte stores */
 
 /* NOP, NOP, kind 8 (timestamps), length 10 as one 32-bit load from the packet; 12 bytes in all. */
 #define TCPOPT_TSTAMP_PREFIX_BE bpf_htonl(0x0101080a)
@@ -90,6 +78,17 @@ static __always_inline __u32 mx_classify(__u8 *p, __u32 len, void *data_end, int
 		b3 = p[3];
 	}
 
+	/* DSS first: it is on nearly every MPTCP segment. Its length is 4, plus 4 or 8 for the data
+	 * ACK, plus 4 or 8 + 4 + 2 (+ 2 with checksum) for a mapping: a table of the 16 flag values
+	 * would cost a load; the arithmetic below is branch-free. */
+	if (subtype == MPTCPOPT_DSS) {
+		__u32 want = 4 + ((b3 & DSS_DATA_ACK) ? 4 + ((b3 & DSS_ACK64) ? 4 : 0) : 0) +
+			     ((b3 & DSS_MAPPING) ? 10 + ((b3 & DSS_DSN64) ? 4 : 0) : 0);
+		if (len == want || ((b3 & DSS_MAPPING) && len == want + 2))
+			return MX_DSS;
+		return MX_MALFORMED;
+	}
+
 	switch (subtype) {
 	case MPTCPOPT_MP_CAPABLE:
 		if (syn && !ack)
@@ -107,18 +106,6 @@ static __always_inline __u32 mx_classify(__u8 *p, __u32 len, void *data_end, int
 		if (syn && ack)
 			return len == 16 ? MX_MP_JOIN_SYNACK : MX_MALFORMED;
 		return len == 24 ? MX_MP_JOIN_ACK : MX_MALFORMED;
-	case MPTCPOPT_DSS: {
-		if (len < 4)
-			return MX_MALFORMED;
-		__u32 want = 4;
-		if (b3 & DSS_DATA_ACK)
-			want += (b3 & DSS_ACK64) ? 8 : 4;
-		if (b3 & DSS_MAPPING)
-			want += ((b3 & DSS_DSN64) ? 8 : 4) + 4 + 2;
-		if (len == want || ((b3 & DSS_MAPPING) && len == want + 2))
-			return MX_DSS;
-		return MX_MALFORMED;
-	}
 	case MPTCPOPT_ADD_ADDR:
 		if (low & ADD_ADDR_ECHO)
 			return (len == 8 || len == 10 || len == 20 || len == 22) ? MX_ADD_ADDR_ECHO : MX_MALFORMED;

@@ -9,12 +9,12 @@
 #include "mx_parse.h"
 #include "mx_maps.h"
 
-static __always_inline void mx_tc_count(struct __sk_buff *skb, __u32 dir, __u32 slot)
+static __always_inline void mx_tc_count(struct __sk_buff *skb, __u32 dir)
 {
 	struct mx_counters *c = mx_counters_for(dir);
-	struct mx_result *r = mx_scratch(slot);
-	if (!c || !r)
+	if (!c)
 		return;
+	struct mx_result *r = mx_scratch(c);
 
 	int st = mx_parse((void *)(long)skb->data, (void *)(long)skb->data_end, r);
 	if (st == MX_PARSE_TRUNCATED && skb->len > skb->data_end - skb->data) {

@@ -38,18 +38,25 @@ enum mx_dir {
 	MX_DIR_MAX = 2,
 };
 
-/* Value of the per-CPU counters map, one per direction. */
+/* What one frame held, committed to the counters only once the parse is over. It lives in per-CPU map
+ * memory (beside the counters it is committed to), not on the stack: counts kept in map memory do not
+ * multiply the states the verifier has to tell apart. */
+struct mx_result {
+	__u8 tcp;
+	__u8 mptcp;
+	__u8 truncated; /* headers claimed more bytes than the buffer holds */
+	__u8 last;      /* the class counted last (see mx_add) */
+	__u16 launder;  /* see mx_launder */
+	__u16 seen;     /* bit i set when classes[i] is not zero: mx_commit touches only those */
+	__u8 classes[MX_CLASS_MAX];
+} __attribute__((aligned(8))); /* so that clearing it takes three 8-byte stores */
+
+/* Value of the per-CPU counters map, one per direction. scratch is the parse result of the frame
+ * being counted: one map lookup gives a program both. */
 struct mx_counters {
 	__u64 packets[MX_PKT_MAX];
 	__u64 options[MX_CLASS_MAX];
-};
-
-/* Slots of the per-CPU scratch map, one per program so that no two programs share one. */
-enum mx_scratch_slot {
-	MX_SCRATCH_XDP = 0,
-	MX_SCRATCH_TC_INGRESS = 1,
-	MX_SCRATCH_TC_EGRESS = 2,
-	MX_SCRATCH_MAX = 3,
+	struct mx_result scratch;
 };
 
 /* Attach state of one interface, kept in a pinned map so that it outlives the CLI. */

@@ -241,7 +241,7 @@ func newMapDumpCmd(g *globalFlags) *cobra.Command {
 		Example: "  mptcp-xdp map dump mptcpx_counters --iface eth0 -o json",
 		Args:    cobra.ExactArgs(1),
 		ValidArgsFunction: func(*cobra.Command, []string, string) ([]string, cobra.ShellCompDirective) {
-			return []string{"mptcpx_counters", "mptcpx_meta", "mptcpx_scratch"}, cobra.ShellCompDirectiveNoFileComp
+			return []string{"mptcpx_counters", "mptcpx_meta"}, cobra.ShellCompDirectiveNoFileComp
 		},
 		RunE: func(cmd *cobra.Command, args []string) error {
 			l, err := newLoader()

@@ -17,6 +17,16 @@ type TcEgressMxCounters struct {
 	_       structs.HostLayout
 	Packets [3]uint64
 	Options [16]uint64
+	Scratch struct {
+		_         structs.HostLayout
+		Tcp       uint8
+		Mptcp     uint8
+		Truncated uint8
+		Last      uint8
+		Launder   uint16
+		Seen      uint16
+		Classes   [16]uint8
+	}
 }
 
 type TcEgressMxMeta struct {
@@ -31,24 +41,12 @@ type TcEgressMxMeta struct {
 	AttachedNs uint64
 }
 
-type TcEgressMxResult struct {
-	_         structs.HostLayout
-	Tcp       uint8
-	Mptcp     uint8
-	Truncated uint8
-	Last      uint8
-	Launder   uint16
-	Seen      uint16
-	Classes   [16]uint8
-}
-
 // Names of all BPF objects in the ELF.
 //
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
 	TcEgressMapMptcpxCounters = "mptcpx_counters"
 	TcEgressMapMptcpxMeta     = "mptcpx_meta"
-	TcEgressMapMptcpxScratch  = "mptcpx_scratch"
 	TcEgressProgMptcpxTcOut   = "mptcpx_tc_out"
 )
 
@@ -103,7 +101,6 @@ type TcEgressProgramSpecs struct {
 type TcEgressMapSpecs struct {
 	MptcpxCounters *ebpf.MapSpec `ebpf:"mptcpx_counters"`
 	MptcpxMeta     *ebpf.MapSpec `ebpf:"mptcpx_meta"`
-	MptcpxScratch  *ebpf.MapSpec `ebpf:"mptcpx_scratch"`
 }
 
 // TcEgressVariableSpecs contains global variables before they are loaded into the kernel.
@@ -134,14 +131,12 @@ func (o *TcEgressObjects) Close() error {
 type TcEgressMaps struct {
 	MptcpxCounters *ebpf.Map `ebpf:"mptcpx_counters"`
 	MptcpxMeta     *ebpf.Map `ebpf:"mptcpx_meta"`
-	MptcpxScratch  *ebpf.Map `ebpf:"mptcpx_scratch"`
 }
 
 func (m *TcEgressMaps) Close() error {
 	return _TcEgressClose(
 		m.MptcpxCounters,
 		m.MptcpxMeta,
-		m.MptcpxScratch,
 	)
 }
 

@@ -17,6 +17,16 @@ type TcIngressMxCounters struct {
 	_       structs.HostLayout
 	Packets [3]uint64
 	Options [16]uint64
+	Scratch struct {
+		_         structs.HostLayout
+		Tcp       uint8
+		Mptcp     uint8
+		Truncated uint8
+		Last      uint8
+		Launder   uint16
+		Seen      uint16
+		Classes   [16]uint8
+	}
 }
 
 type TcIngressMxMeta struct {
@@ -31,24 +41,12 @@ type TcIngressMxMeta struct {
 	AttachedNs uint64
 }
 
-type TcIngressMxResult struct {
-	_         structs.HostLayout
-	Tcp       uint8
-	Mptcp     uint8
-	Truncated uint8
-	Last      uint8
-	Launder   uint16
-	Seen      uint16
-	Classes   [16]uint8
-}
-
 // Names of all BPF objects in the ELF.
 //
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
 	TcIngressMapMptcpxCounters = "mptcpx_counters"
 	TcIngressMapMptcpxMeta     = "mptcpx_meta"
-	TcIngressMapMptcpxScratch  = "mptcpx_scratch"
 	TcIngressProgMptcpxTcIn    = "mptcpx_tc_in"
 )
 
@@ -103,7 +101,6 @@ type TcIngressProgramSpecs struct {
 type TcIngressMapSpecs struct {
 	MptcpxCounters *ebpf.MapSpec `ebpf:"mptcpx_counters"`
 	MptcpxMeta     *ebpf.MapSpec `ebpf:"mptcpx_meta"`
-	MptcpxScratch  *ebpf.MapSpec `ebpf:"mptcpx_scratch"`
 }
 
 // TcIngressVariableSpecs contains global variables before they are loaded into the kernel.
@@ -134,14 +131,12 @@ func (o *TcIngressObjects) Close() error {
 type TcIngressMaps struct {
 	MptcpxCounters *ebpf.Map `ebpf:"mptcpx_counters"`
 	MptcpxMeta     *ebpf.Map `ebpf:"mptcpx_meta"`
-	MptcpxScratch  *ebpf.Map `ebpf:"mptcpx_scratch"`
 }
 
 func (m *TcIngressMaps) Close() error {
 	return _TcIngressClose(
 		m.MptcpxCounters,
 		m.MptcpxMeta,
-		m.MptcpxScratch,
 	)
 }
 

@@ -17,6 +17,16 @@ type XdpMxCounters struct {
 	_       structs.HostLayout
 	Packets [3]uint64
 	Options [16]uint64
+	Scratch struct {
+		_         structs.HostLayout
+		Tcp       uint8
+		Mptcp     uint8
+		Truncated uint8
+		Last      uint8
+		Launder   uint16
+		Seen      uint16
+		Classes   [16]uint8
+	}
 }
 
 type XdpMxMeta struct {
@@ -31,24 +41,12 @@ type XdpMxMeta struct {
 	AttachedNs uint64
 }
 
-type XdpMxResult struct {
-	_         structs.HostLayout
-	Tcp       uint8
-	Mptcp     uint8
-	Truncated uint8
-	Last      uint8
-	Launder   uint16
-	Seen      uint16
-	Classes   [16]uint8
-}
-
 // Names of all BPF objects in the ELF.
 //
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
 	XdpMapMptcpxCounters = "mptcpx_counters"
 	XdpMapMptcpxMeta     = "mptcpx_meta"
-	XdpMapMptcpxScratch  = "mptcpx_scratch"
 	XdpProgMptcpxXdpIn   = "mptcpx_xdp_in"
 )
 
@@ -103,7 +101,6 @@ type XdpProgramSpecs struct {
 type XdpMapSpecs struct {
 	MptcpxCounters *ebpf.MapSpec `ebpf:"mptcpx_counters"`
 	MptcpxMeta     *ebpf.MapSpec `ebpf:"mptcpx_meta"`
-	MptcpxScratch  *ebpf.MapSpec `ebpf:"mptcpx_scratch"`
 }
 
 // XdpVariableSpecs contains global variables before they are loaded into the kernel.
@@ -134,14 +131,12 @@ func (o *XdpObjects) Close() error {
 type XdpMaps struct {
 	MptcpxCounters *ebpf.Map `ebpf:"mptcpx_counters"`
 	MptcpxMeta     *ebpf.Map `ebpf:"mptcpx_meta"`
-	MptcpxScratch  *ebpf.Map `ebpf:"mptcpx_scratch"`
 }
 
 func (m *XdpMaps) Close() error {
 	return _XdpClose(
 		m.MptcpxCounters,
 		m.MptcpxMeta,
-		m.MptcpxScratch,
 	)
 }
 

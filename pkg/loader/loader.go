@@ -46,7 +46,6 @@ const procNetInitIno = 0xEFFFFFF9
 const (
 	pinMeta          = "mptcpx_meta"
 	pinCounters      = "mptcpx_counters"
-	pinScratch       = "mptcpx_scratch"
 	pinLinkXDP       = "link_xdp"
 	pinLinkTCIngress = "link_tc_ingress"
 	pinLinkTCEgress  = "link_tc_egress"

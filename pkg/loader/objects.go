@@ -54,7 +54,6 @@ func loadObjects(dir string, xdp, tcIngress, tcEgress bool) (*objects, error) {
 	replace := map[string]*ebpf.Map{
 		datapath.XdpMapMptcpxCounters: o.counters,
 		datapath.XdpMapMptcpxMeta:     o.meta,
-		datapath.XdpMapMptcpxScratch:  coll.Maps[datapath.XdpMapMptcpxScratch],
 	}
 	load := func(name string, get func() (*ebpf.CollectionSpec, error), prog string) (*ebpf.Program, error) {
 		s, err := get()

@@ -141,7 +141,7 @@ func (l *Loader) describe(nsDir, iface string) (*Attachment, error) {
 		}
 	}
 
-	for _, name := range []string{pinCounters, pinMeta, pinScratch} {
+	for _, name := range []string{pinCounters, pinMeta} {
 		m, err := ebpf.LoadPinnedMap(filepath.Join(dir, name), &ebpf.LoadPinOptions{ReadOnly: true})
 		if err != nil {
 			continue
