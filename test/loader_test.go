@@ -57,7 +57,7 @@ func requireAttached(t *testing.T, ns, iface string, w want) attachment {
 			t.Errorf("status: %s via %s with link id %d", p.Hook, p.Mechanism, p.LinkID)
 		}
 	}
-	pins := []string{"mptcpx_counters", "mptcpx_meta", "mptcpx_scratch"}
+	pins := []string{"mptcpx_counters", "mptcpx_meta"}
 
 	// XDP.
 	wantIngress := "tc"
