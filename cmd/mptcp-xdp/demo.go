@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"fmt"
 	"io"
 	"os"
@@ -11,6 +12,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/mptcp-xdp/mptcp-xdp/internal/demo"
+	"github.com/mptcp-xdp/mptcp-xdp/pkg/exporter"
 	"github.com/mptcp-xdp/mptcp-xdp/pkg/loader"
 )
 
@@ -21,6 +23,8 @@ func newDemoCmd(g *globalFlags) *cobra.Command {
 		conns    int
 		mode     string
 		ingress  string
+		keep     bool
+		listen   string
 	)
 	cmd := &cobra.Command{
 		Use:   "demo",
@@ -47,6 +51,13 @@ MPTcpExt counters. Everything it creates is removed at the end, on failure and o
 			res, err := demo.Run(ctx, demo.Options{
 				Duration: duration, RatesMbit: rates, Conns: conns,
 				Mode: loader.XDPMode(mode), Ingress: loader.IngressHook(ingress), Root: bpffsRoot,
+				Keep: keep,
+				Serve: func(ctx context.Context, namespaces []string) error {
+					fmt.Fprintf(live, "metrics of the lab on http://%s/metrics (mptcp-xdp serve); point Prometheus at it\n", listen)
+					return runServe(ctx, cmd.ErrOrStderr(), serveOptions{
+						listen: listen, netns: namespaces, maxSubflowSeries: exporter.DefaultMaxSubflowSeries, logLevel: "warn",
+					})
+				},
 			}, live)
 			if err != nil {
 				if ctx.Err() != nil {
@@ -65,5 +76,7 @@ MPTcpExt counters. Everything it creates is removed at the end, on failure and o
 	cmd.Flags().IntVar(&conns, "conns", 1, "parallel MPTCP connections")
 	cmd.Flags().StringVar(&mode, "mode", "auto", "XDP mode: auto, native or generic")
 	cmd.Flags().StringVar(&ingress, "ingress", "xdp", "ingress hook: xdp or tc")
+	cmd.Flags().BoolVar(&keep, "keep", false, "after the summary, keep the lab and traffic running and serve its metrics until Ctrl-C")
+	cmd.Flags().StringVar(&listen, "listen", "127.0.0.1:9464", "with --keep: where to serve /metrics")
 	return cmd
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"net/http"
@@ -44,7 +45,11 @@ come from --web.config.file (the Prometheus exporter-toolkit format). docs/metri
 metric.`,
 		Example: "  mptcp-xdp serve\n  mptcp-xdp serve --listen :9464 --web.config.file /etc/mptcp-xdp/web.yml\n  mptcp-xdp serve --netns blue --netns red --max-subflow-series 500",
 		Args:    cobra.NoArgs,
-		RunE:    func(cmd *cobra.Command, _ []string) error { return runServe(cmd, o) },
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			ctx, stop := signal.NotifyContext(cmd.Context(), syscall.SIGINT, syscall.SIGTERM)
+			defer stop()
+			return runServe(ctx, cmd.ErrOrStderr(), o)
+		},
 	}
 	f := cmd.Flags()
 	f.StringVar(&o.listen, "listen", "127.0.0.1:9464", "address to serve on (host:port; port 0 picks one, logged at start)")
@@ -62,12 +67,13 @@ metric.`,
 	return cmd
 }
 
-func runServe(cmd *cobra.Command, o serveOptions) error {
+// runServe serves metrics until ctx is done (serve, and demo --keep).
+func runServe(ctx context.Context, logOut io.Writer, o serveOptions) error {
 	var level slog.Level
 	if err := level.UnmarshalText([]byte(o.logLevel)); err != nil {
 		return fmt.Errorf("--log.level %q: want debug, info, warn or error", o.logLevel)
 	}
-	logger := slog.New(slog.NewTextHandler(cmd.ErrOrStderr(), &slog.HandlerOptions{Level: level}))
+	logger := slog.New(slog.NewTextHandler(logOut, &slog.HandlerOptions{Level: level}))
 	if err := web.Validate(o.webConfig); err != nil {
 		return fmt.Errorf("web config %s: %w", o.webConfig, err)
 	}
@@ -116,8 +122,6 @@ func runServe(cmd *cobra.Command, o serveOptions) error {
 		return fmt.Errorf("listen on %s: %w", o.listen, err)
 	}
 	srv := &http.Server{Handler: handler, ReadHeaderTimeout: 10 * time.Second}
-	ctx, stop := signal.NotifyContext(cmd.Context(), syscall.SIGINT, syscall.SIGTERM)
-	defer stop()
 	logger.Info("serving metrics", "address", ln.Addr().String(), "path", exporter.MetricsPath,
 		"netns", exp.Namespaces(), "max_subflow_series", o.maxSubflowSeries, "version", version)
 	errc := make(chan error, 1)

@@ -17,6 +17,7 @@ import (
 	"github.com/mptcp-xdp/mptcp-xdp/pkg/loader"
 	"github.com/mptcp-xdp/mptcp-xdp/pkg/maps"
 	"github.com/mptcp-xdp/mptcp-xdp/pkg/mptcp"
+	"github.com/mptcp-xdp/mptcp-xdp/pkg/stats"
 )
 
 // Options configure a demo run.
@@ -29,6 +30,12 @@ type Options struct {
 	Root      string // bpffs root of the loader
 	// Quiet suppresses the live lines (Result is still returned).
 	Quiet bool
+	// Keep leaves the lab, the datapath and traffic running after the summary, calling Serve with
+	// the lab's namespaces, until ctx is done; then everything is removed.
+	Keep bool
+	// Serve is called with Keep (e.g. to run the Prometheus exporter on the lab); it should return
+	// when ctx is done.
+	Serve func(ctx context.Context, netns []string) error
 }
 
 // PathResult is what one path carried.
@@ -61,6 +68,9 @@ type Result struct {
 	Paths       []PathResult                      `json:"paths"`
 	Counters    map[string]maps.InterfaceCounters `json:"counters"`
 	Kernel      []KernelCheck                     `json:"kernel_check"`
+	// Subflows are the client's (the sender's) subflows as the socket iterator last saw them
+	// during the transfer, with their tcp_info figures.
+	Subflows []stats.SubflowJSON `json:"subflows"`
 }
 
 // kernelPairs are the server-side receive events the kernel counts itself.
@@ -132,6 +142,15 @@ func Run(ctx context.Context, o Options, w io.Writer) (res Result, err error) {
 	if err != nil {
 		return res, err
 	}
+	// The socket iterator reads the sender's subflows once a tick, so the last view of them is
+	// at hand once the transfer has closed its connections.
+	reader, rerr := stats.NewReader()
+	if rerr != nil {
+		say("per-subflow figures unavailable: %v\n", rerr)
+	} else {
+		defer reader.Close()
+	}
+	var lastSubflows []stats.Subflow
 	say("\nMPTCP transfer client -> server for %s (%d connection(s)); per-path throughput at the server:\n", o.Duration, max(o.Conns, 1))
 	tr, err := lb.Transfer(ctx, lab.TransferConfig{
 		Duration: o.Duration,
@@ -142,6 +161,11 @@ func Run(ctx context.Context, o Options, w io.Writer) (res Result, err error) {
 				parts = append(parts, fmt.Sprintf("path%d %7.1f Mbit/s", p.Index, p.Mbps))
 			}
 			say("  t=%4.1fs  %s  total %7.1f Mbit/s\n", t.Elapsed.Seconds(), strings.Join(parts, "  "), t.TotalMbps)
+			if reader != nil {
+				if sfs, err := reader.Subflows(lb.Client); err == nil && len(sfs) > 0 {
+					lastSubflows = sfs
+				}
+			}
 		},
 	})
 	if err != nil {
@@ -187,6 +211,10 @@ func Run(ctx context.Context, o Options, w io.Writer) (res Result, err error) {
 		res.Kernel = append(res.Kernel, KernelCheck{Class: kp.class.String(), MIB: kp.mib, XDP: sum.Options[kp.class], Kernel: delta.MPTCP(kp.mib)})
 	}
 
+	for i := range lastSubflows {
+		res.Subflows = append(res.Subflows, lastSubflows[i].JSON())
+	}
+
 	say("\n%d bytes sent, %d received, checksum %s, MPTCP %v, %.1fs\n", res.SentBytes, res.RecvBytes, okWord(res.ChecksumOK), res.MPTCP, res.DurationSec)
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', tabwriter.AlignRight)
 	if !o.Quiet {
@@ -224,9 +252,49 @@ func Run(ctx context.Context, o Options, w io.Writer) (res Result, err error) {
 			fmt.Fprintf(tw, "%s\t%d\tMPTcpExt%s\t%d\t\n", k.Class, k.XDP, k.MIB, k.Kernel)
 		}
 		tw.Flush()
+		if len(lastSubflows) > 0 {
+			say("\nthe sender's subflows at the last tick (socket iterator, tcp_info figures):\n")
+			fmt.Fprintln(tw, "token\tid\trole\tlocal\tremote\tstate\tsent bytes\tretrans bytes\tsrtt\tcwnd\tdelivery Mbit/s\t")
+			for i := range lastSubflows {
+				sf := &lastSubflows[i]
+				role := "join"
+				if sf.Initial() {
+					role = "initial"
+				}
+				fmt.Fprintf(tw, "%s\t%d\t%s\t%s\t%s\t%s\t%d\t%d\t%s\t%d\t%.1f\t\n", sf.Token, sf.ID, role, sf.Local, sf.Remote,
+					sf.State, sf.BytesSent, sf.BytesRetrans, sf.SRTT, sf.Cwnd, float64(sf.DeliveryRate)*8/1e6)
+			}
+			tw.Flush()
+		}
 		fmt.Fprintln(w)
 	}
+	if o.Keep {
+		if err := keep(ctx, lb, o, say); err != nil {
+			return res, err
+		}
+	}
 	return res, nil
+}
+
+// keep runs traffic in the lab and o.Serve until ctx is done.
+func keep(ctx context.Context, lb *lab.Lab, o Options, say func(string, ...any)) error {
+	say("lab kept: namespaces %s (client) and %s (server); traffic keeps flowing. Ctrl-C removes everything.\n", lb.Client, lb.Server)
+	errc := make(chan error, 1)
+	go func() {
+		if o.Serve == nil {
+			<-ctx.Done()
+			errc <- nil
+			return
+		}
+		errc <- o.Serve(ctx, []string{lb.Client, lb.Server})
+	}()
+	for ctx.Err() == nil {
+		// Long transfers, each a new connection, so joins and handshakes keep showing up too.
+		if _, err := lb.Transfer(ctx, lab.TransferConfig{Duration: 30 * time.Second, Conns: max(o.Conns, 1)}); err != nil && ctx.Err() == nil {
+			return fmt.Errorf("transfer: %w", err)
+		}
+	}
+	return <-errc
 }
 
 func okWord(ok bool) string {

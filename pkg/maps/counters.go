@@ -4,13 +4,13 @@ package maps
 
 import (
 	"bytes"
+	"encoding/binary"
 	"encoding/json"
 	"fmt"
 	"path/filepath"
 
 	"github.com/cilium/ebpf"
 
-	"github.com/mptcp-xdp/mptcp-xdp/pkg/datapath"
 	"github.com/mptcp-xdp/mptcp-xdp/pkg/mptcp"
 )
 
@@ -86,11 +86,16 @@ func (c *Counters) UnmarshalJSON(data []byte) error {
 	return nil
 }
 
+// countersSize is the part of a counters map value that holds counters: packets then options. What
+// follows (the parse scratch) is not counted, and an older or newer layout that only appended after
+// the counters still reads.
+const countersSize = 8 * (mptcp.NumPacketCounters + mptcp.NumClasses) // bytes
+
 // ReadCounters sums one direction of a counters map over every possible CPU.
 func ReadCounters(m *ebpf.Map, d Direction) (Counters, error) {
-	var per []datapath.XdpMxCounters
-	if err := m.Lookup(uint32(d), &per); err != nil {
-		return Counters{}, fmt.Errorf("read counters: %w", err)
+	per, err := PerCPUCounters(m, d)
+	if err != nil {
+		return Counters{}, err
 	}
 	var c Counters
 	for _, p := range per {
@@ -106,14 +111,28 @@ func ReadCounters(m *ebpf.Map, d Direction) (Counters, error) {
 
 // PerCPUCounters returns one direction of a counters map CPU by CPU.
 func PerCPUCounters(m *ebpf.Map, d Direction) ([]Counters, error) {
-	var per []datapath.XdpMxCounters
-	if err := m.Lookup(uint32(d), &per); err != nil {
+	vs := int(m.ValueSize())
+	if vs < countersSize {
+		return nil, fmt.Errorf("read counters: map value is %d bytes, want at least %d: pinned by another mptcp-xdp version, detach and attach again", vs, countersSize)
+	}
+	raw, err := m.LookupBytes(uint32(d))
+	if err != nil {
 		return nil, fmt.Errorf("read counters: %w", err)
 	}
-	out := make([]Counters, len(per))
-	for cpu, p := range per {
-		copy(out[cpu].Packets[:], p.Packets[:])
-		copy(out[cpu].Options[:], p.Options[:])
+	// Per-CPU values come back one after the other, each padded to 8 bytes.
+	stride := (vs + 7) &^ 7
+	if raw == nil || len(raw)%stride != 0 {
+		return nil, fmt.Errorf("read counters: %d bytes for values of %d", len(raw), vs)
+	}
+	out := make([]Counters, len(raw)/stride)
+	for cpu := range out {
+		v := raw[cpu*stride:]
+		for i := range out[cpu].Packets {
+			out[cpu].Packets[i] = binary.NativeEndian.Uint64(v[8*i:])
+		}
+		for i := range out[cpu].Options {
+			out[cpu].Options[i] = binary.NativeEndian.Uint64(v[8*(mptcp.NumPacketCounters+i):])
+		}
 	}
 	return out, nil
 }
