@@ -5,6 +5,7 @@
 #define MX_AF_INET6 10
 
 /* include/net/tcp_states.h */
+#define MX_TCP_CLOSE 7
 #define MX_TCP_LISTEN 10
 #define MX_TCP_NEW_SYN_RECV 12
 

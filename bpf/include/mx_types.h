@@ -130,3 +130,21 @@ struct mx_subflow_rec {
 	__u8 remote_id;       /* remote address id */
 	__u8 pad[7];
 };
+
+/* Value of the sock_ops program's subflow history map (bpf/sockops.c), keyed by the subflow's socket
+ * cookie: one entry per MPTCP subflow established while the program was attached, kept after the
+ * subflow closes with its final figures. Times are bpf_ktime_get_boot_ns() (CLOCK_BOOTTIME). */
+struct mx_sf_hist {
+	__u64 netns_cookie;   /* bpf_get_netns_cookie() of the subflow's network namespace */
+	__u64 established_ns; /* when the subflow reached ESTABLISHED (0: before the program was attached) */
+	__u64 closed_ns;      /* when it went to TCP_CLOSE; 0 while it lives */
+	__u32 est_flags;      /* enum mx_sf_flags as they were at establishment */
+	__u32 pad;
+	struct mx_subflow_rec rec; /* at establishment, then the final figures at close */
+};
+
+/* Value of the history's configuration map (one entry), set by `mptcp-xdp history enable` and read by
+ * every reader: closed entries older than max_age_ns are neither shown nor kept. */
+struct mx_hist_cfg {
+	__u64 max_age_ns;
+};

@@ -69,6 +69,7 @@ func commands(g *globalFlags) []*cobra.Command {
 		newLBCmd(g),
 		newConnCmd(g),
 		newSubflowCmd(g),
+		newHistoryCmd(g),
 	}
 }
 

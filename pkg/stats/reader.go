@@ -31,8 +31,9 @@ type Reader struct {
 	coll *ebpf.Collection
 	iter *link.Iter
 
-	mu  sync.Mutex
-	buf []byte // read buffer, reused between reads under mu
+	mu      sync.Mutex
+	buf     []byte // read buffer, reused between reads under mu
+	histDir string // pins of the subflow history (history.go); "" for none
 }
 
 // Probe checks that the kernel has what the iterator needs: BTF, MPTCP and the TCP socket
@@ -86,7 +87,7 @@ func newReader() (*Reader, error) {
 		coll.Close()
 		return nil, fmt.Errorf("attach socket iterator: %w", err)
 	}
-	return &Reader{coll: coll, iter: it}, nil
+	return &Reader{coll: coll, iter: it, histDir: defaultHistoryDir()}, nil
 }
 
 // Close detaches and unloads the iterator.
@@ -97,7 +98,8 @@ func (r *Reader) Close() error {
 }
 
 // Subflows returns every MPTCP subflow of network namespace ns ("" is the caller's), in the
-// kernel's socket table order.
+// kernel's socket table order, followed by the subflows of ns that closed recently (Closed, with
+// their final figures) when the subflow history is enabled (SetHistoryDir).
 func (r *Reader) Subflows(ns string) ([]Subflow, error) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
@@ -105,7 +107,11 @@ func (r *Reader) Subflows(ns string) ([]Subflow, error) {
 	if err != nil {
 		return nil, err
 	}
-	return decode(b)
+	sfs, err := decode(b)
+	if err != nil {
+		return nil, err
+	}
+	return r.addHistory(ns, sfs)
 }
 
 // Connections returns every MPTCP connection of ns with its live subflows (Group).

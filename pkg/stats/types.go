@@ -165,6 +165,22 @@ type Subflow struct {
 	// Closed marks a subflow that is no longer in the kernel, whose figures are its final ones
 	// (supplied by another source, such as a sock_ops program; the iterator sees live ones only).
 	Closed bool
+	// Established is when the subflow reached ESTABLISHED and ClosedAt when it closed, both from
+	// the subflow history (zero when it is not enabled, or did not see the event).
+	Established time.Time
+	ClosedAt    time.Time
+}
+
+// Role is "initial" for the connection's MP_CAPABLE subflow, "join" for an MP_JOIN one, "" when the
+// flags do not say.
+func (s *Subflow) Role() string {
+	switch {
+	case s.Flags&(FlagJoin|FlagJoinLocal) != 0:
+		return "join"
+	case s.Flags&(FlagMPCapable|FlagMPCapableLocal) != 0:
+		return "initial"
+	}
+	return ""
 }
 
 // Backup reports whether either end asked for the subflow to be a backup.
@@ -214,6 +230,23 @@ type SubflowJSON struct {
 	DeliveryRate     uint64 `json:"delivery_rate"`
 	PacingRate       uint64 `json:"pacing_rate"`
 	Closed           bool   `json:"closed,omitempty"`
+	Role             string `json:"role,omitempty"`        // initial or join
+	Established      string `json:"established,omitempty"` // RFC 3339, from the subflow history
+	ClosedAt         string `json:"closed_at,omitempty"`   // RFC 3339, from the subflow history
+}
+
+func jsonTime(t time.Time) string {
+	if t.IsZero() {
+		return ""
+	}
+	return t.Format(time.RFC3339Nano)
+}
+
+func parseJSONTime(s string) (time.Time, error) {
+	if s == "" {
+		return time.Time{}, nil
+	}
+	return time.Parse(time.RFC3339Nano, s)
 }
 
 // JSON converts the subflow to its JSON form.
@@ -229,6 +262,7 @@ func (s *Subflow) JSON() SubflowJSON {
 		BytesRetrans: s.BytesRetrans, TotalRetrans: s.TotalRetrans, Retrans: s.Retrans, Lost: s.Lost,
 		SegsIn: s.SegsIn, SegsOut: s.SegsOut, DataSegsIn: s.DataSegsIn, DataSegsOut: s.DataSegsOut,
 		DeliveryRate: s.DeliveryRate, PacingRate: s.PacingRate, Closed: s.Closed,
+		Role: s.Role(), Established: jsonTime(s.Established), ClosedAt: jsonTime(s.ClosedAt),
 	}
 }
 
@@ -261,6 +295,12 @@ func (j *SubflowJSON) Subflow() (Subflow, error) {
 		return s, err
 	}
 	if s.Remote, err = netip.ParseAddrPort(j.Remote); err != nil {
+		return s, err
+	}
+	if s.Established, err = parseJSONTime(j.Established); err != nil {
+		return s, err
+	}
+	if s.ClosedAt, err = parseJSONTime(j.ClosedAt); err != nil {
 		return s, err
 	}
 	return s, nil
