@@ -183,6 +183,11 @@ func (l *Loader) EnableHistory(o HistoryOptions) (*HistoryStatus, error) {
 		return nil, fmt.Errorf("read embedded sock_ops object: %w", err)
 	}
 	spec.Maps[PinHistoryMap].MaxEntries = o.MaxEntries
+	if m, err := ebpf.LoadPinnedMap(filepath.Join(dir, PinHistoryMap), nil); err == nil {
+		// Already enabled: keep the pinned map and its entries, at its size.
+		spec.Maps[PinHistoryMap].MaxEntries = m.MaxEntries()
+		m.Close()
+	}
 	for _, m := range spec.Maps {
 		m.Pinning = ebpf.PinByName // reuse the pinned maps when they exist
 	}
