@@ -1,0 +1,331 @@
+package lb
+
+import (
+	"context"
+	"fmt"
+	"net/netip"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/mptcp-xdp/mptcp-xdp/internal/lab"
+	"github.com/mptcp-xdp/mptcp-xdp/internal/lablb"
+	"github.com/mptcp-xdp/mptcp-xdp/internal/testutil"
+	"github.com/mptcp-xdp/mptcp-xdp/pkg/loader"
+)
+
+// options of one balancer setup.
+type options struct {
+	forward     string // l2 or ipip
+	v6          bool   // IPv6 VIP and backend addresses (else IPv4)
+	noSteering  bool   // --join-steering=false
+	unknown     string // --unknown-join; "" is the default (drop)
+	noEndpoints bool   // the client opens no second subflow until AddSubflowEndpoints
+}
+
+func (o options) String() string {
+	fam := "ipv4"
+	if o.v6 {
+		fam = "ipv6"
+	}
+	return o.forward + "/" + fam
+}
+
+// setup is a balancer lab with the balancer attached to the client-facing links, MPTCP servers on
+// the VIP in every backend, and (ipip) the decapsulator on every backend's link.
+type setup struct {
+	*lablb.Lab
+	opts options
+	srv  *lablb.Servers
+	vip  netip.AddrPort
+	ids  []uint32 // balancer backend id of each backend index
+	vid  uint32   // VIP id
+}
+
+func newSetup(t *testing.T, o options) *setup {
+	t.Helper()
+	testutil.RequireRoot(t)
+	l, err := lablb.New(lablb.Config{NoEndpoints: o.noEndpoints})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if err := l.Close(); err != nil {
+			t.Errorf("close lab: %v", err)
+		}
+	})
+	ctx, cancel := context.WithCancel(context.Background())
+	t.Cleanup(cancel)
+	srv, err := l.Serve(ctx, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { srv.Close() })
+	s := &setup{Lab: l, opts: o, srv: srv}
+	vipAddr := l.VIP4
+	if o.v6 {
+		vipAddr = l.VIP6
+	}
+	s.vip = netip.AddrPortFrom(vipAddr, uint16(srv.Port))
+
+	args := []string{"--netns", l.LB, "lb", "attach"}
+	for _, p := range l.Paths {
+		args = append(args, p.LBIf)
+	}
+	args = append(args, "--vip", s.vip.String(), "--forward", o.forward,
+		"--join-steering="+strconv.FormatBool(!o.noSteering))
+	if o.unknown != "" {
+		args = append(args, "--unknown-join", o.unknown)
+	}
+	for _, b := range l.Backends {
+		a := b.IP4
+		if o.v6 {
+			a = b.IP6
+		}
+		args = append(args, "--backend", a.String())
+	}
+	if o.forward == "ipip" {
+		for _, b := range l.Backends {
+			mx(t, "--netns", b.Netns, "lb", "decap", b.If)
+			t.Cleanup(func() { mx(t, "--netns", b.Netns, "lb", "decap", "--detach", b.If) })
+		}
+	}
+	mx(t, args...)
+	t.Cleanup(func() { mx(t, "--netns", l.LB, "lb", "detach") })
+
+	st := lbStatus(t, l.LB)
+	if len(st.VIPs) != 1 || len(st.Backends) != len(l.Backends) {
+		t.Fatalf("status after attach: %+v", st)
+	}
+	s.vid = st.VIPs[0].ID
+	for _, b := range l.Backends {
+		a := b.IP4
+		if o.v6 {
+			a = b.IP6
+		}
+		found := false
+		for _, e := range st.Backends {
+			if e.Addr == a.String() {
+				s.ids = append(s.ids, e.ID)
+				found = true
+			}
+		}
+		if !found {
+			t.Fatalf("backend %s not in status %+v", a, st.Backends)
+		}
+	}
+	return s
+}
+
+// mibs reads the MIB of every backend.
+func (s *setup) mibs(t testing.TB) []lab.MIB {
+	t.Helper()
+	out := make([]lab.MIB, len(s.Backends))
+	for i, b := range s.Backends {
+		m, err := s.MIB(b.Netns)
+		if err != nil {
+			t.Fatal(err)
+		}
+		out[i] = m
+	}
+	return out
+}
+
+// dial opens n connections to the VIP, par at a time.
+func (s *setup) dial(ctx context.Context, t testing.TB, n, par int) []*lablb.Conn {
+	t.Helper()
+	conns := make([]*lablb.Conn, n)
+	errs := make([]error, n)
+	sem := make(chan struct{}, par)
+	var wg sync.WaitGroup
+	for i := range n {
+		wg.Add(1)
+		sem <- struct{}{}
+		go func() {
+			defer wg.Done()
+			defer func() { <-sem }()
+			conns[i], errs[i] = s.Dial(ctx, s.vip)
+		}()
+	}
+	wg.Wait()
+	for i, err := range errs {
+		if err != nil {
+			for _, c := range conns {
+				if c != nil {
+					c.Close()
+				}
+			}
+			t.Fatalf("dial %d of %d: %v", i, n, err)
+		}
+	}
+	return conns
+}
+
+// joinCounts is the backends' join counters since base.
+type joinCounts struct {
+	SynRx, AckRx, NoToken []int64
+}
+
+func (j joinCounts) sum(f []int64) (s int64) {
+	for _, v := range f {
+		s += v
+	}
+	return s
+}
+
+func (s *setup) joins(t testing.TB, base []lab.MIB) joinCounts {
+	t.Helper()
+	var j joinCounts
+	for i, m := range s.mibs(t) {
+		d := m.Sub(base[i])
+		j.SynRx = append(j.SynRx, d.MPTCP("MPJoinSynRx"))
+		j.AckRx = append(j.AckRx, d.MPTCP("MPJoinAckRx"))
+		j.NoToken = append(j.NoToken, d.MPTCP("MPJoinNoTokenFound"))
+	}
+	return j
+}
+
+// waitJoins waits until n joins since base have been answered by the backends: accepted (third
+// ACK received) or refused for want of a token; it returns the counts then, or at the deadline.
+func (s *setup) waitJoins(ctx context.Context, t testing.TB, base []lab.MIB, n int64) joinCounts {
+	t.Helper()
+	for {
+		j := s.joins(t, base)
+		if j.sum(j.AckRx)+j.sum(j.NoToken) >= n {
+			return j
+		}
+		select {
+		case <-ctx.Done():
+			t.Logf("joins answered: %d of %d (accepted %v, no token %v)", j.sum(j.AckRx)+j.sum(j.NoToken), n, j.AckRx, j.NoToken)
+			return j
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
+}
+
+// view is what `ss -M` shows of the connections to the VIP.
+type view struct {
+	ClientTwo  int   // client connections to the VIP with exactly one extra subflow
+	ClientOne  int   // ... still on their first subflow only
+	BackendTwo []int // per backend: connections from the client with one extra subflow
+	BackendAll []int
+	Tokens     [][]uint32 // per backend: the local tokens of its connections
+}
+
+func (s *setup) view(t testing.TB) view {
+	t.Helper()
+	var v view
+	cs, err := s.Conns(s.Client)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range cs {
+		if c.State != "ESTAB" || !strings.HasSuffix(c.Peer, ":"+strconv.Itoa(int(s.vip.Port()))) {
+			continue
+		}
+		switch c.Subflows {
+		case 1:
+			v.ClientTwo++
+		case 0:
+			v.ClientOne++
+		}
+	}
+	for _, b := range s.Backends {
+		cs, err := s.Conns(b.Netns)
+		if err != nil {
+			t.Fatal(err)
+		}
+		two, all := 0, 0
+		var toks []uint32
+		for _, c := range cs {
+			if c.State != "ESTAB" || c.Local != s.vip.String() {
+				continue
+			}
+			all++
+			if c.Subflows == 1 {
+				two++
+			}
+			toks = append(toks, c.Token)
+		}
+		v.BackendTwo = append(v.BackendTwo, two)
+		v.BackendAll = append(v.BackendAll, all)
+		v.Tokens = append(v.Tokens, toks)
+	}
+	return v
+}
+
+// transfer sends size bytes on every connection at once and returns how many arrived intact.
+func transfer(ctx context.Context, conns []*lablb.Conn, size int) (ok int, errs []error) {
+	var mu sync.Mutex
+	var wg sync.WaitGroup
+	for _, c := range conns {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			err := c.Transfer(ctx, size)
+			mu.Lock()
+			defer mu.Unlock()
+			if err != nil {
+				errs = append(errs, err)
+				return
+			}
+			ok++
+		}()
+	}
+	wg.Wait()
+	return ok, errs
+}
+
+func closeAll(conns []*lablb.Conn) {
+	for _, c := range conns {
+		if c != nil {
+			c.Close()
+		}
+	}
+}
+
+// tokenMatches counts the backends' tokens (as ss -M shows them) that the balancer's token table
+// maps to that same backend, and lists those that it does not.
+func (s *setup) tokenMatches(t testing.TB, v view) (match int, bad []string) {
+	t.Helper()
+	ld, err := loader.New(loader.DefaultRoot)
+	if err != nil {
+		t.Fatal(err)
+	}
+	m, err := ld.OpenLB(s.LB)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer m.Close()
+	for j, toks := range v.Tokens {
+		for _, tok := range toks {
+			e, ok, err := m.LookupToken(s.vid, tok)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if ok && e.Backend == s.ids[j] {
+				match++
+				continue
+			}
+			bad = append(bad, fmt.Sprintf("backend %d token %08x: learned %v backend %d", j, tok, ok, e.Backend))
+		}
+	}
+	return match, bad
+}
+
+func perBackend(conns []*lablb.Conn, nb int) []int {
+	out := make([]int, nb)
+	for _, c := range conns {
+		out[c.Backend]++
+	}
+	return out
+}
+
+func firstErrs(errs []error, n int) []error {
+	if len(errs) > n {
+		return errs[:n]
+	}
+	return errs
+}

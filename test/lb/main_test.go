@@ -1,0 +1,119 @@
+// Package lb holds the balancer's integration tests: the mptcp-xdp binary, built once, attaches the
+// balancer in the lab of internal/lablb (a client with two paths, the balancer, three backends) and
+// real MPTCP connections from Go run through it; the checks are the kernel's own view in every
+// namespace (MPTcpExt counters, `ss -M` subflow counts and tokens) and checksummed data.
+package lb
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/mptcp-xdp/mptcp-xdp/internal/testutil"
+)
+
+// bin is the mptcp-xdp binary built by TestMain.
+var bin string
+
+func TestMain(m *testing.M) {
+	dir, err := os.MkdirTemp("", "mptcp-xdp-lbtest-")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "temp dir:", err)
+		os.Exit(1)
+	}
+	bin = filepath.Join(dir, "mptcp-xdp")
+	build := exec.Command("go", "build", "-o", bin, "github.com/mptcp-xdp/mptcp-xdp/cmd/mptcp-xdp")
+	if out, err := build.CombinedOutput(); err != nil {
+		fmt.Fprintf(os.Stderr, "build mptcp-xdp: %v\n%s", err, out)
+		os.RemoveAll(dir)
+		os.Exit(1)
+	}
+	code := m.Run()
+	os.RemoveAll(dir)
+	os.Exit(code)
+}
+
+// mx runs the binary with args and fails the test unless it exits 0; it returns stdout.
+func mx(t testing.TB, args ...string) string {
+	t.Helper()
+	out, err := mxErr(args...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return out
+}
+
+func mxErr(args ...string) (string, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, bin, args...)
+	var stdout, stderr bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	if err := cmd.Run(); err != nil {
+		var ee *exec.ExitError
+		if errors.As(err, &ee) {
+			return stdout.String(), fmt.Errorf("mptcp-xdp %s: %v\nstdout: %s\nstderr: %s", strings.Join(args, " "), err, stdout.String(), stderr.String())
+		}
+		return "", err
+	}
+	return stdout.String(), nil
+}
+
+// status is `lb status -o json`, decoded with the test's own types: the JSON contract is tested.
+type status struct {
+	Netns      string `json:"netns"`
+	PinDir     string `json:"pin_dir"`
+	Interfaces []struct {
+		Interface string `json:"interface"`
+		Ifindex   int    `json:"ifindex"`
+		XDPMode   string `json:"xdp_mode"`
+		LinkID    uint32 `json:"link_id"`
+		ProgID    uint32 `json:"prog_id"`
+		Problem   string `json:"problem"`
+	} `json:"interfaces"`
+	VIPs []struct {
+		Addr         string `json:"addr"`
+		ID           uint32 `json:"id"`
+		Forward      string `json:"forward"`
+		UnknownJoin  string `json:"unknown_join"`
+		JoinSteering bool   `json:"join_steering"`
+		Tokens       int    `json:"tokens"`
+	} `json:"vips"`
+	Backends []struct {
+		ID        uint32 `json:"id"`
+		Addr      string `json:"addr"`
+		Weight    uint32 `json:"weight"`
+		State     string `json:"state"`
+		Ifindex   int    `json:"ifindex"`
+		Iface     string `json:"iface"`
+		MAC       string `json:"mac"`
+		SrcMAC    string `json:"src_mac"`
+		SrcAddr   string `json:"src_addr"`
+		RingSlots int    `json:"ring_slots"`
+		Flows     int    `json:"flows"`
+		Tokens    int    `json:"tokens"`
+	} `json:"backends"`
+	Flows  int               `json:"flows"`
+	Tokens int               `json:"tokens"`
+	Stats  map[string]uint64 `json:"stats"`
+}
+
+func lbStatus(t testing.TB, ns string) status {
+	t.Helper()
+	out := mx(t, "--netns", ns, "lb", "status", "-o", "json")
+	var st status
+	if err := json.Unmarshal([]byte(out), &st); err != nil {
+		t.Fatalf("lb status -o json: %v\n%s", err, out)
+	}
+	return st
+}
+
+var _ = testutil.RequireRoot
