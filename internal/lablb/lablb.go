@@ -27,6 +27,9 @@ import (
 	"github.com/mptcp-xdp/mptcp-xdp/internal/netns"
 )
 
+// BackendMTU is the MTU of the balancer–backend links: 1500 plus room for an outer IPv6 header.
+const BackendMTU = 1600
+
 // Default service addresses.
 var (
 	DefaultVIP4 = netip.MustParseAddr("10.0.0.10")
@@ -198,6 +201,14 @@ func (l *Lab) setup() error {
 		}
 		if err := l.link(l.LB, b.LBIf, b.LBIP4, b.LBIP6, b.Netns, b.If, b.IP4, b.IP6); err != nil {
 			return fmt.Errorf("backend %d: %w", j, err)
+		}
+		// Room for ipip's outer header: a full-size client segment (1500 bytes of IP) plus 20 (IPv4)
+		// or 40 (IPv6) bytes would exceed a 1500-byte MTU, and veth drops a redirected frame longer
+		// than its peer's MTU. Real balancers need the same headroom on their backend network.
+		for _, e := range [][2]string{{l.LB, b.LBIf}, {b.Netns, b.If}} {
+			if _, err := l.IP(e[0], "link", "set", e[1], "mtu", strconv.Itoa(BackendMTU)); err != nil {
+				return fmt.Errorf("backend %d: %w", j, err)
+			}
 		}
 		// The VIP on loopback, never announced on the link (ARP/ND answers only for the link's own
 		// address): the balancer delivers to the backend's MAC or tunnels to its address.
