@@ -25,6 +25,8 @@ func newDemoCmd(g *globalFlags) *cobra.Command {
 		ingress  string
 		keep     bool
 		listen   string
+		lbDemo   bool
+		forward  string
 	)
 	cmd := &cobra.Command{
 		Use:   "demo",
@@ -47,6 +49,19 @@ MPTcpExt counters. Everything it creates is removed at the end, on failure and o
 			var live io.Writer = cmd.OutOrStdout()
 			if g.output == "json" {
 				live = cmd.ErrOrStderr()
+			}
+			if lbDemo {
+				res, err := demo.RunLB(ctx, demo.LBOptions{Conns: conns, Forward: forward, Mode: loader.XDPMode(mode), Root: bpffsRoot}, live)
+				if err != nil {
+					if ctx.Err() != nil {
+						return fmt.Errorf("interrupted; lab removed")
+					}
+					return err
+				}
+				if g.output == "json" {
+					return render(cmd, g, res, nil)
+				}
+				return nil
 			}
 			res, err := demo.Run(ctx, demo.Options{
 				Duration: duration, RatesMbit: rates, Conns: conns,
@@ -76,6 +91,8 @@ MPTcpExt counters. Everything it creates is removed at the end, on failure and o
 	cmd.Flags().IntVar(&conns, "conns", 1, "parallel MPTCP connections")
 	cmd.Flags().StringVar(&mode, "mode", "auto", "XDP mode: auto, native or generic")
 	cmd.Flags().StringVar(&ingress, "ingress", "xdp", "ingress hook: xdp or tc")
+	cmd.Flags().BoolVar(&lbDemo, "lb", false, "the load-balancer lab instead: a client with two paths, the balancer, three backends; the same MPTCP connections with join steering off, then on (--conns per phase, default 60)")
+	cmd.Flags().StringVar(&forward, "forward", "l2", "with --lb: l2 or ipip forwarding")
 	cmd.Flags().BoolVar(&keep, "keep", false, "after the summary, keep the lab and traffic running and serve its metrics until Ctrl-C")
 	cmd.Flags().StringVar(&listen, "listen", "127.0.0.1:9464", "with --keep: where to serve /metrics")
 	return cmd
