@@ -4,6 +4,8 @@ import (
 	"context"
 	"testing"
 	"time"
+
+	"github.com/mptcp-xdp/mptcp-xdp/internal/lablb"
 )
 
 // Without join steering (plain 5-tuple Maglev, what balancers do today), the same run shows the
@@ -27,7 +29,7 @@ func TestWithoutJoinSteering(t *testing.T) {
 			st1 := lbStatus(t, s.LB)
 			okN, errs := transfer(ctx, cs, transferBytes)
 
-			wrong := j.sum(j.NoToken)
+			wrong := lablb.Sum(j.NoToken)
 			t.Logf("%d connections landed %v", len(cs), perBackend(cs, len(s.Backends)))
 			t.Logf("backends: MPJoinSynRx %v MPJoinAckRx %v MPJoinNoTokenFound %v", j.SynRx, j.AckRx, j.NoToken)
 			t.Logf("ss -M: client %d with 2 subflows, %d left with 1 (%.0f%%); backends with 2 subflows %v of %v",
@@ -110,7 +112,7 @@ func TestDrainKeepsJoins(t *testing.T) {
 				t.Errorf("drained backend: %d of its %d connections have their second subflow (MPJoinAckRx %d)",
 					v.BackendTwo[drained], landed[drained], j.AckRx[drained])
 			}
-			if j2.sum(j2.NoToken) != 0 || j2.sum(j2.AckRx) != 2*n {
+			if lablb.Sum(j2.NoToken) != 0 || lablb.Sum(j2.AckRx) != 2*n {
 				t.Errorf("joins: MPJoinAckRx %v MPJoinNoTokenFound %v, want %d and none", j2.AckRx, j2.NoToken, 2*n)
 			}
 			if okN != 2*n {

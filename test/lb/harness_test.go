@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"net/netip"
 	"strconv"
-	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -122,15 +121,11 @@ func newSetup(t *testing.T, o options) *setup {
 // mibs reads the MIB of every backend.
 func (s *setup) mibs(t testing.TB) []lab.MIB {
 	t.Helper()
-	out := make([]lab.MIB, len(s.Backends))
-	for i, b := range s.Backends {
-		m, err := s.MIB(b.Netns)
-		if err != nil {
-			t.Fatal(err)
-		}
-		out[i] = m
+	m, err := s.BackendMIBs()
+	if err != nil {
+		t.Fatal(err)
 	}
-	return out
+	return m
 }
 
 // dial opens n connections to the VIP, par at a time.
@@ -163,42 +158,27 @@ func (s *setup) dial(ctx context.Context, t testing.TB, n, par int) []*lablb.Con
 	return conns
 }
 
-// joinCounts is the backends' join counters since base.
-type joinCounts struct {
-	SynRx, AckRx, NoToken []int64
-}
-
-func (j joinCounts) sum(f []int64) (s int64) {
-	for _, v := range f {
-		s += v
-	}
-	return s
-}
-
-func (s *setup) joins(t testing.TB, base []lab.MIB) joinCounts {
+func (s *setup) joins(t testing.TB, base []lab.MIB) lablb.JoinCounts {
 	t.Helper()
-	var j joinCounts
-	for i, m := range s.mibs(t) {
-		d := m.Sub(base[i])
-		j.SynRx = append(j.SynRx, d.MPTCP("MPJoinSynRx"))
-		j.AckRx = append(j.AckRx, d.MPTCP("MPJoinAckRx"))
-		j.NoToken = append(j.NoToken, d.MPTCP("MPJoinNoTokenFound"))
+	j, err := s.Joins(base)
+	if err != nil {
+		t.Fatal(err)
 	}
 	return j
 }
 
 // waitJoins waits until n joins since base have been answered by the backends: accepted (third
 // ACK received) or refused for want of a token; it returns the counts then, or at the deadline.
-func (s *setup) waitJoins(ctx context.Context, t testing.TB, base []lab.MIB, n int64) joinCounts {
+func (s *setup) waitJoins(ctx context.Context, t testing.TB, base []lab.MIB, n int64) lablb.JoinCounts {
 	t.Helper()
 	for {
 		j := s.joins(t, base)
-		if j.sum(j.AckRx)+j.sum(j.NoToken) >= n {
+		if j.Answered() >= n {
 			return j
 		}
 		select {
 		case <-ctx.Done():
-			t.Logf("joins answered: %d of %d (accepted %v, no token %v)", j.sum(j.AckRx)+j.sum(j.NoToken), n, j.AckRx, j.NoToken)
+			t.Logf("joins answered: %d of %d (accepted %v, no token %v)", j.Answered(), n, j.AckRx, j.NoToken)
 			return j
 		case <-time.After(50 * time.Millisecond):
 		}
@@ -206,52 +186,11 @@ func (s *setup) waitJoins(ctx context.Context, t testing.TB, base []lab.MIB, n i
 }
 
 // view is what `ss -M` shows of the connections to the VIP.
-type view struct {
-	ClientTwo  int   // client connections to the VIP with exactly one extra subflow
-	ClientOne  int   // ... still on their first subflow only
-	BackendTwo []int // per backend: connections from the client with one extra subflow
-	BackendAll []int
-	Tokens     [][]uint32 // per backend: the local tokens of its connections
-}
-
-func (s *setup) view(t testing.TB) view {
+func (s *setup) view(t testing.TB) lablb.View {
 	t.Helper()
-	var v view
-	cs, err := s.Conns(s.Client)
+	v, err := s.Observe(s.vip)
 	if err != nil {
 		t.Fatal(err)
-	}
-	for _, c := range cs {
-		if c.State != "ESTAB" || !strings.HasSuffix(c.Peer, ":"+strconv.Itoa(int(s.vip.Port()))) {
-			continue
-		}
-		switch c.Subflows {
-		case 1:
-			v.ClientTwo++
-		case 0:
-			v.ClientOne++
-		}
-	}
-	for _, b := range s.Backends {
-		cs, err := s.Conns(b.Netns)
-		if err != nil {
-			t.Fatal(err)
-		}
-		two, all := 0, 0
-		var toks []uint32
-		for _, c := range cs {
-			if c.State != "ESTAB" || c.Local != s.vip.String() {
-				continue
-			}
-			all++
-			if c.Subflows == 1 {
-				two++
-			}
-			toks = append(toks, c.Token)
-		}
-		v.BackendTwo = append(v.BackendTwo, two)
-		v.BackendAll = append(v.BackendAll, all)
-		v.Tokens = append(v.Tokens, toks)
 	}
 	return v
 }
@@ -288,7 +227,7 @@ func closeAll(conns []*lablb.Conn) {
 
 // tokenMatches counts the backends' tokens (as ss -M shows them) that the balancer's token table
 // maps to that same backend, and lists those that it does not.
-func (s *setup) tokenMatches(t testing.TB, v view) (match int, bad []string) {
+func (s *setup) tokenMatches(t testing.TB, v lablb.View) (match int, bad []string) {
 	t.Helper()
 	ld, err := loader.New(loader.DefaultRoot)
 	if err != nil {

@@ -106,7 +106,7 @@ func steeringRun(t *testing.T, o options) {
 	okN, errs := transfer(ctx, all, transferBytes)
 	logs := cp.stop(t)
 
-	t.Logf("%d connections landed %v; joins answered with the control plane down: %d", len(all), perBackend(all, len(s.Backends)), jDown.sum(jDown.AckRx)+jDown.sum(jDown.NoToken))
+	t.Logf("%d connections landed %v; joins answered with the control plane down: %d", len(all), perBackend(all, len(s.Backends)), jDown.Answered())
 	t.Logf("backends: MPJoinSynRx %v MPJoinAckRx %v MPJoinNoTokenFound %v", j.SynRx, j.AckRx, j.NoToken)
 	t.Logf("ss -M: client %d with 2 subflows, %d with 1; backends with 2 subflows %v of %v", v.ClientTwo, v.ClientOne, v.BackendTwo, v.BackendAll)
 	t.Logf("balancer: join_steered %+d join_unknown %+d join_dropped %+d token_learned %+d collision %+d; tokens %d flows %d",
@@ -120,17 +120,17 @@ func steeringRun(t *testing.T, o options) {
 	if v.ClientTwo != conns || v.ClientOne != 0 {
 		t.Errorf("client: %d connections with 2 subflows and %d with 1, want %d and 0", v.ClientTwo, v.ClientOne, conns)
 	}
-	if sum(v.BackendTwo) != conns || sum(v.BackendAll) != conns {
+	if lablb.Sum(v.BackendTwo) != conns || lablb.Sum(v.BackendAll) != conns {
 		t.Errorf("backends: %v connections with 2 subflows of %v, want %d in all", v.BackendTwo, v.BackendAll, conns)
 	}
-	if j.sum(j.NoToken) != 0 {
+	if lablb.Sum(j.NoToken) != 0 {
 		t.Errorf("MPJoinNoTokenFound %v, want 0 everywhere", j.NoToken)
 	}
-	if j.sum(j.AckRx) != conns {
+	if lablb.Sum(j.AckRx) != conns {
 		t.Errorf("MPJoinAckRx %v, want %d in all", j.AckRx, conns)
 	}
-	if steered := delta(st1.Stats, st0, "join_steered"); j.sum(j.SynRx) != steered {
-		t.Errorf("backends received %d join SYNs, the balancer steered %d: a join reached a backend without a learned token", j.sum(j.SynRx), steered)
+	if steered := delta(st1.Stats, st0, "join_steered"); lablb.Sum(j.SynRx) != steered {
+		t.Errorf("backends received %d join SYNs, the balancer steered %d: a join reached a backend without a learned token", lablb.Sum(j.SynRx), steered)
 	}
 	if floodSent != forged {
 		t.Errorf("flood sent %d of %d", floodSent, forged)
@@ -144,11 +144,4 @@ func steeringRun(t *testing.T, o options) {
 	if okN != conns {
 		t.Errorf("%d of %d transfers intact; first errors: %v", okN, conns, firstErrs(errs, 3))
 	}
-}
-
-func sum(v []int) (s int) {
-	for _, x := range v {
-		s += x
-	}
-	return s
 }
