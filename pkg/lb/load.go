@@ -40,6 +40,9 @@ type Maps struct {
 type Balancer struct {
 	Program *ebpf.Program
 	*Maps
+	// scratch is the program's own per-CPU scratch map (option-scan state), which nothing outside
+	// the program reads; Close closes it with the rest.
+	scratch *ebpf.Map
 }
 
 // Spec returns the balancer's collection spec with cfg applied.
@@ -114,13 +117,14 @@ func Load(cfg Config) (*Balancer, error) {
 			Flows: objs.MptcpxFlows, Tokens: objs.MptcpxTokens, Stats: objs.MptcpxLbStats,
 			Events: objs.MptcpxLbEvts,
 		},
+		scratch: objs.MptcpxLbScr,
 	}, nil
 }
 
-// Close releases the program and the maps (pinned maps stay pinned).
+// Close releases the program and every map Load opened (pinned maps stay pinned).
 func (b *Balancer) Close() error {
 	err := b.Program.Close()
-	return errors.Join(err, b.Maps.Close())
+	return errors.Join(err, b.Maps.Close(), b.scratch.Close())
 }
 
 // OpenPinnedMaps opens the maps a balancer pinned in dir (Config.PinPath).
