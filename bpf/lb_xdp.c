@@ -184,6 +184,15 @@ static __always_inline int lb_fwd_ipip(struct xdp_md *ctx, struct lb_stats *st, 
 	int hdr = outer_v6 ? (int)sizeof(struct ipv6hdr) : (int)sizeof(struct iphdr);
 	__u8 proto = inner_v6 ? IPPROTO_IPV6_ : IPPROTO_IPIP_;
 
+	/* The encapsulated frame must fit the egress device's MTU, or the device drops it (veth
+	 * silently): pass the original frame instead, counted. Checked before growing the frame, so
+	 * what passes is the client's packet untouched. An unknown ifindex (< 0) is left to the
+	 * redirect, as before. */
+	__u32 mtu_len = 0;
+	if (bpf_check_mtu(ctx, be->ifindex, &mtu_len, hdr, 0) == BPF_MTU_CHK_RET_FRAG_NEEDED) {
+		lb_count(st, LB_STAT_MTU);
+		return XDP_PASS;
+	}
 	if (inner_len + hdr > 0xffff || bpf_xdp_adjust_head(ctx, -hdr)) {
 		lb_count(st, LB_STAT_FWD_ERROR);
 		return XDP_PASS;

@@ -112,7 +112,8 @@ enum lb_stat {
 	LB_STAT_MALFORMED = 14,
 	LB_STAT_EVENT_LOST = 15,     /* ring buffer full: event not sent (traffic unaffected) */
 	LB_STAT_TOKEN_REPLACED = 16, /* a token mapping idle past the threshold taken over by another backend */
-	LB_STAT_MAX = 17,
+	LB_STAT_MTU = 17,            /* ipip: encapsulated frame longer than the egress MTU: passed unencapsulated */
+	LB_STAT_MAX = 18,
 };
 
 /* Value of the per-CPU stats map (one entry): one counter per enum lb_stat. */

@@ -52,7 +52,7 @@ type LbLbFlowKey struct {
 
 type LbLbStats struct {
 	_     structs.HostLayout
-	Count [17]uint64
+	Count [18]uint64
 }
 
 type LbLbToken struct {

@@ -28,13 +28,14 @@ const (
 	StatMalformed                 // broken IP/TCP headers (passed) or TCP options (not learned from)
 	StatEventLost                 // events lost to a full ring buffer (traffic unaffected)
 	StatTokenReplaced             // idle token mappings taken over by another backend
+	StatMTU                       // ipip frames that would exceed the egress MTU once encapsulated (passed)
 	NumStats
 )
 
 var statNames = [NumStats]string{
 	"packets", "vip", "flow_hit", "new_flow", "token_learned", "join_steered", "join_unknown",
 	"join_dropped", "collision", "fwd_l2", "fwd_ipip", "no_backend", "fwd_error", "decap", "malformed",
-	"event_lost", "token_replaced",
+	"event_lost", "token_replaced", "mtu",
 }
 
 func (s Stat) String() string {
