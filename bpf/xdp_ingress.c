@@ -3,6 +3,8 @@
 #include <linux/bpf.h>
 #include <bpf/bpf_helpers.h>
 
+/* XDP parses a frame once, so it counts as it parses (see mx_add). */
+#define MX_COUNT_DIRECT 1
 #include "include/mx_parse.h"
 #include "include/mx_maps.h"
 
@@ -15,10 +17,13 @@ int mptcpx_xdp_in(struct xdp_md *ctx)
 	struct mx_counters *c = mx_counters_for(MX_DIR_INGRESS);
 	if (!c)
 		return XDP_PASS;
-	struct mx_result *r = mx_scratch(c);
+	struct mx_result *r = &c->scratch;
+	r->mptcp = 0; /* the one field direct mode reads back */
+	c->packets[MX_PKT_TOTAL]++;
 	if (mx_parse(data, data_end, r) == MX_PARSE_TRUNCATED)
-		r->truncated = 1;
-	mx_commit(c, r, 1);
+		c->options[MX_MALFORMED]++;
+	if (r->mptcp)
+		c->packets[MX_PKT_MPTCP]++;
 	return XDP_PASS;
 }
 

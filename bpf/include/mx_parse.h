@@ -56,12 +56,58 @@ static __always_inline __u32 mx_launder(struct mx_result *r, __u32 v)
  * uses) so that every classification reaches the count as the same unknown index: otherwise the
  * verifier carries each constant class into the next iteration of the option walk as a separate
  * state. */
+#ifdef MX_COUNT_DIRECT
+/* Direct mode (XDP): a frame is never parsed twice, so counts go straight to the counters the
+ * result lives beside, with no commit step. */
+static __always_inline struct mx_counters *mx_counters_of(struct mx_result *r)
+{
+	return (void *)r - __builtin_offsetof(struct mx_counters, scratch);
+}
+
+static __always_inline void mx_add(struct mx_result *r, __u32 cls)
+{
+	*(volatile __u8 *)&r->last = cls;
+	cls = *(volatile __u8 *)&r->last & (MX_CLASS_MAX - 1);
+	mx_counters_of(r)->options[cls]++;
+}
+
+static __always_inline void mx_set_tcp(struct mx_result *r)
+{
+	mx_counters_of(r)->packets[MX_PKT_TCP]++;
+}
+#else
 static __always_inline void mx_add(struct mx_result *r, __u32 cls)
 {
 	*(volatile __u8 *)&r->last = cls;
 	cls = *(volatile __u8 *)&r->last & (MX_CLASS_MAX - 1);
 	r->classes[cls]++;
 	r->seen |= 1 << cls;
+}
+
+static __always_inline void mx_set_tcp(struct mx_result *r)
+{
+	r->tcp = 1;
+}
+#endif
+
+/* Count one option of a class known at compile time. */
+static __always_inline void mx_add_const(struct mx_result *r, const __u32 cls)
+{
+#ifdef MX_COUNT_DIRECT
+	mx_counters_of(r)->options[cls]++;
+#else
+	r->last = cls;
+	r->classes[cls]++;
+	r->seen |= 1 << cls;
+#endif
+}
+
+/* The length of a DSS option without checksum, from its flags: 4, plus 4 or 8 for the data ACK,
+ * plus 4 or 8 + 4 + 2 for a mapping (which may carry 2 more bytes of checksum). */
+static __always_inline __u32 mx_dss_len(__u8 flags)
+{
+	return 4 + ((flags & DSS_DATA_ACK) ? 4 + ((flags & DSS_ACK64) ? 4 : 0) : 0) +
+	       ((flags & DSS_MAPPING) ? 10 + ((flags & DSS_DSN64) ? 4 : 0) : 0);
 }
 
 /* Classify one MPTCP option of total length len (>= 2) starting at p. */
@@ -78,12 +124,9 @@ static __always_inline __u32 mx_classify(__u8 *p, __u32 len, void *data_end, int
 		b3 = p[3];
 	}
 
-	/* DSS first: it is on nearly every MPTCP segment. Its length is 4, plus 4 or 8 for the data
-	 * ACK, plus 4 or 8 + 4 + 2 (+ 2 with checksum) for a mapping: a table of the 16 flag values
-	 * would cost a load; the arithmetic below is branch-free. */
+	/* DSS first: it is on nearly every MPTCP segment. */
 	if (subtype == MPTCPOPT_DSS) {
-		__u32 want = 4 + ((b3 & DSS_DATA_ACK) ? 4 + ((b3 & DSS_ACK64) ? 4 : 0) : 0) +
-			     ((b3 & DSS_MAPPING) ? 10 + ((b3 & DSS_DSN64) ? 4 : 0) : 0);
+		__u32 want = mx_dss_len(b3);
 		if (len == want || ((b3 & DSS_MAPPING) && len == want + 2))
 			return MX_DSS;
 		return MX_MALFORMED;
@@ -127,7 +170,7 @@ static __always_inline __u32 mx_classify(__u8 *p, __u32 len, void *data_end, int
 /* Walk the TCP header at offset l4 of the frame. */
 static __always_inline int mx_parse_tcp(void *data, void *data_end, __u32 l4, struct mx_result *r)
 {
-	r->tcp = 1;
+	mx_set_tcp(r);
 	l4 = mx_launder(r, l4);
 	if (l4 > MAX_L4_OFFSET)
 		return MX_PARSE_TRUNCATED; /* no frame we can see has its TCP header this far in */
@@ -187,8 +230,15 @@ static __always_inline int mx_parse_tcp(void *data, void *data_end, __u32 l4, st
 		 * compiler, so that every path reaches the next iteration alike. */
 		__u32 next = off + len;
 		asm volatile("" : "+r"(next));
-		if (kind == TCPOPT_MPTCP)
-			mx_add(r, mx_classify(p, len, data_end, syn, ack));
+		if (kind == TCPOPT_MPTCP) {
+			/* A well-formed DSS is on nearly every MPTCP segment: count it with constants,
+			 * which needs no laundering (see mx_add). Anything else is classified in full. */
+			if (len >= 4 && (void *)(p + 4) <= data_end && (p[2] >> 4) == MPTCPOPT_DSS &&
+			    len == mx_dss_len(p[3]))
+				mx_add_const(r, MX_DSS);
+			else
+				mx_add(r, mx_classify(p, len, data_end, syn, ack));
+		}
 		off = next;
 	}
 	return MX_PARSE_DONE;
