@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"strings"
 
 	"github.com/spf13/cobra"
 
@@ -79,9 +80,18 @@ func main() {
 		if errors.As(err, &ee) {
 			os.Exit(ee.code)
 		}
-		fmt.Fprintf(os.Stderr, "mptcp-xdp: %v\n", err)
+		fmt.Fprintf(os.Stderr, "mptcp-xdp: %s\n", oneLine(err.Error()))
 		os.Exit(1)
 	}
+}
+
+// oneLine folds an error onto one line: cobra's "unknown command" error carries a multi-line
+// "Did you mean this?" block.
+func oneLine(msg string) string {
+	if head, sugg, ok := strings.Cut(msg, "\n\nDid you mean this?\n"); ok {
+		return head + " (did you mean " + strings.Join(strings.Fields(sugg), " or ") + "?)"
+	}
+	return strings.Join(strings.Fields(msg), " ")
 }
 
 // exitError ends the process with a given code after its message was printed.
