@@ -2,6 +2,9 @@ package lb
 
 import (
 	"context"
+	"encoding/json"
+	"fmt"
+	"net/netip"
 	"strings"
 	"sync"
 	"testing"
@@ -103,6 +106,7 @@ func steeringRun(t *testing.T, o options) {
 	v := s.view(t)
 	st1 := lbStatus(t, s.LB)
 	match, bad := s.tokenMatches(t, v)
+	listed, listBad := s.connListLB(t, v)
 	okN, errs := transfer(ctx, all, transferBytes)
 	logs := cp.stop(t)
 
@@ -112,6 +116,7 @@ func steeringRun(t *testing.T, o options) {
 	t.Logf("balancer: join_steered %+d join_unknown %+d join_dropped %+d token_learned %+d collision %+d; tokens %d flows %d",
 		delta(st1.Stats, st0, "join_steered"), delta(st1.Stats, st0, "join_unknown"), delta(st1.Stats, st0, "join_dropped"),
 		delta(st1.Stats, st0, "token_learned"), delta(st1.Stats, st0, "collision"), st1.Tokens, st1.Flows)
+	t.Logf("conn list --lb: %d connections with the token, backend and 2 flows ss -M shows", listed)
 	t.Logf("flood: %d forged MP_JOIN SYNs in %v; tokens matching ss -M: %d; transfers intact: %d of %d", floodSent, floodTime.Round(time.Millisecond), match, okN, len(all))
 	if i := strings.LastIndex(logs, "balancer loop stopped"); i >= 0 {
 		t.Logf("restarted control plane: %s", strings.TrimSpace(logs[i:]))
@@ -141,7 +146,87 @@ func steeringRun(t *testing.T, o options) {
 	if match != conns || len(bad) > 0 {
 		t.Errorf("%d of %d backend tokens (ss -M) are the balancer's; mismatches: %v", match, conns, bad)
 	}
+	if listed != conns || len(listBad) > 0 {
+		t.Errorf("conn list --lb: %d of %d connections listed as ss -M shows them on the backends, with 2 flows; problems: %v", listed, conns, firstStrs(listBad, 5))
+	}
 	if okN != conns {
 		t.Errorf("%d of %d transfers intact; first errors: %v", okN, conns, firstErrs(errs, 3))
 	}
 }
+
+// connListLB compares `conn list --lb -o json` with what ss -M shows on the backends: every backend
+// token listed once, on that backend, with two flows (the first subflow and its join) to the VIP,
+// and nothing else listed. It returns how many tokens matched and the problems found.
+func (s *setup) connListLB(t testing.TB, v lablb.View) (match int, bad []string) {
+	t.Helper()
+	out := mx(t, "--netns", s.LB, "conn", "list", "--lb", "-o", "json")
+	var rep struct {
+		Connections []struct {
+			Token     string `json:"token"`
+			VIP       string `json:"vip"`
+			Backend   string `json:"backend"`
+			BackendID uint32 `json:"backend_id"`
+			Subflows  int    `json:"subflows"`
+			Flows     []struct {
+				Src string `json:"src"`
+				Dst string `json:"dst"`
+			} `json:"flows"`
+		} `json:"connections"`
+	}
+	if err := json.Unmarshal([]byte(out), &rep); err != nil {
+		t.Fatalf("conn list --lb -o json: %v\n%s", err, out)
+	}
+	want := map[string]int{} // token -> backend index, from ss -M
+	for j, toks := range v.Tokens {
+		for _, tok := range toks {
+			want[fmt.Sprintf("%08x", tok)] = j
+		}
+	}
+	seen := map[string]bool{}
+	for _, c := range rep.Connections {
+		j, ok := want[c.Token]
+		switch {
+		case !ok:
+			bad = append(bad, fmt.Sprintf("token %s listed, on no backend", c.Token))
+			continue
+		case seen[c.Token]:
+			bad = append(bad, fmt.Sprintf("token %s listed twice", c.Token))
+			continue
+		}
+		seen[c.Token] = true
+		b := s.Backends[j]
+		addr := b.IP4
+		if s.opts.v6 {
+			addr = b.IP6
+		}
+		problem := ""
+		switch {
+		case c.Backend != addr.String() || c.BackendID != s.ids[j]:
+			problem = fmt.Sprintf("backend %s (id %d), ss -M shows it on %s (id %d)", c.Backend, c.BackendID, addr, s.ids[j])
+		case c.VIP != s.vip.String():
+			problem = fmt.Sprintf("vip %s, want %s", c.VIP, s.vip)
+		case c.Subflows != 2 || len(c.Flows) != 2:
+			problem = fmt.Sprintf("%d subflows, %d flows listed, want 2", c.Subflows, len(c.Flows))
+		case c.Flows[0].Src == c.Flows[1].Src:
+			problem = fmt.Sprintf("flows %+v: one 5-tuple twice", c.Flows)
+		}
+		for _, f := range c.Flows {
+			if _, err := netip.ParseAddrPort(f.Src); err != nil || f.Dst != s.vip.String() {
+				problem = fmt.Sprintf("flow %+v", f)
+			}
+		}
+		if problem != "" {
+			bad = append(bad, "token "+c.Token+": "+problem)
+			continue
+		}
+		match++
+	}
+	for tok := range want {
+		if !seen[tok] {
+			bad = append(bad, fmt.Sprintf("token %s (ss -M on backend %d) not listed", tok, want[tok]))
+		}
+	}
+	return match, bad
+}
+
+func firstStrs(s []string, n int) []string { return s[:min(n, len(s))] }
