@@ -20,6 +20,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"time"
 
 	"github.com/mptcp-xdp/mptcp-xdp/internal/netns"
 )
@@ -326,14 +327,29 @@ func (l *Lab) Exec(ns, name string, args ...string) (string, error) {
 	return out, err
 }
 
+// runTimeout bounds a tool run whose context has no deadline: ip, tc, ss and ethtool take
+// milliseconds, so one still running after this long is stuck and fails instead of hanging its
+// caller (generous for a loaded CI machine).
+const runTimeout = 60 * time.Second
+
 func run(ctx context.Context, name string, args ...string) (string, error) {
+	if _, ok := ctx.Deadline(); !ok {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, runTimeout)
+		defer cancel()
+	}
 	cmd := exec.CommandContext(ctx, name, args...)
+	// Once killed, stop waiting for output a leftover holder of its pipes may keep open.
+	cmd.WaitDelay = 5 * time.Second
 	var stdout, stderr bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &stdout, &stderr
 	if err := cmd.Run(); err != nil {
 		msg := strings.TrimSpace(stderr.String())
 		if msg == "" {
 			msg = strings.TrimSpace(stdout.String())
+		}
+		if ctx.Err() != nil {
+			err = fmt.Errorf("%w (%w)", err, ctx.Err())
 		}
 		return stdout.String(), fmt.Errorf("%s %s: %w: %s", name, strings.Join(args, " "), err, msg)
 	}

@@ -112,14 +112,23 @@ func serveOne(ctx context.Context, c net.Conn, idx int) error {
 	return err
 }
 
-// Close stops the servers and waits for their connections to end.
+// closeTimeout bounds Close's wait for the servers' goroutines.
+const closeTimeout = 30 * time.Second
+
+// Close stops the servers and waits (up to closeTimeout) for their connections to end.
 func (s *Servers) Close() error {
 	s.cancel()
 	var errs []error
 	for _, ln := range s.lns {
 		errs = append(errs, ln.Close())
 	}
-	s.wg.Wait()
+	done := make(chan struct{})
+	go func() { s.wg.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(closeTimeout):
+		errs = append(errs, fmt.Errorf("lablb servers: connections still being served %v after close", closeTimeout))
+	}
 	return errors.Join(errs...)
 }
 
@@ -135,13 +144,21 @@ func (l *Lab) Dial(ctx context.Context, addr netip.AddrPort) (*Conn, error) {
 	if err != nil {
 		return nil, err
 	}
+	// The read of the backend's index ends with ctx, deadline or not.
+	stop := context.AfterFunc(ctx, func() { c.SetReadDeadline(time.Now()) })
 	if dl, ok := ctx.Deadline(); ok {
 		_ = c.SetReadDeadline(dl)
 	}
 	var b [1]byte
 	if _, err := io.ReadFull(c, b[:]); err != nil {
+		stop()
 		c.Close()
 		return nil, fmt.Errorf("read backend index from %s: %w", addr, err)
+	}
+	if !stop() {
+		// ctx ended meanwhile and its deadline may be set: the connection is unusable anyway.
+		c.Close()
+		return nil, fmt.Errorf("read backend index from %s: %w", addr, ctx.Err())
 	}
 	_ = c.SetReadDeadline(time.Time{})
 	return &Conn{Conn: c, Backend: int(b[0])}, nil

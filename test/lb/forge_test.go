@@ -1,6 +1,7 @@
 package lb
 
 import (
+	"context"
 	"encoding/binary"
 	"fmt"
 	"math/rand/v2"
@@ -62,8 +63,8 @@ func newForger(s *setup) (*forger, error) {
 
 func (f *forger) Close() { unix.Close(f.fd) }
 
-// send forges one MP_JOIN SYN carrying token.
-func (f *forger) send(token uint32) error {
+// send forges one MP_JOIN SYN carrying token, retrying while the link is full until ctx ends.
+func (f *forger) send(ctx context.Context, token uint32) error {
 	// MP_JOIN SYN option after kind and length: subtype 1 in the high nibble (backup bit clear),
 	// address id, the receiver's token, the sender's nonce.
 	data := make([]byte, 10)
@@ -101,6 +102,9 @@ func (f *forger) send(token uint32) error {
 	for {
 		err := unix.Sendto(f.fd, f.buf.Bytes(), 0, sa)
 		if err == unix.ENOBUFS || err == unix.EAGAIN {
+			if ctx.Err() != nil {
+				return fmt.Errorf("send: %w (link still full at the deadline: %w)", err, ctx.Err())
+			}
 			continue
 		}
 		return err

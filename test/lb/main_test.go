@@ -30,8 +30,13 @@ func TestMain(m *testing.M) {
 		os.Exit(1)
 	}
 	bin = filepath.Join(dir, "mptcp-xdp")
-	build := exec.Command("go", "build", "-o", bin, "github.com/mptcp-xdp/mptcp-xdp/cmd/mptcp-xdp")
-	if out, err := build.CombinedOutput(); err != nil {
+	// Bounded: the test binary's -timeout alarm starts only in m.Run, so a stuck build would hang.
+	bctx, bcancel := context.WithTimeout(context.Background(), 10*time.Minute)
+	build := exec.CommandContext(bctx, "go", "build", "-o", bin, "github.com/mptcp-xdp/mptcp-xdp/cmd/mptcp-xdp")
+	build.WaitDelay = 10 * time.Second
+	out, err := build.CombinedOutput()
+	bcancel()
+	if err != nil {
 		fmt.Fprintf(os.Stderr, "build mptcp-xdp: %v\n%s", err, out)
 		os.RemoveAll(dir)
 		os.Exit(1)
@@ -55,14 +60,18 @@ func mxErr(args ...string) (string, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
 	cmd := exec.CommandContext(ctx, bin, args...)
+	cmd.WaitDelay = 5 * time.Second // killed at the deadline: stop waiting for its pipes soon after
 	var stdout, stderr bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &stdout, &stderr
 	if err := cmd.Run(); err != nil {
+		if ctx.Err() != nil {
+			err = fmt.Errorf("%w (not done after 60 s: %w)", err, ctx.Err())
+		}
 		var ee *exec.ExitError
 		if errors.As(err, &ee) {
 			return stdout.String(), fmt.Errorf("mptcp-xdp %s: %v\nstdout: %s\nstderr: %s", strings.Join(args, " "), err, stdout.String(), stderr.String())
 		}
-		return "", err
+		return "", fmt.Errorf("mptcp-xdp %s: %w", strings.Join(args, " "), err)
 	}
 	return stdout.String(), nil
 }

@@ -42,6 +42,8 @@ func startControlPlane(t *testing.T, ns string) *controlPlane {
 	cp := &controlPlane{logs: &lockedBuffer{}, done: make(chan struct{})}
 	cp.cmd = exec.Command(bin, "--netns", ns, "lb", "run", "--summary-interval", "5s", "--gc-interval", "5s")
 	cp.cmd.Stderr = cp.logs
+	// Wait returns this long after the process exits even if something still holds its stderr.
+	cp.cmd.WaitDelay = 5 * time.Second
 	if err := cp.cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
@@ -51,7 +53,9 @@ func startControlPlane(t *testing.T, ns string) *controlPlane {
 		case <-cp.done:
 		default:
 			_ = cp.cmd.Process.Kill()
-			<-cp.done
+			if !cp.waitExit(procExitTimeout) {
+				t.Errorf("cleanup: lb run (pid %d) not reaped %v after SIGKILL:\n%s", cp.cmd.Process.Pid, procExitTimeout, cp.logs)
+			}
 		}
 	})
 	// Wait for the loop to be up: it logs once it has opened the maps and read the backends.
@@ -75,7 +79,22 @@ func (cp *controlPlane) kill(t *testing.T) {
 	if err := cp.cmd.Process.Kill(); err != nil {
 		t.Fatal(err)
 	}
-	<-cp.done
+	if !cp.waitExit(procExitTimeout) {
+		t.Fatalf("kill lb run: not reaped %v after SIGKILL:\n%s", procExitTimeout, cp.logs)
+	}
+}
+
+// procExitTimeout bounds the wait for `lb run` to be reaped once killed.
+const procExitTimeout = 30 * time.Second
+
+// waitExit waits up to d for the process to have exited and been reaped.
+func (cp *controlPlane) waitExit(d time.Duration) bool {
+	select {
+	case <-cp.done:
+		return true
+	case <-time.After(d):
+		return false
+	}
 }
 
 // stop ends the process with SIGTERM and returns its logs; it must exit cleanly.
@@ -91,6 +110,10 @@ func (cp *controlPlane) stop(t *testing.T) string {
 		}
 	case <-time.After(30 * time.Second):
 		t.Errorf("lb run did not stop on SIGTERM:\n%s", cp.logs)
+		_ = cp.cmd.Process.Kill()
+		if !cp.waitExit(procExitTimeout) {
+			t.Errorf("stop lb run: not reaped %v after SIGKILL", procExitTimeout)
+		}
 	}
 	return cp.logs.String()
 }

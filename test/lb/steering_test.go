@@ -75,12 +75,20 @@ func steeringRun(t *testing.T, o options) {
 			if _, held, err := maps.LookupToken(s.vid, tok); err != nil || held {
 				continue
 			}
-			if floodErr = f.send(tok); floodErr != nil {
+			if floodErr = f.send(ctx, tok); floodErr != nil {
 				return
 			}
 			floodSent++
 		}
 		floodTime = time.Since(start)
+	}()
+	// On an early failure, stop the flood before its socket and the maps close.
+	floodDone := false
+	defer func() {
+		if !floodDone {
+			cancel()
+			floodWG.Wait()
+		}
 	}()
 
 	first := s.dial(ctx, t, conns/2, 25)
@@ -96,7 +104,8 @@ func steeringRun(t *testing.T, o options) {
 	jDown := s.waitJoins(wctx, t, base, conns)
 	wcancel()
 	cp = startControlPlane(t, s.LB)
-	floodWG.Wait()
+	floodWG.Wait() // ends at the latest at ctx's deadline: every send checks it
+	floodDone = true
 	if floodErr != nil {
 		t.Fatalf("flood: %v after %d frames", floodErr, floodSent)
 	}
