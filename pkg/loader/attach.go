@@ -241,12 +241,20 @@ const (
 	nlXDPFlagsDrvMode         = 1 << 2
 )
 
-func wantedModes(m XDPMode) []uint32 {
+// wantedModes lists the XDP modes to try, best first. auto prefers native, except on veth: there
+// native XDP takes GRO from the receiving end and TSO from its peer, which makes MPTCP over veth
+// several times slower than generic XDP, and on Linux 6.18 it exposes a kernel fault that corrupts
+// MPTCP byte streams (docs/benchmarks.md "Throughput", docs/veth-lab.md). A nil lnk (the balancer,
+// which forwards with XDP_TX/XDP_REDIRECT and wants the driver's hook) always prefers native.
+func wantedModes(m XDPMode, lnk netlink.Link) []uint32 {
 	switch m {
 	case ModeNative:
 		return []uint32{metaModeNative}
 	case ModeGeneric:
 		return []uint32{metaModeGeneric}
+	}
+	if lnk != nil && lnk.Type() == "veth" {
+		return []uint32{metaModeGeneric, metaModeNative}
 	}
 	return []uint32{metaModeNative, metaModeGeneric}
 }
@@ -295,7 +303,7 @@ func attachXDP(dir string, lnk netlink.Link, prog *ebpf.Program, o AttachOptions
 	}
 
 	var lastErr error
-	for _, mode := range wantedModes(o.Mode) {
+	for _, mode := range wantedModes(o.Mode, lnk) {
 		flag, nlFlag := modeFlags(mode)
 		l, err := link.AttachXDP(link.XDPOptions{Program: prog, Interface: ifindex, Flags: flag})
 		if err == nil {
@@ -353,10 +361,16 @@ func xdpConflict(dir string, lnk netlink.Link, prog *ebpf.Program, mode uint32, 
 	if !force {
 		return fmt.Errorf("%s already has %s attached by another tool: use --force to replace it", lnk.Attrs().Name, desc)
 	}
-	// Only a netlink attachment can be replaced; one held by a bpf_link belongs to its owner.
+	// Only a netlink attachment can be replaced; one held by a bpf_link belongs to its owner. It is
+	// replaced in its own mode: the kernel keeps one mode per interface.
 	var flags int
-	if x := fresh.Attrs().Xdp; x != nil && x.AttachMode == uint32(nlAttachedSKB) {
-		mode = metaModeGeneric
+	if x := fresh.Attrs().Xdp; x != nil {
+		switch x.AttachMode {
+		case nlAttachedSKB:
+			mode = metaModeGeneric
+		case nlAttachedDrv:
+			mode = metaModeNative
+		}
 	}
 	_, flags = modeFlags(mode)
 	if err := netlink.LinkSetXdpFdWithFlags(fresh, prog.FD(), flags); err != nil {

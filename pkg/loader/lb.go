@@ -321,7 +321,7 @@ func attachLBLink(dir, iface, nsDir string, prog *ebpf.Program, mode XDPMode, wa
 		return "", err
 	}
 	var lastErr error
-	for _, m := range wantedModes(mode) {
+	for _, m := range wantedModes(mode, nil) {
 		flag, _ := modeFlags(m)
 		lk, err := link.AttachXDP(link.XDPOptions{Program: prog, Interface: lnk.Attrs().Index, Flags: flag})
 		if err == nil {
