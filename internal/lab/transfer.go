@@ -59,6 +59,12 @@ type TransferResult struct {
 	ChecksumOK bool          // every connection: the server's CRC-32C and count equal the client's
 	MPTCP      bool          // every connection used MPTCP (none fell back to TCP)
 	PathBytes  []uint64      // server-side rx bytes per path over the whole transfer
+	// FirstBadStamp is, when a connection's stream offset stamps (one every 4 KiB) show that the
+	// server read bytes at the wrong place, the stream offset of the first wrong stamp, and
+	// BadStampValue the offset that stamp carried: where in the stream the bytes came from. -1 when
+	// every stamp was right (the checksum can still differ: stamps cover 8 bytes in 4 KiB).
+	FirstBadStamp int64
+	BadStampValue uint64
 }
 
 const (
@@ -105,6 +111,7 @@ func (l *Lab) Transfer(ctx context.Context, cfg TransferConfig) (TransferResult,
 
 	var received atomic.Uint64
 	srvErr := make(chan error, cfg.Conns)
+	stamps := make(chan stampCheck, cfg.Conns)
 	go func() {
 		for i := 0; i < cfg.Conns; i++ {
 			c, err := ln.Accept()
@@ -112,7 +119,11 @@ func (l *Lab) Transfer(ctx context.Context, cfg TransferConfig) (TransferResult,
 				srvErr <- fmt.Errorf("accept: %w", err)
 				return
 			}
-			go func() { srvErr <- serveSink(ctx, c, &received) }()
+			go func() {
+				sc, err := serveSink(ctx, c, &received)
+				stamps <- sc
+				srvErr <- err
+			}()
 		}
 	}()
 
@@ -132,7 +143,7 @@ func (l *Lab) Transfer(ctx context.Context, cfg TransferConfig) (TransferResult,
 			c.Close()
 		}
 	}()
-	res := TransferResult{MPTCP: true, ChecksumOK: true}
+	res := TransferResult{MPTCP: true, ChecksumOK: true, FirstBadStamp: -1}
 	for i := 0; i < cfg.Conns; i++ {
 		c, err := l.Dial(ctx, dst)
 		if err != nil {
@@ -206,6 +217,9 @@ func (l *Lab) Transfer(ctx context.Context, cfg TransferConfig) (TransferResult,
 		if err := <-srvErr; err != nil {
 			errs = append(errs, fmt.Errorf("server: %w", err))
 			break // the accept loop may have stopped early
+		}
+		if sc := <-stamps; sc.firstBad >= 0 && res.FirstBadStamp < 0 {
+			res.FirstBadStamp, res.BadStampValue = sc.firstBad, sc.value
 		}
 	}
 	res.Received = received.Load()
@@ -281,31 +295,65 @@ func sendSource(ctx context.Context, c net.Conn, deadline time.Time) (sent uint6
 	return sent, n == sent && sum == crc, nil
 }
 
-// serveSink reads c to EOF, counting and checksumming, then answers count and CRC-32C.
-func serveSink(ctx context.Context, c net.Conn, received *atomic.Uint64) error {
+// stampCheck is what serveSink found in the stream offset stamps.
+type stampCheck struct {
+	firstBad int64 // stream offset of the first wrong stamp, -1 if none
+	value    uint64
+	stamp    [8]byte // the stamp being assembled (it may straddle reads)
+}
+
+// check looks at the stamp bytes among b, which starts at stream offset at.
+func (sc *stampCheck) check(b []byte, at uint64) {
+	if sc.firstBad >= 0 {
+		return
+	}
+	for i := uint64(0); i < uint64(len(b)); {
+		off := at + i
+		in := off % stampEvery
+		if in >= 8 {
+			i += stampEvery - in // to the next stamp
+			continue
+		}
+		sc.stamp[in] = b[i]
+		if in == 7 {
+			base := off - 7
+			if v := binary.BigEndian.Uint64(sc.stamp[:]); v != base {
+				sc.firstBad, sc.value = int64(base), v
+				return
+			}
+		}
+		i++
+	}
+}
+
+// serveSink reads c to EOF, counting, checksumming and checking the stamps, then answers count and
+// CRC-32C.
+func serveSink(ctx context.Context, c net.Conn, received *atomic.Uint64) (stampCheck, error) {
 	defer c.Close()
 	stop := context.AfterFunc(ctx, func() { c.SetDeadline(time.Now()) })
 	defer stop()
 	buf := make([]byte, chunkSize)
 	var n uint64
 	crc := uint32(0)
+	sc := stampCheck{firstBad: -1}
 	for {
 		k, err := c.Read(buf)
 		crc = crc32.Update(crc, castagnoli, buf[:k])
+		sc.check(buf[:k], n)
 		n += uint64(k)
 		received.Add(uint64(k))
 		if err == io.EOF {
 			break
 		}
 		if err != nil {
-			return fmt.Errorf("read: %w", err)
+			return sc, fmt.Errorf("read: %w", err)
 		}
 	}
 	var ans [12]byte
 	binary.BigEndian.PutUint64(ans[:8], n)
 	binary.BigEndian.PutUint32(ans[8:], crc)
 	if _, err := c.Write(ans[:]); err != nil {
-		return fmt.Errorf("write checksum: %w", err)
+		return sc, fmt.Errorf("write checksum: %w", err)
 	}
-	return nil
+	return sc, nil
 }
