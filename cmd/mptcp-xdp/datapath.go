@@ -20,6 +20,15 @@ var bpffsRoot = loader.DefaultRoot
 
 func newLoader() (*loader.Loader, error) { return loader.New(bpffsRoot) }
 
+// privilegedLoader is newLoader for the commands that change the datapath: it first checks the
+// capabilities they need (and CAP_SYS_ADMIN for --netns), naming the missing ones.
+func privilegedLoader(g *globalFlags) (*loader.Loader, error) {
+	if err := loader.CheckPrivileges(g.netns != ""); err != nil {
+		return nil, err
+	}
+	return newLoader()
+}
+
 // listAttachments lists the attachments (of one namespace directory, or all with "") under the
 // shared lock, which the caller releases once it has read what it needs from the pins: a
 // concurrent attach or detach is then never seen half done.
@@ -62,10 +71,7 @@ Attaching again updates the programs in place and keeps the counters.`,
 		Example: "  mptcp-xdp attach eth0\n  mptcp-xdp --netns lab attach veth1 --mode generic --ingress tc",
 		Args:    cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			if err := loader.CheckPrivileges(g.netns != ""); err != nil {
-				return err
-			}
-			l, err := newLoader()
+			l, err := privilegedLoader(g)
 			if err != nil {
 				return err
 			}
@@ -121,10 +127,7 @@ func newDetachCmd(g *globalFlags) *cobra.Command {
 		Long:  "Detach removes the links, filters, the clsact qdisc if mptcp-xdp added it, and the pins of IFACE.",
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			if err := loader.CheckPrivileges(g.netns != ""); err != nil {
-				return err
-			}
-			l, err := newLoader()
+			l, err := privilegedLoader(g)
 			if err != nil {
 				return err
 			}

@@ -167,10 +167,7 @@ func newLBDetachCmd(g *globalFlags) *cobra.Command {
 		Short: "Detach the balancer from every interface and remove its maps and pins",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
-			if err := loader.CheckPrivileges(g.netns != ""); err != nil {
-				return err
-			}
-			l, err := newLoader()
+			l, err := privilegedLoader(g)
 			if err != nil {
 				return err
 			}
@@ -195,10 +192,7 @@ func newLBBackendCmd(g *globalFlags) *cobra.Command {
 		return &cobra.Command{
 			Use: use, Short: short, Args: cobra.MinimumNArgs(1),
 			RunE: func(cmd *cobra.Command, args []string) error {
-				if err := loader.CheckPrivileges(g.netns != ""); err != nil {
-					return err
-				}
-				l, err := newLoader()
+				l, err := privilegedLoader(g)
 				if err != nil {
 					return err
 				}
@@ -450,10 +444,7 @@ adds in ipip mode and passes the inner packet up the stack: for kernels built wi
 tunnel drivers. It decapsulates packets to the addresses the namespace has when it is attached.`,
 		Args: cobra.MinimumNArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			if err := loader.CheckPrivileges(g.netns != ""); err != nil {
-				return err
-			}
-			l, err := newLoader()
+			l, err := privilegedLoader(g)
 			if err != nil {
 				return err
 			}
@@ -505,10 +496,7 @@ without it: stop and restart it at will. Logs go to stderr; SIGINT/SIGTERM stop 
 				return fmt.Errorf("--log-level %q: %w", logLevel, err)
 			}
 			slog.SetDefault(slog.New(slog.NewTextHandler(cmd.ErrOrStderr(), &slog.HandlerOptions{Level: lvl})))
-			if err := loader.CheckPrivileges(g.netns != ""); err != nil {
-				return err
-			}
-			l, err := newLoader()
+			l, err := privilegedLoader(g)
 			if err != nil {
 				return err
 			}
