@@ -283,7 +283,12 @@ func ssMPTCP(t *testing.T, ns string) []ssConn {
 			k, v, _ := strings.Cut(kv, ":")
 			switch k {
 			case "token":
-				c.Token = v
+				// ss prints the token as %x (no leading zeros); tcpinfo as %08x.
+				if tok, err := strconv.ParseUint(v, 16, 32); err == nil {
+					c.Token = fmt.Sprintf("%08x", tok)
+				} else {
+					c.Token = v
+				}
 			case "subflows":
 				c.Subflows, _ = strconv.Atoi(v)
 			}
