@@ -4,6 +4,9 @@ import (
 	"context"
 	"fmt"
 	"net"
+	"syscall"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/mptcp-xdp/mptcp-xdp/internal/netns"
 )
@@ -22,7 +25,13 @@ func (l *Lab) Dial(ctx context.Context, addr string) (net.Conn, error) {
 
 // ListenIn opens an MPTCP TCP listener inside network namespace ns ("" is the caller's).
 func ListenIn(ctx context.Context, ns, addr string) (net.Listener, error) {
-	var lc net.ListenConfig
+	return listenIn(ctx, ns, addr, "")
+}
+
+// listenIn is ListenIn with a congestion control algorithm for the listener and the connections it
+// accepts ("" for the namespace's default).
+func listenIn(ctx context.Context, ns, addr, cc string) (net.Listener, error) {
+	lc := net.ListenConfig{Control: congestionControl(cc)}
 	lc.SetMultipathTCP(true)
 	var ln net.Listener
 	err := netns.Do(ns, func() error {
@@ -45,7 +54,12 @@ func DialFrom(ctx context.Context, ns, addr string) (net.Conn, error) {
 
 // DialFromAddr is DialFrom with a local address (host or host:port) to bind, "" for any.
 func DialFromAddr(ctx context.Context, ns, local, addr string) (net.Conn, error) {
-	var d net.Dialer
+	return dialFromAddr(ctx, ns, local, addr, "")
+}
+
+// dialFromAddr is DialFromAddr with a congestion control algorithm ("" for the namespace's default).
+func dialFromAddr(ctx context.Context, ns, local, addr, cc string) (net.Conn, error) {
+	d := net.Dialer{Control: congestionControl(cc)}
 	d.SetMultipathTCP(true)
 	if local != "" {
 		if _, _, err := net.SplitHostPort(local); err != nil {
@@ -77,4 +91,29 @@ func IsMPTCP(c net.Conn) bool {
 	}
 	on, err := tc.MultipathTCP()
 	return err == nil && on
+}
+
+// congestionControl returns a Control function for net.Dialer and net.ListenConfig that sets
+// TCP_CONGESTION on the socket before it connects or listens (nil for ""). Before, not after: a
+// socket that started with bbr keeps the kernel's internal pacing on when switched to another
+// algorithm, and MPTCP over veth with internal pacing collapses to about 130 Mbit/s per subflow
+// (docs/veth-lab.md). For an MPTCP socket the kernel passes the algorithm to every subflow, and an
+// accepted connection inherits its listener's. Setting it per socket needs CAP_NET_ADMIN but not
+// net.ipv4.tcp_allowed_congestion_control, which only the initial namespace can widen.
+func congestionControl(name string) func(network, address string, c syscall.RawConn) error {
+	if name == "" {
+		return nil
+	}
+	return func(network, address string, c syscall.RawConn) error {
+		var serr error
+		if err := c.Control(func(fd uintptr) {
+			serr = unix.SetsockoptString(int(fd), unix.IPPROTO_TCP, unix.TCP_CONGESTION, name)
+		}); err != nil {
+			return err
+		}
+		if serr != nil {
+			return fmt.Errorf("set congestion control %q (see net.ipv4.tcp_available_congestion_control): %w", name, serr)
+		}
+		return nil
+	}
 }

@@ -31,6 +31,11 @@ type TransferConfig struct {
 	// OnTick, if set, is called every Interval (from one goroutine, never concurrently) with the
 	// throughput of each path over that interval.
 	OnTick func(TransferTick)
+	// CongestionControl, if set, is set with TCP_CONGESTION on the listener and the client's socket
+	// before they listen and connect (see congestionControl). Benchmarks set "cubic": with the bbr
+	// default of some machines, MPTCP over veth collapses to about 130 Mbit/s per subflow
+	// (docs/veth-lab.md).
+	CongestionControl string
 }
 
 // PathRate is what one path carried during one tick, measured from the server-side interface's
@@ -102,7 +107,7 @@ func (l *Lab) Transfer(ctx context.Context, cfg TransferConfig) (TransferResult,
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 
-	ln, err := l.Listen(ctx, net.JoinHostPort("", port))
+	ln, err := listenIn(ctx, l.Server, net.JoinHostPort("", port), cfg.CongestionControl)
 	if err != nil {
 		return TransferResult{}, fmt.Errorf("transfer: %w", err)
 	}
@@ -145,7 +150,7 @@ func (l *Lab) Transfer(ctx context.Context, cfg TransferConfig) (TransferResult,
 	}()
 	res := TransferResult{MPTCP: true, ChecksumOK: true, FirstBadStamp: -1}
 	for i := 0; i < cfg.Conns; i++ {
-		c, err := l.Dial(ctx, dst)
+		c, err := dialFromAddr(ctx, l.Client, "", dst, cfg.CongestionControl)
 		if err != nil {
 			return TransferResult{}, fmt.Errorf("transfer: %w", err)
 		}
