@@ -160,9 +160,12 @@ func trivialXDP(busy int) (*ebpf.Program, error) {
 		return nil, fmt.Errorf("raise memlock limit: %w", err)
 	}
 	prog, err := ebpf.NewProgram(&ebpf.ProgramSpec{
-		Name:    "bench_xdp_pass",
-		Type:    ebpf.XDP,
-		License: "GPL",
+		Name: "bench_xdp_pass",
+		Type: ebpf.XDP,
+		// As SEC("xdp") gives the datapath's program: an XDP link takes an update only to a program
+		// of the same attach type.
+		AttachType: ebpf.AttachXDP,
+		License:    "GPL",
 		Instructions: asm.Instructions{
 			asm.Mov.Imm(asm.R1, 0),
 			asm.Add.Imm(asm.R1, 1).WithSymbol("loop"),

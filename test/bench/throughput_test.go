@@ -19,6 +19,9 @@ var (
 	transferTime = flag.Duration("transfer", 3*time.Second, "sending time of each throughput transfer")
 	settle       = flag.Duration("settle", 2*time.Second, "pause between attaching (and a forced GC) and transferring")
 	verbose      = flag.Bool("each", false, "log every transfer's figure")
+	// cubic, set on the sockets before they connect: with bbr (this VM's default) MPTCP over veth
+	// collapses to about 130 Mbit/s per subflow for seconds at a time (docs/veth-lab.md).
+	congestion = flag.String("cc", "cubic", "congestion control of the transfers' sockets (\"\" for the namespace default)")
 )
 
 // throughputPairs are measured against each other: the datapath against its trivial baseline in the
@@ -137,7 +140,7 @@ func measure(tb testing.TB, l *lab.Lab, v variant, root string, d time.Duration)
 	ctx, cancel := context.WithTimeout(context.Background(), d+2*time.Minute)
 	defer cancel()
 	var first *lab.TransferTick
-	res, err := l.Transfer(ctx, lab.TransferConfig{Duration: d, Interval: d, OnTick: func(t lab.TransferTick) {
+	res, err := l.Transfer(ctx, lab.TransferConfig{Duration: d, Interval: d, CongestionControl: *congestion, OnTick: func(t lab.TransferTick) {
 		if first == nil {
 			first = &t
 		}
