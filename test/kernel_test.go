@@ -180,9 +180,16 @@ func requireNoPins(t testing.TB, ns, iface string) {
 		t.Errorf("%s is left empty", filepath.Join(bpffsRoot, ns))
 	}
 	// Other packages' tests share the root: an empty root may only be one that another
-	// mptcp-xdp holds locked right now (it removes it when it is done).
-	if ents, err := os.ReadDir(bpffsRoot); err == nil && len(ents) == 0 && !rootLocked(t) {
-		t.Errorf("%s is left empty", bpffsRoot)
+	// mptcp-xdp holds locked right now (it removes it when it is done), or has just created and
+	// is about to lock: look again for a second before calling it left behind.
+	for deadline := time.Now().Add(time.Second); ; time.Sleep(20 * time.Millisecond) {
+		if ents, err := os.ReadDir(bpffsRoot); err != nil || len(ents) > 0 || rootLocked(t) {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Errorf("%s is left empty", bpffsRoot)
+			break
+		}
 	}
 }
 
