@@ -142,8 +142,9 @@ func Run(ctx context.Context, o Options, w io.Writer) (res Result, err error) {
 	if err != nil {
 		return res, err
 	}
-	// The socket iterator reads the sender's subflows once a tick, so the last view of them is
-	// at hand once the transfer has closed its connections.
+	// The socket iterator reads the sender's subflows once a tick, so a view of them is at hand
+	// once the transfer has closed its connections: the one with the most subflows (the newest of
+	// those), as a last tick may come while the connections close.
 	reader, rerr := stats.NewReader()
 	if rerr != nil {
 		say("per-subflow figures unavailable: %v\n", rerr)
@@ -162,7 +163,7 @@ func Run(ctx context.Context, o Options, w io.Writer) (res Result, err error) {
 			}
 			say("  t=%4.1fs  %s  total %7.1f Mbit/s\n", t.Elapsed.Seconds(), strings.Join(parts, "  "), t.TotalMbps)
 			if reader != nil {
-				if sfs, err := reader.Subflows(lb.Client); err == nil && len(sfs) > 0 {
+				if sfs, err := reader.Subflows(lb.Client); err == nil && len(sfs) > 0 && len(sfs) >= len(lastSubflows) {
 					lastSubflows = sfs
 				}
 			}
