@@ -111,14 +111,14 @@ func TestHistorySubflowRemoved(t *testing.T) {
 
 	// The client's token, from its iterator records: the connection with 3 live subflows.
 	var tok stats.Token
-	for tok == 0 {
+	for found := false; !found; {
 		conns, err := r.Connections(l.Client)
 		if err != nil {
 			t.Fatal(err)
 		}
 		for _, c := range conns {
 			if c.Live() == 3 && c.Totals().BytesAcked > 1<<20 {
-				tok = c.Token
+				tok, found = c.Token, true
 			}
 		}
 		if ctx.Err() != nil {
