@@ -167,14 +167,9 @@ static __always_inline __u32 mx_classify(__u8 *p, __u32 len, void *data_end, int
 	return MX_MALFORMED;
 }
 
-/* Walk the TCP header at offset l4 of the frame. */
-static __always_inline int mx_parse_tcp(void *data, void *data_end, __u32 l4, struct mx_result *r)
+/* Walk the TCP header at offset l4 of the frame (l4 bounded: laundered, or a constant). */
+static __always_inline int mx_walk_tcp(void *data, void *data_end, __u32 l4, struct mx_result *r)
 {
-	mx_set_tcp(r);
-	l4 = mx_launder(r, l4);
-	if (l4 > MAX_L4_OFFSET)
-		return MX_PARSE_TRUNCATED; /* no frame we can see has its TCP header this far in */
-
 	struct tcphdr *th = data + l4;
 	if ((void *)(th + 1) > data_end)
 		return MX_PARSE_TRUNCATED;
@@ -242,6 +237,16 @@ static __always_inline int mx_parse_tcp(void *data, void *data_end, __u32 l4, st
 		off = next;
 	}
 	return MX_PARSE_DONE;
+}
+
+/* Walk the TCP header at offset l4 of the frame, whatever the headers before it were. */
+static __always_inline int mx_parse_tcp(void *data, void *data_end, __u32 l4, struct mx_result *r)
+{
+	mx_set_tcp(r);
+	l4 = mx_launder(r, l4);
+	if (l4 > MAX_L4_OFFSET)
+		return MX_PARSE_TRUNCATED; /* no frame we can see has its TCP header this far in */
+	return mx_walk_tcp(data, data_end, l4, r);
 }
 
 /* The network layer: returns the offset of the TCP header, or 0 when there is none to walk. */
@@ -353,6 +358,16 @@ static __always_inline int mx_parse(void *data, void *data_end, struct mx_result
 	__u32 l4 = mx_parse_l3(data, data_end, r, &st);
 	if (!l4)
 		return st;
+#ifdef MX_COUNT_DIRECT
+	/* Untagged IPv4 without IP options, the common frame: its TCP header sits at a constant offset,
+	 * which the verifier follows without laundering, so the walk does not wait on a round trip
+	 * through map memory (about 1 ns of a plain TCP frame's 10). The walk is verified once more
+	 * for it. */
+	if (l4 == sizeof(struct ethhdr) + sizeof(struct iphdr)) {
+		mx_set_tcp(r);
+		return mx_walk_tcp(data, data_end, sizeof(struct ethhdr) + sizeof(struct iphdr), r);
+	}
+#endif
 	return mx_parse_tcp(data, data_end, l4, r);
 }
 
