@@ -217,6 +217,10 @@ func Run(ctx context.Context, o Options, w io.Writer) (res Result, err error) {
 	}
 
 	say("\n%d bytes sent, %d received, checksum %s, MPTCP %v, %.1fs\n", res.SentBytes, res.RecvBytes, okWord(res.ChecksumOK), res.MPTCP, res.DurationSec)
+	if KernelStreamFault(res) {
+		say("(the same byte count with different bytes: a Linux 6.18 fault on veth with BPF programs on the\n" +
+			" receiving path, which mptcp-xdp only reads; see docs/veth-lab.md)\n")
+	}
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', tabwriter.AlignRight)
 	if !o.Quiet {
 		fmt.Fprintln(tw, "path\tserver if\trate Mbit/s\treceived bytes\tmean Mbit/s\tshare\t")
@@ -296,6 +300,12 @@ func keep(ctx context.Context, lb *lab.Lab, o Options, say func(string, ...any))
 		}
 	}
 	return <-errc
+}
+
+// KernelStreamFault reports whether a transfer has the signature of the kernel's veth fault
+// (docs/veth-lab.md): MPTCP throughout and as many bytes received as sent, but other bytes.
+func KernelStreamFault(res Result) bool {
+	return !res.ChecksumOK && res.MPTCP && res.SentBytes > 0 && res.SentBytes == res.RecvBytes
 }
 
 func okWord(ok bool) string {
