@@ -49,6 +49,8 @@ func BenchmarkXDP(b *testing.B) {
 		{"plain_tcp", "v4/untagged/plain_tcp"},     // ACK with NOP, NOP, timestamps
 		{"dss", "v4/untagged/dss_ack64_map64"},     // timestamps + DSS (64-bit ack, 64-bit mapping)
 		{"mp_join_syn", "v4/untagged/mp_join_syn"}, // MSS, SACK-permitted, timestamps, wscale, MP_JOIN
+		{"plain_tcp_v6", "v6/untagged/plain_tcp"},
+		{"dss_v6", "v6/untagged/dss_ack64_map64"},
 	} {
 		frame := frames[bc.frame]
 		if frame == nil {
