@@ -8,7 +8,6 @@ import (
 	"math"
 	"path/filepath"
 	"slices"
-	"sync"
 	"testing"
 	"time"
 
@@ -157,7 +156,6 @@ type swapResult struct {
 
 // swapper holds the links and programs of one BenchmarkThroughputSwap run and switches sides.
 type swapper struct {
-	tb      testing.TB
 	ns      string
 	ifaces  []int           // server-side ifindexes, in the server namespace
 	ingress []link.Link     // the loader's pinned ingress links, one per interface
@@ -166,8 +164,7 @@ type swapper struct {
 	dpOut   []*ebpf.Program // per interface: the datapath's egress program; empty for a control
 	trivial *ebpf.Program
 	second  *ebpf.Program // a control's side B
-	mu      sync.Mutex
-	err     error
+	err     error         // of a swap during the transfer (OnTick runs on one goroutine, done when Transfer returns)
 }
 
 // set puts side B (datapath) or side A (trivial) in place on every interface.
@@ -233,7 +230,7 @@ func runSwap(tb testing.TB, l *lab.Lab, root string, c swapCase) (res swapResult
 	if err != nil {
 		return res, err
 	}
-	s := &swapper{tb: tb, ns: l.Server}
+	s := &swapper{ns: l.Server}
 	defer s.close()
 	for _, p := range l.Paths {
 		att, err := ld.Attach(loader.AttachOptions{Iface: p.ServerIf, Netns: l.Server, Mode: c.mode, Ingress: c.ingress, Egress: true})
@@ -310,17 +307,13 @@ func runSwap(tb testing.TB, l *lab.Lab, root string, c swapCase) (res swapResult
 			if p > cur {
 				cur, swapped[p] = p, end
 				if err := s.set(sides[p]); err != nil {
-					s.mu.Lock()
 					s.err = errors.Join(s.err, err)
-					s.mu.Unlock()
 				}
 			}
 		},
 	})
 	if err == nil {
-		s.mu.Lock()
 		err = s.err
-		s.mu.Unlock()
 	}
 	if err == nil && !tr.MPTCP {
 		err = errors.New("the connection fell back to TCP")
