@@ -94,10 +94,9 @@ func IsMPTCP(c net.Conn) bool {
 }
 
 // congestionControl returns a Control function for net.Dialer and net.ListenConfig that sets
-// TCP_CONGESTION on the socket before it connects or listens (nil for ""). Before, not after: a
-// socket that started with bbr keeps the kernel's internal pacing on when switched to another
-// algorithm, and MPTCP over veth with internal pacing collapses to about 130 Mbit/s per subflow
-// (docs/veth-lab.md). For an MPTCP socket the kernel passes the algorithm to every subflow, and an
+// TCP_CONGESTION on the socket before it connects or listens (nil for ""). Before, not after: set
+// after connecting, cubic did not lift MPTCP over veth out of the ~130 Mbit/s-per-subflow floor it
+// falls to with bbr (docs/veth-lab.md; it seems the socket keeps the internal pacing bbr turned on). For an MPTCP socket the kernel passes the algorithm to every subflow, and an
 // accepted connection inherits its listener's. Setting it per socket needs CAP_NET_ADMIN but not
 // net.ipv4.tcp_allowed_congestion_control, which only the initial namespace can widen.
 func congestionControl(name string) func(network, address string, c syscall.RawConn) error {
