@@ -6,7 +6,6 @@ import (
 	"flag"
 	"fmt"
 	"math"
-	"path/filepath"
 	"slices"
 	"testing"
 	"time"
@@ -26,13 +25,6 @@ var (
 	swapPhase  = flag.Duration("swap-phase", 150*time.Millisecond, "BenchmarkThroughputSwap: how long one side runs before the other takes over")
 	swapGuard  = flag.Duration("swap-guard", 50*time.Millisecond, "BenchmarkThroughputSwap: the start of each phase that is not counted")
 	swapTick   = flag.Duration("swap-tick", 10*time.Millisecond, "BenchmarkThroughputSwap: how often the received bytes are read")
-)
-
-// Pin names the loader uses for an interface's links and programs (pkg/loader/loader.go).
-const (
-	pinLinkXDP       = "link_xdp"
-	pinLinkTCIngress = "link_tc_ingress"
-	pinLinkTCEgress  = "link_tc_egress"
 )
 
 // swapCase is one comparison of BenchmarkThroughputSwap: side A is a trivial pass-through program
@@ -244,7 +236,7 @@ func runSwap(tb testing.TB, l *lab.Lab, root string, c swapCase) (res swapResult
 			}
 		}()
 		s.ifaces = append(s.ifaces, att.Ifindex)
-		if err := s.take(att.PinDir, c); err != nil {
+		if err := s.take(att, c); err != nil {
 			return res, err
 		}
 	}
@@ -345,38 +337,45 @@ func runSwap(tb testing.TB, l *lab.Lab, root string, c swapCase) (res swapResult
 	return res, nil
 }
 
-// take opens the loader's pinned links and programs of one interface: the ingress link (to be
-// updated in place), the datapath's programs, and the egress link, which is detached at once so
-// that side A runs with an empty egress hook; side B attaches the egress program itself.
-func (s *swapper) take(dir string, c swapCase) error {
-	linkPin := pinLinkXDP
+// take opens, by the ids the loader reports, the links and programs of one interface: the ingress
+// link (to be updated in place), the datapath's two programs, and the egress link, which is
+// detached at once so that side A runs with an empty egress hook; side B attaches the egress
+// program itself. (loader.Detach later removes the defunct link's pin like any other.)
+func (s *swapper) take(att *loader.Attachment, c swapCase) error {
+	ingress := "xdp"
 	if c.ingress == loader.IngressTC {
-		linkPin = pinLinkTCIngress
+		ingress = "tc_ingress"
 	}
-	lk, err := link.LoadPinnedLink(filepath.Join(dir, linkPin), nil)
+	ids := map[string]loader.Program{}
+	for _, p := range att.Programs {
+		ids[p.Hook] = p
+	}
+	in, eg := ids[ingress], ids["tc_egress"]
+	if in.LinkID == 0 || eg.LinkID == 0 {
+		return fmt.Errorf("%s: no %s or tc_egress bpf_link among %+v", att.Interface, ingress, att.Programs)
+	}
+	lk, err := link.NewFromID(link.ID(in.LinkID))
 	if err != nil {
-		return fmt.Errorf("open pinned ingress link: %w", err)
+		return fmt.Errorf("open ingress link %d: %w", in.LinkID, err)
 	}
 	s.ingress = append(s.ingress, lk)
-	in, err := linkProgram(lk)
+	for _, p := range []struct {
+		id   uint32
+		dst  *[]*ebpf.Program
+		hook string
+	}{{in.ID, &s.dpIn, ingress}, {eg.ID, &s.dpOut, "tc_egress"}} {
+		prog, err := ebpf.NewProgramFromID(ebpf.ProgramID(p.id))
+		if err != nil {
+			return fmt.Errorf("open %s program %d: %w", p.hook, p.id, err)
+		}
+		*p.dst = append(*p.dst, prog)
+	}
+	egl, err := link.NewFromID(link.ID(eg.LinkID))
 	if err != nil {
-		return fmt.Errorf("ingress: %w", err)
+		return fmt.Errorf("open egress link %d: %w", eg.LinkID, err)
 	}
-	s.dpIn = append(s.dpIn, in)
-	eg, err := link.LoadPinnedLink(filepath.Join(dir, pinLinkTCEgress), nil)
-	if err != nil {
-		return fmt.Errorf("open pinned egress link: %w", err)
-	}
-	defer eg.Close()
-	out, err := linkProgram(eg)
-	if err != nil {
-		return fmt.Errorf("egress: %w", err)
-	}
-	s.dpOut = append(s.dpOut, out)
-	if err := eg.Unpin(); err != nil {
-		return err
-	}
-	return eg.Detach()
+	defer egl.Close()
+	return egl.Detach()
 }
 
 // trivialFor loads a trivial pass-through program for the case's ingress hook.
@@ -385,17 +384,4 @@ func (s *swapper) trivialFor(c swapCase) (*ebpf.Program, error) {
 		return trivialTC(0)
 	}
 	return trivialXDP(0)
-}
-
-// linkProgram opens the program a bpf_link runs.
-func linkProgram(lk link.Link) (*ebpf.Program, error) {
-	info, err := lk.Info()
-	if err != nil {
-		return nil, fmt.Errorf("link info: %w", err)
-	}
-	prog, err := ebpf.NewProgramFromID(info.Program)
-	if err != nil {
-		return nil, fmt.Errorf("open program %d of link %d: %w", info.Program, info.ID, err)
-	}
-	return prog, nil
 }
