@@ -2,7 +2,6 @@ package demo
 
 import (
 	"context"
-	"os"
 	"strings"
 	"testing"
 	"time"
@@ -18,11 +17,7 @@ import (
 func TestDemo(t *testing.T) {
 	testutil.RequireRoot(t)
 	// A private directory on the host's bpffs, so that other tests' attachments never show here.
-	dir, err := os.MkdirTemp("/sys/fs/bpf", "mxdemo-test-")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { os.RemoveAll(dir) })
+	dir := testutil.TempBPFFS(t, "mxdemo-test-")
 	root := dir + "/mptcp-xdp"
 	var (
 		out strings.Builder

@@ -11,7 +11,28 @@ import (
 	"time"
 
 	"github.com/mptcp-xdp/mptcp-xdp/internal/lab"
+	"github.com/mptcp-xdp/mptcp-xdp/pkg/loader"
 )
+
+// BPFFS is the host's bpffs mount point, where the tests make their private pin roots.
+const BPFFS = "/sys/fs/bpf"
+
+// TempBPFFS returns a new directory of the host's bpffs, removed when tb ends, so that the test's
+// pins never meet another test's. It mounts bpffs on /sys/fs/bpf first when nothing is mounted
+// there (as on a machine that has just booted), as the loader does for the CLI.
+func TempBPFFS(tb testing.TB, pattern string) string {
+	tb.Helper()
+	RequireRoot(tb)
+	if err := loader.EnsureBPFFS(BPFFS); err != nil {
+		tb.Fatal(err)
+	}
+	dir, err := os.MkdirTemp(BPFFS, pattern)
+	if err != nil {
+		tb.Fatalf("private bpffs directory: %v", err)
+	}
+	tb.Cleanup(func() { os.RemoveAll(dir) })
+	return dir
+}
 
 // RequireRoot fails the test (it does not skip it) when not running as root: these tests are the
 // ground truth and must not silently pass by not running.

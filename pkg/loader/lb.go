@@ -155,7 +155,7 @@ func (l *Loader) attachLBKind(o LBAttachOptions, decap bool) (_ *LBMaps, err err
 		return nil, err
 	}
 	defer unlock()
-	if err := ensureBPFFS(filepath.Dir(l.LBRoot())); err != nil {
+	if err := EnsureBPFFS(filepath.Dir(l.LBRoot())); err != nil {
 		return nil, err
 	}
 	dir := l.LBDir(nsDir)

@@ -17,11 +17,7 @@ import (
 func tempLoader(t *testing.T) *loader.Loader {
 	t.Helper()
 	testutil.RequireRoot(t)
-	base, err := os.MkdirTemp("/sys/fs/bpf", "mx-lbtest-")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { os.RemoveAll(base) })
+	base := testutil.TempBPFFS(t, "mx-lbtest-")
 	l, err := loader.New(filepath.Join(base, "mptcp-xdp"))
 	if err != nil {
 		t.Fatal(err)

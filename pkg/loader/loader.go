@@ -67,14 +67,16 @@ func New(root string) (*Loader, error) {
 	if root == "" {
 		root = DefaultRoot
 	}
-	if err := ensureBPFFS(filepath.Dir(root)); err != nil {
+	if err := EnsureBPFFS(filepath.Dir(root)); err != nil {
 		return nil, err
 	}
 	return &Loader{Root: root, LockTimeout: 30 * time.Second}, nil
 }
 
-// ensureBPFFS makes sure dir is a bpffs mount, mounting one if needed.
-func ensureBPFFS(dir string) error {
+// EnsureBPFFS makes sure dir is on a bpffs, mounting one there if it is not. A machine that
+// has just booted often has nothing mounted on /sys/fs/bpf: the directory is then sysfs's, and
+// creating anything in it fails with ENOENT.
+func EnsureBPFFS(dir string) error {
 	var st unix.Statfs_t
 	if err := unix.Statfs(dir, &st); err == nil && uint32(st.Type) == unix.BPF_FS_MAGIC {
 		return nil

@@ -23,11 +23,7 @@ import (
 func historyReader(t *testing.T, maxAge time.Duration) (*stats.Reader, *loader.Loader) {
 	t.Helper()
 	testutil.RequireRoot(t)
-	base, err := os.MkdirTemp("/sys/fs/bpf", "mx-histtest-")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { os.RemoveAll(base) })
+	base := testutil.TempBPFFS(t, "mx-histtest-")
 	l, err := loader.New(filepath.Join(base, "mptcp-xdp"))
 	if err != nil {
 		t.Fatal(err)
