@@ -34,7 +34,7 @@ bench: ## benchmarks (per-packet cost as ratios to a trivial program, throughput
 	$(GO) test -run '^$$' -bench . -benchtime $(BENCHTIME) -benchmem ./...
 
 fuzz: ## fuzz the eBPF parser against the Go reference parser for FUZZTIME executions (e.g. FUZZTIME=5000000x)
-	@case "$(FUZZTIME)" in *[0-9]x) ;; *) echo "FUZZTIME=$(FUZZTIME): give a count of executions such as 1000000x (about 70 s here); a duration makes go1.26 report its own deadline as a failure (golang/go#75804)"; exit 2;; esac
+	@case "$(FUZZTIME)" in *[0-9]x) ;; *) echo "FUZZTIME=$(FUZZTIME): give a count of executions such as 1000000x (about 75 s here); a duration makes go1.26 report its own deadline as a failure (golang/go#75804)"; exit 2;; esac
 	$(GO) test -run '^$$' -fuzz FuzzParserAgreement -fuzztime $(FUZZTIME) -timeout $(FUZZTIMEOUT) ./pkg/datapath/
 
 lint: ## gofmt and go vet

@@ -5,6 +5,7 @@ package testutil
 import (
 	"fmt"
 	"os"
+	"path/filepath"
 	"sort"
 	"strings"
 	"testing"
@@ -14,19 +15,18 @@ import (
 	"github.com/mptcp-xdp/mptcp-xdp/pkg/loader"
 )
 
-// BPFFS is the host's bpffs mount point, where the tests make their private pin roots.
-const BPFFS = "/sys/fs/bpf"
-
 // TempBPFFS returns a new directory of the host's bpffs, removed when tb ends, so that the test's
-// pins never meet another test's. It mounts bpffs on /sys/fs/bpf first when nothing is mounted
-// there (as on a machine that has just booted), as the loader does for the CLI.
+// pins never meet another test's. It mounts bpffs where the CLI's pins live (the parent of
+// loader.DefaultRoot, /sys/fs/bpf) first when nothing is mounted there, as on a machine that has
+// just booted.
 func TempBPFFS(tb testing.TB, pattern string) string {
 	tb.Helper()
 	RequireRoot(tb)
-	if err := loader.EnsureBPFFS(BPFFS); err != nil {
+	bpffs := filepath.Dir(loader.DefaultRoot)
+	if err := loader.EnsureBPFFS(bpffs); err != nil {
 		tb.Fatal(err)
 	}
-	dir, err := os.MkdirTemp(BPFFS, pattern)
+	dir, err := os.MkdirTemp(bpffs, pattern)
 	if err != nil {
 		tb.Fatalf("private bpffs directory: %v", err)
 	}
