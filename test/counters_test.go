@@ -13,8 +13,8 @@ import (
 	"time"
 
 	"github.com/mptcp-xdp/mptcp-xdp/internal/lab"
-	"github.com/mptcp-xdp/mptcp-xdp/internal/netns"
 	"github.com/mptcp-xdp/mptcp-xdp/internal/testutil"
+	"github.com/mptcp-xdp/mptcp-xdp/pkg/netns"
 )
 
 // rxPairs maps a datapath ingress class to the server namespace's MPTcpExt counter of the same

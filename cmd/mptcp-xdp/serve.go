@@ -16,8 +16,8 @@ import (
 	"github.com/prometheus/exporter-toolkit/web"
 	"github.com/spf13/cobra"
 
-	"github.com/mptcp-xdp/mptcp-xdp/internal/netns"
 	"github.com/mptcp-xdp/mptcp-xdp/pkg/exporter"
+	"github.com/mptcp-xdp/mptcp-xdp/pkg/netns"
 	"github.com/mptcp-xdp/mptcp-xdp/pkg/stats"
 )
 

@@ -22,7 +22,7 @@ import (
 	"sync"
 	"time"
 
-	"github.com/mptcp-xdp/mptcp-xdp/internal/netns"
+	"github.com/mptcp-xdp/mptcp-xdp/pkg/netns"
 )
 
 // Config describes a lab. The zero value is a lab with two unshaped IPv4 paths and no extra subflows.

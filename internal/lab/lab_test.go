@@ -13,8 +13,8 @@ import (
 	"time"
 
 	"github.com/mptcp-xdp/mptcp-xdp/internal/lab"
-	"github.com/mptcp-xdp/mptcp-xdp/internal/netns"
 	"github.com/mptcp-xdp/mptcp-xdp/internal/testutil"
+	"github.com/mptcp-xdp/mptcp-xdp/pkg/netns"
 )
 
 func TestMain(m *testing.M) { testutil.Main(m) }

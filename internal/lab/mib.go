@@ -8,7 +8,7 @@ import (
 	"strconv"
 	"strings"
 
-	"github.com/mptcp-xdp/mptcp-xdp/internal/netns"
+	"github.com/mptcp-xdp/mptcp-xdp/pkg/netns"
 )
 
 // MIB holds a namespace's SNMP counters keyed "<Group>.<Name>": "MPTcpExt.MPJoinAckRx",

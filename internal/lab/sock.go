@@ -8,7 +8,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
-	"github.com/mptcp-xdp/mptcp-xdp/internal/netns"
+	"github.com/mptcp-xdp/mptcp-xdp/pkg/netns"
 )
 
 // Listen opens an MPTCP listener in the server namespace. addr is a host:port ("" host: all

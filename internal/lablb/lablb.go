@@ -24,7 +24,7 @@ import (
 	"sync"
 
 	"github.com/mptcp-xdp/mptcp-xdp/internal/lab"
-	"github.com/mptcp-xdp/mptcp-xdp/internal/netns"
+	"github.com/mptcp-xdp/mptcp-xdp/pkg/netns"
 )
 
 // BackendMTU is the MTU of the balancer–backend links: 1500 plus room for an outer IPv6 header.

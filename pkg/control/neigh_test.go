@@ -9,9 +9,9 @@ import (
 	"time"
 
 	"github.com/mptcp-xdp/mptcp-xdp/internal/lab"
-	"github.com/mptcp-xdp/mptcp-xdp/internal/netns"
 	"github.com/mptcp-xdp/mptcp-xdp/internal/testutil"
 	"github.com/mptcp-xdp/mptcp-xdp/pkg/control"
+	"github.com/mptcp-xdp/mptcp-xdp/pkg/netns"
 )
 
 func TestMain(m *testing.M) { testutil.Main(m) }

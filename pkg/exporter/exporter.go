@@ -26,8 +26,8 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"golang.org/x/sys/unix"
 
-	"github.com/mptcp-xdp/mptcp-xdp/internal/netns"
 	"github.com/mptcp-xdp/mptcp-xdp/pkg/loader"
+	"github.com/mptcp-xdp/mptcp-xdp/pkg/netns"
 	"github.com/mptcp-xdp/mptcp-xdp/pkg/stats"
 )
 

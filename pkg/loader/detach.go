@@ -10,7 +10,7 @@ import (
 	"github.com/cilium/ebpf/link"
 	"github.com/vishvananda/netlink"
 
-	"github.com/mptcp-xdp/mptcp-xdp/internal/netns"
+	"github.com/mptcp-xdp/mptcp-xdp/pkg/netns"
 )
 
 // ErrNotAttached is returned by Detach for an interface mptcp-xdp is not attached to.

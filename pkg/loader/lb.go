@@ -27,9 +27,9 @@ import (
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 
-	"github.com/mptcp-xdp/mptcp-xdp/internal/netns"
 	"github.com/mptcp-xdp/mptcp-xdp/pkg/datapath"
 	"github.com/mptcp-xdp/mptcp-xdp/pkg/lb"
+	"github.com/mptcp-xdp/mptcp-xdp/pkg/netns"
 )
 
 // LB pin names.

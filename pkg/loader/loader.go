@@ -25,7 +25,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
-	"github.com/mptcp-xdp/mptcp-xdp/internal/netns"
+	"github.com/mptcp-xdp/mptcp-xdp/pkg/netns"
 )
 
 // DefaultRoot is the tool's bpffs directory.

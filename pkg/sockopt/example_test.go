@@ -9,7 +9,7 @@ import (
 	"time"
 
 	"github.com/mptcp-xdp/mptcp-xdp/internal/lab"
-	"github.com/mptcp-xdp/mptcp-xdp/internal/netns"
+	"github.com/mptcp-xdp/mptcp-xdp/pkg/netns"
 	"github.com/mptcp-xdp/mptcp-xdp/pkg/sockopt"
 )
 

@@ -14,9 +14,9 @@ import (
 	"github.com/cilium/ebpf"
 	"golang.org/x/sys/unix"
 
-	"github.com/mptcp-xdp/mptcp-xdp/internal/netns"
 	"github.com/mptcp-xdp/mptcp-xdp/pkg/datapath"
 	"github.com/mptcp-xdp/mptcp-xdp/pkg/loader"
+	"github.com/mptcp-xdp/mptcp-xdp/pkg/netns"
 )
 
 type histEntry = datapath.SockOpsMxSfHist

@@ -14,8 +14,8 @@ import (
 	"time"
 
 	"github.com/mptcp-xdp/mptcp-xdp/internal/lab"
-	"github.com/mptcp-xdp/mptcp-xdp/internal/netns"
 	"github.com/mptcp-xdp/mptcp-xdp/internal/testutil"
+	"github.com/mptcp-xdp/mptcp-xdp/pkg/netns"
 	"github.com/mptcp-xdp/mptcp-xdp/pkg/sockopt"
 	"github.com/mptcp-xdp/mptcp-xdp/pkg/stats"
 )

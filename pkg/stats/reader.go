@@ -14,9 +14,9 @@ import (
 	"github.com/cilium/ebpf/btf"
 	"github.com/cilium/ebpf/link"
 
-	"github.com/mptcp-xdp/mptcp-xdp/internal/netns"
 	"github.com/mptcp-xdp/mptcp-xdp/pkg/datapath"
 	"github.com/mptcp-xdp/mptcp-xdp/pkg/loader"
+	"github.com/mptcp-xdp/mptcp-xdp/pkg/netns"
 )
 
 // record is the iterator's wire record (struct mx_subflow_rec).

@@ -25,9 +25,9 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/mptcp-xdp/mptcp-xdp/internal/lab"
-	"github.com/mptcp-xdp/mptcp-xdp/internal/netns"
 	"github.com/mptcp-xdp/mptcp-xdp/internal/testutil"
 	"github.com/mptcp-xdp/mptcp-xdp/pkg/loader"
+	"github.com/mptcp-xdp/mptcp-xdp/pkg/netns"
 )
 
 // integrityVariants are the attachments TestIntegrity compares.

@@ -14,9 +14,9 @@ import (
 	"github.com/cilium/ebpf/link"
 
 	"github.com/mptcp-xdp/mptcp-xdp/internal/lab"
-	"github.com/mptcp-xdp/mptcp-xdp/internal/netns"
 	"github.com/mptcp-xdp/mptcp-xdp/internal/testutil"
 	"github.com/mptcp-xdp/mptcp-xdp/pkg/loader"
+	"github.com/mptcp-xdp/mptcp-xdp/pkg/netns"
 )
 
 var (

@@ -12,7 +12,7 @@ import (
 	"github.com/google/gopacket/layers"
 	"golang.org/x/sys/unix"
 
-	"github.com/mptcp-xdp/mptcp-xdp/internal/netns"
+	"github.com/mptcp-xdp/mptcp-xdp/pkg/netns"
 )
 
 // forger sends MP_JOIN SYNs with random tokens at the VIP from the client's first path, through an

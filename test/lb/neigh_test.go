@@ -7,7 +7,7 @@ import (
 	"time"
 
 	"github.com/mptcp-xdp/mptcp-xdp/internal/lablb"
-	"github.com/mptcp-xdp/mptcp-xdp/internal/netns"
+	"github.com/mptcp-xdp/mptcp-xdp/pkg/netns"
 )
 
 // A backend whose MAC changes keeps receiving: the balancer's kernel learns the new address (here
