@@ -115,12 +115,28 @@ func (l *Loader) OpenLB(netnsName string) (*LBMaps, error) {
 // on the first attach) and attaches it to every interface given and every interface it was already
 // attached to, updating those links in place so that steering never stops. It returns the maps.
 func (l *Loader) AttachLB(o LBAttachOptions) (*LBMaps, error) {
+	unlock, err := l.Lock()
+	if err != nil {
+		return nil, err
+	}
+	defer unlock()
+	return l.attachLBKind(o, false)
+}
+
+// AttachLBLocked is AttachLB for a caller that holds l.Lock() already, so that attaching and
+// configuring the balancer (pkg/control.Attach) is one locked operation.
+func (l *Loader) AttachLBLocked(o LBAttachOptions) (*LBMaps, error) {
 	return l.attachLBKind(o, false)
 }
 
 // AttachDecap attaches the backends' decapsulator (ipip mode) to interfaces, accepting outer
 // packets to any address the namespace has now.
 func (l *Loader) AttachDecap(o LBAttachOptions) error {
+	unlock, err := l.Lock()
+	if err != nil {
+		return err
+	}
+	defer unlock()
 	m, err := l.attachLBKind(o, true)
 	if m != nil {
 		m.Close()
@@ -128,6 +144,7 @@ func (l *Loader) AttachDecap(o LBAttachOptions) error {
 	return err
 }
 
+// attachLBKind does the attach; the caller holds the lock.
 func (l *Loader) attachLBKind(o LBAttachOptions, decap bool) (_ *LBMaps, err error) {
 	if o.Mode == "" {
 		o.Mode = ModeAuto
@@ -150,11 +167,6 @@ func (l *Loader) attachLBKind(o LBAttachOptions, decap bool) (_ *LBMaps, err err
 	if err != nil {
 		return nil, err
 	}
-	unlock, err := l.Lock()
-	if err != nil {
-		return nil, err
-	}
-	defer unlock()
 	if err := EnsureBPFFS(filepath.Dir(l.LBRoot())); err != nil {
 		return nil, err
 	}
