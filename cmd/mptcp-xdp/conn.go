@@ -5,15 +5,12 @@ import (
 	"fmt"
 	"io"
 	"math"
-	"net/netip"
-	"sort"
 	"strconv"
 	"time"
 
 	"github.com/spf13/cobra"
 
-	"github.com/mptcp-xdp/mptcp-xdp/pkg/lb"
-	"github.com/mptcp-xdp/mptcp-xdp/pkg/loader"
+	"github.com/mptcp-xdp/mptcp-xdp/pkg/control"
 	"github.com/mptcp-xdp/mptcp-xdp/pkg/stats"
 )
 
@@ -262,50 +259,22 @@ pinned maps (see docs/lb.md): one row per learned server token, with its VIP, th
 holds it and the flows (subflows) the balancer has seen carry that token; -o json adds their
 5-tuples. It reads the maps only: no iterator, no BTF needed.`
 
-// connLBReport is the output of `conn list --lb` (docs/lb.md).
-type connLBReport struct {
-	Netns       string       `json:"netns"`
-	PinDir      string       `json:"pin_dir"`
-	Connections []connLBConn `json:"connections"`
-}
-
-// connLBConn is one token of the balancer's token table and the flows that carry it.
-type connLBConn struct {
-	Token     stats.Token  `json:"token"`
-	VIP       string       `json:"vip"`
-	VIPID     uint32       `json:"vip_id"`
-	Backend   string       `json:"backend"`
-	BackendID uint32       `json:"backend_id"`
-	Subflows  int          `json:"subflows"`
-	Flows     []connLBFlow `json:"flows"`
-}
-
-// connLBFlow is one 5-tuple (TCP) as the client sent it to the VIP.
-type connLBFlow struct {
-	Src string `json:"src"`
-	Dst string `json:"dst"`
-}
-
-// connListLB lists the balancer's tokens with their backend and the flows seen with each.
+// connListLB lists the balancer's tokens with their backend and the flows seen with each
+// (control.Connections, docs/lb.md).
 func connListLB(cmd *cobra.Command, g *globalFlags) error {
 	l, err := newLoader()
 	if err != nil {
 		return err
 	}
-	m, err := l.OpenLB(g.netns)
+	b, err := control.Open(l, g.netns)
 	if err != nil {
 		return err
 	}
-	defer m.Close()
-	nsDir, err := loader.NetnsDir(g.netns)
+	defer b.Close()
+	rep, err := b.Connections()
 	if err != nil {
 		return err
 	}
-	rep, err := connLBOf(m.Maps)
-	if err != nil {
-		return err
-	}
-	rep.Netns, rep.PinDir = nsDir, m.Dir
 	return connRender(cmd, g, rep, func(w io.Writer) error {
 		fmt.Fprintln(w, "TOKEN\tVIP\tBACKEND\tSUBFLOWS")
 		for _, c := range rep.Connections {
@@ -313,82 +282,4 @@ func connListLB(cmd *cobra.Command, g *globalFlags) error {
 		}
 		return nil
 	})
-}
-
-// connLBOf joins the token table with the flow table (a flow carries the token once learned) and
-// the VIP and backend tables.
-func connLBOf(m *lb.Maps) (*connLBReport, error) {
-	vips, err := m.ListVIPs()
-	if err != nil {
-		return nil, err
-	}
-	backends, err := m.ListBackends()
-	if err != nil {
-		return nil, err
-	}
-	tokens, err := m.ListTokens()
-	if err != nil {
-		return nil, err
-	}
-	flows, err := m.ListFlows()
-	if err != nil {
-		return nil, err
-	}
-	vipByID := map[uint32][]netip.AddrPort{}
-	for _, v := range vips {
-		vipByID[v.ID] = append(vipByID[v.ID], v.Addr)
-	}
-	beAddr := map[uint32]string{}
-	for _, b := range backends {
-		beAddr[b.ID] = b.Addr.String()
-	}
-	type tk struct{ vip, token uint32 }
-	// A flow's VIP ID is its destination's (VIPs that share an ID share the token space).
-	idOf := map[netip.AddrPort]uint32{}
-	for _, v := range vips {
-		idOf[v.Addr] = v.ID
-	}
-	byTok := map[tk][]lb.Flow{}
-	for _, f := range flows {
-		id, ok := idOf[f.Dst]
-		if f.Token == 0 || !ok {
-			continue
-		}
-		byTok[tk{id, f.Token}] = append(byTok[tk{id, f.Token}], f)
-	}
-	rep := &connLBReport{Connections: make([]connLBConn, 0, len(tokens))}
-	for _, t := range tokens {
-		fs := byTok[tk{t.VIPID, t.Token}]
-		sort.Slice(fs, func(i, j int) bool {
-			if c := fs[i].Src.Addr().Compare(fs[j].Src.Addr()); c != 0 {
-				return c < 0
-			}
-			return fs[i].Src.Port() < fs[j].Src.Port()
-		})
-		c := connLBConn{Token: stats.Token(t.Token), VIPID: t.VIPID, BackendID: t.Backend, Backend: "-",
-			Subflows: len(fs), Flows: make([]connLBFlow, 0, len(fs))}
-		if a, ok := beAddr[t.Backend]; ok {
-			c.Backend = a
-		}
-		switch {
-		case len(fs) > 0:
-			c.VIP = fs[0].Dst.String()
-		case len(vipByID[t.VIPID]) > 0:
-			c.VIP = vipByID[t.VIPID][0].String()
-		default:
-			c.VIP = "-"
-		}
-		for _, f := range fs {
-			c.Flows = append(c.Flows, connLBFlow{Src: f.Src.String(), Dst: f.Dst.String()})
-		}
-		rep.Connections = append(rep.Connections, c)
-	}
-	sort.Slice(rep.Connections, func(i, j int) bool {
-		a, b := rep.Connections[i], rep.Connections[j]
-		if a.VIPID != b.VIPID {
-			return a.VIPID < b.VIPID
-		}
-		return a.Token < b.Token
-	})
-	return rep, nil
 }

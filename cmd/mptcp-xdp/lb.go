@@ -37,26 +37,6 @@ adds event accounting, garbage collection and next-hop refresh. See docs/lb.md.`
 	return cmd
 }
 
-// openBalancer opens the pinned balancer of --netns and its control plane. Close both.
-func openBalancer(g *globalFlags, l *loader.Loader) (*loader.LBMaps, *control.Balancer, error) {
-	m, err := l.OpenLB(g.netns)
-	if err != nil {
-		return nil, nil, err
-	}
-	res, err := control.NewResolver(g.netns)
-	if err != nil {
-		m.Close()
-		return nil, nil, err
-	}
-	b, err := control.OpenBalancer(m.Maps, m.Weights, res)
-	if err != nil {
-		res.Close()
-		m.Close()
-		return nil, nil, err
-	}
-	return m, b, nil
-}
-
 func parseBackends(specs []string) ([]control.BackendSpec, error) {
 	var out []control.BackendSpec
 	for _, s := range specs {
@@ -115,37 +95,15 @@ changes a VIP's policy, without interrupting steering.`,
 			if err != nil {
 				return err
 			}
-			m, err := l.AttachLB(loader.LBAttachOptions{Netns: g.netns, Ifaces: args, Mode: loader.XDPMode(mode)})
-			if err != nil {
-				return err
-			}
-			m.Close()
-			unlock, err := l.Lock()
-			if err != nil {
-				return err
-			}
-			defer unlock()
-			m, b, err := openBalancer(g, l)
-			if err != nil {
-				return err
-			}
-			defer m.Close()
-			defer b.Close()
-			for _, a := range addrs {
-				if _, err := b.PutVIP(a, pol); err != nil {
-					return err
-				}
-			}
 			ctx, cancel := context.WithTimeout(cmd.Context(), resolveTimeout)
 			defer cancel()
-			if _, err := b.AddBackends(ctx, specs...); err != nil {
-				return err
-			}
-			st, err := lbStatusOf(g, l, m, b)
+			b, err := control.Attach(ctx, l, control.Spec{Netns: g.netns, Ifaces: args, VIPs: addrs, Policy: pol,
+				Backends: specs, Mode: loader.XDPMode(mode)})
 			if err != nil {
 				return err
 			}
-			return render(cmd, g, st, func(w io.Writer) error { return st.table(w) })
+			defer b.Close()
+			return renderLBStatus(cmd, g, b)
 		},
 	}
 	cmd.Flags().StringArrayVar(&vips, "vip", nil, "service address ADDR:PORT ([V6]:PORT), repeatable")
@@ -188,7 +146,8 @@ func newLBBackendCmd(g *globalFlags) *cobra.Command {
 		Short: "Add, drain or remove backends of the balancer",
 	}
 	var timeout time.Duration
-	change := func(use, short string, fn func(ctx context.Context, b *control.Balancer, arg string) error) *cobra.Command {
+	// Every argument is parsed before anything changes; the change itself is one locked step.
+	change := func(use, short string, fn func(ctx context.Context, b *control.Balancer, args []string) error) *cobra.Command {
 		return &cobra.Command{
 			Use: use, Short: short, Args: cobra.MinimumNArgs(1),
 			RunE: func(cmd *cobra.Command, args []string) error {
@@ -196,62 +155,53 @@ func newLBBackendCmd(g *globalFlags) *cobra.Command {
 				if err != nil {
 					return err
 				}
-				unlock, err := l.Lock()
+				b, err := control.Open(l, g.netns)
 				if err != nil {
 					return err
 				}
-				defer unlock()
-				m, b, err := openBalancer(g, l)
-				if err != nil {
-					return err
-				}
-				defer m.Close()
 				defer b.Close()
 				ctx, cancel := context.WithTimeout(cmd.Context(), timeout)
 				defer cancel()
-				for _, a := range args {
-					if err := fn(ctx, b, a); err != nil {
-						return err
-					}
-				}
-				st, err := lbStatusOf(g, l, m, b)
-				if err != nil {
+				if err := fn(ctx, b, args); err != nil {
 					return err
 				}
-				return render(cmd, g, st, func(w io.Writer) error { return st.table(w) })
+				return renderLBStatus(cmd, g, b)
 			},
 		}
 	}
-	addr := func(s string) (netip.Addr, error) {
-		a, err := netip.ParseAddr(s)
-		if err != nil {
-			return a, fmt.Errorf("backend %q: %w", s, err)
+	addrs := func(args []string) ([]netip.Addr, error) {
+		var out []netip.Addr
+		for _, s := range args {
+			a, err := netip.ParseAddr(s)
+			if err != nil {
+				return nil, fmt.Errorf("backend %q: %w", s, err)
+			}
+			out = append(out, a)
 		}
-		return a, nil
+		return out, nil
 	}
 	add := change("add ADDR[,weight=N]...", "Add backends (or change their weight, or reactivate draining ones)",
-		func(ctx context.Context, b *control.Balancer, arg string) error {
-			s, err := control.ParseBackendSpec(arg)
-			if err != nil {
-				return err
+		func(ctx context.Context, b *control.Balancer, args []string) error {
+			specs, err := parseBackends(args)
+			if err == nil {
+				_, err = b.AddBackends(ctx, specs...)
 			}
-			_, err = b.AddBackends(ctx, s)
 			return err
 		})
 	add.Flags().DurationVar(&timeout, "resolve-timeout", 5*time.Second, "how long to wait for a backend's neighbour to resolve")
 	drain := change("drain ADDR...", "Give backends no new connections; their connections and joins still reach them",
-		func(ctx context.Context, b *control.Balancer, arg string) error {
-			a, err := addr(arg)
+		func(ctx context.Context, b *control.Balancer, args []string) error {
+			as, err := addrs(args)
 			if err == nil {
-				_, err = b.Drain(a)
+				_, err = b.Drain(as...)
 			}
 			return err
 		})
 	remove := change("remove ADDR...", "Remove backends: their flows are placed anew, their joins follow the unknown-join policy",
-		func(ctx context.Context, b *control.Balancer, arg string) error {
-			a, err := addr(arg)
+		func(ctx context.Context, b *control.Balancer, args []string) error {
+			as, err := addrs(args)
 			if err == nil {
-				_, err = b.Remove(a)
+				_, err = b.Remove(as...)
 			}
 			return err
 		})
@@ -263,113 +213,16 @@ func newLBBackendCmd(g *globalFlags) *cobra.Command {
 	return cmd
 }
 
-// lbStatus is `lb status -o json` (docs/lb.md).
-type lbStatus struct {
-	Netns      string            `json:"netns"`
-	PinDir     string            `json:"pin_dir"`
-	Interfaces []loader.LBLink   `json:"interfaces"`
-	VIPs       []lbVIP           `json:"vips"`
-	Backends   []lbBackend       `json:"backends"`
-	Flows      int               `json:"flows"`
-	Tokens     int               `json:"tokens"`
-	Stats      map[string]uint64 `json:"stats"`
+// renderLBStatus prints the balancer's status (`lb status -o json`: control.Status, docs/lb.md).
+func renderLBStatus(cmd *cobra.Command, g *globalFlags, b *control.Balancer) error {
+	st, err := b.Status()
+	if err != nil {
+		return err
+	}
+	return render(cmd, g, st, func(w io.Writer) error { return lbStatusTable(w, st) })
 }
 
-type lbVIP struct {
-	Addr         string `json:"addr"`
-	ID           uint32 `json:"id"`
-	Forward      string `json:"forward"`
-	UnknownJoin  string `json:"unknown_join"`
-	JoinSteering bool   `json:"join_steering"`
-	Tokens       int    `json:"tokens"`
-}
-
-type lbBackend struct {
-	ID        uint32 `json:"id"`
-	Addr      string `json:"addr"`
-	Weight    uint32 `json:"weight"`
-	State     string `json:"state"`
-	Ifindex   int    `json:"ifindex"`
-	Iface     string `json:"iface"`
-	MAC       string `json:"mac"`
-	SrcMAC    string `json:"src_mac"`
-	SrcAddr   string `json:"src_addr,omitempty"`
-	RingSlots int    `json:"ring_slots"` // slots of the first VIP's Maglev table
-	Flows     int    `json:"flows"`
-	Tokens    int    `json:"tokens"`
-}
-
-func lbStatusOf(g *globalFlags, l *loader.Loader, m *loader.LBMaps, b *control.Balancer) (*lbStatus, error) {
-	nsDir, err := loader.NetnsDir(g.netns)
-	if err != nil {
-		return nil, err
-	}
-	st := &lbStatus{Netns: nsDir, PinDir: m.Dir, Interfaces: []loader.LBLink{}, VIPs: []lbVIP{}, Backends: []lbBackend{}}
-	if st.Interfaces, err = l.LBLinks(g.netns, false); err != nil {
-		return nil, err
-	}
-	vips, err := m.ListVIPs()
-	if err != nil {
-		return nil, err
-	}
-	sort.Slice(vips, func(i, j int) bool { return vips[i].ID < vips[j].ID })
-	flows, err := m.ListFlows()
-	if err != nil {
-		return nil, err
-	}
-	tokens, err := m.ListTokens()
-	if err != nil {
-		return nil, err
-	}
-	st.Flows, st.Tokens = len(flows), len(tokens)
-	perVIP := map[uint32]int{}
-	tokPerBE, flowPerBE := map[uint32]int{}, map[uint32]int{}
-	for _, t := range tokens {
-		perVIP[t.VIPID]++
-		tokPerBE[t.Backend]++
-	}
-	for _, f := range flows {
-		flowPerBE[f.Backend]++
-	}
-	for _, v := range vips {
-		st.VIPs = append(st.VIPs, lbVIP{Addr: v.Addr.String(), ID: v.ID, Forward: v.Forward.String(),
-			UnknownJoin: v.UnknownJoin.String(), JoinSteering: v.JoinSteering, Tokens: perVIP[v.ID]})
-	}
-	slots := map[uint32]int{}
-	if len(vips) > 0 {
-		ring, err := m.ReadRing(vips[0].ID)
-		if err != nil {
-			return nil, err
-		}
-		for _, id := range ring {
-			slots[id]++
-		}
-	}
-	for _, be := range b.List() {
-		e, _, err := m.Backend(be.ID)
-		if err != nil {
-			return nil, err
-		}
-		row := lbBackend{ID: be.ID, Addr: be.Addr.String(), Weight: be.Weight, State: string(be.State),
-			Ifindex: e.Ifindex, MAC: e.MAC.String(), SrcMAC: e.SrcMAC.String(), RingSlots: slots[be.ID],
-			Flows: flowPerBE[be.ID], Tokens: tokPerBE[be.ID]}
-		if e.SrcAddr.IsValid() && !e.SrcAddr.IsUnspecified() {
-			row.SrcAddr = e.SrcAddr.String()
-		}
-		if nh, err := b.Resolver.Route(be.Addr, false); err == nil {
-			row.Iface = nh.Iface
-		}
-		st.Backends = append(st.Backends, row)
-	}
-	s, err := m.ReadStats()
-	if err != nil {
-		return nil, err
-	}
-	st.Stats = s.Map()
-	return st, nil
-}
-
-func (st *lbStatus) table(w io.Writer) error {
+func lbStatusTable(w io.Writer, st *control.Status) error {
 	var ifs []string
 	for _, i := range st.Interfaces {
 		s := i.Interface + " (" + orDash(i.XDPMode) + ")"
@@ -418,17 +271,12 @@ func newLBStatusCmd(g *globalFlags) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			m, b, err := openBalancer(g, l)
+			b, err := control.Open(l, g.netns)
 			if err != nil {
 				return err
 			}
-			defer m.Close()
 			defer b.Close()
-			st, err := lbStatusOf(g, l, m, b)
-			if err != nil {
-				return err
-			}
-			return render(cmd, g, st, func(w io.Writer) error { return st.table(w) })
+			return renderLBStatus(cmd, g, b)
 		},
 	}
 }
@@ -500,15 +348,13 @@ without it: stop and restart it at will. Logs go to stderr; SIGINT/SIGTERM stop 
 			if err != nil {
 				return err
 			}
-			m, b, err := openBalancer(g, l)
+			b, err := control.Open(l, g.netns)
 			if err != nil {
 				return err
 			}
-			defer m.Close()
 			defer b.Close()
 			ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
 			defer stop()
-			cfg.Lock = l.Lock
 			return b.Run(ctx, cfg)
 		},
 	}

@@ -89,14 +89,6 @@ func RunLB(ctx context.Context, o LBOptions, live io.Writer) (res *LBResult, err
 	for _, p := range l.Paths {
 		ifaces = append(ifaces, p.LBIf)
 	}
-	maps, err := ld.AttachLB(loader.LBAttachOptions{Netns: l.LB, Ifaces: ifaces, Mode: o.Mode})
-	if err != nil {
-		return nil, err
-	}
-	defer func() {
-		maps.Close()
-		err = errors.Join(err, ld.DetachLB(l.LB))
-	}()
 	if fwd == lb.ForwardIPIP {
 		for _, b := range l.Backends {
 			if err := ld.AttachDecap(loader.LBAttachOptions{Netns: b.Netns, Ifaces: []string{b.If}, Mode: o.Mode}); err != nil {
@@ -105,39 +97,34 @@ func RunLB(ctx context.Context, o LBOptions, live io.Writer) (res *LBResult, err
 			defer func() { err = errors.Join(err, ld.DetachDecap(b.Netns, nil)) }()
 		}
 	}
-	res2, err := control.NewResolver(l.LB)
-	if err != nil {
-		return nil, err
-	}
-	bal, err := control.OpenBalancer(maps.Maps, maps.Weights, res2)
-	if err != nil {
-		res2.Close()
-		return nil, err
-	}
-	defer bal.Close()
 	pol := control.DefaultPolicy
 	pol.Forward = fwd
 	pol.JoinSteering = false
-	if _, err := bal.PutVIP(vip, pol); err != nil {
-		return nil, err
-	}
 	var specs []control.BackendSpec
 	for _, b := range l.Backends {
 		specs = append(specs, control.BackendSpec{Addr: b.IP4, Weight: 1})
 	}
 	rctx, rcancel := context.WithTimeout(ctx, 10*time.Second)
-	_, err = bal.AddBackends(rctx, specs...)
+	bal, err := control.Attach(rctx, ld, control.Spec{Netns: l.LB, Ifaces: ifaces, VIPs: []netip.AddrPort{vip},
+		Policy: pol, Backends: specs, Mode: o.Mode})
 	rcancel()
+	defer func() {
+		// Also after a failed Attach, which may have attached the program before it failed.
+		if derr := ld.DetachLB(l.LB); derr != nil && !errors.Is(derr, loader.ErrLBNotAttached) {
+			err = errors.Join(err, derr)
+		}
+	}()
 	if err != nil {
 		return nil, err
 	}
+	defer bal.Close()
 	res.Backends = bal.List()
 
 	var counts control.EventCounts
 	evCtx, evCancel := context.WithCancel(ctx)
 	var evWG sync.WaitGroup
 	evWG.Add(1)
-	go func() { defer evWG.Done(); _ = control.ConsumeEvents(evCtx, maps.Maps, &counts, nil) }()
+	go func() { defer evWG.Done(); _ = control.ConsumeEvents(evCtx, bal.Maps, &counts, nil) }()
 	defer func() { evCancel(); evWG.Wait() }()
 
 	say("balancer lab: client %s (2 paths) → balancer %s (XDP on %s, %s forwarding) → 3 backends, VIP %s\n",
@@ -149,7 +136,7 @@ func RunLB(ctx context.Context, o LBOptions, live io.Writer) (res *LBResult, err
 		if _, err := bal.PutVIP(vip, pol); err != nil {
 			return res, err
 		}
-		ph, err := lbPhase(ctx, l, maps.Maps, vip, o.Conns, steering, say)
+		ph, err := lbPhase(ctx, l, bal.Maps, vip, o.Conns, steering, say)
 		if err != nil {
 			return res, err
 		}

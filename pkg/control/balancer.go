@@ -12,6 +12,7 @@ import (
 	"github.com/cilium/ebpf"
 
 	"github.com/mptcp-xdp/mptcp-xdp/pkg/lb"
+	"github.com/mptcp-xdp/mptcp-xdp/pkg/loader"
 )
 
 // Policy is how a balancer treats its VIPs' traffic.
@@ -27,29 +28,41 @@ var DefaultPolicy = Policy{Forward: lb.ForwardL2, UnknownJoin: lb.JoinDrop, Join
 // Balancer is the control plane of one balancer: its pinned maps, the backend set they hold and
 // the resolver of its network namespace. Every change is written to the maps at once, so any
 // number of short-lived processes (the CLI) and one long-running one (`lb run`) can share a
-// balancer; serialize changes with the loader's lock.
+// balancer. A balancer from Open or Attach makes every change (PutVIP, DeleteVIP, AddBackends,
+// Drain, Remove) under the loader's lock, on the backend set re-read once the lock is held.
 type Balancer struct {
 	Maps     *lb.Maps
 	Weights  *ebpf.Map // backend id → weight, the control plane's own pinned map
 	Resolver *Resolver
 
 	set *BackendSet
+
+	// Set by Open and Attach.
+	loader *loader.Loader
+	netns  string // as given (`ip netns` name, or empty)
+	nsDir  string // as the pins name it
+	pinned *loader.LBMaps
+	lock   func() (func(), error)
 }
 
-// OpenBalancer reads the backend set back from the maps. The resolver is used, and owned, by
-// the balancer from then on (Close closes it); the maps are the caller's.
+// OpenBalancer reads the backend set back from maps that the caller opened (and closes), for a
+// balancer loaded without pins. The resolver is used, and owned, by the balancer from then on
+// (Close closes it). Changes take no lock: the caller serialises them.
 func OpenBalancer(maps *lb.Maps, weights *ebpf.Map, res *Resolver) (*Balancer, error) {
-	b := &Balancer{Maps: maps, Weights: weights, Resolver: res}
+	b := &Balancer{Maps: maps, Weights: weights, Resolver: res, lock: func() (func(), error) { return func() {}, nil }}
 	if err := b.reload(); err != nil {
 		return nil, err
 	}
 	return b, nil
 }
 
-// Close releases the resolver.
+// Close releases the resolver, and the pinned maps of a balancer from Open or Attach.
 func (b *Balancer) Close() {
 	if b.Resolver != nil {
 		b.Resolver.Close()
+	}
+	if b.pinned != nil {
+		b.pinned.Close()
 	}
 }
 
@@ -100,7 +113,12 @@ func (b *Balancer) onLink() (bool, error) {
 
 // PutVIP adds a VIP (or changes its policy), giving it the lowest free ring id, and writes its
 // Maglev table.
-func (b *Balancer) PutVIP(addr netip.AddrPort, p Policy) (lb.VIP, error) {
+func (b *Balancer) PutVIP(addr netip.AddrPort, p Policy) (v lb.VIP, err error) {
+	err = b.locked(func() error { v, err = b.putVIP(addr, p); return err })
+	return v, err
+}
+
+func (b *Balancer) putVIP(addr netip.AddrPort, p Policy) (lb.VIP, error) {
 	addr = netip.AddrPortFrom(addr.Addr().Unmap(), addr.Port())
 	if !addr.Addr().IsValid() || addr.Port() == 0 {
 		return lb.VIP{}, fmt.Errorf("vip %s: want ADDR:PORT with a port", addr)
@@ -141,7 +159,7 @@ func (b *Balancer) PutVIP(addr netip.AddrPort, p Policy) (lb.VIP, error) {
 
 // DeleteVIP removes a VIP and its tokens; its traffic goes to the balancer's stack again.
 func (b *Balancer) DeleteVIP(addr netip.AddrPort) error {
-	return b.Maps.DeleteVIP(netip.AddrPortFrom(addr.Addr().Unmap(), addr.Port()))
+	return b.locked(func() error { return b.Maps.DeleteVIP(netip.AddrPortFrom(addr.Addr().Unmap(), addr.Port())) })
 }
 
 func (b *Balancer) writeRing(vipID uint32) error {
@@ -173,7 +191,12 @@ func (b *Balancer) rebuild() error {
 // AddBackends adds backends (or updates their weight, or reactivates draining ones): each is
 // resolved to its next hop first (waiting for the neighbour until ctx ends), written to the backend
 // table, and then the tables of every VIP are rebuilt once.
-func (b *Balancer) AddBackends(ctx context.Context, specs ...BackendSpec) ([]Backend, error) {
+func (b *Balancer) AddBackends(ctx context.Context, specs ...BackendSpec) (out []Backend, err error) {
+	err = b.locked(func() error { out, err = b.addBackends(ctx, specs...); return err })
+	return out, err
+}
+
+func (b *Balancer) addBackends(ctx context.Context, specs ...BackendSpec) ([]Backend, error) {
 	onLink, err := b.onLink()
 	if err != nil {
 		return nil, err
@@ -210,7 +233,21 @@ func (b *Balancer) putBackend(be Backend, nh NextHop) error {
 // Drain stops new connections to a backend: it leaves every VIP's table (and is flagged draining,
 // which the datapath also honours for the moment until the tables are rewritten); its flows and the
 // joins of its connections still reach it.
-func (b *Balancer) Drain(addr netip.Addr) (Backend, error) {
+func (b *Balancer) Drain(addrs ...netip.Addr) (out []Backend, err error) {
+	err = b.locked(func() error {
+		for _, a := range addrs {
+			be, err := b.drain(a)
+			if err != nil {
+				return err
+			}
+			out = append(out, be)
+		}
+		return nil
+	})
+	return out, err
+}
+
+func (b *Balancer) drain(addr netip.Addr) (Backend, error) {
 	be, err := b.set.Drain(addr)
 	if err != nil {
 		return be, err
@@ -231,7 +268,21 @@ func (b *Balancer) Drain(addr netip.Addr) (Backend, error) {
 
 // Remove takes a backend out: the tables first, then its entry, so that its flows are placed anew
 // and its connections' joins follow the unknown-join policy.
-func (b *Balancer) Remove(addr netip.Addr) (Backend, error) {
+func (b *Balancer) Remove(addrs ...netip.Addr) (out []Backend, err error) {
+	err = b.locked(func() error {
+		for _, a := range addrs {
+			be, err := b.remove(a)
+			if err != nil {
+				return err
+			}
+			out = append(out, be)
+		}
+		return nil
+	})
+	return out, err
+}
+
+func (b *Balancer) remove(addr netip.Addr) (Backend, error) {
 	be, err := b.set.Remove(addr)
 	if err != nil {
 		return be, err

@@ -16,7 +16,8 @@ type RunConfig struct {
 	RefreshInterval time.Duration // next-hop re-check besides neighbour events; 0 means 30 s
 	SummaryInterval time.Duration // a log line with counters; 0 means 60 s
 	// Lock, if set, is held around every change the loop writes, so that it never races a CLI
-	// invocation that changes the backend set (the loader's lock).
+	// invocation that changes the backend set; nil means the balancer's own (the loader's lock for
+	// a balancer from Open or Attach).
 	Lock func() (func(), error)
 	// Counts receives the event counts; nil makes a private one.
 	Counts *EventCounts
@@ -42,7 +43,7 @@ func (b *Balancer) Run(ctx context.Context, cfg RunConfig) error {
 		cfg.Counts = &EventCounts{}
 	}
 	if cfg.Lock == nil {
-		cfg.Lock = func() (func(), error) { return func() {}, nil }
+		cfg.Lock = b.lock
 	}
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()

@@ -18,6 +18,7 @@ import (
 	"time"
 
 	"github.com/mptcp-xdp/mptcp-xdp/internal/testutil"
+	"github.com/mptcp-xdp/mptcp-xdp/pkg/control"
 )
 
 // bin is the mptcp-xdp binary built by TestMain.
@@ -76,44 +77,9 @@ func mxErr(args ...string) (string, error) {
 	return stdout.String(), nil
 }
 
-// status is `lb status -o json`, decoded with the test's own types: the JSON contract is tested.
-type status struct {
-	Netns      string `json:"netns"`
-	PinDir     string `json:"pin_dir"`
-	Interfaces []struct {
-		Interface string `json:"interface"`
-		Ifindex   int    `json:"ifindex"`
-		XDPMode   string `json:"xdp_mode"`
-		LinkID    uint32 `json:"link_id"`
-		ProgID    uint32 `json:"prog_id"`
-		Problem   string `json:"problem"`
-	} `json:"interfaces"`
-	VIPs []struct {
-		Addr         string `json:"addr"`
-		ID           uint32 `json:"id"`
-		Forward      string `json:"forward"`
-		UnknownJoin  string `json:"unknown_join"`
-		JoinSteering bool   `json:"join_steering"`
-		Tokens       int    `json:"tokens"`
-	} `json:"vips"`
-	Backends []struct {
-		ID        uint32 `json:"id"`
-		Addr      string `json:"addr"`
-		Weight    uint32 `json:"weight"`
-		State     string `json:"state"`
-		Ifindex   int    `json:"ifindex"`
-		Iface     string `json:"iface"`
-		MAC       string `json:"mac"`
-		SrcMAC    string `json:"src_mac"`
-		SrcAddr   string `json:"src_addr"`
-		RingSlots int    `json:"ring_slots"`
-		Flows     int    `json:"flows"`
-		Tokens    int    `json:"tokens"`
-	} `json:"backends"`
-	Flows  int               `json:"flows"`
-	Tokens int               `json:"tokens"`
-	Stats  map[string]uint64 `json:"stats"`
-}
+// status is `lb status -o json`, decoded into the package's own type (its JSON names are held by
+// pkg/control's contract test).
+type status = control.Status
 
 func lbStatus(t testing.TB, ns string) status {
 	t.Helper()

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/mptcp-xdp/mptcp-xdp/internal/lablb"
+	"github.com/mptcp-xdp/mptcp-xdp/pkg/control"
 	"github.com/mptcp-xdp/mptcp-xdp/pkg/loader"
 )
 
@@ -169,19 +170,7 @@ func steeringRun(t *testing.T, o options) {
 func (s *setup) connListLB(t testing.TB, v lablb.View) (match int, bad []string) {
 	t.Helper()
 	out := mx(t, "--netns", s.LB, "conn", "list", "--lb", "-o", "json")
-	var rep struct {
-		Connections []struct {
-			Token     string `json:"token"`
-			VIP       string `json:"vip"`
-			Backend   string `json:"backend"`
-			BackendID uint32 `json:"backend_id"`
-			Subflows  int    `json:"subflows"`
-			Flows     []struct {
-				Src string `json:"src"`
-				Dst string `json:"dst"`
-			} `json:"flows"`
-		} `json:"connections"`
-	}
+	var rep control.Connections
 	if err := json.Unmarshal([]byte(out), &rep); err != nil {
 		t.Fatalf("conn list --lb -o json: %v\n%s", err, out)
 	}
@@ -193,16 +182,17 @@ func (s *setup) connListLB(t testing.TB, v lablb.View) (match int, bad []string)
 	}
 	seen := map[string]bool{}
 	for _, c := range rep.Connections {
-		j, ok := want[c.Token]
+		tok := c.Token.String()
+		j, ok := want[tok]
 		switch {
 		case !ok:
 			bad = append(bad, fmt.Sprintf("token %s listed, on no backend", c.Token))
 			continue
-		case seen[c.Token]:
+		case seen[tok]:
 			bad = append(bad, fmt.Sprintf("token %s listed twice", c.Token))
 			continue
 		}
-		seen[c.Token] = true
+		seen[tok] = true
 		b := s.Backends[j]
 		addr := b.IP4
 		if s.opts.v6 {
@@ -225,7 +215,7 @@ func (s *setup) connListLB(t testing.TB, v lablb.View) (match int, bad []string)
 			}
 		}
 		if problem != "" {
-			bad = append(bad, "token "+c.Token+": "+problem)
+			bad = append(bad, "token "+tok+": "+problem)
 			continue
 		}
 		match++
