@@ -37,6 +37,15 @@ const (
 	PinHistoryCfg  = "mptcpx_hist_cfg"
 )
 
+// historyPins are the history's pins (the registry's, pins.go): its cgroup link and its maps.
+func historyPins() []pinDef {
+	return []pinDef{
+		{PinHistoryLink, ObjectLink, "sock_ops", "bpf_link"},
+		{PinHistoryMap, ObjectMap, "", ""},
+		{PinHistoryCfg, ObjectMap, "", ""},
+	}
+}
+
 // History defaults.
 const (
 	DefaultHistoryEntries = 16384

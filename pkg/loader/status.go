@@ -1,16 +1,11 @@
 package loader
 
 import (
-	"errors"
 	"fmt"
-	"os"
-	"path/filepath"
-	"sort"
 	"strings"
 	"time"
 
 	"github.com/cilium/ebpf"
-	"github.com/cilium/ebpf/link"
 	"github.com/vishvananda/netlink"
 
 	"github.com/mptcp-xdp/mptcp-xdp/pkg/netns"
@@ -53,48 +48,41 @@ type MapInfo struct {
 	Pin        string `json:"pin"`
 }
 
-// List describes every attachment under the root; with netnsDir set, only those of that namespace.
+// List describes every attachment of the datapath under the root; with netnsDir set, only those of
+// that namespace. The caller holds RLock.
 func (l *Loader) List(netnsDir string) ([]Attachment, error) {
-	nss, err := os.ReadDir(l.Root)
+	dirs, err := l.ifaceDirs(netnsDir)
 	if err != nil {
-		if errors.Is(err, os.ErrNotExist) {
-			return nil, nil
-		}
-		return nil, fmt.Errorf("read %s: %w", l.Root, err)
+		return nil, err
 	}
-	var out []Attachment
-	for _, ns := range nss {
-		if !ns.IsDir() || (netnsDir != "" && ns.Name() != netnsDir) {
-			continue
-		}
-		ifs, err := os.ReadDir(filepath.Join(l.Root, ns.Name()))
-		if err != nil {
-			return nil, fmt.Errorf("read %s: %w", filepath.Join(l.Root, ns.Name()), err)
-		}
-		for _, i := range ifs {
-			if !i.IsDir() {
-				continue
-			}
-			a, err := l.describe(ns.Name(), i.Name())
-			if err != nil {
-				return nil, err
-			}
-			out = append(out, *a)
-		}
+	pins, err := l.datapathPins(netnsDir)
+	if err != nil {
+		return nil, err
 	}
-	sort.Slice(out, func(i, j int) bool {
-		if out[i].Netns != out[j].Netns {
-			return out[i].Netns < out[j].Netns
-		}
-		return out[i].Interface < out[j].Interface
-	})
+	for i := range pins {
+		pins[i].resolve()
+	}
+	out := l.attachments(dirs, pins)
+	if len(out) == 0 {
+		return nil, nil
+	}
 	return out, nil
 }
 
 // describe reads the pins of one interface directory.
 func (l *Loader) describe(nsDir, iface string) (*Attachment, error) {
+	pins := l.dirPins(KindDatapath, nsDir, iface, l.IfaceDir(nsDir, iface), datapathPins())
+	for i := range pins {
+		pins[i].resolve()
+	}
+	a := l.describePins(nsDir, iface, pins)
+	return &a, nil
+}
+
+// describePins makes the attachment of one interface directory from its pins (resolved).
+func (l *Loader) describePins(nsDir, iface string, pins []Pin) Attachment {
 	dir := l.IfaceDir(nsDir, iface)
-	a := &Attachment{Netns: nsDir, Interface: iface, PinDir: dir, Programs: []Program{}, Maps: []MapInfo{}}
+	a := Attachment{Netns: nsDir, Interface: iface, PinDir: dir, Programs: []Program{}, Maps: []MapInfo{}}
 	meta, ok := loadPinnedMeta(dir)
 	if !ok {
 		a.Problems = append(a.Problems, "no attach state pinned (interrupted attach?): run detach")
@@ -107,54 +95,34 @@ func (l *Loader) describe(nsDir, iface string) (*Attachment, error) {
 		a.AttachedAt = time.Unix(0, int64(meta.AttachedNs)).UTC()
 	}
 
-	hooks := []struct{ hook, linkPin, progPin, linkMech, nlMech string }{
-		{"xdp", pinLinkXDP, pinProgXDP, "bpf_link", "netlink"},
-		{"tc_ingress", pinLinkTCIngress, pinProgTCIngress, "tcx", "clsact"},
-		{"tc_egress", pinLinkTCEgress, pinProgTCEgress, "tcx", "clsact"},
-	}
-	for _, h := range hooks {
-		if lk, err := link.LoadPinnedLink(filepath.Join(dir, h.linkPin), nil); err == nil {
-			p := Program{Hook: h.hook, Mechanism: h.linkMech}
-			if info, err := lk.Info(); err == nil {
-				p.LinkID = uint32(info.ID)
-				p.ID = uint32(info.Program)
-				if x := info.XDP(); x != nil && x.Ifindex == 0 {
-					a.Problems = append(a.Problems, h.hook+" link is defunct: its interface is gone")
-				}
-				if t := info.TCX(); t != nil && t.Ifindex == 0 {
-					a.Problems = append(a.Problems, h.hook+" link is defunct: its interface is gone")
-				}
+	// One program per hook: its link, else its netlink or clsact program pin.
+	for _, h := range datapathHooks {
+		var use *Pin
+		for i := range pins {
+			p := &pins[i]
+			if p.Hook == h.hook && (p.Object == ObjectLink || (use == nil && p.Object == ObjectProg)) {
+				use = p
 			}
-			p.Name = progName(p.ID)
-			lk.Close()
-			a.Programs = append(a.Programs, p)
+		}
+		if use == nil {
 			continue
 		}
-		if pr, err := ebpf.LoadPinnedProgram(filepath.Join(dir, h.progPin), nil); err == nil {
-			p := Program{Hook: h.hook, Mechanism: h.nlMech}
-			if info, err := pr.Info(); err == nil {
-				id, _ := info.ID()
-				p.ID, p.Name = uint32(id), info.Name
-			}
-			pr.Close()
-			a.Programs = append(a.Programs, p)
+		if use.Problem != "" {
+			a.Problems = append(a.Problems, use.Problem)
 		}
+		a.Programs = append(a.Programs, Program{Hook: h.hook, Mechanism: use.Mechanism, ID: use.ProgID, Name: use.Name, LinkID: linkID(*use)})
 	}
-
-	for _, name := range []string{pinCounters, pinMeta} {
-		m, err := ebpf.LoadPinnedMap(filepath.Join(dir, name), &ebpf.LoadPinOptions{ReadOnly: true})
-		if err != nil {
-			continue
+	for _, p := range pins {
+		if p.Object == ObjectMap && p.Problem == "" {
+			a.Maps = append(a.Maps, p.mapInfo)
 		}
-		a.Maps = append(a.Maps, DescribeMap(m, filepath.Join(dir, name)))
-		m.Close()
 	}
 	if a.Ifindex != 0 && !strings.HasPrefix(nsDir, "ns-") {
 		if p := checkInterface(nsDir, iface, a.Ifindex); p != "" {
 			a.Problems = append(a.Problems, p)
 		}
 	}
-	return a, nil
+	return a
 }
 
 // checkInterface reports a problem when the interface no longer exists with the pinned index.
