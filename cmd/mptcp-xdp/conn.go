@@ -262,24 +262,17 @@ holds it and the flows (subflows) the balancer has seen carry that token; -o jso
 // connListLB lists the balancer's tokens with their backend and the flows seen with each
 // (control.Connections, docs/lb.md).
 func connListLB(cmd *cobra.Command, g *globalFlags) error {
-	l, err := newLoader()
-	if err != nil {
-		return err
-	}
-	b, err := control.Open(l, g.netns)
-	if err != nil {
-		return err
-	}
-	defer b.Close()
-	rep, err := b.Connections()
-	if err != nil {
-		return err
-	}
-	return connRender(cmd, g, rep, func(w io.Writer) error {
-		fmt.Fprintln(w, "TOKEN\tVIP\tBACKEND\tSUBFLOWS")
-		for _, c := range rep.Connections {
-			fmt.Fprintf(w, "%s\t%s\t%s\t%d\n", c.Token, c.VIP, c.Backend, c.Subflows)
+	return withBalancer(g, false, func(b *control.Balancer) error {
+		rep, err := b.Connections()
+		if err != nil {
+			return err
 		}
-		return nil
+		return connRender(cmd, g, rep, func(w io.Writer) error {
+			fmt.Fprintln(w, "TOKEN\tVIP\tBACKEND\tSUBFLOWS")
+			for _, c := range rep.Connections {
+				fmt.Fprintf(w, "%s\t%s\t%s\t%d\n", c.Token, c.VIP, c.Backend, c.Subflows)
+			}
+			return nil
+		})
 	})
 }

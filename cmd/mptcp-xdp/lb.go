@@ -37,6 +37,25 @@ adds event accounting, garbage collection and next-hop refresh. See docs/lb.md.`
 	return cmd
 }
 
+// withBalancer opens the pinned balancer of --netns (checking privileges first when privileged),
+// runs fn on it and closes it.
+func withBalancer(g *globalFlags, privileged bool, fn func(b *control.Balancer) error) error {
+	open := newLoader
+	if privileged {
+		open = func() (*loader.Loader, error) { return privilegedLoader(g) }
+	}
+	l, err := open()
+	if err != nil {
+		return err
+	}
+	b, err := control.Open(l, g.netns)
+	if err != nil {
+		return err
+	}
+	defer b.Close()
+	return fn(b)
+}
+
 func parseBackends(specs []string) ([]control.BackendSpec, error) {
 	var out []control.BackendSpec
 	for _, s := range specs {
@@ -151,21 +170,14 @@ func newLBBackendCmd(g *globalFlags) *cobra.Command {
 		return &cobra.Command{
 			Use: use, Short: short, Args: cobra.MinimumNArgs(1),
 			RunE: func(cmd *cobra.Command, args []string) error {
-				l, err := privilegedLoader(g)
-				if err != nil {
-					return err
-				}
-				b, err := control.Open(l, g.netns)
-				if err != nil {
-					return err
-				}
-				defer b.Close()
-				ctx, cancel := context.WithTimeout(cmd.Context(), timeout)
-				defer cancel()
-				if err := fn(ctx, b, args); err != nil {
-					return err
-				}
-				return renderLBStatus(cmd, g, b)
+				return withBalancer(g, true, func(b *control.Balancer) error {
+					ctx, cancel := context.WithTimeout(cmd.Context(), timeout)
+					defer cancel()
+					if err := fn(ctx, b, args); err != nil {
+						return err
+					}
+					return renderLBStatus(cmd, g, b)
+				})
 			},
 		}
 	}
@@ -267,16 +279,7 @@ func newLBStatusCmd(g *globalFlags) *cobra.Command {
 		Short: "Show the balancer: interfaces, VIPs, backends, flows, tokens and counters",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
-			l, err := newLoader()
-			if err != nil {
-				return err
-			}
-			b, err := control.Open(l, g.netns)
-			if err != nil {
-				return err
-			}
-			defer b.Close()
-			return renderLBStatus(cmd, g, b)
+			return withBalancer(g, false, func(b *control.Balancer) error { return renderLBStatus(cmd, g, b) })
 		},
 	}
 }
@@ -344,18 +347,11 @@ without it: stop and restart it at will. Logs go to stderr; SIGINT/SIGTERM stop 
 				return fmt.Errorf("--log-level %q: %w", logLevel, err)
 			}
 			slog.SetDefault(slog.New(slog.NewTextHandler(cmd.ErrOrStderr(), &slog.HandlerOptions{Level: lvl})))
-			l, err := privilegedLoader(g)
-			if err != nil {
-				return err
-			}
-			b, err := control.Open(l, g.netns)
-			if err != nil {
-				return err
-			}
-			defer b.Close()
-			ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
-			defer stop()
-			return b.Run(ctx, cfg)
+			return withBalancer(g, true, func(b *control.Balancer) error {
+				ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
+				defer stop()
+				return b.Run(ctx, cfg)
+			})
 		},
 	}
 	cmd.Flags().DurationVar(&cfg.GCInterval, "gc-interval", 30*time.Second, "how often to collect idle flows and tokens")

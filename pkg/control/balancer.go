@@ -233,10 +233,13 @@ func (b *Balancer) putBackend(be Backend, nh NextHop) error {
 // Drain stops new connections to a backend: it leaves every VIP's table (and is flagged draining,
 // which the datapath also honours for the moment until the tables are rewritten); its flows and the
 // joins of its connections still reach it.
-func (b *Balancer) Drain(addrs ...netip.Addr) (out []Backend, err error) {
+func (b *Balancer) Drain(addrs ...netip.Addr) ([]Backend, error) { return b.each(addrs, b.drain) }
+
+// each applies fn to every address under one hold of the lock, stopping at the first error.
+func (b *Balancer) each(addrs []netip.Addr, fn func(netip.Addr) (Backend, error)) (out []Backend, err error) {
 	err = b.locked(func() error {
 		for _, a := range addrs {
-			be, err := b.drain(a)
+			be, err := fn(a)
 			if err != nil {
 				return err
 			}
@@ -268,19 +271,7 @@ func (b *Balancer) drain(addr netip.Addr) (Backend, error) {
 
 // Remove takes a backend out: the tables first, then its entry, so that its flows are placed anew
 // and its connections' joins follow the unknown-join policy.
-func (b *Balancer) Remove(addrs ...netip.Addr) (out []Backend, err error) {
-	err = b.locked(func() error {
-		for _, a := range addrs {
-			be, err := b.remove(a)
-			if err != nil {
-				return err
-			}
-			out = append(out, be)
-		}
-		return nil
-	})
-	return out, err
-}
+func (b *Balancer) Remove(addrs ...netip.Addr) ([]Backend, error) { return b.each(addrs, b.remove) }
 
 func (b *Balancer) remove(addr netip.Addr) (Backend, error) {
 	be, err := b.set.Remove(addr)
