@@ -110,7 +110,8 @@ static __always_inline void lb_scan_opts(__u8 *opts, __u32 optlen, void *data_en
 
 /* Record token -> backend for the connection of flow fk, whose server key is rkey. Returns the
  * token when this flow now owns (or shares, as the same connection) the mapping, else 0. */
-static __always_inline __u32 lb_learn(struct lb_stats *st, const struct lb_vip *vip, __u64 rkey, __u32 backend,
+static __always_inline __u32 lb_learn(struct lb_stats *st, struct lb_vip_stats *vs, struct lb_backend_stats *bs,
+				      const struct lb_vip *vip, __u64 rkey, __u32 backend,
 				      const struct lb_flow_key *fk, __u64 now)
 {
 	struct mx_sha256_digest d;
@@ -130,6 +131,8 @@ static __always_inline __u32 lb_learn(struct lb_stats *st, const struct lb_vip *
 			t->last_ns = now;
 			if (changed) {
 				lb_count(st, LB_STAT_TOKEN_LEARNED);
+				lb_count_vip(vs, LB_VSTAT_TOKEN_LEARNED);
+				lb_count_be(bs, LB_BSTAT_TOKEN_LEARNED);
 				lb_emit(st, LB_EV_CONN_LEARNED, tk.token, backend, 0, fk, now);
 			}
 			return tk.token;
@@ -138,6 +141,8 @@ static __always_inline __u32 lb_learn(struct lb_stats *st, const struct lb_vip *
 		if (now - t->last_ns <= lb_collision_idle_ns) {
 			/* Two live connections, two backends, one token: keep the mapping we have. */
 			lb_count(st, LB_STAT_COLLISION);
+			lb_count_vip(vs, LB_VSTAT_COLLISION);
+			lb_count_be(bs, LB_BSTAT_COLLISION);
 			lb_emit(st, LB_EV_COLLISION, tk.token, backend, other, fk, now);
 			return 0;
 		}
@@ -146,6 +151,10 @@ static __always_inline __u32 lb_learn(struct lb_stats *st, const struct lb_vip *
 		t->last_ns = now;
 		lb_count(st, LB_STAT_TOKEN_REPLACED);
 		lb_count(st, LB_STAT_TOKEN_LEARNED);
+		lb_count_vip(vs, LB_VSTAT_TOKEN_REPLACED);
+		lb_count_vip(vs, LB_VSTAT_TOKEN_LEARNED);
+		lb_count_be(bs, LB_BSTAT_TOKEN_REPLACED);
+		lb_count_be(bs, LB_BSTAT_TOKEN_LEARNED);
 		lb_emit(st, LB_EV_TOKEN_REPLACED, tk.token, backend, other, fk, now);
 		return tk.token;
 	}
@@ -155,12 +164,15 @@ static __always_inline __u32 lb_learn(struct lb_stats *st, const struct lb_vip *
 	if (bpf_map_update_elem(&mptcpx_tokens, &tk, &nt, BPF_NOEXIST))
 		return 0;
 	lb_count(st, LB_STAT_TOKEN_LEARNED);
+	lb_count_vip(vs, LB_VSTAT_TOKEN_LEARNED);
+	lb_count_be(bs, LB_BSTAT_TOKEN_LEARNED);
 	lb_emit(st, LB_EV_CONN_LEARNED, tk.token, backend, 0, fk, now);
 	return tk.token;
 }
 
 /* Send the frame to backend be by rewriting its MACs. */
-static __always_inline int lb_fwd_l2(struct xdp_md *ctx, struct lb_stats *st, const struct lb_backend *be)
+static __always_inline int lb_fwd_l2(struct xdp_md *ctx, struct lb_stats *st, struct lb_backend_stats *bs,
+				     const struct lb_backend *be)
 {
 	void *data = (void *)(long)ctx->data;
 	void *data_end = (void *)(long)ctx->data_end;
@@ -170,6 +182,7 @@ static __always_inline int lb_fwd_l2(struct xdp_md *ctx, struct lb_stats *st, co
 	__builtin_memcpy(eth->h_dest, be->mac, ETH_ALEN);
 	__builtin_memcpy(eth->h_source, be->src_mac, ETH_ALEN);
 	lb_count(st, LB_STAT_FWD_L2);
+	lb_count_be(bs, LB_BSTAT_FORWARDED);
 	if (be->ifindex == ctx->ingress_ifindex)
 		return XDP_TX;
 	return bpf_redirect(be->ifindex, 0);
@@ -177,7 +190,8 @@ static __always_inline int lb_fwd_l2(struct xdp_md *ctx, struct lb_stats *st, co
 
 /* Send the frame to backend be inside an outer IPv4 or IPv6 header (the backend address's family)
  * to the backend's address. inner_len is the inner IP packet's length, tos its traffic class. */
-static __always_inline int lb_fwd_ipip(struct xdp_md *ctx, struct lb_stats *st, const struct lb_backend *be,
+static __always_inline int lb_fwd_ipip(struct xdp_md *ctx, struct lb_stats *st, struct lb_vip_stats *vs,
+				       struct lb_backend_stats *bs, const struct lb_backend *be,
 				       int inner_v6, __u32 inner_len, __u8 tos, __u32 hash)
 {
 	int outer_v6 = !lb_is_v4mapped(be->addr);
@@ -191,10 +205,14 @@ static __always_inline int lb_fwd_ipip(struct xdp_md *ctx, struct lb_stats *st, 
 	__u32 mtu_len = 0;
 	if (bpf_check_mtu(ctx, be->ifindex, &mtu_len, hdr, 0) == BPF_MTU_CHK_RET_FRAG_NEEDED) {
 		lb_count(st, LB_STAT_MTU);
+		lb_count_vip(vs, LB_VSTAT_MTU);
+		lb_count_be(bs, LB_BSTAT_MTU);
 		return XDP_PASS;
 	}
 	if (inner_len + hdr > 0xffff || bpf_xdp_adjust_head(ctx, -hdr)) {
 		lb_count(st, LB_STAT_FWD_ERROR);
+		lb_count_vip(vs, LB_VSTAT_FWD_ERROR);
+		lb_count_be(bs, LB_BSTAT_FWD_ERROR);
 		return XDP_PASS;
 	}
 	void *data = (void *)(long)ctx->data;
@@ -237,6 +255,7 @@ static __always_inline int lb_fwd_ipip(struct xdp_md *ctx, struct lb_stats *st, 
 		iph->check = lb_ip4_csum(iph);
 	}
 	lb_count(st, LB_STAT_FWD_IPIP);
+	lb_count_be(bs, LB_BSTAT_FORWARDED);
 	if (be->ifindex == ctx->ingress_ifindex)
 		return XDP_TX;
 	return bpf_redirect(be->ifindex, 0);
@@ -315,6 +334,9 @@ int mptcpx_lb(struct xdp_md *ctx)
 	if (!vip)
 		return XDP_PASS;
 	lb_count(st, LB_STAT_VIP);
+	__u32 vid = vip->id;
+	struct lb_vip_stats *vs = bpf_map_lookup_elem(&mptcpx_lb_vstats, &vid);
+	lb_count_vip(vs, LB_VSTAT_PACKETS);
 
 	int syn = th->syn, ack = th->ack;
 	struct lb_mp mp = {};
@@ -329,6 +351,7 @@ int mptcpx_lb(struct xdp_md *ctx)
 	struct lb_backend *be = NULL;
 	__u32 bid = 0, token = 0;
 	int pin = 1; /* write the flow table */
+	__u32 placed = LB_BSTAT_MAX; /* the per-backend counter of how it was placed, if any */
 
 	if (steering && mp.kind == LB_MP_JOIN) {
 		struct lb_token_key tk = {.vip_id = vip->id, .token = mp.token};
@@ -340,17 +363,24 @@ int mptcpx_lb(struct xdp_md *ctx)
 		if (be) {
 			token = mp.token;
 			lb_count(st, LB_STAT_JOIN_STEERED);
+			lb_count_vip(vs, LB_VSTAT_JOIN_STEERED);
+			placed = LB_BSTAT_JOIN_STEERED;
 			lb_emit(st, LB_EV_JOIN_STEERED, token, bid, 0, &fk, now);
 		} else {
 			lb_count(st, LB_STAT_JOIN_UNKNOWN);
 			lb_emit(st, LB_EV_JOIN_UNKNOWN, mp.token, 0, 0, &fk, now);
-			if (vip->unknown_join == LB_JOIN_PASS)
+			if (vip->unknown_join == LB_JOIN_PASS) {
+				lb_count_vip(vs, LB_VSTAT_JOIN_UNKNOWN_PASS);
 				return XDP_PASS;
+			}
 			if (vip->unknown_join != LB_JOIN_HASH) {
 				lb_count(st, LB_STAT_JOIN_DROPPED);
+				lb_count_vip(vs, LB_VSTAT_JOIN_UNKNOWN_DROP);
 				return XDP_DROP;
 			}
+			lb_count_vip(vs, LB_VSTAT_JOIN_UNKNOWN_HASH);
 			be = lb_pick(vip, lb_flow_hash(&fk), &bid);
+			placed = LB_BSTAT_JOIN_HASHED;
 		}
 	} else {
 		/* A SYN opens a connection: Maglev decides, whatever a stale entry of a reused 5-tuple
@@ -376,17 +406,23 @@ int mptcpx_lb(struct xdp_md *ctx)
 			}
 		} else {
 			be = lb_pick(vip, lb_flow_hash(&fk), &bid);
-			if (be)
+			if (be) {
 				lb_count(st, LB_STAT_NEW_FLOW);
+				lb_count_vip(vs, LB_VSTAT_NEW_FLOW);
+				placed = LB_BSTAT_NEW_FLOW;
+			}
 		}
 	}
 	if (!be) {
 		lb_count(st, LB_STAT_NO_BACKEND);
+		lb_count_vip(vs, LB_VSTAT_NO_BACKEND);
 		return XDP_PASS;
 	}
+	struct lb_backend_stats *bs = bpf_map_lookup_elem(&mptcpx_lb_bstats, &bid);
+	lb_count_be(bs, placed);
 
 	if (steering && mp.kind == LB_MP_KEYS) {
-		__u32 learned = lb_learn(st, vip, mp.rkey, bid, &fk, now);
+		__u32 learned = lb_learn(st, vs, bs, vip, mp.rkey, bid, &fk, now);
 		if (learned && learned != token) {
 			token = learned;
 			pin = 1;
@@ -399,8 +435,8 @@ int mptcpx_lb(struct xdp_md *ctx)
 	}
 
 	if (vip->forward == LB_FWD_IPIP)
-		return lb_fwd_ipip(ctx, st, be, v6, inner_len, tos, lb_flow_hash(&fk));
-	return lb_fwd_l2(ctx, st, be);
+		return lb_fwd_ipip(ctx, st, vs, bs, be, v6, inner_len, tos, lb_flow_hash(&fk));
+	return lb_fwd_l2(ctx, st, bs, be);
 
 malformed:
 	lb_count(st, LB_STAT_MALFORMED);

@@ -88,6 +88,21 @@ struct {
 	__type(value, struct lb_stats);
 } mptcpx_lb_stats SEC(".maps");
 
+/* Per-VIP-id and per-backend counters (enum lb_vip_stat, enum lb_backend_stat). */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, LB_MAX_VIPS);
+	__type(key, __u32);
+	__type(value, struct lb_vip_stats);
+} mptcpx_lb_vstats SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, LB_MAX_BACKENDS);
+	__type(key, __u32);
+	__type(value, struct lb_backend_stats);
+} mptcpx_lb_bstats SEC(".maps");
+
 struct {
 	__uint(type, BPF_MAP_TYPE_RINGBUF);
 	__uint(max_entries, LB_EVENTS_BYTES);
@@ -114,6 +129,18 @@ static __always_inline void lb_count(struct lb_stats *st, __u32 stat)
 {
 	if (st && stat < LB_STAT_MAX)
 		st->count[stat]++;
+}
+
+static __always_inline void lb_count_vip(struct lb_vip_stats *vs, __u32 stat)
+{
+	if (vs && stat < LB_VSTAT_MAX)
+		vs->count[stat]++;
+}
+
+static __always_inline void lb_count_be(struct lb_backend_stats *bs, __u32 stat)
+{
+	if (bs && stat < LB_BSTAT_MAX)
+		bs->count[stat]++;
 }
 
 /* A full ring buffer costs the event, never the packet. */

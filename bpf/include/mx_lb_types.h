@@ -121,6 +121,48 @@ struct lb_stats {
 	__u64 count[LB_STAT_MAX];
 };
 
+/* Per-CPU counters of one VIP id (every VIP sharing the id), one slot per enum value: the map
+ * mptcpx_lb_vstats holds LB_MAX_VIPS of them, indexed by lb_vip.id. */
+enum lb_vip_stat {
+	LB_VSTAT_PACKETS = 0,        /* frames to the VIP */
+	LB_VSTAT_NEW_FLOW = 1,       /* new flows placed by Maglev */
+	LB_VSTAT_TOKEN_LEARNED = 2,  /* tokens learned */
+	LB_VSTAT_JOIN_STEERED = 3,   /* MP_JOIN SYNs steered by token */
+	LB_VSTAT_JOIN_UNKNOWN_DROP = 4, /* unknown-token MP_JOIN SYNs dropped by policy */
+	LB_VSTAT_JOIN_UNKNOWN_HASH = 5, /* ... placed by Maglev on their 5-tuple (policy hash) */
+	LB_VSTAT_JOIN_UNKNOWN_PASS = 6, /* ... passed to the stack (policy pass) */
+	LB_VSTAT_COLLISION = 7,      /* token collisions */
+	LB_VSTAT_TOKEN_REPLACED = 8, /* idle token mappings taken over */
+	LB_VSTAT_NO_BACKEND = 9,     /* frames with no usable backend: passed */
+	LB_VSTAT_MTU = 10,           /* ipip: too long for the egress MTU once encapsulated: passed */
+	LB_VSTAT_FWD_ERROR = 11,     /* encapsulation failed: passed */
+	LB_VSTAT_MAX = 12,
+};
+
+struct lb_vip_stats {
+	__u64 count[LB_VSTAT_MAX];
+};
+
+/* Per-CPU counters of one backend id, one slot per enum value: the map mptcpx_lb_bstats holds
+ * LB_MAX_BACKENDS of them, indexed by backend id. The control plane zeroes an id's counters when it
+ * clears the backend entry, so that a reused id starts from zero. */
+enum lb_backend_stat {
+	LB_BSTAT_NEW_FLOW = 0,       /* new flows placed on it by Maglev */
+	LB_BSTAT_TOKEN_LEARNED = 1,  /* tokens learned for its connections */
+	LB_BSTAT_JOIN_STEERED = 2,   /* MP_JOIN SYNs steered to it by token */
+	LB_BSTAT_JOIN_HASHED = 3,    /* unknown-token MP_JOIN SYNs placed on it by Maglev (policy hash) */
+	LB_BSTAT_COLLISION = 4,      /* its new connection's token was held by another backend's live one */
+	LB_BSTAT_TOKEN_REPLACED = 5, /* it took over another backend's idle token mapping */
+	LB_BSTAT_FORWARDED = 6,      /* frames forwarded to it (l2 or ipip) */
+	LB_BSTAT_MTU = 7,            /* ipip: frames for it too long for the egress MTU: passed */
+	LB_BSTAT_FWD_ERROR = 8,      /* encapsulation toward it failed: passed */
+	LB_BSTAT_MAX = 9,
+};
+
+struct lb_backend_stats {
+	__u64 count[LB_BSTAT_MAX];
+};
+
 enum lb_event_type {
 	LB_EV_CONN_LEARNED = 1, /* token learned for a flow */
 	LB_EV_JOIN_STEERED = 2,

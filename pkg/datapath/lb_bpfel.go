@@ -23,6 +23,11 @@ type LbLbBackend struct {
 	SrcAddr [16]uint8
 }
 
+type LbLbBackendStats struct {
+	_     structs.HostLayout
+	Count [9]uint64
+}
+
 type LbLbEvent struct {
 	_       structs.HostLayout
 	Type    uint32
@@ -85,15 +90,22 @@ type LbLbVipKey struct {
 	Pad   uint8
 }
 
+type LbLbVipStats struct {
+	_     structs.HostLayout
+	Count [12]uint64
+}
+
 // Names of all BPF objects in the ELF.
 //
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
 	LbMapMptcpxBackends    = "mptcpx_backends"
 	LbMapMptcpxFlows       = "mptcpx_flows"
+	LbMapMptcpxLbBstats    = "mptcpx_lb_bstats"
 	LbMapMptcpxLbEvts      = "mptcpx_lb_evts"
 	LbMapMptcpxLbScr       = "mptcpx_lb_scr"
 	LbMapMptcpxLbStats     = "mptcpx_lb_stats"
+	LbMapMptcpxLbVstats    = "mptcpx_lb_vstats"
 	LbMapMptcpxRing        = "mptcpx_ring"
 	LbMapMptcpxTokens      = "mptcpx_tokens"
 	LbMapMptcpxVips        = "mptcpx_vips"
@@ -155,9 +167,11 @@ type LbProgramSpecs struct {
 type LbMapSpecs struct {
 	MptcpxBackends *ebpf.MapSpec `ebpf:"mptcpx_backends"`
 	MptcpxFlows    *ebpf.MapSpec `ebpf:"mptcpx_flows"`
+	MptcpxLbBstats *ebpf.MapSpec `ebpf:"mptcpx_lb_bstats"`
 	MptcpxLbEvts   *ebpf.MapSpec `ebpf:"mptcpx_lb_evts"`
 	MptcpxLbScr    *ebpf.MapSpec `ebpf:"mptcpx_lb_scr"`
 	MptcpxLbStats  *ebpf.MapSpec `ebpf:"mptcpx_lb_stats"`
+	MptcpxLbVstats *ebpf.MapSpec `ebpf:"mptcpx_lb_vstats"`
 	MptcpxRing     *ebpf.MapSpec `ebpf:"mptcpx_ring"`
 	MptcpxTokens   *ebpf.MapSpec `ebpf:"mptcpx_tokens"`
 	MptcpxVips     *ebpf.MapSpec `ebpf:"mptcpx_vips"`
@@ -195,9 +209,11 @@ func (o *LbObjects) Close() error {
 type LbMaps struct {
 	MptcpxBackends *ebpf.Map `ebpf:"mptcpx_backends"`
 	MptcpxFlows    *ebpf.Map `ebpf:"mptcpx_flows"`
+	MptcpxLbBstats *ebpf.Map `ebpf:"mptcpx_lb_bstats"`
 	MptcpxLbEvts   *ebpf.Map `ebpf:"mptcpx_lb_evts"`
 	MptcpxLbScr    *ebpf.Map `ebpf:"mptcpx_lb_scr"`
 	MptcpxLbStats  *ebpf.Map `ebpf:"mptcpx_lb_stats"`
+	MptcpxLbVstats *ebpf.Map `ebpf:"mptcpx_lb_vstats"`
 	MptcpxRing     *ebpf.Map `ebpf:"mptcpx_ring"`
 	MptcpxTokens   *ebpf.Map `ebpf:"mptcpx_tokens"`
 	MptcpxVips     *ebpf.Map `ebpf:"mptcpx_vips"`
@@ -207,9 +223,11 @@ func (m *LbMaps) Close() error {
 	return _LbClose(
 		m.MptcpxBackends,
 		m.MptcpxFlows,
+		m.MptcpxLbBstats,
 		m.MptcpxLbEvts,
 		m.MptcpxLbScr,
 		m.MptcpxLbStats,
+		m.MptcpxLbVstats,
 		m.MptcpxRing,
 		m.MptcpxTokens,
 		m.MptcpxVips,

@@ -34,6 +34,8 @@ type Config struct {
 // Maps are the balancer's maps.
 type Maps struct {
 	VIPs, Backends, Ring, Flows, Tokens, Stats, Events *ebpf.Map
+	// VIPStats and BackendStats are the per-VIP-id and per-backend counters (stats.go).
+	VIPStats, BackendStats *ebpf.Map
 }
 
 // Balancer is the loaded XDP program (attach it to every interface of the balancer) and its maps.
@@ -87,7 +89,8 @@ func Spec(cfg Config) (*ebpf.CollectionSpec, error) {
 	if cfg.PinPath != "" {
 		for _, m := range spec.Maps {
 			if m.Name == MapVIPs || m.Name == MapBackends || m.Name == MapRing || m.Name == MapFlows ||
-				m.Name == MapTokens || m.Name == MapStats || m.Name == MapEvents {
+				m.Name == MapTokens || m.Name == MapStats || m.Name == MapEvents || m.Name == MapVIPStats ||
+				m.Name == MapBEStats {
 				m.Pinning = ebpf.PinByName
 			}
 		}
@@ -115,7 +118,7 @@ func Load(cfg Config) (*Balancer, error) {
 		Maps: &Maps{
 			VIPs: objs.MptcpxVips, Backends: objs.MptcpxBackends, Ring: objs.MptcpxRing,
 			Flows: objs.MptcpxFlows, Tokens: objs.MptcpxTokens, Stats: objs.MptcpxLbStats,
-			Events: objs.MptcpxLbEvts,
+			Events: objs.MptcpxLbEvts, VIPStats: objs.MptcpxLbVstats, BackendStats: objs.MptcpxLbBstats,
 		},
 		scratch: objs.MptcpxLbScr,
 	}, nil
@@ -136,6 +139,7 @@ func OpenPinnedMaps(dir string) (*Maps, error) {
 	}{
 		{MapVIPs, &m.VIPs}, {MapBackends, &m.Backends}, {MapRing, &m.Ring}, {MapFlows, &m.Flows},
 		{MapTokens, &m.Tokens}, {MapStats, &m.Stats}, {MapEvents, &m.Events},
+		{MapVIPStats, &m.VIPStats}, {MapBEStats, &m.BackendStats},
 	} {
 		mp, err := ebpf.LoadPinnedMap(dir+"/"+p.name, nil)
 		if err != nil {
@@ -150,7 +154,7 @@ func OpenPinnedMaps(dir string) (*Maps, error) {
 // Close closes every map that is open.
 func (m *Maps) Close() error {
 	var errs []error
-	for _, mp := range []*ebpf.Map{m.VIPs, m.Backends, m.Ring, m.Flows, m.Tokens, m.Stats, m.Events} {
+	for _, mp := range []*ebpf.Map{m.VIPs, m.Backends, m.Ring, m.Flows, m.Tokens, m.Stats, m.Events, m.VIPStats, m.BackendStats} {
 		if mp != nil {
 			errs = append(errs, mp.Close())
 		}

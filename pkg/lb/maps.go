@@ -27,8 +27,27 @@ func (m *Maps) PutVIP(v VIP) error {
 
 // DeleteVIP removes a VIP: its traffic passes to the balancer's stack from the next packet on.
 func (m *Maps) DeleteVIP(addr netip.AddrPort) error {
-	if err := m.VIPs.Delete(vipKey(addr)); err != nil {
+	k := vipKey(addr)
+	var v datapath.LbLbVip
+	if err := m.VIPs.Lookup(k, &v); err != nil {
 		return fmt.Errorf("delete vip %s: %w", addr, err)
+	}
+	if err := m.VIPs.Delete(k); err != nil {
+		return fmt.Errorf("delete vip %s: %w", addr, err)
+	}
+	// The last VIP of its id takes the id's counters with it, so that a VIP given the id later
+	// starts from zero.
+	vips, err := m.ListVIPs()
+	if err != nil {
+		return fmt.Errorf("delete vip %s: %w", addr, err)
+	}
+	for _, o := range vips {
+		if o.ID == v.Id {
+			return nil
+		}
+	}
+	if err := zeroPerCPU[datapath.LbLbVipStats](m.VIPStats, v.Id); err != nil {
+		return fmt.Errorf("delete vip %s: clear counters of vip id %d: %w", addr, v.Id, err)
 	}
 	return nil
 }
@@ -75,6 +94,11 @@ func (m *Maps) PutBackend(b Backend) error {
 func (m *Maps) DeleteBackend(id uint32) error {
 	if err := m.Backends.Put(id, datapath.LbLbBackend{}); err != nil {
 		return fmt.Errorf("delete backend %d: %w", id, err)
+	}
+	// After the entry: no packet reaches the id any more, and a backend given it later starts
+	// from zero.
+	if err := zeroPerCPU[datapath.LbLbBackendStats](m.BackendStats, id); err != nil {
+		return fmt.Errorf("delete backend %d: clear its counters: %w", id, err)
 	}
 	return nil
 }
@@ -282,4 +306,47 @@ func (m *Maps) ListFlowsCount() (int, error) {
 		return 0, fmt.Errorf("iterate flows: %w", err)
 	}
 	return n, nil
+}
+
+// zeroPerCPU writes zeroes to every CPU's slot of entry id of a per-CPU array of V. A Maps without
+// the counter maps (a balancer loaded without them) has nothing to clear.
+func zeroPerCPU[V any](mp *ebpf.Map, id uint32) error {
+	if mp == nil {
+		return nil
+	}
+	n, err := ebpf.PossibleCPU()
+	if err != nil {
+		return err
+	}
+	return mp.Put(id, make([]V, n))
+}
+
+// ReadVIPStats sums the per-CPU counters of VIP id vipID.
+func (m *Maps) ReadVIPStats(vipID uint32) (VIPStats, error) {
+	var perCPU []datapath.LbLbVipStats
+	if err := m.VIPStats.Lookup(vipID, &perCPU); err != nil {
+		return VIPStats{}, fmt.Errorf("read counters of vip id %d: %w", vipID, err)
+	}
+	var s VIPStats
+	for _, c := range perCPU {
+		for i := range s {
+			s[i] += c.Count[i]
+		}
+	}
+	return s, nil
+}
+
+// ReadBackendStats sums the per-CPU counters of backend id.
+func (m *Maps) ReadBackendStats(id uint32) (BackendStats, error) {
+	var perCPU []datapath.LbLbBackendStats
+	if err := m.BackendStats.Lookup(id, &perCPU); err != nil {
+		return BackendStats{}, fmt.Errorf("read counters of backend %d: %w", id, err)
+	}
+	var s BackendStats
+	for _, c := range perCPU {
+		for i := range s {
+			s[i] += c.Count[i]
+		}
+	}
+	return s, nil
 }

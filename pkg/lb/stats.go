@@ -73,3 +73,69 @@ func Monotonic() time.Duration {
 	}
 	return time.Duration(ts.Nano())
 }
+
+// VIPStat names one per-CPU counter of a VIP id (enum lb_vip_stat; the order is the C header's).
+type VIPStat int
+
+const (
+	VIPStatPackets         VIPStat = iota // frames to the VIP
+	VIPStatNewFlow                        // new flows placed by Maglev
+	VIPStatTokenLearned                   // tokens learned
+	VIPStatJoinSteered                    // MP_JOIN SYNs steered by token
+	VIPStatJoinUnknownDrop                // unknown-token MP_JOIN SYNs dropped (policy drop)
+	VIPStatJoinUnknownHash                // ... placed by Maglev (policy hash)
+	VIPStatJoinUnknownPass                // ... passed to the stack (policy pass)
+	VIPStatCollision                      // token collisions
+	VIPStatTokenReplaced                  // idle token mappings taken over
+	VIPStatNoBackend                      // frames with no usable backend (passed)
+	VIPStatMTU                            // ipip frames too long for the egress MTU (passed)
+	VIPStatFwdError                       // encapsulation failed (passed)
+	NumVIPStats
+)
+
+var vipStatNames = [NumVIPStats]string{
+	"packets", "new_flow", "token_learned", "join_steered", "join_unknown_drop", "join_unknown_hash",
+	"join_unknown_pass", "collision", "token_replaced", "no_backend", "mtu", "fwd_error",
+}
+
+func (s VIPStat) String() string {
+	if s >= 0 && s < NumVIPStats {
+		return vipStatNames[s]
+	}
+	return fmt.Sprintf("vip-stat(%d)", int(s))
+}
+
+// VIPStats are one VIP id's counters summed over CPUs, indexed by VIPStat.
+type VIPStats [NumVIPStats]uint64
+
+// BackendStat names one per-CPU counter of a backend id (enum lb_backend_stat; the order is the C
+// header's).
+type BackendStat int
+
+const (
+	BackendStatNewFlow       BackendStat = iota // new flows placed on it by Maglev
+	BackendStatTokenLearned                     // tokens learned for its connections
+	BackendStatJoinSteered                      // MP_JOIN SYNs steered to it by token
+	BackendStatJoinHashed                       // unknown-token MP_JOIN SYNs placed on it by Maglev (policy hash)
+	BackendStatCollision                        // its new connection's token was held by another backend's live one
+	BackendStatTokenReplaced                    // it took over another backend's idle token mapping
+	BackendStatForwarded                        // frames forwarded to it
+	BackendStatMTU                              // ipip frames for it too long for the egress MTU (passed)
+	BackendStatFwdError                         // encapsulation toward it failed (passed)
+	NumBackendStats
+)
+
+var backendStatNames = [NumBackendStats]string{
+	"new_flow", "token_learned", "join_steered", "join_hashed", "collision", "token_replaced",
+	"forwarded", "mtu", "fwd_error",
+}
+
+func (s BackendStat) String() string {
+	if s >= 0 && s < NumBackendStats {
+		return backendStatNames[s]
+	}
+	return fmt.Sprintf("backend-stat(%d)", int(s))
+}
+
+// BackendStats are one backend id's counters summed over CPUs, indexed by BackendStat.
+type BackendStats [NumBackendStats]uint64

@@ -26,6 +26,8 @@ const (
 	MapTokens    = "mptcpx_tokens"
 	MapStats     = "mptcpx_lb_stats"
 	MapEvents    = "mptcpx_lb_evts"
+	MapVIPStats  = "mptcpx_lb_vstats" // per-CPU counters per VIP id
+	MapBEStats   = "mptcpx_lb_bstats" // per-CPU counters per backend id
 	DecapProg    = "mptcpx_decap"
 	MapDecapAddr = "mptcpx_dc_addrs"
 	MapDecapStat = "mptcpx_dc_stats"
