@@ -148,21 +148,28 @@ func selectedNetns(g *globalFlags) string { return g.netns }
 func newStatusCmd(g *globalFlags) *cobra.Command {
 	return &cobra.Command{
 		Use:   "status",
-		Short: "Show the interfaces the datapath is attached to",
-		Long:  "Status lists every attachment (all namespaces, or the one --netns names): hooks, XDP mode, TC mechanism, program ids, map fill and problems.",
+		Short: "Show what mptcp-xdp has attached: the datapath's interfaces, balancers, decapsulators, the history",
+		Long: `Status lists every attachment of the datapath (all namespaces, or the one --netns names): hooks,
+XDP mode, TC mechanism, program ids, map fill and problems; then every balancer and decapsulator
+(their interfaces, programs and maps) and, without --netns, the host-wide subflow history.`,
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
-			atts, unlock, err := listAttachments(selectedNetns(g))
+			l, err := newLoader()
 			if err != nil {
-				return err
+				return readError(err)
+			}
+			unlock, err := l.RLock()
+			if err != nil {
+				return readError(err)
 			}
 			defer unlock()
-			if atts == nil {
-				atts = []loader.Attachment{}
+			st, err := l.Status(selectedNetns(g))
+			if err != nil {
+				return readError(err)
 			}
-			return render(cmd, g, map[string]any{"attachments": atts}, func(w io.Writer) error {
+			return render(cmd, g, st, func(w io.Writer) error {
 				fmt.Fprintln(w, "NETNS\tINTERFACE\tIFINDEX\tINGRESS\tXDP MODE\tEGRESS\tPROGRAMS\tMAPS\tSINCE\tPROBLEMS")
-				for _, a := range atts {
+				for _, a := range st.Attachments {
 					var progs, ms []string
 					for _, p := range a.Programs {
 						progs = append(progs, fmt.Sprintf("%s:%s:%d", p.Hook, p.Mechanism, p.ID))
@@ -176,6 +183,30 @@ func newStatusCmd(g *globalFlags) *cobra.Command {
 					}
 					fmt.Fprintf(w, "%s\t%s\t%d\t%s\t%s\t%v\t%s\t%s\t%s\t%s\n", a.Netns, a.Interface, a.Ifindex, a.Ingress,
 						orDash(a.XDPMode), a.Egress, strings.Join(progs, ","), strings.Join(ms, ","), since, orDash(strings.Join(a.Problems, "; ")))
+				}
+				sets := st.Balancers
+				if st.History != nil {
+					sets = append(sets, *st.History)
+				}
+				if len(sets) == 0 {
+					return nil
+				}
+				fmt.Fprintln(w)
+				fmt.Fprintln(w, "KIND\tNETNS\tPROGRAMS\tMAPS\tPIN DIR\tPROBLEMS")
+				for _, s := range sets {
+					var progs, ms []string
+					for _, p := range s.Programs {
+						where := p.Hook
+						if p.Interface != "" {
+							where = p.Interface + ":" + p.Hook
+						}
+						progs = append(progs, fmt.Sprintf("%s:%s:%d", where, p.Mechanism, p.ID))
+					}
+					for _, m := range s.Maps {
+						ms = append(ms, fmt.Sprintf("%s %d/%d", m.Name, m.Entries, m.MaxEntries))
+					}
+					fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\t%s\n", s.Kind, orDash(s.Netns), orDash(strings.Join(progs, ",")),
+						orDash(strings.Join(ms, ",")), s.PinDir, orDash(strings.Join(s.Problems, "; ")))
 				}
 				return nil
 			})

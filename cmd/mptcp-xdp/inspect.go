@@ -1,36 +1,35 @@
 package main
 
 import (
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
 	"os"
+	"slices"
 	"strings"
 	"time"
 
 	"github.com/cilium/ebpf"
 	"github.com/spf13/cobra"
 
-	"github.com/mptcp-xdp/mptcp-xdp/pkg/datapath"
 	"github.com/mptcp-xdp/mptcp-xdp/pkg/loader"
-	"github.com/mptcp-xdp/mptcp-xdp/pkg/maps"
-	"github.com/mptcp-xdp/mptcp-xdp/pkg/mptcp"
 )
 
 // progRow is one row of `prog list -o json`.
 type progRow struct {
-	ID          uint32   `json:"id"`
-	Name        string   `json:"name"`
-	Type        string   `json:"type"`
-	Tag         string   `json:"tag"`
-	LoadedAt    string   `json:"loaded_at,omitempty"`
-	RunCount    uint64   `json:"run_count"`
-	RunTimeNs   uint64   `json:"run_time_ns"`
-	MapIDs      []uint32 `json:"map_ids"`
-	AttachedTo  []string `json:"attached_to"` // netns/iface/hook of our attachments
-	ByMptcpXDP  bool     `json:"mptcp_xdp"`
-	VerifiedIns uint32   `json:"verified_insns,omitempty"`
+	ID          uint32       `json:"id"`
+	Name        string       `json:"name"`
+	Type        string       `json:"type"`
+	Tag         string       `json:"tag"`
+	LoadedAt    string       `json:"loaded_at,omitempty"`
+	RunCount    uint64       `json:"run_count"`
+	RunTimeNs   uint64       `json:"run_time_ns"`
+	MapIDs      []uint32     `json:"map_ids"`
+	AttachedTo  []string     `json:"attached_to"` // netns/iface/hook of our attachments
+	ByMptcpXDP  bool         `json:"mptcp_xdp"`
+	VerifiedIns uint32       `json:"verified_insns,omitempty"`
+	Kind        string       `json:"kind,omitempty"` // datapath, balancer, decap or history: whose pins hold it
+	Pins        []loader.Pin `json:"pins"`           // the link and program pins that hold it
 }
 
 // mapRow is one row of `map list -o json`.
@@ -44,6 +43,9 @@ type mapRow struct {
 	Entries    uint32   `json:"entries"`
 	Pins       []string `json:"pins"`
 	ByMptcpXDP bool     `json:"mptcp_xdp"`
+	Kind       string   `json:"kind,omitempty"`      // datapath, balancer, decap or history
+	Netns      string   `json:"netns,omitempty"`     // the namespace it is pinned for (not the history's)
+	Interface  string   `json:"interface,omitempty"` // the interface it is pinned for (the datapath's)
 }
 
 func newProgCmd(g *globalFlags) *cobra.Command {
@@ -56,7 +58,7 @@ func newProgCmd(g *globalFlags) *cobra.Command {
 kernel.bpf_stats_enabled=1) and where mptcp-xdp attached it.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
-			where, _, err := attachmentIndex()
+			progPins, _, err := pinIndex()
 			if err != nil {
 				return err
 			}
@@ -74,7 +76,7 @@ kernel.bpf_stats_enabled=1) and where mptcp-xdp attached it.`,
 				if err != nil {
 					continue // unloaded meanwhile
 				}
-				row, ok := describeProg(p, id, where[uint32(id)])
+				row, ok := describeProg(p, id, progPins[uint32(id)])
 				p.Close()
 				if ok && (all || row.ByMptcpXDP) {
 					rows = append(rows, row)
@@ -99,16 +101,20 @@ kernel.bpf_stats_enabled=1) and where mptcp-xdp attached it.`,
 	return cmd
 }
 
-func describeProg(p *ebpf.Program, id ebpf.ProgramID, where []string) (progRow, bool) {
+func describeProg(p *ebpf.Program, id ebpf.ProgramID, pins []loader.Pin) (progRow, bool) {
 	info, err := p.Info()
 	if err != nil {
 		return progRow{}, false
 	}
-	row := progRow{ID: uint32(id), Name: info.Name, Type: info.Type.String(), Tag: info.Tag, MapIDs: []uint32{}, AttachedTo: where}
-	if row.AttachedTo == nil {
-		row.AttachedTo = []string{}
+	row := progRow{ID: uint32(id), Name: info.Name, Type: info.Type.String(), Tag: info.Tag, MapIDs: []uint32{}, AttachedTo: []string{}, Pins: []loader.Pin{}}
+	for _, pin := range pins {
+		if w := pin.Where(); w != "" {
+			row.AttachedTo = append(row.AttachedTo, w)
+		}
+		row.Pins = append(row.Pins, pin)
+		row.Kind = string(pin.Kind)
 	}
-	row.ByMptcpXDP = strings.HasPrefix(info.Name, loader.ProgPrefix)
+	row.ByMptcpXDP = strings.HasPrefix(info.Name, loader.ProgPrefix) || len(pins) > 0
 	if lt, ok := info.LoadTime(); ok {
 		row.LoadedAt = bootTime().Add(lt).UTC().Format(time.RFC3339)
 	}
@@ -138,26 +144,42 @@ func joinIDs(ids []uint32) string {
 	return strings.Join(s, ",")
 }
 
-// attachmentIndex maps program ids to "netns/iface/hook" and map ids to their pins.
-func attachmentIndex() (progs map[uint32][]string, mapPins map[uint32][]string, err error) {
-	l, err := newLoader()
+// pinIndex reads the pin registry under the shared lock and indexes it: program ids to the link and
+// program pins that hold them, map ids to their pins.
+func pinIndex() (progs map[uint32][]loader.Pin, mapPins map[uint32][]loader.Pin, err error) {
+	pins, err := readPins("")
 	if err != nil {
 		return nil, nil, err
 	}
-	atts, err := l.List("")
-	if err != nil {
-		return nil, nil, err
-	}
-	progs, mapPins = map[uint32][]string{}, map[uint32][]string{}
-	for _, a := range atts {
-		for _, p := range a.Programs {
-			progs[p.ID] = append(progs[p.ID], a.Netns+"/"+a.Interface+"/"+p.Hook)
-		}
-		for _, m := range a.Maps {
-			mapPins[m.ID] = append(mapPins[m.ID], m.Pin)
+	progs, mapPins = map[uint32][]loader.Pin{}, map[uint32][]loader.Pin{}
+	for _, p := range pins {
+		switch {
+		case p.Object == loader.ObjectMap && p.ID != 0:
+			mapPins[p.ID] = append(mapPins[p.ID], p)
+		case p.Object != loader.ObjectMap && p.ProgID != 0:
+			progs[p.ProgID] = append(progs[p.ProgID], p)
 		}
 	}
 	return progs, mapPins, nil
+}
+
+// readPins lists the pin registry (of one namespace directory, or all with "") under the shared
+// lock.
+func readPins(nsDir string) ([]loader.Pin, error) {
+	l, err := newLoader()
+	if err != nil {
+		return nil, readError(err)
+	}
+	unlock, err := l.RLock()
+	if err != nil {
+		return nil, readError(err)
+	}
+	defer unlock()
+	pins, err := l.Pins(nsDir)
+	if err != nil {
+		return nil, readError(err)
+	}
+	return pins, nil
 }
 
 func newMapCmd(g *globalFlags) *cobra.Command {
@@ -168,7 +190,7 @@ func newMapCmd(g *globalFlags) *cobra.Command {
 		Short: "List the maps mptcp-xdp pinned (--all: every map on the host)",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
-			_, pins, err := attachmentIndex()
+			_, pins, err := pinIndex()
 			if err != nil {
 				return err
 			}
@@ -189,9 +211,10 @@ func newMapCmd(g *globalFlags) *cobra.Command {
 				mi := loader.DescribeMap(m, "")
 				m.Close()
 				row := mapRow{ID: uint32(id), Name: mi.Name, Type: mi.Type, KeySize: mi.KeySize, ValueSize: mi.ValueSize,
-					MaxEntries: mi.MaxEntries, Entries: mi.Entries, Pins: pins[uint32(id)], ByMptcpXDP: len(pins[uint32(id)]) > 0}
-				if row.Pins == nil {
-					row.Pins = []string{}
+					MaxEntries: mi.MaxEntries, Entries: mi.Entries, Pins: []string{}, ByMptcpXDP: len(pins[uint32(id)]) > 0}
+				for _, p := range pins[uint32(id)] {
+					row.Pins = append(row.Pins, p.Path)
+					row.Kind, row.Netns, row.Interface = string(p.Kind), p.Netns, p.Interface
 				}
 				if all || row.ByMptcpXDP {
 					rows = append(rows, row)
@@ -212,71 +235,63 @@ func newMapCmd(g *globalFlags) *cobra.Command {
 	return cmd
 }
 
-// dumpEntry is one entry of `map dump -o json`: raw bytes in hex, and the decoded value for the maps
-// mptcp-xdp knows.
-type dumpEntry struct {
-	Key     string   `json:"key"`
-	Value   string   `json:"value,omitempty"`
-	PerCPU  []string `json:"per_cpu,omitempty"`
-	Decoded any      `json:"decoded,omitempty"`
-}
-
-type dumpMap struct {
-	Netns     string      `json:"netns"`
-	Interface string      `json:"interface"`
-	Name      string      `json:"name"`
-	ID        uint32      `json:"id"`
-	Type      string      `json:"type"`
-	Pin       string      `json:"pin"`
-	Entries   []dumpEntry `json:"entries"`
-}
-
 func newMapDumpCmd(g *globalFlags) *cobra.Command {
 	var iface string
 	cmd := &cobra.Command{
 		Use:   "dump NAME",
-		Short: "Dump a pinned mptcp-xdp map by name (of every interface, or --iface)",
-		Long: `Dump prints every entry of the named map as hex, and decodes the maps mptcp-xdp knows
-(mptcpx_counters per CPU and summed, mptcpx_meta).`,
+		Short: "Dump a pinned mptcp-xdp map by name (of every interface and namespace, or --iface, --netns)",
+		Long: `Dump prints every entry of the named map as hex wherever mptcp-xdp pinned it (datapath,
+balancer, decapsulator, history), and decodes the maps it knows (mptcpx_counters per CPU and summed,
+mptcpx_meta, mptcpx_hist_cfg).`,
 		Example: "  mptcp-xdp map dump mptcpx_counters --iface eth0 -o json",
 		Args:    cobra.ExactArgs(1),
 		ValidArgsFunction: func(*cobra.Command, []string, string) ([]string, cobra.ShellCompDirective) {
-			return []string{"mptcpx_counters", "mptcpx_meta"}, cobra.ShellCompDirectiveNoFileComp
+			pins, err := readPins("")
+			if err != nil {
+				return nil, cobra.ShellCompDirectiveError
+			}
+			var names []string
+			for _, p := range pins {
+				if p.Object == loader.ObjectMap && !slices.Contains(names, p.PinName()) {
+					names = append(names, p.PinName())
+				}
+			}
+			return names, cobra.ShellCompDirectiveNoFileComp
 		},
 		RunE: func(cmd *cobra.Command, args []string) error {
 			l, err := newLoader()
 			if err != nil {
-				return err
+				return readError(err)
 			}
-			atts, err := l.List(selectedNetns(g))
+			unlock, err := l.RLock()
 			if err != nil {
-				return err
+				return readError(err)
 			}
-			out := []dumpMap{}
-			for _, a := range atts {
-				if iface != "" && a.Interface != iface {
+			defer unlock()
+			pins, err := l.Pins(selectedNetns(g))
+			if err != nil {
+				return readError(err)
+			}
+			out := []loader.MapDump{}
+			for _, p := range pins {
+				if p.Object != loader.ObjectMap || (p.PinName() != args[0] && p.Name != args[0]) || (iface != "" && p.Interface != iface) {
 					continue
 				}
-				for _, mi := range a.Maps {
-					if mi.Name != args[0] {
-						continue
-					}
-					d, err := dumpPinned(a, mi)
-					if err != nil {
-						return err
-					}
-					out = append(out, d)
+				d, err := loader.DumpMap(p)
+				if err != nil {
+					return err
 				}
+				out = append(out, d)
 			}
 			if len(out) == 0 {
 				return fmt.Errorf("no pinned map named %q (see `mptcp-xdp map list`)", args[0])
 			}
 			return render(cmd, g, map[string]any{"maps": out}, func(w io.Writer) error {
 				for _, d := range out {
-					fmt.Fprintf(w, "%s/%s %s (id %d, %s)\n", d.Netns, d.Interface, d.Name, d.ID, d.Type)
+					fmt.Fprintf(w, "%s %s %s (id %d, %s)\n", d.Kind, dumpWhere(d), d.Name, d.ID, d.Type)
 					for _, e := range d.Entries {
 						if e.Decoded != nil {
-							fmt.Fprintf(w, "  key %s: %s\n", e.Key, decodedString(e.Decoded))
+							fmt.Fprintf(w, "  key %s: %v\n", e.Key, e.Decoded)
 							continue
 						}
 						if e.PerCPU != nil {
@@ -297,80 +312,13 @@ func newMapDumpCmd(g *globalFlags) *cobra.Command {
 	return cmd
 }
 
-func dumpPinned(a loader.Attachment, mi loader.MapInfo) (dumpMap, error) {
-	m, err := ebpf.LoadPinnedMap(mi.Pin, &ebpf.LoadPinOptions{ReadOnly: true})
-	if err != nil {
-		return dumpMap{}, fmt.Errorf("open %s: %w", mi.Pin, err)
+// dumpWhere is "netns/iface", "netns" or "host-wide" for a dumped map.
+func dumpWhere(d loader.MapDump) string {
+	switch {
+	case d.Interface != "":
+		return d.Netns + "/" + d.Interface
+	case d.Netns != "":
+		return d.Netns
 	}
-	defer m.Close()
-	d := dumpMap{Netns: a.Netns, Interface: a.Interface, Name: mi.Name, ID: mi.ID, Type: mi.Type, Pin: mi.Pin, Entries: []dumpEntry{}}
-	perCPU := m.Type() == ebpf.PerCPUArray || m.Type() == ebpf.PerCPUHash || m.Type() == ebpf.LRUCPUHash
-	var key []byte
-	it := m.Iterate()
-	if perCPU {
-		var vals [][]byte
-		for it.Next(&key, &vals) {
-			e := dumpEntry{Key: hex.EncodeToString(key)}
-			for _, v := range vals {
-				e.PerCPU = append(e.PerCPU, hex.EncodeToString(v))
-			}
-			d.Entries = append(d.Entries, e)
-		}
-	} else {
-		var val []byte
-		for it.Next(&key, &val) {
-			d.Entries = append(d.Entries, dumpEntry{Key: hex.EncodeToString(key), Value: hex.EncodeToString(val)})
-		}
-	}
-	if err := it.Err(); err != nil {
-		return d, fmt.Errorf("iterate %s: %w", mi.Pin, err)
-	}
-	// Decode what we know.
-	switch mi.Name {
-	case datapath.XdpMapMptcpxCounters:
-		for i := range d.Entries {
-			dir := maps.Direction(i)
-			sum, err := maps.ReadCounters(m, dir)
-			if err != nil {
-				return d, err
-			}
-			per, err := maps.PerCPUCounters(m, dir)
-			if err != nil {
-				return d, err
-			}
-			d.Entries[i].Decoded = map[string]any{"direction": directionName(dir), "sum": sum, "per_cpu": per}
-		}
-	case datapath.XdpMapMptcpxMeta:
-		var meta datapath.XdpMxMeta
-		if err := m.Lookup(uint32(0), &meta); err == nil && len(d.Entries) > 0 {
-			d.Entries[0].Decoded = meta
-		}
-	}
-	return d, nil
-}
-
-func directionName(d maps.Direction) string {
-	if d == maps.Ingress {
-		return "ingress"
-	}
-	return "egress"
-}
-
-func decodedString(v any) string {
-	switch x := v.(type) {
-	case map[string]any:
-		if c, ok := x["sum"].(maps.Counters); ok {
-			var b strings.Builder
-			fmt.Fprintf(&b, "%s total=%d tcp=%d mptcp=%d", x["direction"], c.Packets[mptcp.PacketsTotal], c.Packets[mptcp.PacketsTCP], c.Packets[mptcp.PacketsMPTCP])
-			for _, cl := range mptcp.Classes() {
-				if c.Options[cl] != 0 {
-					fmt.Fprintf(&b, " %s=%d", cl, c.Options[cl])
-				}
-			}
-			return b.String()
-		}
-	case datapath.XdpMxMeta:
-		return fmt.Sprintf("ifindex=%d flags=%#x xdp_mode=%d ingress=%d egress=%d netns_ino=%d", x.Ifindex, x.Flags, x.XdpMode, x.Ingress, x.Egress, x.NetnsIno)
-	}
-	return fmt.Sprint(v)
+	return "host-wide"
 }

@@ -25,6 +25,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/mptcp-xdp/mptcp-xdp/pkg/datapath"
 	"github.com/mptcp-xdp/mptcp-xdp/pkg/netns"
 )
 
@@ -42,10 +43,10 @@ const HostNetns = "host"
 // (PROC_NET_INIT_INO); older kernels number it like any other.
 const procNetInitIno = 0xEFFFFFF9
 
-// Pin names inside an interface directory.
+// Pin names inside an interface directory: the maps are pinned by their names in the C source.
 const (
-	pinMeta          = "mptcpx_meta"
-	pinCounters      = "mptcpx_counters"
+	pinMeta          = datapath.XdpMapMptcpxMeta
+	pinCounters      = datapath.XdpMapMptcpxCounters
 	pinLinkXDP       = "link_xdp"
 	pinLinkTCIngress = "link_tc_ingress"
 	pinLinkTCEgress  = "link_tc_egress"
