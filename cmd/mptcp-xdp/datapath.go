@@ -152,7 +152,7 @@ func newStatusCmd(g *globalFlags) *cobra.Command {
 		Long: `Status lists every attachment of the datapath (all namespaces, or the one --netns names): hooks,
 XDP mode, TC mechanism, program ids, map fill and problems; then every balancer and decapsulator
 (their interfaces, programs and maps) and, without --netns, the host-wide subflow history.`,
-		Args:  cobra.NoArgs,
+		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			l, err := newLoader()
 			if err != nil {
