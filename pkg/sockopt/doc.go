@@ -21,6 +21,6 @@
 //
 // Kernel: MPTCP_INFO, MPTCP_TCPINFO and MPTCP_SUBFLOW_ADDRS need Linux 5.16; MPTCP_FULL_INFO needs
 // 6.5, and [FullInfo] falls back to the three separate calls on older kernels. Only the process
-// that holds the socket can ask; another process takes a copy of it with pidfd_getfd(2) (see
-// `mptcp-xdp tcpinfo`).
+// that holds the socket can ask; [Process] and [ProcessFD] read another process's sockets through
+// copies taken with pidfd_getfd(2) (Linux 5.6), as `mptcp-xdp tcpinfo --pid` does.
 package sockopt
