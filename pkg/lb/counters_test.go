@@ -321,3 +321,55 @@ func TestCounterEnumsMatchHeader(t *testing.T) {
 		}
 	}
 }
+
+// Occupancy's batched walk counts what ListFlows and ListTokens list, over more than one batch.
+func TestOccupancy(t *testing.T) {
+	b := pinnedBalancer(t)
+	r := rand.New(rand.NewPCG(47, 48))
+	const nFlows, nTokens = 3*occupancyBatch + 17, occupancyBatch + 5
+	var flows []Flow
+	for i := range nFlows {
+		flows = append(flows, Flow{FlowKey: FlowKey{Src: netip.AddrPortFrom(netip.AddrFrom4([4]byte{192, 0, byte(i >> 8), byte(i)}), uint16(1024+i%60000)), Dst: vip4},
+			Backend: uint32(i % 3)})
+	}
+	if err := b.PutFlows(flows); err != nil {
+		t.Fatal(err)
+	}
+	for i := range nTokens {
+		if err := b.PutToken(Token{VIPID: uint32(i % 2), Token: r.Uint32(), Backend: uint32(i % 5)}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	o, err := b.Occupancy()
+	if err != nil {
+		t.Fatal(err)
+	}
+	lf, err := b.ListFlows()
+	if err != nil {
+		t.Fatal(err)
+	}
+	lt, err := b.ListTokens()
+	if err != nil {
+		t.Fatal(err)
+	}
+	wantF, wantT := map[uint32]int{}, map[uint32]int{}
+	for _, f := range lf {
+		wantF[f.Backend]++
+	}
+	for _, tk := range lt {
+		wantT[tk.Backend]++
+	}
+	if o.Flows != len(lf) || o.Tokens != len(lt) || len(lf) != nFlows {
+		t.Errorf("occupancy %d flows %d tokens, listed %d and %d (put %d flows)", o.Flows, o.Tokens, len(lf), len(lt), nFlows)
+	}
+	for id, n := range wantF {
+		if o.FlowsByBackend[id] != n {
+			t.Errorf("backend %d: %d flows counted, %d listed", id, o.FlowsByBackend[id], n)
+		}
+	}
+	for id, n := range wantT {
+		if o.TokensByBackend[id] != n {
+			t.Errorf("backend %d: %d tokens counted, %d listed", id, o.TokensByBackend[id], n)
+		}
+	}
+}
