@@ -382,6 +382,10 @@ func diffTCPInfo(sfs []stats.Subflow, full *sockopt.Full, n int) string {
 				fmt.Fprintf(&d, "subflow id %d %s: iterator %v, getsockopt %v\n", k.ID, f.name, f.got, f.want)
 			}
 		}
+		// The JSON figures of both commands (subflow list, tcpinfo) agree as well.
+		if got, want := s.Figures(), stats.FiguresOf(&ti); got != want {
+			fmt.Fprintf(&d, "subflow id %d figures: iterator %+v, getsockopt %+v\n", k.ID, got, want)
+		}
 	}
 	return d.String()
 }

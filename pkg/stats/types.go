@@ -195,6 +195,62 @@ func (s *Subflow) Initial() bool { return s.Flags&FlagMPCapable != 0 }
 // PacingUnlimited reports whether no pacing rate is set.
 func (s *Subflow) PacingUnlimited() bool { return s.PacingRate == math.MaxUint64 }
 
+// Figures are a subflow's tcp_info figures in JSON. Both `subflow list` (SubflowJSON) and
+// `mptcp-xdp tcpinfo` embed them, so that one quantity has one name in every JSON form
+// (docs/conn.md, Figures). Names follow struct tcp_info and ss; times are in microseconds, rates
+// in bytes per second.
+type Figures struct {
+	SRTTUs        int64  `json:"srtt_us"`    // tcpi_rtt
+	RTTVarUs      int64  `json:"rttvar_us"`  // tcpi_rttvar
+	MinRTTUs      int64  `json:"min_rtt_us"` // tcpi_min_rtt; 0 before the first sample
+	Cwnd          uint32 `json:"cwnd"`       // tcpi_snd_cwnd, segments
+	Ssthresh      uint32 `json:"ssthresh"`   // tcpi_snd_ssthresh; 2147483647 before the first loss
+	MSS           uint32 `json:"mss"`        // tcpi_snd_mss
+	BytesSent     uint64 `json:"bytes_sent"` // retransmissions included
+	BytesAcked    uint64 `json:"bytes_acked"`
+	BytesReceived uint64 `json:"bytes_received"`
+	BytesRetrans  uint64 `json:"bytes_retrans"`
+	TotalRetrans  uint32 `json:"total_retrans"` // segments retransmitted over the subflow's life
+	Retrans       uint32 `json:"retrans"`       // segments retransmitted, not yet acknowledged
+	Lost          uint32 `json:"lost"`
+	SegsIn        uint32 `json:"segs_in"`
+	SegsOut       uint32 `json:"segs_out"`
+	DataSegsIn    uint32 `json:"data_segs_in"`
+	DataSegsOut   uint32 `json:"data_segs_out"`
+	DeliveryRate  uint64 `json:"delivery_rate"` // 0 before the first sample
+	PacingRate    uint64 `json:"pacing_rate"`   // math.MaxUint64 when unlimited
+}
+
+// Figures returns the subflow's tcp_info figures in their JSON form.
+func (s *Subflow) Figures() Figures {
+	return Figures{
+		SRTTUs: s.SRTT.Microseconds(), RTTVarUs: s.RTTVar.Microseconds(), MinRTTUs: s.MinRTT.Microseconds(),
+		Cwnd: s.Cwnd, Ssthresh: s.Ssthresh, MSS: s.MSS,
+		BytesSent: s.BytesSent, BytesAcked: s.BytesAcked, BytesReceived: s.BytesReceived,
+		BytesRetrans: s.BytesRetrans, TotalRetrans: s.TotalRetrans, Retrans: s.Retrans, Lost: s.Lost,
+		SegsIn: s.SegsIn, SegsOut: s.SegsOut, DataSegsIn: s.DataSegsIn, DataSegsOut: s.DataSegsOut,
+		DeliveryRate: s.DeliveryRate, PacingRate: s.PacingRate,
+	}
+}
+
+// FiguresOf returns the figures of a tcp_info the kernel returned through getsockopt
+// (sockopt.FullInfo, TCP_INFO), converted as the iterator's are: a tcpi_min_rtt of 4294967295 (no
+// sample yet) becomes 0.
+func FiguresOf(t *sockopt.SubflowTCPInfo) Figures {
+	f := Figures{
+		SRTTUs: int64(t.RTT), RTTVarUs: int64(t.RTTVar),
+		Cwnd: t.SndCwnd, Ssthresh: t.SndSsthresh, MSS: t.SndMSS,
+		BytesSent: t.BytesSent, BytesAcked: t.BytesAcked, BytesReceived: t.BytesReceived,
+		BytesRetrans: t.BytesRetrans, TotalRetrans: t.TotalRetrans, Retrans: t.Retrans, Lost: t.Lost,
+		SegsIn: t.SegsIn, SegsOut: t.SegsOut, DataSegsIn: t.DataSegsIn, DataSegsOut: t.DataSegsOut,
+		DeliveryRate: t.DeliveryRate, PacingRate: t.PacingRate,
+	}
+	if t.MinRTT != ^uint32(0) {
+		f.MinRTTUs = int64(t.MinRTT)
+	}
+	return f
+}
+
 // SubflowJSON is the JSON form of a Subflow (docs/conn.md). Its fields are plain values, so that
 // encoding thousands of them calls no marshaler per value.
 type SubflowJSON struct {
@@ -210,25 +266,7 @@ type SubflowJSON struct {
 	ConnState        string `json:"conn_state"`
 	Local            string `json:"local"`
 	Remote           string `json:"remote"`
-	SRTTUs           int64  `json:"srtt_us"`
-	RTTVarUs         int64  `json:"rttvar_us"`
-	MinRTTUs         int64  `json:"min_rtt_us"`
-	Cwnd             uint32 `json:"cwnd"`
-	Ssthresh         uint32 `json:"ssthresh"`
-	MSS              uint32 `json:"mss"`
-	BytesSent        uint64 `json:"bytes_sent"`
-	BytesAcked       uint64 `json:"bytes_acked"`
-	BytesReceived    uint64 `json:"bytes_received"`
-	BytesRetrans     uint64 `json:"bytes_retrans"`
-	TotalRetrans     uint32 `json:"total_retrans"`
-	Retrans          uint32 `json:"retrans"`
-	Lost             uint32 `json:"lost"`
-	SegsIn           uint32 `json:"segs_in"`
-	SegsOut          uint32 `json:"segs_out"`
-	DataSegsIn       uint32 `json:"data_segs_in"`
-	DataSegsOut      uint32 `json:"data_segs_out"`
-	DeliveryRate     uint64 `json:"delivery_rate"`
-	PacingRate       uint64 `json:"pacing_rate"`
+	Figures                 // srtt_us ... pacing_rate, inline
 	Closed           bool   `json:"closed,omitempty"`
 	Role             string `json:"role,omitempty"`        // initial or join
 	Established      string `json:"established,omitempty"` // RFC 3339, from the subflow history
@@ -255,13 +293,7 @@ func (s *Subflow) JSON() SubflowJSON {
 		Token: s.Token.String(), Cookie: s.Cookie, ID: s.ID, LocalID: s.LocalID, RemoteID: s.RemoteID,
 		Flags: s.Flags.String(), Backup: s.Backup(), FullyEstablished: s.FullyEstablished(),
 		State: s.State.String(), ConnState: s.ConnState.String(),
-		Local: s.Local.String(), Remote: s.Remote.String(),
-		SRTTUs: s.SRTT.Microseconds(), RTTVarUs: s.RTTVar.Microseconds(), MinRTTUs: s.MinRTT.Microseconds(),
-		Cwnd: s.Cwnd, Ssthresh: s.Ssthresh, MSS: s.MSS,
-		BytesSent: s.BytesSent, BytesAcked: s.BytesAcked, BytesReceived: s.BytesReceived,
-		BytesRetrans: s.BytesRetrans, TotalRetrans: s.TotalRetrans, Retrans: s.Retrans, Lost: s.Lost,
-		SegsIn: s.SegsIn, SegsOut: s.SegsOut, DataSegsIn: s.DataSegsIn, DataSegsOut: s.DataSegsOut,
-		DeliveryRate: s.DeliveryRate, PacingRate: s.PacingRate, Closed: s.Closed,
+		Local: s.Local.String(), Remote: s.Remote.String(), Figures: s.Figures(), Closed: s.Closed,
 		Role: s.Role(), Established: jsonTime(s.Established), ClosedAt: jsonTime(s.ClosedAt),
 	}
 }

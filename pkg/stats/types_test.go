@@ -1,10 +1,12 @@
 package stats_test
 
 import (
+	"bytes"
 	"encoding/json"
 	"math"
 	"net/netip"
 	"reflect"
+	"slices"
 	"testing"
 	"time"
 	"unsafe"
@@ -12,6 +14,7 @@ import (
 	"github.com/cilium/ebpf/btf"
 
 	"github.com/mptcp-xdp/mptcp-xdp/pkg/datapath"
+	"github.com/mptcp-xdp/mptcp-xdp/pkg/sockopt"
 	"github.com/mptcp-xdp/mptcp-xdp/pkg/stats"
 )
 
@@ -209,6 +212,15 @@ func TestJSON(t *testing.T) {
 	if _, ok := m["closed"]; ok {
 		t.Errorf("closed present for a live subflow: %s", b)
 	}
+	// The field names and their order are a documented contract (docs/conn.md): the embedded
+	// Figures must stay inline, where the figures always were.
+	want := []string{"token", "cookie", "id", "local_id", "remote_id", "flags", "backup", "fully_established",
+		"state", "conn_state", "local", "remote", "srtt_us", "rttvar_us", "min_rtt_us", "cwnd", "ssthresh", "mss",
+		"bytes_sent", "bytes_acked", "bytes_received", "bytes_retrans", "total_retrans", "retrans", "lost",
+		"segs_in", "segs_out", "data_segs_in", "data_segs_out", "delivery_rate", "pacing_rate", "role"}
+	if got := jsonKeys(t, b); !slices.Equal(got, want) {
+		t.Errorf("subflow JSON keys:\n got %v\nwant %v", got, want)
+	}
 	var back stats.Subflow
 	if err := json.Unmarshal(b, &back); err != nil {
 		t.Fatal(err)
@@ -230,5 +242,44 @@ func TestJSON(t *testing.T) {
 		if _, ok := m[k]; !ok {
 			t.Errorf("connection JSON lacks %q: %s", k, b)
 		}
+	}
+}
+
+// jsonKeys lists the keys of a JSON object in the order they were written.
+func jsonKeys(t *testing.T, b []byte) []string {
+	t.Helper()
+	dec := json.NewDecoder(bytes.NewReader(b))
+	if tok, err := dec.Token(); err != nil || tok != json.Delim('{') {
+		t.Fatalf("not an object: %s", b)
+	}
+	var keys []string
+	for dec.More() {
+		tok, err := dec.Token()
+		if err != nil {
+			t.Fatal(err)
+		}
+		keys = append(keys, tok.(string))
+		var v json.RawMessage
+		if err := dec.Decode(&v); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return keys
+}
+
+// TestFiguresOf converts a tcp_info as getsockopt returns it, with the iterator's conventions.
+func TestFiguresOf(t *testing.T) {
+	ti := &sockopt.SubflowTCPInfo{RTT: 71, RTTVar: 31, MinRTT: ^uint32(0), SndCwnd: 10, SndSsthresh: 0x7fffffff,
+		SndMSS: 1448, BytesSent: 5, BytesAcked: 4, BytesReceived: 3, BytesRetrans: 2, TotalRetrans: 7, Retrans: 1,
+		Lost: 1, SegsIn: 9, SegsOut: 8, DataSegsIn: 6, DataSegsOut: 5, DeliveryRate: 1000, PacingRate: ^uint64(0)}
+	want := stats.Figures{SRTTUs: 71, RTTVarUs: 31, MinRTTUs: 0, Cwnd: 10, Ssthresh: 0x7fffffff, MSS: 1448,
+		BytesSent: 5, BytesAcked: 4, BytesReceived: 3, BytesRetrans: 2, TotalRetrans: 7, Retrans: 1, Lost: 1,
+		SegsIn: 9, SegsOut: 8, DataSegsIn: 6, DataSegsOut: 5, DeliveryRate: 1000, PacingRate: ^uint64(0)}
+	if got := stats.FiguresOf(ti); got != want {
+		t.Errorf("no min_rtt sample:\n got %+v\nwant %+v", got, want)
+	}
+	ti.MinRTT = 69
+	if got := stats.FiguresOf(ti); got.MinRTTUs != 69 {
+		t.Errorf("min_rtt_us %d, want 69", got.MinRTTUs)
 	}
 }
