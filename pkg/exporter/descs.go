@@ -17,6 +17,13 @@ const (
 	lToken     = "token"
 	lSubflow   = "subflow"
 	lSource    = "source"
+	lVIPID     = "vip_id"
+	lBackend   = "backend"
+	lBackendID = "backend_id"
+	lOutcome   = "outcome"
+	lReason    = "reason"
+	lState     = "state"
+	lTable     = "table"
 )
 
 var (
@@ -97,6 +104,45 @@ var (
 	descSubflowDelivery   = prometheus.NewDesc(name("subflow_delivery_rate_bytes_per_second"), "Delivery rate of a subflow's last sample (tcpi_delivery_rate); 0 before the first.", sfLabels, nil)
 )
 
+// Load balancer (every balancer pinned under the loader's LB root).
+var (
+	vipLabels     = []string{lNetns, lVIPID}
+	backendLabels = []string{lNetns, lBackend, lBackendID}
+
+	descLBCounter = prometheus.NewDesc(name("lb_datapath_total"),
+		"The balancer datapath's global counters (`mptcp-xdp lb status` stats), one series per counter, named as lb status names them.",
+		[]string{lNetns, lCounter}, nil)
+	descLBTableEntries = prometheus.NewDesc(name("lb_table_entries"),
+		"Entries in one of the balancer's tables: vips, backends (active or draining), flows, tokens.",
+		[]string{lNetns, lTable}, nil)
+	descLBTableCapacity = prometheus.NewDesc(name("lb_table_capacity"),
+		"Capacity of one of the balancer's tables (its map's max entries); flows and tokens are LRU maps that evict their oldest entry when full.",
+		[]string{lNetns, lTable}, nil)
+
+	descLBVIPInfo = prometheus.NewDesc(name("lb_vip_info"),
+		"A VIP of the balancer: always 1; its id (shared by VIPs that share a Maglev table and tokens), forwarding mode, unknown-join policy and join steering in labels.",
+		[]string{lNetns, lVIPID, "vip", "forward", "unknown_join", "join_steering"}, nil)
+	descLBVIPPackets      = prometheus.NewDesc(name("lb_vip_packets_total"), "Frames to the VIPs of a VIP id.", vipLabels, nil)
+	descLBVIPNewFlows     = prometheus.NewDesc(name("lb_vip_new_flows_total"), "New flows (connections, and the first packets of flows the table does not know) placed by Maglev for a VIP id.", vipLabels, nil)
+	descLBVIPLearned      = prometheus.NewDesc(name("lb_vip_tokens_learned_total"), "MPTCP server tokens learned for a VIP id's connections.", vipLabels, nil)
+	descLBVIPSteered      = prometheus.NewDesc(name("lb_vip_joins_steered_total"), "MP_JOIN SYNs to a VIP id steered by token to the backend holding their connection.", vipLabels, nil)
+	descLBVIPUnknown      = prometheus.NewDesc(name("lb_vip_unknown_joins_total"), "MP_JOIN SYNs to a VIP id whose token no usable backend holds, by what the VIP's policy did: drop, hash (placed by Maglev) or pass (to the balancer's stack).", append(append([]string{}, vipLabels...), lOutcome), nil)
+	descLBVIPCollisions   = prometheus.NewDesc(name("lb_vip_token_collisions_total"), "Tokens of a VIP id's new connections already held by another backend's live connection (the newcomer runs on one subflow).", vipLabels, nil)
+	descLBVIPTakeovers    = prometheus.NewDesc(name("lb_vip_token_takeovers_total"), "Idle token mappings of a VIP id taken over by another backend's new connection.", vipLabels, nil)
+	descLBVIPPassed       = prometheus.NewDesc(name("lb_vip_passed_packets_total"), "Frames to a VIP id passed to the balancer's stack instead of forwarded, by reason: no_backend, mtu (ipip: too long once encapsulated), fwd_error.", append(append([]string{}, vipLabels...), lReason), nil)
+	descLBBackendState    = prometheus.NewDesc(name("lb_backend_state"), "State of a backend: 1 on its current state (active: takes new connections; draining: only its existing flows and their joins), 0 on the other.", append(append([]string{}, backendLabels...), lState), nil)
+	descLBBackendFlows    = prometheus.NewDesc(name("lb_backend_flows"), "Flow table entries that point at a backend.", backendLabels, nil)
+	descLBBackendTokens   = prometheus.NewDesc(name("lb_backend_tokens"), "Token table entries that point at a backend.", backendLabels, nil)
+	descLBBackendNewFlows = prometheus.NewDesc(name("lb_backend_new_flows_total"), "New flows placed on a backend by Maglev.", backendLabels, nil)
+	descLBBackendLearned  = prometheus.NewDesc(name("lb_backend_tokens_learned_total"), "MPTCP server tokens learned for a backend's connections.", backendLabels, nil)
+	descLBBackendSteered  = prometheus.NewDesc(name("lb_backend_joins_steered_total"), "MP_JOIN SYNs steered to a backend by token.", backendLabels, nil)
+	descLBBackendHashed   = prometheus.NewDesc(name("lb_backend_unknown_joins_hashed_total"), "Unknown-token MP_JOIN SYNs placed on a backend by Maglev (unknown-join policy hash).", backendLabels, nil)
+	descLBBackendColl     = prometheus.NewDesc(name("lb_backend_token_collisions_total"), "New connections of a backend whose token another backend's live connection held.", backendLabels, nil)
+	descLBBackendTakeover = prometheus.NewDesc(name("lb_backend_token_takeovers_total"), "Idle token mappings of another backend that a backend's new connection took over.", backendLabels, nil)
+	descLBBackendFwd      = prometheus.NewDesc(name("lb_backend_forwarded_packets_total"), "Frames forwarded to a backend (l2 or ipip).", backendLabels, nil)
+	descLBBackendPassed   = prometheus.NewDesc(name("lb_backend_passed_packets_total"), "Frames for a backend passed to the balancer's stack instead, by reason: mtu (ipip: too long once encapsulated), fwd_error.", append(append([]string{}, backendLabels...), lReason), nil)
+)
+
 // allDescs lists every descriptor, for Describe and the documentation test.
 func allDescs() []*prometheus.Desc {
 	return []*prometheus.Desc{
@@ -107,6 +153,12 @@ func allDescs() []*prometheus.Desc {
 		descConnSubflows, descConnSentBytes, descConnRecvBytes, descConnRetransByte,
 		descSubflowInfo, descSubflowSRTT, descSubflowCwnd, descSubflowSent, descSubflowRecv,
 		descSubflowRetransB, descSubflowRetransSeg, descSubflowDelivery,
+		descLBCounter, descLBTableEntries, descLBTableCapacity,
+		descLBVIPInfo, descLBVIPPackets, descLBVIPNewFlows, descLBVIPLearned, descLBVIPSteered, descLBVIPUnknown,
+		descLBVIPCollisions, descLBVIPTakeovers, descLBVIPPassed,
+		descLBBackendState, descLBBackendFlows, descLBBackendTokens, descLBBackendNewFlows, descLBBackendLearned,
+		descLBBackendSteered, descLBBackendHashed, descLBBackendColl, descLBBackendTakeover, descLBBackendFwd,
+		descLBBackendPassed,
 	}
 }
 

@@ -1,6 +1,6 @@
 // Package exporter is the Prometheus side of mptcp-xdp (`mptcp-xdp serve`): one collector that, at
 // scrape time and never in the background, reads the datapath counters of every attachment pinned
-// under the loader's bpffs root, the kernel's MPTcpExt counters of each selected network
+// under the loader's bpffs root and of every load balancer pinned beside it, the kernel's MPTcpExt counters of each selected network
 // namespace, and every MPTCP connection and subflow of those namespaces (through a
 // [SubflowReader], pkg/stats), and turns them into the metrics that docs/metrics.md lists.
 //
@@ -150,7 +150,9 @@ func (e *Exporter) Describe(ch chan<- *prometheus.Desc) {
 func (e *Exporter) Collect(ch chan<- prometheus.Metric) {
 	ch <- prometheus.MustNewConstMetric(descBuildInfo, prometheus.GaugeValue, 1, e.cfg.Version, runtime.Version(), e.kernel)
 	var wg sync.WaitGroup
-	wg.Go(func() { e.run(ch, SourceDatapath, "", func() error { return e.collectDatapath(ch) }) })
+	wg.Go(func() {
+		e.run(ch, SourceDatapath, "", func() error { return errors.Join(e.collectDatapath(ch), e.collectBalancers(ch)) })
+	})
 	for _, ns := range e.nss {
 		wg.Go(func() { e.run(ch, SourceMPTCPExt, ns.label, func() error { return e.collectMPTCPExt(ch, ns) }) })
 	}

@@ -1,0 +1,162 @@
+package exporter
+
+import (
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"sort"
+	"strconv"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/mptcp-xdp/mptcp-xdp/pkg/lb"
+)
+
+// collectBalancers exports every balancer pinned under the loader's LB root (one per network
+// namespace, labelled by its pin directory's name, as `lb status` names it), read from its pinned
+// maps under the loader's shared lock. One balancer that cannot be read fails the source but not
+// the others.
+func (e *Exporter) collectBalancers(ch chan<- prometheus.Metric) error {
+	ents, err := os.ReadDir(e.loader.LBRoot())
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil // no balancer (and nothing to lock)
+	}
+	if err != nil {
+		return fmt.Errorf("list balancers: %w", err)
+	}
+	unlock, err := e.loader.RLock()
+	if err != nil {
+		return err
+	}
+	defer unlock()
+	var errs []error
+	for _, ent := range ents {
+		dir := e.loader.LBDir(ent.Name())
+		if _, err := os.Stat(filepath.Join(dir, lb.MapVIPs)); err != nil {
+			continue // a decapsulator only, or removed since the listing
+		}
+		if err := collectBalancer(ch, ent.Name(), dir); err != nil {
+			errs = append(errs, fmt.Errorf("balancer %s: %w", ent.Name(), err))
+		}
+	}
+	return joinErrs(errs)
+}
+
+// collectBalancer exports the balancer pinned in dir, of namespace ns.
+func collectBalancer(ch chan<- prometheus.Metric, ns, dir string) error {
+	m, err := lb.OpenPinnedMaps(dir)
+	if err != nil {
+		return err
+	}
+	defer m.Close()
+	// Everything is read before anything is sent, so that a failed read sends nothing half made.
+	st, err := m.ReadStats()
+	if err != nil {
+		return err
+	}
+	vips, err := m.ListVIPs()
+	if err != nil {
+		return err
+	}
+	backends, err := m.ListBackends()
+	if err != nil {
+		return err
+	}
+	occ, err := m.Occupancy()
+	if err != nil {
+		return err
+	}
+	vipStats := map[uint32]lb.VIPStats{}
+	for _, v := range vips {
+		if _, ok := vipStats[v.ID]; ok {
+			continue
+		}
+		if vipStats[v.ID], err = m.ReadVIPStats(v.ID); err != nil {
+			return err
+		}
+	}
+	beStats := make([]lb.BackendStats, len(backends))
+	for i, b := range backends {
+		if beStats[i], err = m.ReadBackendStats(b.ID); err != nil {
+			return err
+		}
+	}
+
+	counter := func(d *prometheus.Desc, v uint64, labels ...string) {
+		ch <- prometheus.MustNewConstMetric(d, prometheus.CounterValue, float64(v), labels...)
+	}
+	gauge := func(d *prometheus.Desc, v float64, labels ...string) {
+		ch <- prometheus.MustNewConstMetric(d, prometheus.GaugeValue, v, labels...)
+	}
+	for i, v := range st {
+		counter(descLBCounter, v, ns, lb.Stat(i).String())
+	}
+	for _, t := range []struct {
+		name    string
+		entries int
+		cap     uint32
+	}{
+		{"vips", len(vips), m.VIPs.MaxEntries()},
+		{"backends", len(backends), m.Backends.MaxEntries()},
+		{"flows", occ.Flows, m.Flows.MaxEntries()},
+		{"tokens", occ.Tokens, m.Tokens.MaxEntries()},
+	} {
+		gauge(descLBTableEntries, float64(t.entries), ns, t.name)
+		gauge(descLBTableCapacity, float64(t.cap), ns, t.name)
+	}
+
+	for _, v := range vips {
+		gauge(descLBVIPInfo, 1, ns, strconv.FormatUint(uint64(v.ID), 10), v.Addr.String(), v.Forward.String(),
+			v.UnknownJoin.String(), strconv.FormatBool(v.JoinSteering))
+	}
+	ids := make([]uint32, 0, len(vipStats))
+	for id := range vipStats {
+		ids = append(ids, id)
+	}
+	sort.Slice(ids, func(i, j int) bool { return ids[i] < ids[j] })
+	for _, id := range ids {
+		s, l := vipStats[id], []string{ns, strconv.FormatUint(uint64(id), 10)}
+		counter(descLBVIPPackets, s[lb.VIPStatPackets], l...)
+		counter(descLBVIPNewFlows, s[lb.VIPStatNewFlow], l...)
+		counter(descLBVIPLearned, s[lb.VIPStatTokenLearned], l...)
+		counter(descLBVIPSteered, s[lb.VIPStatJoinSteered], l...)
+		for _, o := range []struct {
+			outcome string
+			stat    lb.VIPStat
+		}{{"drop", lb.VIPStatJoinUnknownDrop}, {"hash", lb.VIPStatJoinUnknownHash}, {"pass", lb.VIPStatJoinUnknownPass}} {
+			counter(descLBVIPUnknown, s[o.stat], append(l, o.outcome)...)
+		}
+		counter(descLBVIPCollisions, s[lb.VIPStatCollision], l...)
+		counter(descLBVIPTakeovers, s[lb.VIPStatTokenReplaced], l...)
+		for _, r := range []struct {
+			reason string
+			stat   lb.VIPStat
+		}{{"no_backend", lb.VIPStatNoBackend}, {"mtu", lb.VIPStatMTU}, {"fwd_error", lb.VIPStatFwdError}} {
+			counter(descLBVIPPassed, s[r.stat], append(l, r.reason)...)
+		}
+	}
+
+	for i, b := range backends {
+		s, l := beStats[i], []string{ns, b.Addr.String(), strconv.FormatUint(uint64(b.ID), 10)}
+		active, draining := 1.0, 0.0
+		if b.Draining {
+			active, draining = 0, 1
+		}
+		gauge(descLBBackendState, active, append(l, "active")...)
+		gauge(descLBBackendState, draining, append(l, "draining")...)
+		gauge(descLBBackendFlows, float64(occ.FlowsByBackend[b.ID]), l...)
+		gauge(descLBBackendTokens, float64(occ.TokensByBackend[b.ID]), l...)
+		counter(descLBBackendNewFlows, s[lb.BackendStatNewFlow], l...)
+		counter(descLBBackendLearned, s[lb.BackendStatTokenLearned], l...)
+		counter(descLBBackendSteered, s[lb.BackendStatJoinSteered], l...)
+		counter(descLBBackendHashed, s[lb.BackendStatJoinHashed], l...)
+		counter(descLBBackendColl, s[lb.BackendStatCollision], l...)
+		counter(descLBBackendTakeover, s[lb.BackendStatTokenReplaced], l...)
+		counter(descLBBackendFwd, s[lb.BackendStatForwarded], l...)
+		counter(descLBBackendPassed, s[lb.BackendStatMTU], append(l, "mtu")...)
+		counter(descLBBackendPassed, s[lb.BackendStatFwdError], append(l, "fwd_error")...)
+	}
+	return nil
+}
