@@ -4,9 +4,6 @@ import (
 	"bufio"
 	"fmt"
 	"io"
-	"math"
-	"strconv"
-	"time"
 
 	"github.com/spf13/cobra"
 
@@ -188,7 +185,7 @@ func connSubflowTable(w io.Writer, sfs []stats.Subflow, withToken bool) error {
 	if withToken {
 		fmt.Fprint(w, "TOKEN\t")
 	}
-	fmt.Fprintln(w, "ID\tLOCAL\tREMOTE\tLID\tRID\tFLAGS\tSTATE\tSRTT(ms)\tRTTVAR(ms)\tMINRTT(ms)\tCWND\tSSTHRESH\tMSS\tSENT\tACKED\tRECEIVED\tRETRANS\tRETRANS(segs)\tLOST\tSEGS_IN\tSEGS_OUT\tDELIVERY\tPACING")
+	fmt.Fprintln(w, "ID\tLOCAL\tREMOTE\tLID\tRID\tFLAGS\tSTATE\t"+figuresHeader)
 	for _, s := range sfs {
 		if withToken {
 			fmt.Fprintf(w, "%s\t", s.Token)
@@ -197,61 +194,19 @@ func connSubflowTable(w io.Writer, sfs []stats.Subflow, withToken bool) error {
 		if s.Closed {
 			state = "closed"
 		}
-		fmt.Fprintf(w, "%d\t%s\t%s\t%d\t%d\t%s\t%s\t%s\t%s\t%s\t%d\t%s\t%d\t%d\t%d\t%d\t%d\t%d\t%d\t%d\t%d\t%s\t%s\n",
-			s.ID, s.Local, s.Remote, s.LocalID, s.RemoteID, connDash(s.Flags.String()), state,
-			connMs(s.SRTT), connMs(s.RTTVar), connMs(s.MinRTT), s.Cwnd, connSsthresh(s.Ssthresh), s.MSS,
-			s.BytesSent, s.BytesAcked, s.BytesReceived, s.BytesRetrans, s.TotalRetrans, s.Lost,
-			s.SegsIn, s.SegsOut, connBitRate(s.DeliveryRate), connPacing(s.PacingRate))
+		f := s.Figures()
+		fmt.Fprintf(w, "%d\t%s\t%s\t%d\t%d\t%s\t%s\t%s\n",
+			s.ID, s.Local, s.Remote, s.LocalID, s.RemoteID, renderDash(s.Flags.String()), state, figuresCells(&f))
 	}
 	return nil
 }
 
-func connDash(s string) string {
-	if s == "" {
-		return "-"
-	}
-	return s
-}
-
-// connMs prints a duration in milliseconds with microsecond resolution, as ss does ("0.071").
-func connMs(d time.Duration) string {
-	return strconv.FormatFloat(float64(d.Microseconds())/1000, 'f', 3, 64)
-}
-
 func connSRTTRange(loUs, hiUs int64) string {
-	lo, hi := connMs(time.Duration(loUs)*time.Microsecond), connMs(time.Duration(hiUs)*time.Microsecond)
+	lo, hi := renderMs(loUs), renderMs(hiUs)
 	if lo == hi {
 		return lo
 	}
 	return lo + "-" + hi
-}
-
-// connSsthresh prints TCP_INFINITE_SSTHRESH (no loss yet) as "inf".
-func connSsthresh(v uint32) string {
-	if v >= 0x7fffffff {
-		return "inf"
-	}
-	return strconv.FormatUint(uint64(v), 10)
-}
-
-// connBitRate prints a rate in bytes per second as bits per second with an SI prefix, as ss does
-// in bps ("128.7Mbit/s").
-func connBitRate(bytesPerSec uint64) string {
-	v := float64(bytesPerSec) * 8
-	for _, u := range []string{"bit/s", "kbit/s", "Mbit/s", "Gbit/s"} {
-		if v < 1000 {
-			return strconv.FormatFloat(v, 'f', 1, 64) + u
-		}
-		v /= 1000
-	}
-	return strconv.FormatFloat(v, 'f', 1, 64) + "Tbit/s"
-}
-
-func connPacing(bytesPerSec uint64) string {
-	if bytesPerSec == math.MaxUint64 {
-		return "unlimited"
-	}
-	return connBitRate(bytesPerSec)
 }
 
 const connLBLong = `With --lb it lists instead the MPTCP connections the load balancer of --netns tracks, from its
