@@ -9,6 +9,7 @@ import (
 	"net/netip"
 	"os"
 	"regexp"
+	"runtime"
 	"strconv"
 	"strings"
 	"testing"
@@ -16,6 +17,8 @@ import (
 
 	"github.com/cilium/ebpf"
 	"github.com/google/gopacket/layers"
+	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
 )
 
 // pinnedBalancer loads the balancer with its maps pinned in a private bpffs directory and returns
@@ -372,4 +375,63 @@ func TestOccupancy(t *testing.T) {
 			t.Errorf("backend %d: %d tokens counted, %d listed", id, o.TokensByBackend[id], n)
 		}
 	}
+}
+
+// An ipip frame too long for the egress MTU once encapsulated is passed, and counted on its VIP id
+// and its backend; one that fits is forwarded and counted as forwarded.
+func TestMTUCountersPerBackend(t *testing.T) {
+	b := pinnedBalancer(t)
+	const mtu = 1500
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		// The thread enters a namespace of its own and is never unlocked: it exits with the
+		// goroutine, and no other goroutine runs in that namespace.
+		runtime.LockOSThread()
+		if err := unix.Unshare(unix.CLONE_NEWNET); err != nil {
+			t.Errorf("unshare: %v", err)
+			return
+		}
+		lo, err := netlink.LinkByName("lo")
+		if err != nil {
+			t.Errorf("lo: %v", err)
+			return
+		}
+		if err := netlink.LinkSetMTU(lo, mtu); err != nil {
+			t.Errorf("lo mtu: %v", err)
+			return
+		}
+		if err := b.PutVIP(VIP{Addr: vip4, ID: 2, JoinSteering: true, Forward: ForwardIPIP}); err != nil {
+			t.Error(err)
+			return
+		}
+		be := testBackend(7, false, lo.Attrs().Index)
+		if err := b.PutBackend(be); err != nil {
+			t.Error(err)
+			return
+		}
+		fillRing(t, b.Maps, 2, 7)
+		r := rand.New(rand.NewPCG(49, 50))
+		s := segment{src: clientAddr(r, vip4), dst: vip4, syn: true, opts: []layers.TCPOption{optMPCapableSYN()}}
+		empty := len(serialize(t, s.ipLayers()...))
+		for _, c := range []struct {
+			innerLen int
+			want     uint32
+		}{{mtu - 20, xdpTX}, {mtu - 19, xdpPass}, {mtu, xdpPass}} {
+			s.payload = make([]byte, c.innerLen-empty)
+			if ret, _ := run(t, b.Program, s.frame(t)); ret != c.want {
+				t.Errorf("inner packet of %d bytes: verdict %d, want %d", c.innerLen, ret, c.want)
+			}
+		}
+		if got, want := nonZeroBE(beStats(t, b.Maps, 7)), map[string]uint64{"new_flow": 3, "forwarded": 1, "mtu": 2}; !sameCounts(got, want) {
+			t.Errorf("backend 7 counters %v, want %v", got, want)
+		}
+		if got, want := nonZeroVIP(vipStats(t, b.Maps, 2)), map[string]uint64{"packets": 3, "new_flow": 3, "mtu": 2}; !sameCounts(got, want) {
+			t.Errorf("vip 2 counters %v, want %v", got, want)
+		}
+		if g := stats(t, b.Maps); g[StatMTU] != 2 || g[StatFwdIPIP] != 1 {
+			t.Errorf("global counters %v", g.Map())
+		}
+	}()
+	<-done
 }
