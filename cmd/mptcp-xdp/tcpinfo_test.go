@@ -342,7 +342,7 @@ func normAddr(s string) string {
 // and one plain TCP connection, and checks it against ss.
 func TestTCPInfoProcess(t *testing.T) {
 	const paths = 4
-	l := testutil.NewLab(t, lab.Config{Paths: paths, Subflows: true, IPv6: true})
+	l := testutil.NewLab(t, lab.Config{Prefix: fmt.Sprintf("mxsop%04x", os.Getpid()%0x10000), Paths: paths, Subflows: true, IPv6: true})
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
 	mln, err := l.Listen(ctx, ":0")
@@ -443,7 +443,7 @@ func TestTCPInfoProcess(t *testing.T) {
 	for _, c := range rep.Connections {
 		for _, s := range c.Subflows {
 			ours = append(ours, normAddr(s.Local)+" "+normAddr(s.Remote))
-			if s.State != "ESTAB" || s.SrttUs == 0 || s.Cwnd == 0 || s.MSS == 0 {
+			if s.State != "ESTAB" || s.SRTTUs == 0 || s.Cwnd == 0 || s.MSS == 0 {
 				t.Errorf("fd %d subflow %s: %+v", c.FD, s.Local, s)
 			}
 		}
@@ -468,6 +468,8 @@ func TestTCPInfoProcess(t *testing.T) {
 	}
 	t.Logf("mptcp-xdp tcpinfo --pid %s:\n%s", pid, table)
 
+	t.Run("SameAsSubflowList", func(t *testing.T) { testSameAsSubflowList(t, l.Client, out, table) })
+
 	t.Run("fd", func(t *testing.T) {
 		fd := strconv.Itoa(h.fd("mptcp"))
 		out, err := runCLI("tcpinfo", "--pid", pid, "--fd", fd, "-o", "json")
@@ -482,7 +484,7 @@ func TestTCPInfoProcess(t *testing.T) {
 			fd   int
 			want string
 		}{
-			{h.fd("plain"), "is not an MPTCP socket"},
+			{h.fd("plain"), "not an MPTCP socket"},
 			{0, "is not a socket"}, // the helper's stdin is a pipe
 			{4095, "has no file descriptor 4095"},
 		} {
@@ -527,4 +529,141 @@ func TestTCPInfoProcess(t *testing.T) {
 			t.Errorf("as nobody: %v: %s", err, out)
 		}
 	})
+}
+
+// testSameAsSubflowList checks that tcpinfo's JSON and table (tcpinfoJSON, tcpinfoTable) name and
+// print every subflow figure as `subflow list` does, for the same subflows read through the BPF
+// iterator in namespace ns.
+func testSameAsSubflowList(t *testing.T, ns, tcpinfoJSON, tcpinfoTable string) {
+	listJSON, err := runCLI("--netns", ns, "subflow", "list", "-o", "json")
+	if err != nil {
+		t.Fatal(err)
+	}
+	listTable, err := runCLI("--netns", ns, "subflow", "list")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var ti struct {
+		Connections []struct {
+			Subflows []map[string]any `json:"subflows"`
+		} `json:"connections"`
+	}
+	if err := json.Unmarshal([]byte(tcpinfoJSON), &ti); err != nil {
+		t.Fatal(err)
+	}
+	var sl struct {
+		Subflows []map[string]any `json:"subflows"`
+	}
+	if err := json.Unmarshal([]byte(listJSON), &sl); err != nil {
+		t.Fatal(err)
+	}
+	key := func(m map[string]any) string {
+		l, _ := m["local"].(string)
+		r, _ := m["remote"].(string)
+		return normAddr(l) + " " + normAddr(r)
+	}
+	listed := map[string]map[string]any{}
+	for _, m := range sl.Subflows {
+		listed[key(m)] = m
+	}
+	// Quantities that stay put on an idle connection: both reads must agree on them.
+	stable := []string{"state", "cwnd", "ssthresh", "mss", "bytes_sent", "bytes_acked", "bytes_received",
+		"bytes_retrans", "total_retrans", "retrans", "lost"}
+	n := 0
+	for _, c := range ti.Connections {
+		for _, m := range c.Subflows {
+			n++
+			l, ok := listed[key(m)]
+			if !ok {
+				t.Errorf("subflow %s: not in subflow list", key(m))
+				continue
+			}
+			for k := range m {
+				if _, ok := l[k]; !ok {
+					t.Errorf("subflow %s: tcpinfo field %q is not a subflow list field", key(m), k)
+				}
+			}
+			for _, k := range stable {
+				if fmt.Sprint(m[k]) != fmt.Sprint(l[k]) {
+					t.Errorf("subflow %s %s: tcpinfo %v, subflow list %v", key(m), k, m[k], l[k])
+				}
+			}
+			if id, ok := m["id"]; ok && fmt.Sprint(id) != fmt.Sprint(l["id"]) {
+				t.Errorf("subflow %s id: tcpinfo %v, subflow list %v", key(m), id, l["id"])
+			}
+			if _, ok := m["retransmits"]; ok {
+				t.Errorf("subflow %s: the old name retransmits is back", key(m))
+			}
+		}
+	}
+	if n == 0 {
+		t.Fatal("tcpinfo listed no subflows")
+	}
+
+	// The tables: the same figure columns, and the same cells for the same subflow.
+	tiRows, tiCols := tableRows(tcpinfoTable, "ID")
+	slRows, slCols := tableRows(listTable, "TOKEN")
+	figures := strings.Split(figuresHeader, "\t")
+	if !containsRun(tiCols, figures) || !containsRun(slCols, figures) {
+		t.Fatalf("figure columns %v:\n tcpinfo %v\n subflow list %v", figures, tiCols, slCols)
+	}
+	if len(tiRows) != n {
+		t.Errorf("tcpinfo table has %d subflow rows, JSON %d subflows", len(tiRows), n)
+	}
+	for k, row := range tiRows {
+		other, ok := slRows[k]
+		if !ok {
+			t.Errorf("table row %s: not in subflow list's table", k)
+			continue
+		}
+		for _, col := range []string{"CWND", "SSTHRESH", "MSS", "SENT", "ACKED", "RECEIVED", "RETRANS", "RETRANS(segs)", "LOST"} {
+			if row[col] != other[col] {
+				t.Errorf("table row %s %s: tcpinfo %q, subflow list %q", k, col, row[col], other[col])
+			}
+		}
+		for _, col := range []string{"SRTT(ms)", "RTTVAR(ms)", "MINRTT(ms)"} {
+			if !regexp.MustCompile(`^\d+\.\d{3}$`).MatchString(row[col]) || !regexp.MustCompile(`^\d+\.\d{3}$`).MatchString(other[col]) {
+				t.Errorf("table row %s %s: tcpinfo %q, subflow list %q, want milliseconds as 0.000", k, col, row[col], other[col])
+			}
+		}
+		for _, col := range []string{"DELIVERY", "PACING"} {
+			rate := regexp.MustCompile(`^(\d+\.\d[kMGT]?bit/s|unlimited)$`)
+			if !rate.MatchString(row[col]) || !rate.MatchString(other[col]) {
+				t.Errorf("table row %s %s: tcpinfo %q, subflow list %q, want a bit rate", k, col, row[col], other[col])
+			}
+		}
+	}
+}
+
+// tableRows parses every table in out whose header line starts with first: one map per row, by
+// column name, keyed by "LOCAL REMOTE" (normalised); it returns the last header's columns.
+func tableRows(out, first string) (map[string]map[string]string, []string) {
+	rows := map[string]map[string]string{}
+	var cols, last []string
+	for _, line := range strings.Split(out, "\n") {
+		f := strings.Fields(line)
+		switch {
+		case len(f) == 0:
+			cols = nil
+		case f[0] == first:
+			cols, last = f, f
+		case cols != nil && len(f) == len(cols):
+			row := map[string]string{}
+			for i, c := range cols {
+				row[c] = f[i]
+			}
+			rows[normAddr(row["LOCAL"])+" "+normAddr(row["REMOTE"])] = row
+		}
+	}
+	return rows, last
+}
+
+// containsRun reports whether run appears in s as consecutive elements.
+func containsRun(s, run []string) bool {
+	for i := 0; i+len(run) <= len(s); i++ {
+		if slices.Equal(s[i:i+len(run)], run) {
+			return true
+		}
+	}
+	return false
 }
