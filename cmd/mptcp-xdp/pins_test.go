@@ -2,6 +2,7 @@ package main
 
 import (
 	"encoding/json"
+	"errors"
 	"fmt"
 	"math/rand/v2"
 	"os"
@@ -165,7 +166,7 @@ func TestPins(t *testing.T) {
 	}
 	m.Close()
 	t.Cleanup(func() {
-		if err := ld.DetachLB(srv); err != nil {
+		if err := ld.DetachLB(srv); err != nil && !errors.Is(err, loader.ErrLBNotAttached) { // the last subtest detaches it
 			t.Errorf("cleanup: %v", err)
 		}
 	})
@@ -405,6 +406,37 @@ func TestPins(t *testing.T) {
 			if err := json.Unmarshal(e.Decoded, &c); err != nil || c.Direction != []string{"ingress", "egress"}[i] {
 				t.Errorf("counters entry %d decoded %s (%v)", i, e.Decoded, err)
 			}
+		}
+	})
+
+	// A balancer link whose interface is gone is a problem of the balancer, and detach removes it.
+	t.Run("defunct link", func(t *testing.T) {
+		if _, err := l.IP(srv, "link", "add", "mxpinx", "type", "veth", "peer", "name", "mxpiny"); err != nil {
+			t.Fatal(err)
+		}
+		m, err := ld.AttachLB(loader.LBAttachOptions{Netns: srv, Ifaces: []string{"mxpinx"}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		m.Close()
+		if _, err := l.IP(srv, "link", "del", "mxpinx"); err != nil {
+			t.Fatal(err)
+		}
+		var st statusJSON
+		cliJSON(t, &st, "--netns", srv, "status")
+		if len(st.Balancers) != 1 || !slices.Equal(st.Balancers[0].Problems, []string{"link_xdp@mxpinx: xdp link is defunct: its interface is gone"}) {
+			t.Errorf("balancers %+v, want the defunct link of mxpinx as a problem", st.Balancers)
+		}
+		if err := ld.DetachLB(srv); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := os.Stat(ld.LBDir(srv)); !os.IsNotExist(err) {
+			t.Errorf("after lb detach: %s is left (%v)", ld.LBDir(srv), err)
+		}
+		var after statusJSON
+		cliJSON(t, &after, "--netns", srv, "status")
+		if len(after.Balancers) != 0 {
+			t.Errorf("after lb detach: balancers %+v", after.Balancers)
 		}
 	})
 }
