@@ -207,9 +207,18 @@ func (b *Balancer) addBackends(ctx context.Context, specs ...BackendSpec) ([]Bac
 		if err != nil {
 			return out, fmt.Errorf("backend %s: %w", s.Addr, err)
 		}
+		_, known := b.set.byAddr[s.Addr.Unmap()]
 		be, err := b.set.Add(s)
 		if err != nil {
 			return out, err
+		}
+		if !known {
+			// A new backend may get the id of a removed one whose flows and tokens GC has not
+			// collected yet: it must not inherit them (their connections live on the old backend).
+			if err := b.purge(be.ID); err != nil {
+				_, _ = b.set.Remove(be.Addr)
+				return out, fmt.Errorf("backend %s: clear the state of its id %d: %w", s.Addr, be.ID, err)
+			}
 		}
 		if err := b.putBackend(be, nh); err != nil {
 			return out, err
@@ -221,6 +230,34 @@ func (b *Balancer) addBackends(ctx context.Context, specs ...BackendSpec) ([]Bac
 		out = append(out, be)
 	}
 	return out, b.rebuild()
+}
+
+// purge deletes every flow and token that points at backend id.
+func (b *Balancer) purge(id uint32) error {
+	flows, err := b.Maps.ListFlows()
+	if err != nil {
+		return err
+	}
+	var errs []error
+	for _, f := range flows {
+		if f.Backend == id {
+			if err := b.Maps.DeleteFlow(f.FlowKey); err != nil {
+				errs = append(errs, err)
+			}
+		}
+	}
+	tokens, err := b.Maps.ListTokens()
+	if err != nil {
+		return errors.Join(append(errs, err)...)
+	}
+	for _, t := range tokens {
+		if t.Backend == id {
+			if err := b.Maps.DeleteToken(t.VIPID, t.Token); err != nil {
+				errs = append(errs, err)
+			}
+		}
+	}
+	return errors.Join(errs...)
 }
 
 func (b *Balancer) putBackend(be Backend, nh NextHop) error {

@@ -21,11 +21,17 @@ import (
 // client addresses (on-link, as l2 wants).
 func newBalancer(t *testing.T) (*control.Balancer, *lb.Maps, *lab.Lab) {
 	t.Helper()
+	return newBalancerPaths(t, 2)
+}
+
+// newBalancerPaths is newBalancer over a lab of n paths.
+func newBalancerPaths(t *testing.T, n int) (*control.Balancer, *lb.Maps, *lab.Lab) {
+	t.Helper()
 	testutil.RequireRoot(t)
 	if err := rlimit.RemoveMemlock(); err != nil {
 		t.Fatal(err)
 	}
-	l := testutil.NewLab(t, lab.Config{Paths: 2})
+	l := testutil.NewLab(t, lab.Config{Paths: n})
 	spec, err := lb.Spec(lb.Config{MaxVIPs: 2, MaxFlows: 1024, MaxTokens: 1024})
 	if err != nil {
 		t.Fatal(err)
@@ -172,5 +178,99 @@ func TestGC(t *testing.T) {
 	tokens, _ := bal.ListTokens()
 	if len(flows) != 1 || flows[0].FlowKey.Src.Port() != 1 || len(tokens) != 1 || tokens[0].Token != 1 {
 		t.Errorf("left: flows %+v tokens %+v", flows, tokens)
+	}
+}
+
+// A backend added after another was removed may get its id; it must not inherit the removed
+// backend's flows and tokens (their connections live on the removed backend), even when no GC
+// has run in between.
+func TestReusedIDStartsClean(t *testing.T) {
+	b, bal, l := newBalancerPaths(t, 3)
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	vip := netip.MustParseAddrPort("10.0.0.10:80")
+	v, err := b.PutVIP(vip, control.DefaultPolicy)
+	if err != nil {
+		t.Fatal(err)
+	}
+	bes, err := b.AddBackends(ctx, control.BackendSpec{Addr: l.Paths[0].ClientIP4}, control.BackendSpec{Addr: l.Paths[1].ClientIP4})
+	if err != nil {
+		t.Fatal(err)
+	}
+	old := bes[1].ID
+	now := lb.Monotonic()
+	flow := lb.Flow{FlowKey: lb.FlowKey{Src: netip.MustParseAddrPort("10.0.1.2:4000"), Dst: vip}, Backend: old, Token: 7, LastSeen: now}
+	if err := bal.PutFlows([]lb.Flow{flow}); err != nil {
+		t.Fatal(err)
+	}
+	if err := bal.PutToken(lb.Token{VIPID: v.ID, Token: 7, Backend: old, LastSeen: now}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := b.Remove(l.Paths[1].ClientIP4); err != nil {
+		t.Fatal(err)
+	}
+	got, err := b.AddBackends(ctx, control.BackendSpec{Addr: l.Paths[2].ClientIP4})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got[0].ID != old {
+		t.Fatalf("new backend got id %d, want the freed id %d (lowest free)", got[0].ID, old)
+	}
+	if f, ok, err := bal.LookupFlow(flow.FlowKey); err != nil || ok {
+		t.Errorf("the new backend %d inherited flow %+v (%v)", old, f, err)
+	}
+	if tk, ok, err := bal.LookupToken(v.ID, 7); err != nil || ok {
+		t.Errorf("the new backend %d inherited token %+v (%v)", old, tk, err)
+	}
+}
+
+// GC keeps idle flows that can resume: those whose connection's token is live (an idle backup
+// subflow) and those of a draining backend (Maglev would not find it again); it removes the idle
+// flows of connections without a live token.
+func TestGCKeepsResumableFlows(t *testing.T) {
+	b, bal, l := newBalancer(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	vip := netip.MustParseAddrPort("10.0.0.10:80")
+	v, err := b.PutVIP(vip, control.DefaultPolicy)
+	if err != nil {
+		t.Fatal(err)
+	}
+	bes, err := b.AddBackends(ctx, control.BackendSpec{Addr: l.Paths[0].ClientIP4}, control.BackendSpec{Addr: l.Paths[1].ClientIP4})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := b.Drain(l.Paths[1].ClientIP4); err != nil {
+		t.Fatal(err)
+	}
+	act, drn := bes[0].ID, bes[1].ID
+	now := lb.Monotonic()
+	flow := func(port uint16, be, token uint32) lb.Flow {
+		return lb.Flow{FlowKey: lb.FlowKey{Src: netip.AddrPortFrom(netip.MustParseAddr("10.0.1.2"), port), Dst: vip},
+			Backend: be, Token: token, LastSeen: now - time.Hour}
+	}
+	backup, drained, plain, stale := flow(1, act, 11), flow(2, drn, 0), flow(3, act, 0), flow(4, act, 12)
+	if err := bal.PutFlows([]lb.Flow{backup, drained, plain, stale}); err != nil {
+		t.Fatal(err)
+	}
+	for _, tk := range []lb.Token{{VIPID: v.ID, Token: 11, Backend: act, LastSeen: now}, {VIPID: v.ID, Token: 12, Backend: act, LastSeen: now - 2*time.Hour}} {
+		if err := bal.PutToken(tk); err != nil {
+			t.Fatal(err)
+		}
+	}
+	r, err := b.GC(control.GCConfig{FlowIdle: time.Minute, TokenIdle: time.Hour}, lb.Monotonic())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r.IdleFlows != 2 || r.IdleTokens != 1 || r.OrphanFlows != 0 {
+		t.Errorf("gc: %+v, want the plain and the stale-token flow and the stale token removed", r)
+	}
+	for _, c := range []struct {
+		f    lb.Flow
+		keep bool
+	}{{backup, true}, {drained, true}, {plain, false}, {stale, false}} {
+		if _, ok, err := bal.LookupFlow(c.f.FlowKey); err != nil || ok != c.keep {
+			t.Errorf("flow from port %d (backend %d, token %d): present %v, want %v (%v)", c.f.Src.Port(), c.f.Backend, c.f.Token, ok, c.keep, err)
+		}
 	}
 }

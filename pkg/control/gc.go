@@ -2,7 +2,10 @@ package control
 
 import (
 	"errors"
+	"net/netip"
 	"time"
+
+	"github.com/mptcp-xdp/mptcp-xdp/pkg/lb"
 )
 
 // GCConfig bounds how long idle state lives. The flow and token tables are LRU maps, so the
@@ -37,49 +40,110 @@ type GCResult struct {
 }
 
 // GC removes idle flows and tokens, and those of backends no longer in the set, as of the
-// monotonic time now (lb.Monotonic(), the datapath's clock).
+// monotonic time now (lb.Monotonic(), the datapath's clock). An idle flow is kept while its
+// connection's token is live (an idle backup subflow resumes on its backend) and while its backend
+// drains (Maglev no longer places anything there, so the flow could not be found again). Every
+// entry is read again just before it is deleted: a packet may have refreshed it meanwhile.
 func (b *Balancer) GC(cfg GCConfig, now time.Duration) (GCResult, error) {
 	cfg = cfg.withDefaults()
-	live := map[uint32]bool{}
+	live, draining := map[uint32]bool{}, map[uint32]bool{}
 	for _, be := range b.set.List() {
 		live[be.ID] = true
+		draining[be.ID] = be.State == Draining
 	}
 	var r GCResult
 	var errs []error
+	vips, err := b.Maps.ListVIPs()
+	if err != nil {
+		return r, err
+	}
+	vipID := map[netip.AddrPort]uint32{}
+	for _, v := range vips {
+		vipID[v.Addr] = v.ID
+	}
+	tokens, err := b.Maps.ListTokens()
+	if err != nil {
+		return r, err
+	}
+	type tk struct{ vip, token uint32 }
+	liveTok := map[tk]bool{}
+	for _, t := range tokens {
+		if live[t.Backend] && now-t.LastSeen <= cfg.TokenIdle {
+			liveTok[tk{t.VIPID, t.Token}] = true
+		}
+	}
 	flows, err := b.Maps.ListFlows()
 	if err != nil {
 		return r, err
 	}
 	r.Flows = len(flows)
-	for _, f := range flows {
+	// why tells whether flow f is to go, and why (0: it stays).
+	why := func(f lb.Flow) int {
 		switch {
 		case !live[f.Backend]:
-			r.OrphanFlows++
-		case now-f.LastSeen > cfg.FlowIdle:
-			r.IdleFlows++
-		default:
+			return 1
+		case now-f.LastSeen <= cfg.FlowIdle, draining[f.Backend]:
+			return 0
+		}
+		if id, ok := vipID[f.Dst]; ok && f.Token != 0 && liveTok[tk{id, f.Token}] {
+			return 0
+		}
+		return 2
+	}
+	for _, f := range flows {
+		if why(f) == 0 {
+			continue
+		}
+		cur, ok, err := b.Maps.LookupFlow(f.FlowKey)
+		if err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		w := why(cur)
+		if !ok || w == 0 {
 			continue
 		}
 		if err := b.Maps.DeleteFlow(f.FlowKey); err != nil {
 			errs = append(errs, err)
+			continue
+		}
+		if w == 1 {
+			r.OrphanFlows++
+		} else {
+			r.IdleFlows++
 		}
 	}
-	tokens, err := b.Maps.ListTokens()
-	if err != nil {
-		return r, errors.Join(append(errs, err)...)
-	}
 	r.Tokens = len(tokens)
-	for _, t := range tokens {
+	whyTok := func(t lb.Token) int {
 		switch {
 		case !live[t.Backend]:
-			r.OrphanTokens++
+			return 1
 		case now-t.LastSeen > cfg.TokenIdle:
-			r.IdleTokens++
-		default:
+			return 2
+		}
+		return 0
+	}
+	for _, t := range tokens {
+		if whyTok(t) == 0 {
+			continue
+		}
+		cur, ok, err := b.Maps.LookupToken(t.VIPID, t.Token)
+		if err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		w := whyTok(cur)
+		if !ok || w == 0 {
 			continue
 		}
 		if err := b.Maps.DeleteToken(t.VIPID, t.Token); err != nil {
 			errs = append(errs, err)
+			continue
+		}
+		if w == 1 {
+			r.OrphanTokens++
+		} else {
+			r.IdleTokens++
 		}
 	}
 	r.FlowsAfter = r.Flows - r.IdleFlows - r.OrphanFlows
