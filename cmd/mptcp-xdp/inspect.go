@@ -83,14 +83,20 @@ kernel.bpf_stats_enabled=1) and where mptcp-xdp attached it.`,
 				}
 			}
 			return render(cmd, g, map[string]any{"programs": rows}, func(w io.Writer) error {
-				fmt.Fprintln(w, "ID\tNAME\tTYPE\tTAG\tRUNS\tAVG NS\tMAPS\tATTACHED TO")
+				fmt.Fprintln(w, "ID\tNAME\tTYPE\tTAG\tRUNS\tAVG NS\tMAPS\tKIND\tATTACHED TO")
 				for _, r := range rows {
 					avg := "-"
 					if r.RunCount > 0 {
 						avg = fmt.Sprint(r.RunTimeNs / r.RunCount)
 					}
-					fmt.Fprintf(w, "%d\t%s\t%s\t%s\t%d\t%s\t%s\t%s\n", r.ID, r.Name, r.Type, r.Tag, r.RunCount, avg,
-						joinIDs(r.MapIDs), orDash(strings.Join(r.AttachedTo, ",")))
+					where := r.AttachedTo
+					if len(where) == 0 {
+						for _, p := range r.Pins {
+							where = append(where, p.Hook) // attached to no interface: the history's cgroup
+						}
+					}
+					fmt.Fprintf(w, "%d\t%s\t%s\t%s\t%d\t%s\t%s\t%s\t%s\n", r.ID, r.Name, r.Type, r.Tag, r.RunCount, avg,
+						joinIDs(r.MapIDs), orDash(r.Kind), orDash(strings.Join(where, ",")))
 				}
 				return nil
 			})
@@ -221,10 +227,10 @@ func newMapCmd(g *globalFlags) *cobra.Command {
 				}
 			}
 			return render(cmd, g, map[string]any{"maps": rows}, func(w io.Writer) error {
-				fmt.Fprintln(w, "ID\tNAME\tTYPE\tKEY\tVALUE\tENTRIES\tPINNED")
+				fmt.Fprintln(w, "ID\tNAME\tTYPE\tKEY\tVALUE\tENTRIES\tKIND\tPINNED")
 				for _, r := range rows {
-					fmt.Fprintf(w, "%d\t%s\t%s\t%dB\t%dB\t%d/%d\t%s\n", r.ID, r.Name, r.Type, r.KeySize, r.ValueSize, r.Entries,
-						r.MaxEntries, orDash(strings.Join(r.Pins, ",")))
+					fmt.Fprintf(w, "%d\t%s\t%s\t%dB\t%dB\t%d/%d\t%s\t%s\n", r.ID, r.Name, r.Type, r.KeySize, r.ValueSize, r.Entries,
+						r.MaxEntries, orDash(r.Kind), orDash(strings.Join(r.Pins, ",")))
 				}
 				return nil
 			})

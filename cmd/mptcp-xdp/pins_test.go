@@ -409,6 +409,20 @@ func TestPins(t *testing.T) {
 		}
 	})
 
+	t.Run("tables", func(t *testing.T) {
+		for _, args := range [][]string{{"status"}, {"prog", "list"}, {"map", "list"}} {
+			out, err := cliRun(args...)
+			if err != nil {
+				t.Fatal(err)
+			}
+			for _, kind := range []string{"balancer", "decap", "history"} {
+				if !strings.Contains(out, kind) {
+					t.Errorf("%s (table) does not show the %s:\n%s", strings.Join(args, " "), kind, out)
+				}
+			}
+		}
+	})
+
 	// A balancer link whose interface is gone is a problem of the balancer, and detach removes it.
 	t.Run("defunct link", func(t *testing.T) {
 		if _, err := l.IP(srv, "link", "add", "mxpinx", "type", "veth", "peer", "name", "mxpiny"); err != nil {
