@@ -239,7 +239,7 @@ func (p *Pin) resolve() {
 			p.Problem = p.Hook + " link is defunct: its interface is gone"
 		}
 	case ObjectProg:
-		pr, err := ebpf.LoadPinnedProgram(p.Path, &ebpf.LoadPinOptions{ReadOnly: true})
+		pr, err := ebpf.LoadPinnedProgram(p.Path, nil)
 		if err != nil {
 			p.Problem = fmt.Sprintf("pinned program unreadable: %v", err)
 			return
