@@ -346,6 +346,19 @@ without it: stop and restart it at will. Logs go to stderr; SIGINT/SIGTERM stop 
 			if err := lvl.UnmarshalText([]byte(logLevel)); err != nil {
 				return fmt.Errorf("--log-level %q: %w", logLevel, err)
 			}
+			for _, d := range []struct {
+				flag     string
+				v, floor time.Duration
+			}{
+				{"gc-interval", cfg.GCInterval, time.Second}, {"refresh-interval", cfg.RefreshInterval, time.Second},
+				{"summary-interval", cfg.SummaryInterval, time.Second},
+				// Below these a connection pausing between two packets would lose its state.
+				{"flow-idle", cfg.GC.FlowIdle, 10 * time.Second}, {"token-idle", cfg.GC.TokenIdle, 10 * time.Second},
+			} {
+				if d.v < d.floor {
+					return fmt.Errorf("--%s %s: at least %s", d.flag, d.v, d.floor)
+				}
+			}
 			slog.SetDefault(slog.New(slog.NewTextHandler(cmd.ErrOrStderr(), &slog.HandlerOptions{Level: lvl})))
 			return withBalancer(g, true, func(b *control.Balancer) error {
 				ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)

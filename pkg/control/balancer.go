@@ -120,8 +120,8 @@ func (b *Balancer) PutVIP(addr netip.AddrPort, p Policy) (v lb.VIP, err error) {
 
 func (b *Balancer) putVIP(addr netip.AddrPort, p Policy) (lb.VIP, error) {
 	addr = netip.AddrPortFrom(addr.Addr().Unmap(), addr.Port())
-	if !addr.Addr().IsValid() || addr.Port() == 0 {
-		return lb.VIP{}, fmt.Errorf("vip %s: want ADDR:PORT with a port", addr)
+	if err := b.checkVIP(addr); err != nil {
+		return lb.VIP{}, err
 	}
 	vips, err := b.Maps.ListVIPs()
 	if err != nil {
@@ -155,6 +155,34 @@ func (b *Balancer) putVIP(addr netip.AddrPort, p Policy) (lb.VIP, error) {
 	}
 	slog.Debug("vip", "addr", v.Addr, "id", v.ID, "forward", v.Forward, "unknown_join", v.UnknownJoin, "join_steering", v.JoinSteering)
 	return v, nil
+}
+
+// checkVIP refuses what cannot be a service address: no port, an unspecified, multicast,
+// broadcast or loopback address, a backend's address, or an address of the balancer itself (its
+// own traffic would be balanced away).
+func (b *Balancer) checkVIP(addr netip.AddrPort) error {
+	a := addr.Addr()
+	switch {
+	case !a.IsValid() || addr.Port() == 0:
+		return fmt.Errorf("vip %s: want ADDR:PORT with a port", addr)
+	case a.IsUnspecified(), a.IsMulticast(), a.IsLoopback(), a == netip.AddrFrom4([4]byte{255, 255, 255, 255}):
+		return fmt.Errorf("vip %s: an unspecified, multicast, broadcast or loopback address cannot be a service address", addr)
+	}
+	for _, be := range b.set.List() {
+		if be.Addr == a {
+			return fmt.Errorf("vip %s: %s is a backend's address", addr, a)
+		}
+	}
+	if b.Resolver != nil {
+		local, err := b.Resolver.IsLocal(a)
+		if err != nil {
+			return fmt.Errorf("vip %s: %w", addr, err)
+		}
+		if local {
+			return fmt.Errorf("vip %s: %s is an address of the balancer itself (its own traffic would be balanced away)", addr, a)
+		}
+	}
+	return nil
 }
 
 // DeleteVIP removes a VIP and its tokens; its traffic goes to the balancer's stack again.
@@ -201,8 +229,17 @@ func (b *Balancer) addBackends(ctx context.Context, specs ...BackendSpec) ([]Bac
 	if err != nil {
 		return nil, err
 	}
+	vips, err := b.Maps.ListVIPs()
+	if err != nil {
+		return nil, err
+	}
 	var out []Backend
 	for _, s := range specs {
+		for _, v := range vips {
+			if v.Addr.Addr() == s.Addr.Unmap() {
+				return out, fmt.Errorf("backend %s: the address of VIP %s", s.Addr, v.Addr)
+			}
+		}
 		nh, err := b.Resolver.Resolve(ctx, s.Addr, onLink)
 		if err != nil {
 			return out, fmt.Errorf("backend %s: %w", s.Addr, err)

@@ -4,6 +4,7 @@ import (
 	"context"
 	"net/netip"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 
@@ -272,5 +273,45 @@ func TestGCKeepsResumableFlows(t *testing.T) {
 		if _, ok, err := bal.LookupFlow(c.f.FlowKey); err != nil || ok != c.keep {
 			t.Errorf("flow from port %d (backend %d, token %d): present %v, want %v (%v)", c.f.Src.Port(), c.f.Backend, c.f.Token, ok, c.keep, err)
 		}
+	}
+}
+
+// What cannot be a service address is refused with a reason, before anything is written: no port,
+// unspecified, multicast, broadcast, loopback, a backend's address, the balancer's own address;
+// and a backend cannot take a VIP's address.
+func TestVIPValidation(t *testing.T) {
+	b, bal, l := newBalancer(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	if _, err := b.AddBackends(ctx, control.BackendSpec{Addr: l.Paths[0].ClientIP4}); err != nil {
+		t.Fatal(err)
+	}
+	// The resolver lives in the lab's server namespace: its addresses are the balancer's own.
+	own := l.Paths[1].ServerIP4
+	for _, c := range []struct{ vip, want string }{
+		{"10.0.0.10:0", "with a port"},
+		{"0.0.0.0:80", "unspecified"},
+		{"[::]:80", "unspecified"},
+		{"224.0.0.1:80", "multicast"},
+		{"[ff02::1]:80", "multicast"},
+		{"255.255.255.255:80", "broadcast"},
+		{"127.0.0.1:80", "loopback"},
+		{netip.AddrPortFrom(l.Paths[0].ClientIP4, 80).String(), "a backend's address"},
+		{netip.AddrPortFrom(own, 80).String(), "the balancer itself"},
+	} {
+		_, err := b.PutVIP(netip.MustParseAddrPort(c.vip), control.DefaultPolicy)
+		if err == nil || !strings.Contains(err.Error(), c.want) {
+			t.Errorf("vip %s: %v, want an error saying %q", c.vip, err, c.want)
+		}
+	}
+	if vips, err := bal.ListVIPs(); err != nil || len(vips) != 0 {
+		t.Errorf("refused VIPs were written: %+v %v", vips, err)
+	}
+	vip := netip.AddrPortFrom(l.Paths[1].ClientIP4, 80)
+	if _, err := b.PutVIP(vip, control.DefaultPolicy); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := b.AddBackends(ctx, control.BackendSpec{Addr: vip.Addr()}); err == nil || !strings.Contains(err.Error(), "the address of VIP") {
+		t.Errorf("a backend on the VIP's address: %v", err)
 	}
 }

@@ -248,3 +248,17 @@ func (r *Resolver) Watch(ctx context.Context, fn func(NeighEvent)) error {
 		}
 	}
 }
+
+// IsLocal reports whether addr is one of the namespace's own addresses.
+func (r *Resolver) IsLocal(addr netip.Addr) (bool, error) {
+	addrs, err := r.h.AddrList(nil, netlink.FAMILY_ALL)
+	if err != nil {
+		return false, fmt.Errorf("list addresses: %w", err)
+	}
+	for _, a := range addrs {
+		if la, ok := netip.AddrFromSlice(a.IP); ok && la.Unmap() == addr.Unmap() {
+			return true, nil
+		}
+	}
+	return false, nil
+}
