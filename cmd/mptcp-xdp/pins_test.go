@@ -82,9 +82,10 @@ type (
 			Interface string `json:"interface"`
 			PinDir    string `json:"pin_dir"`
 			Programs  []struct {
-				Hook   string `json:"hook"`
-				ID     uint32 `json:"id"`
-				LinkID uint32 `json:"link_id"`
+				Hook      string `json:"hook"`
+				Mechanism string `json:"mechanism"`
+				ID        uint32 `json:"id"`
+				LinkID    uint32 `json:"link_id"`
 			} `json:"programs"`
 			Maps     []statusMapJSON `json:"maps"`
 			Problems []string        `json:"problems"`
@@ -135,8 +136,8 @@ func cliJSON(t *testing.T, v any, args ...string) {
 }
 
 // TestPins attaches all four kinds of pins under a private root — the counting datapath (srv0 of
-// the server), the balancer (srv1, srv2 of the server), the decapsulator (cli1 of the client) and
-// the history — and checks that `status`, `prog list`, `map list` and `map dump` list every one of
+// the server through links, cli0 of the client through clsact and program pins), the balancer (srv1,
+// srv2 of the server), the decapsulator (cli1 of the client) and the history — and checks that `status`, `prog list`, `map list` and `map dump` list every one of
 // them, with the ids, names and types bpftool reads from the same pins.
 func TestPins(t *testing.T) {
 	testutil.RequireRoot(t)
@@ -157,6 +158,15 @@ func TestPins(t *testing.T) {
 	}
 	t.Cleanup(func() {
 		if _, err := cliRun("--netns", srv, "detach", "srv0"); err != nil {
+			t.Errorf("cleanup: %v", err)
+		}
+	})
+	// The datapath through clsact as well (program pins rather than links), in the client.
+	if _, err := cliRun("--netns", cli, "attach", "cli0", "--ingress", "tc", "--tc", "clsact"); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if _, err := cliRun("--netns", cli, "detach", "cli0"); err != nil {
 			t.Errorf("cleanup: %v", err)
 		}
 	})
@@ -187,34 +197,59 @@ func TestPins(t *testing.T) {
 		}
 	})
 
-	// Every file pinned under the three roots, by kind: what the listings must cover.
+	// Every file pinned under the three roots, by kind, with the namespace and interface a map is
+	// pinned for: what the listings must cover.
+	type owner struct{ kind, netns, iface string }
 	pinned := map[string]string{} // path → kind
-	walk := func(kind, dir string) {
+	mapOwner := map[string]owner{}
+	walk := func(o owner, dir string) {
 		ents, err := os.ReadDir(dir)
 		if err != nil {
 			t.Fatalf("read %s: %v", dir, err)
 		}
 		for _, e := range ents {
-			pinned[filepath.Join(dir, e.Name())] = kind
+			pinned[filepath.Join(dir, e.Name())] = o.kind
+			mapOwner[filepath.Join(dir, e.Name())] = o
 		}
 	}
-	walk("datapath", ld.IfaceDir(srv, "srv0"))
-	walk("balancer", ld.LBDir(srv))
-	walk("decap", ld.DecapDir(cli))
-	walk("history", ld.HistoryRoot())
-	isLink := func(path string) bool { return strings.HasPrefix(filepath.Base(path), "link_") }
+	walk(owner{"datapath", srv, "srv0"}, ld.IfaceDir(srv, "srv0"))
+	walk(owner{"datapath", cli, "cli0"}, ld.IfaceDir(cli, "cli0"))
+	walk(owner{"balancer", srv, ""}, ld.LBDir(srv))
+	walk(owner{"decap", cli, ""}, ld.DecapDir(cli))
+	walk(owner{"history", "", ""}, ld.HistoryRoot())
+	// isProgram tells the link and program pins from the maps'.
+	isProgram := func(path string) bool {
+		return strings.HasPrefix(filepath.Base(path), "link_") || strings.HasPrefix(filepath.Base(path), "prog_")
+	}
 
 	t.Run("status", func(t *testing.T) {
 		var st statusJSON
 		cliJSON(t, &st, "status")
-		if len(st.Attachments) != 1 || st.Attachments[0].Netns != srv || st.Attachments[0].Interface != "srv0" || len(st.Attachments[0].Programs) != 2 {
-			t.Fatalf("attachments %+v, want the datapath on %s/srv0 with xdp and tc_egress", st.Attachments, srv)
+		if len(st.Attachments) != 2 || st.Attachments[0].Netns != cli || st.Attachments[0].Interface != "cli0" ||
+			st.Attachments[1].Netns != srv || st.Attachments[1].Interface != "srv0" {
+			t.Fatalf("attachments %+v, want the datapath on %s/cli0 and %s/srv0", st.Attachments, cli, srv)
 		}
-		for _, p := range st.Attachments[0].Programs {
-			var bl bpftoolLink
-			bpftoolJSON(t, &bl, "link", "show", "pinned", filepath.Join(st.Attachments[0].PinDir, "link_"+p.Hook))
-			if bl.ID != p.LinkID || bl.ProgID != p.ID {
-				t.Errorf("datapath %s: status link %d prog %d, bpftool link %d prog %d", p.Hook, p.LinkID, p.ID, bl.ID, bl.ProgID)
+		for i, want := range [][]string{{"tc_ingress clsact", "tc_egress clsact"}, {"xdp bpf_link", "tc_egress tcx"}} {
+			a := st.Attachments[i]
+			var got []string
+			for _, p := range a.Programs {
+				got = append(got, p.Hook+" "+p.Mechanism)
+				if p.LinkID == 0 {
+					var bp bpftoolObj
+					bpftoolJSON(t, &bp, "prog", "show", "pinned", filepath.Join(a.PinDir, "prog_"+p.Hook))
+					if bp.ID != p.ID {
+						t.Errorf("datapath %s/%s %s: status prog %d, bpftool %d", a.Netns, a.Interface, p.Hook, p.ID, bp.ID)
+					}
+					continue
+				}
+				var bl bpftoolLink
+				bpftoolJSON(t, &bl, "link", "show", "pinned", filepath.Join(a.PinDir, "link_"+p.Hook))
+				if bl.ID != p.LinkID || bl.ProgID != p.ID {
+					t.Errorf("datapath %s/%s %s: status link %d prog %d, bpftool link %d prog %d", a.Netns, a.Interface, p.Hook, p.LinkID, p.ID, bl.ID, bl.ProgID)
+				}
+			}
+			if !slices.Equal(got, want) || len(a.Problems) != 0 {
+				t.Errorf("datapath %s/%s: programs %v problems %v, want %v and none", a.Netns, a.Interface, got, a.Problems, want)
 			}
 		}
 		sets := map[string]pinSetJSON{}
@@ -270,7 +305,7 @@ func TestPins(t *testing.T) {
 			}
 			var want []string
 			for p, k := range pinned {
-				if k == s.Kind && !isLink(p) {
+				if k == s.Kind && !isProgram(p) {
 					want = append(want, p)
 				}
 			}
@@ -284,8 +319,8 @@ func TestPins(t *testing.T) {
 		// One namespace: its own objects only, and not the host-wide history.
 		var one statusJSON
 		cliJSON(t, &one, "--netns", cli, "status")
-		if len(one.Attachments) != 0 || len(one.Balancers) != 1 || one.Balancers[0].Kind != "decap" || one.History != nil {
-			t.Errorf("status --netns %s: %+v, want the decapsulator only", cli, one)
+		if len(one.Attachments) != 1 || one.Attachments[0].Interface != "cli0" || len(one.Balancers) != 1 || one.Balancers[0].Kind != "decap" || one.History != nil {
+			t.Errorf("status --netns %s: %+v, want cli0's datapath and the decapsulator only", cli, one)
 		}
 	})
 
@@ -305,13 +340,24 @@ func TestPins(t *testing.T) {
 				t.Errorf("program %d: %s %s, bpftool %s %s", r.ID, r.Name, r.Type, bp.Name, bp.Type)
 			}
 			for _, p := range r.Pins {
-				if p.Kind != r.Kind || pinned[p.Path] != p.Kind || p.Object != "link" || p.Problem != "" {
+				if p.Kind != r.Kind || pinned[p.Path] != p.Kind || p.Problem != "" {
 					t.Errorf("program %d (kind %s): pin %+v", r.ID, r.Kind, p)
 				}
-				var bl bpftoolLink
-				bpftoolJSON(t, &bl, "link", "show", "pinned", p.Path)
-				if bl.ID != p.ID || bl.ProgID != r.ID || p.ProgID != r.ID {
-					t.Errorf("program %d: pin %+v, bpftool link %d runs %d", r.ID, p, bl.ID, bl.ProgID)
+				switch p.Object {
+				case "link":
+					var bl bpftoolLink
+					bpftoolJSON(t, &bl, "link", "show", "pinned", p.Path)
+					if bl.ID != p.ID || bl.ProgID != r.ID || p.ProgID != r.ID {
+						t.Errorf("program %d: pin %+v, bpftool link %d runs %d", r.ID, p, bl.ID, bl.ProgID)
+					}
+				case "prog":
+					var bp bpftoolObj
+					bpftoolJSON(t, &bp, "prog", "show", "pinned", p.Path)
+					if bp.ID != r.ID || p.ID != r.ID || p.ProgID != r.ID || p.Mechanism != "clsact" {
+						t.Errorf("program %d: pin %+v, bpftool program %d", r.ID, p, bp.ID)
+					}
+				default:
+					t.Errorf("program %d: pin %+v of a %q", r.ID, p, p.Object)
 				}
 				if (p.Interface != "") != slices.Contains(r.AttachedTo, p.Netns+"/"+p.Interface+"/"+p.Hook) {
 					t.Errorf("program %d: pin %+v, attached_to %v", r.ID, p, r.AttachedTo)
@@ -320,7 +366,7 @@ func TestPins(t *testing.T) {
 			}
 		}
 		for p := range pinned {
-			if isLink(p) && !seen[p] {
+			if isProgram(p) && !seen[p] {
 				t.Errorf("prog list misses the program of %s", p)
 			}
 		}
@@ -344,21 +390,12 @@ func TestPins(t *testing.T) {
 			if bm.ID != r.ID || bm.Name != r.Name || !sameType(r.Type, bm.Type) {
 				t.Errorf("map %+v; bpftool: %+v", r, bm)
 			}
-			wantNetns, wantIface := "", ""
-			switch r.Kind {
-			case "datapath":
-				wantNetns, wantIface = srv, "srv0"
-			case "balancer":
-				wantNetns = srv
-			case "decap":
-				wantNetns = cli
-			}
-			if pinned[pin] != r.Kind || r.Netns != wantNetns || r.Interface != wantIface {
-				t.Errorf("map %+v: want kind %s netns %q interface %q", r, pinned[pin], wantNetns, wantIface)
+			if o := mapOwner[pin]; r.Kind != o.kind || r.Netns != o.netns || r.Interface != o.iface {
+				t.Errorf("map %+v: want kind %s netns %q interface %q", r, o.kind, o.netns, o.iface)
 			}
 		}
 		for p := range pinned {
-			if !isLink(p) && !seen[p] {
+			if !isProgram(p) && !seen[p] {
 				t.Errorf("map list misses %s", p)
 			}
 		}
