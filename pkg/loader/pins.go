@@ -56,7 +56,7 @@ type Pin struct {
 	Name      string `json:"name"`              // the kernel's name of the program or map
 	Problem   string `json:"problem,omitempty"`
 
-	mapInfo MapInfo // map pins: the map's description
+	mapInfo MapInfo // map pins: the map's description (entries counted for Status only)
 }
 
 // pinDef is one pin a directory may hold.
@@ -84,7 +84,10 @@ func datapathPins() []pinDef {
 // Pins lists every pin under every root of the loader, resolved to its kernel object. With
 // netnsDir set, only the pins of that network namespace directory are listed (the host-wide
 // history is not). The caller holds RLock for a view that no attach or detach changes midway.
-func (l *Loader) Pins(netnsDir string) ([]Pin, error) {
+func (l *Loader) Pins(netnsDir string) ([]Pin, error) { return l.pins(netnsDir, false) }
+
+// pins is Pins, counting the entries of every map when count is set (for Status).
+func (l *Loader) pins(netnsDir string, count bool) ([]Pin, error) {
 	var out []Pin
 	dp, err := l.datapathPins(netnsDir)
 	if err != nil {
@@ -100,7 +103,7 @@ func (l *Loader) Pins(netnsDir string) ([]Pin, error) {
 		out = append(out, l.dirPins(KindHistory, "", "", l.HistoryRoot(), historyPins())...)
 	}
 	for i := range out {
-		out[i].resolve()
+		out[i].resolve(count)
 	}
 	return out, nil
 }
@@ -215,8 +218,9 @@ func (l *Loader) dirPins(kind Kind, ns, iface, dir string, defs []pinDef) []Pin 
 	return out
 }
 
-// resolve opens the pinned object and fills in its ids and name, or the problem.
-func (p *Pin) resolve() {
+// resolve opens the pinned object and fills in its ids and name, or the problem; with count set, it
+// counts a map's entries.
+func (p *Pin) resolve(count bool) {
 	switch p.Object {
 	case ObjectLink:
 		lk, err := link.LoadPinnedLink(p.Path, nil)
@@ -259,7 +263,7 @@ func (p *Pin) resolve() {
 			return
 		}
 		defer m.Close()
-		p.mapInfo = DescribeMap(m, p.Path)
+		p.mapInfo = describeMap(m, p.Path, count)
 		p.ID, p.Name = p.mapInfo.ID, p.mapInfo.Name
 	}
 }
@@ -275,9 +279,6 @@ func (p Pin) Where() string {
 	}
 	return p.Netns + "/" + p.Interface + "/" + p.Hook
 }
-
-// MapInfo describes a map pin (the zero MapInfo for other pins or an unreadable map).
-func (p Pin) MapInfo() MapInfo { return p.mapInfo }
 
 // PinSet is the pins of one balancer, decapsulator or history, for `status`. Field names are part
 // of the JSON contract (docs/cli.md).
@@ -312,7 +313,7 @@ func (l *Loader) Status(netnsDir string) (*Status, error) {
 	if err != nil {
 		return nil, err
 	}
-	pins, err := l.Pins(netnsDir)
+	pins, err := l.pins(netnsDir, true)
 	if err != nil {
 		return nil, err
 	}

@@ -60,7 +60,7 @@ func (l *Loader) List(netnsDir string) ([]Attachment, error) {
 		return nil, err
 	}
 	for i := range pins {
-		pins[i].resolve()
+		pins[i].resolve(true)
 	}
 	out := l.attachments(dirs, pins)
 	if len(out) == 0 {
@@ -73,7 +73,7 @@ func (l *Loader) List(netnsDir string) ([]Attachment, error) {
 func (l *Loader) describe(nsDir, iface string) (*Attachment, error) {
 	pins := l.dirPins(KindDatapath, nsDir, iface, l.IfaceDir(nsDir, iface), datapathPins())
 	for i := range pins {
-		pins[i].resolve()
+		pins[i].resolve(true)
 	}
 	a := l.describePins(nsDir, iface, pins)
 	return &a, nil
@@ -164,13 +164,20 @@ func progName(id uint32) string {
 }
 
 // DescribeMap describes a map, counting the entries of hash-like maps.
-func DescribeMap(m *ebpf.Map, pin string) MapInfo {
+func DescribeMap(m *ebpf.Map, pin string) MapInfo { return describeMap(m, pin, true) }
+
+// describeMap describes a map, counting the entries of hash-like maps when count is set (which
+// walks the whole map: a million syscalls for the balancer's flow table).
+func describeMap(m *ebpf.Map, pin string, count bool) MapInfo {
 	mi := MapInfo{Type: m.Type().String(), KeySize: m.KeySize(), ValueSize: m.ValueSize(), MaxEntries: m.MaxEntries(), Pin: pin}
 	if info, err := m.Info(); err == nil {
 		mi.Name = info.Name
 		if id, ok := info.ID(); ok {
 			mi.ID = uint32(id)
 		}
+	}
+	if !count {
+		return mi
 	}
 	switch m.Type() {
 	case ebpf.Array, ebpf.PerCPUArray:
