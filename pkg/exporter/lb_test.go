@@ -79,7 +79,7 @@ func TestBalancerMetrics(t *testing.T) {
 	}
 	actx, acancel := context.WithTimeout(ctx, 20*time.Second)
 	bal, err := control.Attach(actx, ld, control.Spec{Netns: l.LB, Ifaces: ifaces, VIPs: []netip.AddrPort{vip},
-		Policy: control.DefaultPolicy, Backends: specs})
+		Policy: control.DefaultPolicy.Set(), Backends: specs})
 	acancel()
 	if err != nil {
 		t.Fatal(err)
@@ -344,6 +344,44 @@ func TestBalancerMetrics(t *testing.T) {
 	}
 	if up, err := prom.byLabels(`mptcp_xdp_scrape_up{source="datapath"}`); err != nil || up[""] != 1 {
 		t.Errorf("datapath source up: %v %v", up, err)
+	}
+
+	// Every balancer query of the Grafana dashboard finds series in this Prometheus.
+	dash, err := os.ReadFile("../../deploy/grafana/mptcp-xdp.json")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var board struct {
+		Panels []struct {
+			Title   string `json:"title"`
+			Targets []struct {
+				Expr string `json:"expr"`
+			} `json:"targets"`
+		} `json:"panels"`
+	}
+	if err := json.Unmarshal(dash, &board); err != nil {
+		t.Fatal(err)
+	}
+	// (rate() needs two scrapes in its range: the first queries may come before the second.)
+	expand := strings.NewReplacer("$__rate_interval", "1m", "$instance", ".*", "$balancer", l.LB)
+	queries := 0
+	for _, p := range board.Panels {
+		for _, q := range p.Targets {
+			if !strings.Contains(q.Expr, "mptcp_xdp_lb_") {
+				continue
+			}
+			queries++
+			eventually(t, "dashboard panel "+p.Title, 10*time.Second, func() (string, error) {
+				r, err := prom.byLabels(expand.Replace(q.Expr))
+				if err != nil || len(r) > 0 {
+					return "", err
+				}
+				return q.Expr + ": no series", nil
+			})
+		}
+	}
+	if queries < 8 {
+		t.Errorf("only %d balancer queries in the dashboard", queries)
 	}
 }
 
