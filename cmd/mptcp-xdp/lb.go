@@ -82,7 +82,8 @@ func newLBAttachCmd(g *globalFlags) *cobra.Command {
 attach) and attaches it to every IFACE, keeping interfaces attached before. Each --vip is a service
 (ADDR:PORT, [V6]:PORT); each --backend (ADDR[,weight=N]) is resolved to its next hop from the
 kernel's routing and neighbour tables. Attaching again adds interfaces, VIPs and backends, or
-changes a VIP's policy, without interrupting steering.`,
+changes a VIP's policy, without interrupting steering. Only the policy flags given change an
+existing VIP; the others keep its current values (a new VIP takes the defaults shown).`,
 		Example: `  mptcp-xdp --netns lb lb attach l0 l1 --vip 10.0.0.10:80 --backend 10.2.0.2 --backend 10.2.1.2,weight=2
   mptcp-xdp lb attach eth0 --vip [2001:db8::10]:443 --backend 2001:db8:1::2 --forward ipip`,
 		Args: cobra.MinimumNArgs(1),
@@ -90,13 +91,25 @@ changes a VIP's policy, without interrupting steering.`,
 			if err := loader.CheckPrivileges(g.netns != ""); err != nil {
 				return err
 			}
-			pol := control.Policy{JoinSteering: steering}
-			var err error
-			if pol.Forward, err = lb.ParseForward(forward); err != nil {
-				return err
+			// Only the policy flags given change a VIP that exists; a new VIP takes the defaults
+			// for the others.
+			var pol control.PolicyUpdate
+			if cmd.Flags().Changed("forward") {
+				f, err := lb.ParseForward(forward)
+				if err != nil {
+					return err
+				}
+				pol.Forward = &f
 			}
-			if pol.UnknownJoin, err = lb.ParseUnknownJoin(unknown); err != nil {
-				return err
+			if cmd.Flags().Changed("unknown-join") {
+				u, err := lb.ParseUnknownJoin(unknown)
+				if err != nil {
+					return err
+				}
+				pol.UnknownJoin = &u
+			}
+			if cmd.Flags().Changed("join-steering") {
+				pol.JoinSteering = &steering
 			}
 			var addrs []netip.AddrPort
 			for _, v := range vips {

@@ -106,7 +106,7 @@ func RunLB(ctx context.Context, o LBOptions, live io.Writer) (res *LBResult, err
 	}
 	rctx, rcancel := context.WithTimeout(ctx, 10*time.Second)
 	bal, err := control.Attach(rctx, ld, control.Spec{Netns: l.LB, Ifaces: ifaces, VIPs: []netip.AddrPort{vip},
-		Policy: pol, Backends: specs, Mode: o.Mode})
+		Policy: pol.Set(), Backends: specs, Mode: o.Mode})
 	rcancel()
 	defer func() {
 		// Also after a failed Attach, which may have attached the program before it failed.

@@ -25,6 +25,33 @@ type Policy struct {
 // DefaultPolicy steers joins, drops unknown ones and forwards at layer 2.
 var DefaultPolicy = Policy{Forward: lb.ForwardL2, UnknownJoin: lb.JoinDrop, JoinSteering: true}
 
+// PolicyUpdate changes some of a VIP's policy: a nil field keeps the VIP's current value
+// (DefaultPolicy's for a new VIP), so that attaching again with only --vip changes nothing.
+type PolicyUpdate struct {
+	Forward      *lb.Forward
+	UnknownJoin  *lb.UnknownJoin
+	JoinSteering *bool
+}
+
+// Set is the update that sets every field to p's.
+func (p Policy) Set() PolicyUpdate {
+	return PolicyUpdate{Forward: &p.Forward, UnknownJoin: &p.UnknownJoin, JoinSteering: &p.JoinSteering}
+}
+
+// apply returns p with the fields u sets.
+func (u PolicyUpdate) apply(p Policy) Policy {
+	if u.Forward != nil {
+		p.Forward = *u.Forward
+	}
+	if u.UnknownJoin != nil {
+		p.UnknownJoin = *u.UnknownJoin
+	}
+	if u.JoinSteering != nil {
+		p.JoinSteering = *u.JoinSteering
+	}
+	return p
+}
+
 // Balancer is the control plane of one balancer: its pinned maps, the backend set they hold and
 // the resolver of its network namespace. Every change is written to the maps at once, so any
 // number of short-lived processes (the CLI) and one long-running one (`lb run`) can share a
@@ -35,7 +62,8 @@ type Balancer struct {
 	Weights  *ebpf.Map // backend id → weight, the control plane's own pinned map
 	Resolver *Resolver
 
-	set *BackendSet
+	set      *BackendSet
+	removing []uint32 // ids whose removal was begun (weight 0) and not finished
 
 	// Set by Open and Attach.
 	loader *loader.Loader
@@ -72,13 +100,17 @@ func (b *Balancer) reload() error {
 		return err
 	}
 	var existing []Backend
+	b.removing = b.removing[:0]
 	for _, e := range bes {
 		var w uint32
 		if err := b.Weights.Lookup(e.ID, &w); err != nil {
 			return fmt.Errorf("read weight of backend %d: %w", e.ID, err)
 		}
 		if w == 0 {
-			w = DefaultWeight
+			// Remove writes weight 0 first: a process stopped after that left the removal to
+			// finish (finishRemovals), and the backend is not one of the set any more.
+			b.removing = append(b.removing, e.ID)
+			continue
 		}
 		st := Active
 		if e.Draining {
@@ -114,11 +146,18 @@ func (b *Balancer) onLink() (bool, error) {
 // PutVIP adds a VIP (or changes its policy), giving it the lowest free ring id, and writes its
 // Maglev table.
 func (b *Balancer) PutVIP(addr netip.AddrPort, p Policy) (v lb.VIP, err error) {
-	err = b.locked(func() error { v, err = b.putVIP(addr, p); return err })
+	return b.UpdateVIP(addr, p.Set())
+}
+
+// UpdateVIP adds a VIP with DefaultPolicy changed by u, or changes the fields u sets of an
+// existing VIP's policy. A VIP that starts forwarding at l2 is refused while a backend is not on a
+// link of the balancer.
+func (b *Balancer) UpdateVIP(addr netip.AddrPort, u PolicyUpdate) (v lb.VIP, err error) {
+	err = b.locked(func() error { v, err = b.putVIP(addr, u); return err })
 	return v, err
 }
 
-func (b *Balancer) putVIP(addr netip.AddrPort, p Policy) (lb.VIP, error) {
+func (b *Balancer) putVIP(addr netip.AddrPort, u PolicyUpdate) (lb.VIP, error) {
 	addr = netip.AddrPortFrom(addr.Addr().Unmap(), addr.Port())
 	if err := b.checkVIP(addr); err != nil {
 		return lb.VIP{}, err
@@ -128,11 +167,22 @@ func (b *Balancer) putVIP(addr netip.AddrPort, p Policy) (lb.VIP, error) {
 		return lb.VIP{}, err
 	}
 	used := map[uint32]bool{}
-	v := lb.VIP{Addr: addr, ID: lb.MaxVIPs, Forward: p.Forward, UnknownJoin: p.UnknownJoin, JoinSteering: p.JoinSteering}
+	cur, found := DefaultPolicy, false
+	v := lb.VIP{Addr: addr, ID: lb.MaxVIPs}
 	for _, o := range vips {
 		used[o.ID] = true
 		if o.Addr == addr {
-			v.ID = o.ID
+			v.ID, found = o.ID, true
+			cur = Policy{Forward: o.Forward, UnknownJoin: o.UnknownJoin, JoinSteering: o.JoinSteering}
+		}
+	}
+	p := u.apply(cur)
+	v.Forward, v.UnknownJoin, v.JoinSteering = p.Forward, p.UnknownJoin, p.JoinSteering
+	if p.Forward == lb.ForwardL2 && (!found || cur.Forward != lb.ForwardL2) && b.Resolver != nil {
+		for _, be := range b.set.List() {
+			if _, err := b.Resolver.Route(be.Addr, true); err != nil {
+				return lb.VIP{}, fmt.Errorf("vip %s: l2 forwarding needs every backend on a link of the balancer: %w", addr, err)
+			}
 		}
 	}
 	if v.ID == lb.MaxVIPs {
@@ -224,7 +274,7 @@ func (b *Balancer) AddBackends(ctx context.Context, specs ...BackendSpec) (out [
 	return out, err
 }
 
-func (b *Balancer) addBackends(ctx context.Context, specs ...BackendSpec) ([]Backend, error) {
+func (b *Balancer) addBackends(ctx context.Context, specs ...BackendSpec) (out []Backend, err error) {
 	onLink, err := b.onLink()
 	if err != nil {
 		return nil, err
@@ -233,7 +283,9 @@ func (b *Balancer) addBackends(ctx context.Context, specs ...BackendSpec) ([]Bac
 	if err != nil {
 		return nil, err
 	}
-	var out []Backend
+	// Whatever fails, the tables are rebuilt from the set: the backends this call wrote before the
+	// failure are in them, the one that failed is not.
+	defer func() { err = errors.Join(err, b.rebuild()) }()
 	for _, s := range specs {
 		for _, v := range vips {
 			if v.Addr.Addr() == s.Addr.Unmap() {
@@ -257,16 +309,28 @@ func (b *Balancer) addBackends(ctx context.Context, specs ...BackendSpec) ([]Bac
 				return out, fmt.Errorf("backend %s: clear the state of its id %d: %w", s.Addr, be.ID, err)
 			}
 		}
-		if err := b.putBackend(be, nh); err != nil {
-			return out, err
-		}
+		// The weight first: an entry without its weight would read back as a removal begun.
 		if err := b.Weights.Put(be.ID, be.Weight); err != nil {
-			return out, fmt.Errorf("write weight of backend %d: %w", be.ID, err)
+			return out, b.undoAdd(known, be, fmt.Errorf("write weight of backend %d: %w", be.ID, err))
+		}
+		if err := b.putBackend(be, nh); err != nil {
+			return out, b.undoAdd(known, be, err)
 		}
 		slog.Debug("backend added", "addr", be.Addr, "id", be.ID, "weight", be.Weight, "iface", nh.Iface, "mac", nh.DstMAC.String())
 		out = append(out, be)
 	}
-	return out, b.rebuild()
+	return out, nil
+}
+
+// undoAdd takes a new backend whose add failed out of the set and the maps again (an existing
+// backend keeps its entry), and returns err.
+func (b *Balancer) undoAdd(known bool, be Backend, err error) error {
+	if !known {
+		_, _ = b.set.Remove(be.Addr)
+		_ = b.Maps.DeleteBackend(be.ID)
+		_ = b.Weights.Put(be.ID, uint32(0))
+	}
+	return err
 }
 
 // purge deletes every flow and token that points at backend id.
@@ -347,22 +411,63 @@ func (b *Balancer) drain(addr netip.Addr) (Backend, error) {
 // and its connections' joins follow the unknown-join policy.
 func (b *Balancer) Remove(addrs ...netip.Addr) ([]Backend, error) { return b.each(addrs, b.remove) }
 
+//
+// The steps are ordered so that a process stopped between any two leaves a state the next change
+// (of any process) completes: weight 0 first marks the removal as begun (reload then leaves the
+// backend out of the set, and finishRemovals ends the removal), then the tables without it, then
+// its entry.
 func (b *Balancer) remove(addr netip.Addr) (Backend, error) {
 	be, err := b.set.Remove(addr)
 	if err != nil {
 		return be, err
 	}
+	if err := b.Weights.Put(be.ID, uint32(0)); err != nil {
+		return be, fmt.Errorf("clear weight of backend %d: %w", be.ID, err)
+	}
+	if err := stepDone("remove: weight cleared"); err != nil {
+		return be, err
+	}
 	if err := b.rebuild(); err != nil {
+		return be, err
+	}
+	if err := stepDone("remove: tables rebuilt"); err != nil {
 		return be, err
 	}
 	if err := b.Maps.DeleteBackend(be.ID); err != nil {
 		return be, err
 	}
-	if err := b.Weights.Put(be.ID, uint32(0)); err != nil {
-		return be, fmt.Errorf("clear weight of backend %d: %w", be.ID, err)
-	}
 	slog.Debug("backend removed", "addr", be.Addr, "id", be.ID)
 	return be, nil
+}
+
+// stepHook, when set (by tests), runs after each step of a multi-step change; an error stops the
+// change there, as a process killed at that point would.
+var stepHook func(step string) error
+
+func stepDone(step string) error {
+	if stepHook == nil {
+		return nil
+	}
+	return stepHook(step)
+}
+
+// finishRemovals ends the removals that a stopped process began: the tables without those
+// backends, then their entries.
+func (b *Balancer) finishRemovals() error {
+	if len(b.removing) == 0 {
+		return nil
+	}
+	if err := b.rebuild(); err != nil {
+		return err
+	}
+	for _, id := range b.removing {
+		if err := b.Maps.DeleteBackend(id); err != nil {
+			return err
+		}
+		slog.Info("finished the removal of a backend begun by a stopped process", "id", id)
+	}
+	b.removing = b.removing[:0]
+	return nil
 }
 
 // List returns the backend set ordered by id.

@@ -5,6 +5,9 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"path/filepath"
+
+	"github.com/cilium/ebpf"
 
 	"github.com/mptcp-xdp/mptcp-xdp/pkg/lb"
 	"github.com/mptcp-xdp/mptcp-xdp/pkg/loader"
@@ -21,7 +24,7 @@ type Spec struct {
 	Netns    string           // `ip netns` name; empty for the caller's namespace
 	Ifaces   []string         // interfaces to attach to
 	VIPs     []netip.AddrPort // services (ADDR:PORT)
-	Policy   Policy           // of every VIP in VIPs
+	Policy   PolicyUpdate     // of every VIP in VIPs: the fields it sets (Policy.Set() for all)
 	Backends []BackendSpec    // resolved to their next hops, waiting up to ctx's deadline
 	Mode     loader.XDPMode   // auto, native or generic
 	Config   lb.Config        // the balancer program's load-time settings (PinPath is the loader's)
@@ -62,6 +65,34 @@ func openPinned(l *loader.Loader, netnsName string, m *loader.LBMaps) (*Balancer
 	return b, nil
 }
 
+// ErrDetached is returned by Run when the balancer's pins are gone or are another balancer's (an
+// `lb detach`, or a detach and attach again): the maps it holds steer nothing any more.
+var ErrDetached = errors.New("the balancer's pins are gone or replaced")
+
+// checkPins makes sure that the maps b works on are still the pinned, live ones.
+func (b *Balancer) checkPins() error {
+	if b.pinned == nil {
+		return nil
+	}
+	path := filepath.Join(b.pinned.Dir, lb.MapVIPs)
+	pinned, err := ebpf.LoadPinnedMap(path, &ebpf.LoadPinOptions{ReadOnly: true})
+	if err != nil {
+		return fmt.Errorf("%w: %s: %w", ErrDetached, path, err)
+	}
+	defer pinned.Close()
+	want, err1 := b.Maps.VIPs.Info()
+	have, err2 := pinned.Info()
+	if err := errors.Join(err1, err2); err != nil {
+		return fmt.Errorf("check pins in %s: %w", b.pinned.Dir, err)
+	}
+	wid, _ := want.ID()
+	hid, _ := have.ID()
+	if wid != hid {
+		return fmt.Errorf("%w: %s is map %d now, not %d", ErrDetached, path, hid, wid)
+	}
+	return nil
+}
+
 // Attach attaches the balancer of s.Netns to s.Ifaces (loading it and pinning its maps on the first
 // attach), puts every VIP with s.Policy and adds the backends, holding the loader's lock from the
 // first step to the last: no other invocation sees or changes the balancer half made. The returned
@@ -91,6 +122,9 @@ func Attach(ctx context.Context, l *loader.Loader, s Spec) (_ *Balancer, err err
 			b.Close()
 		}
 	}()
+	if err := b.finishRemovals(); err != nil {
+		return nil, err
+	}
 	for _, v := range s.VIPs {
 		if _, err := b.putVIP(v, s.Policy); err != nil {
 			return nil, err
@@ -129,8 +163,17 @@ func (b *Balancer) locked(fn func() error) error {
 		return err
 	}
 	defer unlock()
-	if err := b.reload(); err != nil {
+	if err := b.resync(); err != nil {
 		return err
 	}
 	return fn()
+}
+
+// resync reads the backend set back from the maps and finishes what a stopped process left half
+// done; the caller holds the lock.
+func (b *Balancer) resync() error {
+	if err := b.reload(); err != nil {
+		return err
+	}
+	return b.finishRemovals()
 }

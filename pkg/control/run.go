@@ -3,6 +3,7 @@ package control
 import (
 	"context"
 	"log/slog"
+	"slices"
 	"sync"
 	"time"
 
@@ -27,7 +28,9 @@ type RunConfig struct {
 
 // Run consumes the datapath's events, collects idle flows and tokens, and keeps every backend's
 // next hop in step with the kernel's neighbour table (on every change the kernel reports, and every
-// RefreshInterval), until ctx ends. The datapath does not need it to steer: everything it needs is
+// RefreshInterval), until ctx ends. Every cycle it checks that its maps are still the pinned ones
+// and stops with ErrDetached when they are not (the balancer was detached under it), and rewrites
+// any VIP table that differs from the one the backend set computes. The datapath does not need it to steer: everything it needs is
 // pinned, so the loop may stop and start again at any time.
 func (b *Balancer) Run(ctx context.Context, cfg RunConfig) error {
 	if cfg.GCInterval <= 0 {
@@ -74,8 +77,8 @@ func (b *Balancer) Run(ctx context.Context, cfg RunConfig) error {
 			return
 		}
 		defer unlock()
-		// Another process may have changed the set since the last step.
-		if err := b.reload(); err != nil {
+		// Another process may have changed the set since the last step, or stopped half way.
+		if err := b.resync(); err != nil {
 			slog.Warn("balancer loop: reload backends", "step", what, "err", err)
 			return
 		}
@@ -90,6 +93,7 @@ func (b *Balancer) Run(ctx context.Context, cfg RunConfig) error {
 		})
 	}
 	gc := func() {
+		locked("reconcile", b.reconcile)
 		locked("gc", func() error {
 			r, err := b.GC(cfg.GC, lb.Monotonic())
 			if r.IdleFlows+r.IdleTokens+r.OrphanFlows+r.OrphanTokens > 0 {
@@ -98,6 +102,9 @@ func (b *Balancer) Run(ctx context.Context, cfg RunConfig) error {
 			}
 			return err
 		})
+	}
+	if err := b.checkPins(); err != nil {
+		return err
 	}
 	refresh()
 	gcT := time.NewTicker(cfg.GCInterval)
@@ -125,8 +132,14 @@ func (b *Balancer) Run(ctx context.Context, cfg RunConfig) error {
 				refresh()
 			}
 		case <-refT.C:
+			if err := b.checkPins(); err != nil {
+				return err
+			}
 			refresh()
 		case <-gcT.C:
+			if err := b.checkPins(); err != nil {
+				return err
+			}
 			gc()
 		case <-sumT.C:
 			st, err := b.Maps.ReadStats()
@@ -137,4 +150,31 @@ func (b *Balancer) Run(ctx context.Context, cfg RunConfig) error {
 			slog.Info("balancer", "events", cfg.Counts.Snapshot(), "stats", st.Map())
 		}
 	}
+}
+
+// reconcile rewrites every VIP table that differs from the one the backend set computes (a change
+// stopped between writing the backend table and the VIP tables leaves one behind).
+func (b *Balancer) reconcile() error {
+	vips, err := b.Maps.ListVIPs()
+	if err != nil {
+		return err
+	}
+	table, err := b.set.Table(nil)
+	if err != nil {
+		return err
+	}
+	for _, v := range vips {
+		ring, err := b.Maps.ReadRing(v.ID)
+		if err != nil {
+			return err
+		}
+		if slices.Equal(ring, table) {
+			continue
+		}
+		if err := b.Maps.WriteRing(v.ID, table); err != nil {
+			return err
+		}
+		slog.Info("vip table rewritten: it differed from the backend set's", "vip", v.Addr, "id", v.ID)
+	}
+	return nil
 }

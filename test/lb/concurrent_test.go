@@ -5,8 +5,10 @@ import (
 	"net/netip"
 	"slices"
 	"strconv"
+	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/mptcp-xdp/mptcp-xdp/pkg/control"
 	"github.com/mptcp-xdp/mptcp-xdp/pkg/loader"
@@ -104,5 +106,39 @@ func checkRings(t *testing.T, ld *loader.Loader, ns string, set []control.Backen
 		if err := m.Weights.Lookup(be.ID, &w); err != nil || w != be.Weight {
 			t.Fatalf("%s: weight of backend %d: %d (%v), want %d", what, be.ID, w, err, be.Weight)
 		}
+	}
+}
+
+// Attaching again with only --vip changes nothing of the VIP's policy: only the flags given apply.
+func TestAttachKeepsPolicy(t *testing.T) {
+	s := newSetup(t, options{forward: "l2", unknown: "hash"})
+	var ifaces []string
+	for _, p := range s.Paths {
+		ifaces = append(ifaces, p.LBIf)
+	}
+	again := append(append([]string{"--netns", s.LB, "lb", "attach"}, ifaces...), "--vip", s.vip.String())
+	mx(t, again...)
+	st := lbStatus(t, s.LB)
+	if len(st.VIPs) != 1 || st.VIPs[0].UnknownJoin != "hash" || st.VIPs[0].Forward != "l2" || !st.VIPs[0].JoinSteering {
+		t.Errorf("after lb attach with --vip only: %+v, want unknown_join hash kept", st.VIPs)
+	}
+	mx(t, append(again, "--join-steering=false")...)
+	if st := lbStatus(t, s.LB); st.VIPs[0].UnknownJoin != "hash" || st.VIPs[0].JoinSteering {
+		t.Errorf("after --join-steering=false only: %+v", st.VIPs)
+	}
+}
+
+// `lb run` stops, with a clear error, when the balancer it works on is detached under it, instead
+// of collecting and refreshing maps that steer nothing.
+func TestRunStopsWhenDetached(t *testing.T) {
+	s := newSetup(t, options{forward: "l2"})
+	cp := startControlPlane(t, s.LB)
+	mx(t, "--netns", s.LB, "lb", "detach")
+	t.Cleanup(func() { mx(t, s.attach...) }) // for the setup's own detach
+	if !cp.waitExit(30 * time.Second) {
+		t.Fatalf("lb run still running 30 s after lb detach:\n%s", cp.logs)
+	}
+	if cp.err == nil || !strings.Contains(cp.logs.String(), "pins are gone or replaced") {
+		t.Errorf("lb run after detach: exit %v\n%s", cp.err, cp.logs)
 	}
 }

@@ -41,6 +41,8 @@ type setup struct {
 	vip  netip.AddrPort
 	ids  []uint32 // balancer backend id of each backend index
 	vid  uint32   // VIP id
+	// attach is the `lb attach` command line that made the balancer.
+	attach []string
 }
 
 func newSetup(t *testing.T, o options) *setup {
@@ -92,6 +94,7 @@ func newSetup(t *testing.T, o options) *setup {
 		}
 	}
 	mx(t, args...)
+	s.attach = args
 	t.Cleanup(func() { mx(t, "--netns", l.LB, "lb", "detach") })
 
 	st := lbStatus(t, l.LB)
