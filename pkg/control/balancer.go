@@ -411,7 +411,6 @@ func (b *Balancer) drain(addr netip.Addr) (Backend, error) {
 // and its connections' joins follow the unknown-join policy.
 func (b *Balancer) Remove(addrs ...netip.Addr) ([]Backend, error) { return b.each(addrs, b.remove) }
 
-//
 // The steps are ordered so that a process stopped between any two leaves a state the next change
 // (of any process) completes: weight 0 first marks the removal as begun (reload then leaves the
 // backend out of the set, and finishRemovals ends the removal), then the tables without it, then
