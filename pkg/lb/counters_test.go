@@ -435,3 +435,29 @@ func TestMTUCountersPerBackend(t *testing.T) {
 	}()
 	<-done
 }
+
+// A balancer pinned by an older mptcp-xdp lacks the counter maps: opening it says what to do.
+func TestOpenPinnedWithoutCounterMaps(t *testing.T) {
+	dir, err := os.MkdirTemp("/sys/fs/bpf", "mxlbm-test-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	cfg := testConfig
+	cfg.PinPath = dir
+	spec, err := Spec(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, n := range []string{MapVIPStats, MapBEStats} {
+		spec.Maps[n].Pinning = ebpf.PinNone // as an older version pinned them: not at all
+	}
+	coll, err := ebpf.NewCollectionWithOptions(spec, ebpf.CollectionOptions{Maps: ebpf.MapOptions{PinPath: dir}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer coll.Close()
+	if _, err := OpenPinnedMaps(dir); err == nil || !strings.Contains(err.Error(), "attach it again") {
+		t.Errorf("open without the counter maps: %v", err)
+	}
+}

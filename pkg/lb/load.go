@@ -3,6 +3,7 @@ package lb
 import (
 	"errors"
 	"fmt"
+	"io/fs"
 	"time"
 
 	"github.com/cilium/ebpf"
@@ -144,6 +145,9 @@ func OpenPinnedMaps(dir string) (*Maps, error) {
 		mp, err := ebpf.LoadPinnedMap(dir+"/"+p.name, nil)
 		if err != nil {
 			m.Close()
+			if errors.Is(err, fs.ErrNotExist) && (p.name == MapVIPStats || p.name == MapBEStats) {
+				return nil, fmt.Errorf("open pinned map %s: %w (a balancer attached by an older mptcp-xdp: attach it again to add the map)", p.name, err)
+			}
 			return nil, fmt.Errorf("open pinned map %s: %w", p.name, err)
 		}
 		*p.m = mp
