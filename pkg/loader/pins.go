@@ -207,12 +207,7 @@ func (l *Loader) dirPins(kind Kind, ns, iface, dir string, defs []pinDef) []Pin 
 		if _, err := os.Lstat(path); err != nil {
 			continue
 		}
-		p := Pin{Kind: kind, Netns: ns, Hook: d.hook, Mechanism: d.mechanism, Object: d.object, Path: path}
-		if d.object != ObjectMap {
-			p.Interface = iface
-		} else if kind == KindDatapath {
-			p.Interface = iface // an interface's own maps
-		}
+		p := Pin{Kind: kind, Netns: ns, Interface: iface, Hook: d.hook, Mechanism: d.mechanism, Object: d.object, Path: path}
 		out = append(out, p)
 	}
 	return out
@@ -318,47 +313,48 @@ func (l *Loader) Status(netnsDir string) (*Status, error) {
 		return nil, err
 	}
 	st := &Status{Attachments: l.attachments(dirs, pins)}
-	var cur *PinSet
+	var cur *PinSet // the set the pins of one directory go to
 	for _, p := range pins {
-		if p.Kind == KindDatapath {
+		switch {
+		case p.Kind == KindDatapath:
 			continue
-		}
-		if cur == nil || cur.Kind != p.Kind || cur.Netns != p.Netns {
-			st.Balancers = append(st.Balancers, PinSet{Kind: p.Kind, Netns: p.Netns, PinDir: filepath.Dir(p.Path),
-				Programs: []PinnedProgram{}, Maps: []MapInfo{}})
+		case p.Kind == KindHistory:
+			if st.History == nil {
+				st.History = newPinSet(p)
+			}
+			cur = st.History
+		case cur == nil || cur.Kind != p.Kind || cur.Netns != p.Netns:
+			st.Balancers = append(st.Balancers, *newPinSet(p))
 			cur = &st.Balancers[len(st.Balancers)-1]
 		}
-		if p.Problem != "" {
-			cur.Problems = append(cur.Problems, p.PinName()+": "+p.Problem)
-		}
-		switch p.Object {
-		case ObjectMap:
-			if p.Problem == "" {
-				cur.Maps = append(cur.Maps, p.mapInfo)
-			}
-		default:
-			cur.Programs = append(cur.Programs, PinnedProgram{
-				Program:   Program{Hook: p.Hook, Mechanism: p.Mechanism, ID: p.ProgID, Name: p.Name, LinkID: linkID(p)},
-				Interface: p.Interface, Pin: p.Path,
-			})
-		}
-	}
-	// The history is not a namespace's: it goes on its own.
-	for i, s := range st.Balancers {
-		if s.Kind == KindHistory {
-			h := s
-			st.History = &h
-			st.Balancers = append(st.Balancers[:i], st.Balancers[i+1:]...)
-			break
-		}
+		cur.add(p)
 	}
 	for i := range st.Balancers {
-		s := &st.Balancers[i]
-		if p := netnsProblem(s.Netns); p != "" {
-			s.Problems = append(s.Problems, p)
+		if p := netnsProblem(st.Balancers[i].Netns); p != "" {
+			st.Balancers[i].Problems = append(st.Balancers[i].Problems, p)
 		}
 	}
 	return st, nil
+}
+
+func newPinSet(p Pin) *PinSet {
+	return &PinSet{Kind: p.Kind, Netns: p.Netns, PinDir: filepath.Dir(p.Path), Programs: []PinnedProgram{}, Maps: []MapInfo{}}
+}
+
+// add puts a pin's program or map in the set, or its problem.
+func (s *PinSet) add(p Pin) {
+	if p.Problem != "" {
+		s.Problems = append(s.Problems, p.PinName()+": "+p.Problem)
+	}
+	switch {
+	case p.Object != ObjectMap:
+		s.Programs = append(s.Programs, PinnedProgram{
+			Program:   Program{Hook: p.Hook, Mechanism: p.Mechanism, ID: p.ProgID, Name: p.Name, LinkID: linkID(p)},
+			Interface: p.Interface, Pin: p.Path,
+		})
+	case p.Problem == "":
+		s.Maps = append(s.Maps, p.mapInfo)
+	}
 }
 
 func linkID(p Pin) uint32 {
@@ -395,5 +391,5 @@ func netnsProblem(nsDir string) string {
 	if nsDir == "" || nsDir == HostNetns || strings.HasPrefix(nsDir, "ns-") || netns.Exists(nsDir) {
 		return ""
 	}
-	return "network namespace " + nsDir + " is gone: run detach to remove the stale pins"
+	return "network namespace " + nsDir + " is gone"
 }
