@@ -75,8 +75,8 @@ type HistoryConfig struct {
 
 func (h HistoryConfig) String() string { return "max_age=" + h.MaxAge }
 
-// DirectionName names a direction of the counters map.
-func DirectionName(d maps.Direction) string {
+// directionName names a direction of the counters map.
+func directionName(d maps.Direction) string {
 	if d == maps.Ingress {
 		return "ingress"
 	}
@@ -142,7 +142,7 @@ func decodeEntries(p Pin, m *ebpf.Map, entries []MapEntry) error {
 			if err != nil {
 				return err
 			}
-			entries[i].Decoded = CountersEntry{Direction: DirectionName(dir), Sum: sum, PerCPU: per}
+			entries[i].Decoded = CountersEntry{Direction: directionName(dir), Sum: sum, PerCPU: per}
 		case p.Kind == KindDatapath && p.PinName() == pinMeta:
 			var meta Meta
 			if err := m.Lookup(idx, &meta); err != nil {
