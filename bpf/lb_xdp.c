@@ -334,9 +334,6 @@ int mptcpx_lb(struct xdp_md *ctx)
 	if (!vip)
 		return XDP_PASS;
 	lb_count(st, LB_STAT_VIP);
-	__u32 vid = vip->id;
-	struct lb_vip_stats *vs = bpf_map_lookup_elem(&mptcpx_lb_vstats, &vid);
-	lb_count_vip(vs, LB_VSTAT_PACKETS);
 
 	int syn = th->syn, ack = th->ack;
 	struct lb_mp mp = {};
@@ -345,6 +342,17 @@ int mptcpx_lb(struct xdp_md *ctx)
 		lb_scan_opts((__u8 *)(th + 1), thl - sizeof(*th), data_end, syn, ack, &mp, scr);
 	if (mp.malformed)
 		lb_count(st, LB_STAT_MALFORMED);
+
+	/* Looked up after the option scan, and never NULL past here (the ids are below the maps'
+	 * sizes: PutVIP checks), so that the verifier does not walk the scan, or what follows,
+	 * once more for a NULL pointer. */
+	__u32 vid = vip->id;
+	struct lb_vip_stats *vs = bpf_map_lookup_elem(&mptcpx_lb_vstats, &vid);
+	if (!vs) {
+		lb_count(st, LB_STAT_NO_BACKEND);
+		return XDP_PASS;
+	}
+	lb_count_vip(vs, LB_VSTAT_PACKETS);
 
 	int steering = vip->flags & LB_VIP_JOIN_STEERING;
 	__u64 now = bpf_ktime_get_ns();
@@ -418,7 +426,13 @@ int mptcpx_lb(struct xdp_md *ctx)
 		lb_count_vip(vs, LB_VSTAT_NO_BACKEND);
 		return XDP_PASS;
 	}
+	/* Never NULL: bid indexed the backend table, of the same size. */
 	struct lb_backend_stats *bs = bpf_map_lookup_elem(&mptcpx_lb_bstats, &bid);
+	if (!bs) {
+		lb_count(st, LB_STAT_NO_BACKEND);
+		lb_count_vip(vs, LB_VSTAT_NO_BACKEND);
+		return XDP_PASS;
+	}
 	lb_count_be(bs, placed);
 
 	if (steering && mp.kind == LB_MP_KEYS) {
