@@ -200,6 +200,9 @@ func (b *Balancer) putVIP(addr netip.AddrPort, u PolicyUpdate) (lb.VIP, error) {
 	if err := b.writeRing(v.ID); err != nil {
 		return lb.VIP{}, err
 	}
+	if err := stepDone("vip: table written"); err != nil {
+		return lb.VIP{}, err
+	}
 	if err := b.Maps.PutVIP(v); err != nil {
 		return lb.VIP{}, err
 	}
@@ -262,6 +265,9 @@ func (b *Balancer) rebuild() error {
 		if err := b.Maps.WriteRing(v.ID, table); err != nil {
 			return err
 		}
+		if err := stepDone("rebuild: a vip table written"); err != nil {
+			return err
+		}
 	}
 	return nil
 }
@@ -308,13 +314,22 @@ func (b *Balancer) addBackends(ctx context.Context, specs ...BackendSpec) (out [
 				_, _ = b.set.Remove(be.Addr)
 				return out, fmt.Errorf("backend %s: clear the state of its id %d: %w", s.Addr, be.ID, err)
 			}
+			if err := stepDone("add: id purged"); err != nil {
+				return out, err
+			}
 		}
 		// The weight first: an entry without its weight would read back as a removal begun.
 		if err := b.Weights.Put(be.ID, be.Weight); err != nil {
 			return out, b.undoAdd(known, be, fmt.Errorf("write weight of backend %d: %w", be.ID, err))
 		}
+		if err := stepDone("add: weight written"); err != nil {
+			return out, err
+		}
 		if err := b.putBackend(be, nh); err != nil {
 			return out, b.undoAdd(known, be, err)
+		}
+		if err := stepDone("add: entry written"); err != nil {
+			return out, err
 		}
 		slog.Debug("backend added", "addr", be.Addr, "id", be.ID, "weight", be.Weight, "iface", nh.Iface, "mac", nh.DstMAC.String())
 		out = append(out, be)
@@ -400,6 +415,9 @@ func (b *Balancer) drain(addr netip.Addr) (Backend, error) {
 	if ok {
 		cur.Draining = true
 		if err := b.Maps.PutBackend(cur); err != nil {
+			return be, err
+		}
+		if err := stepDone("drain: entry flagged"); err != nil {
 			return be, err
 		}
 	}
