@@ -1,11 +1,7 @@
 package exporter
 
 import (
-	"errors"
 	"fmt"
-	"io/fs"
-	"os"
-	"path/filepath"
 	"sort"
 	"strconv"
 
@@ -19,26 +15,19 @@ import (
 // maps under the loader's shared lock. One balancer that cannot be read fails the source but not
 // the others.
 func (e *Exporter) collectBalancers(ch chan<- prometheus.Metric) error {
-	ents, err := os.ReadDir(e.loader.LBRoot())
-	if errors.Is(err, fs.ErrNotExist) {
-		return nil // no balancer (and nothing to lock)
-	}
-	if err != nil {
-		return fmt.Errorf("list balancers: %w", err)
-	}
 	unlock, err := e.loader.RLock()
 	if err != nil {
 		return err
 	}
 	defer unlock()
+	bals, err := e.loader.Balancers()
+	if err != nil {
+		return fmt.Errorf("list balancers: %w", err)
+	}
 	var errs []error
-	for _, ent := range ents {
-		dir := e.loader.LBDir(ent.Name())
-		if _, err := os.Stat(filepath.Join(dir, lb.MapVIPs)); err != nil {
-			continue // a decapsulator only, or removed since the listing
-		}
-		if err := collectBalancer(ch, ent.Name(), dir); err != nil {
-			errs = append(errs, fmt.Errorf("balancer %s: %w", ent.Name(), err))
+	for _, b := range bals {
+		if err := collectBalancer(ch, b.Netns, b.Dir); err != nil {
+			errs = append(errs, fmt.Errorf("balancer %s: %w", b.Netns, err))
 		}
 	}
 	return joinErrs(errs)

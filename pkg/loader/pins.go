@@ -20,6 +20,7 @@ import (
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/link"
 
+	"github.com/mptcp-xdp/mptcp-xdp/pkg/lb"
 	"github.com/mptcp-xdp/mptcp-xdp/pkg/netns"
 )
 
@@ -392,4 +393,27 @@ func netnsProblem(nsDir string) string {
 		return ""
 	}
 	return "network namespace " + nsDir + " is gone"
+}
+
+// BalancerDir is a network namespace's balancer pin directory.
+type BalancerDir struct {
+	Netns string // as the pins name it
+	Dir   string
+}
+
+// Balancers lists the pinned balancers (namespaces whose balancer directory holds its maps),
+// ordered by namespace.
+func (l *Loader) Balancers() ([]BalancerDir, error) {
+	nss, err := subdirs(l.LBRoot())
+	if err != nil {
+		return nil, err
+	}
+	var out []BalancerDir
+	for _, ns := range nss {
+		dir := l.LBDir(ns)
+		if _, err := os.Stat(filepath.Join(dir, lb.MapVIPs)); err == nil {
+			out = append(out, BalancerDir{Netns: ns, Dir: dir})
+		}
+	}
+	return out, nil
 }
