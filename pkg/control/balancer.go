@@ -252,7 +252,11 @@ func (b *Balancer) writeRing(vipID uint32) error {
 }
 
 // rebuild rewrites every VIP's table from the current set.
-func (b *Balancer) rebuild() error {
+func (b *Balancer) rebuild() error { return b.writeRings(false) }
+
+// writeRings writes the table the set computes into every VIP's ring; with onlyDiffering, only
+// into the rings that hold another one.
+func (b *Balancer) writeRings(onlyDiffering bool) error {
 	vips, err := b.Maps.ListVIPs()
 	if err != nil {
 		return err
@@ -262,6 +266,16 @@ func (b *Balancer) rebuild() error {
 		return err
 	}
 	for _, v := range vips {
+		if onlyDiffering {
+			ring, err := b.Maps.ReadRing(v.ID)
+			if err != nil {
+				return err
+			}
+			if slices.Equal(ring, table) {
+				continue
+			}
+			slog.Info("vip table rewritten: it differed from the backend set's", "vip", v.Addr, "id", v.ID)
+		}
 		if err := b.Maps.WriteRing(v.ID, table); err != nil {
 			return err
 		}

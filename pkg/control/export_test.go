@@ -10,14 +10,4 @@ func SetStepHook(fn func(step string) error) func() {
 // Restart is what a control plane restarted after a crash does before anything else (`lb run`'s
 // first cycle): read the set back, finish what was left half done, and rewrite VIP tables that
 // differ from the set's.
-func (b *Balancer) Restart() error {
-	unlock, err := b.lock()
-	if err != nil {
-		return err
-	}
-	defer unlock()
-	if err := b.resync(); err != nil {
-		return err
-	}
-	return b.reconcile()
-}
+func (b *Balancer) Restart() error { return b.locked(b.reconcile) }

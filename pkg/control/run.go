@@ -3,7 +3,6 @@ package control
 import (
 	"context"
 	"log/slog"
-	"slices"
 	"sync"
 	"time"
 
@@ -154,27 +153,4 @@ func (b *Balancer) Run(ctx context.Context, cfg RunConfig) error {
 
 // reconcile rewrites every VIP table that differs from the one the backend set computes (a change
 // stopped between writing the backend table and the VIP tables leaves one behind).
-func (b *Balancer) reconcile() error {
-	vips, err := b.Maps.ListVIPs()
-	if err != nil {
-		return err
-	}
-	table, err := b.set.Table(nil)
-	if err != nil {
-		return err
-	}
-	for _, v := range vips {
-		ring, err := b.Maps.ReadRing(v.ID)
-		if err != nil {
-			return err
-		}
-		if slices.Equal(ring, table) {
-			continue
-		}
-		if err := b.Maps.WriteRing(v.ID, table); err != nil {
-			return err
-		}
-		slog.Info("vip table rewritten: it differed from the backend set's", "vip", v.Addr, "id", v.ID)
-	}
-	return nil
-}
+func (b *Balancer) reconcile() error { return b.writeRings(true) }
