@@ -27,6 +27,7 @@ type serveOptions struct {
 	webConfig        string
 	netns            []string
 	maxSubflowSeries int
+	tokenLabel       bool
 	logLevel         string
 	bpffsRoot        string
 }
@@ -57,6 +58,7 @@ metric.`,
 	// Shadows the global --netns: serve reads several namespaces at once.
 	f.StringArrayVar(&o.netns, "netns", nil, "network namespace (an 'ip netns' name) whose MPTcpExt counters and subflows to export; repeat for several; default serve's own")
 	f.IntVar(&o.maxSubflowSeries, "max-subflow-series", exporter.DefaultMaxSubflowSeries, "most subflows with per-subflow series (largest by bytes first; the rest are counted in mptcp_xdp_subflow_series_omitted); 0 for none")
+	f.BoolVar(&o.tokenLabel, "token-label", false, "add the token label (each connection's MPTCP token, what an MP_JOIN names) to the per-connection and per-subflow series; they are told apart by the connection label without it")
 	f.StringVar(&o.logLevel, "log.level", "info", "log level: debug, info, warn or error")
 	f.StringVar(&o.bpffsRoot, "bpffs-root", "", "bpffs directory of the datapath's pins (default that of attach)")
 	_ = f.MarkHidden("bpffs-root") // for tests; operators keep the default
@@ -103,7 +105,8 @@ func runServe(ctx context.Context, logOut io.Writer, o serveOptions) error {
 
 	exp, err := exporter.New(exporter.Config{
 		Root: root, Netns: o.netns, Subflows: reader, MaxSubflowSeries: o.maxSubflowSeries,
-		Version: version, Logger: logger,
+		TokenLabel: o.tokenLabel,
+		Version:    version, Logger: logger,
 	})
 	if err != nil {
 		return err

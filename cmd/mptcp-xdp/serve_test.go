@@ -461,7 +461,7 @@ func TestServe(t *testing.T) {
 		}
 	}
 
-	all := startServe(t, "--bpffs-root", root, "--netns", l.Server, "--netns", l.Client)
+	all := startServe(t, "--bpffs-root", root, "--netns", l.Server, "--netns", l.Client, "--token-label")
 	capped := startServe(t, "--bpffs-root", root, "--netns", l.Server, "--max-subflow-series", "2")
 	webCfg, caPEM := webConfig(t, "scraper", "s3cret")
 	secured := startServe(t, "--bpffs-root", root, "--netns", l.Server, "--web.config.file", webCfg)
@@ -669,6 +669,11 @@ scrape_configs:
 				{`mptcp_xdp_srtt_seconds_count{job="capped"}`, 4},
 				{`mptcp_xdp_subflows_per_connection_sum{job="capped"}`, 4},
 				{`mptcp_xdp_subflow_series_omitted{job="all"}`, 0},
+				// Without --token-label no series names the token; the connection label tells the
+				// connection apart, the same on its per-subflow and per-connection series.
+				{`count(mptcp_xdp_subflow_info{job="capped",token!=""}) or vector(0)`, 0},
+				{`count(mptcp_xdp_connection_subflows{job="capped",token!=""}) or vector(0)`, 0},
+				{`count(count by (connection) (mptcp_xdp_subflow_info{job="capped",connection=~"[0-9a-f]{16}"}) * on (connection) group_left count by (connection) (mptcp_xdp_connection_subflows{job="capped"}))`, 1},
 			} {
 				m, err := prom.byLabels(c.expr)
 				if err != nil {

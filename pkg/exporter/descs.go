@@ -1,6 +1,10 @@
 package exporter
 
-import "github.com/prometheus/client_golang/prometheus"
+import (
+	"slices"
+
+	"github.com/prometheus/client_golang/prometheus"
+)
 
 // The metrics. docs/metrics.md documents each; a test keeps the two in step.
 
@@ -8,22 +12,23 @@ func name(n string) string { return Namespace + "_" + n }
 
 // Label names.
 const (
-	lNetns     = "netns"
-	lInterface = "interface"
-	lDirection = "direction"
-	lKind      = "kind"
-	lClass     = "class"
-	lCounter   = "counter"
-	lToken     = "token"
-	lSubflow   = "subflow"
-	lSource    = "source"
-	lVIPID     = "vip_id"
-	lBackend   = "backend"
-	lBackendID = "backend_id"
-	lOutcome   = "outcome"
-	lReason    = "reason"
-	lState     = "state"
-	lTable     = "table"
+	lNetns      = "netns"
+	lInterface  = "interface"
+	lDirection  = "direction"
+	lKind       = "kind"
+	lClass      = "class"
+	lCounter    = "counter"
+	lToken      = "token"
+	lConnection = "connection"
+	lSubflow    = "subflow"
+	lSource     = "source"
+	lVIPID      = "vip_id"
+	lBackend    = "backend"
+	lBackendID  = "backend_id"
+	lOutcome    = "outcome"
+	lReason     = "reason"
+	lState      = "state"
+	lTable      = "table"
 )
 
 var (
@@ -83,25 +88,8 @@ var (
 		"Connections left without per-connection series because none of their subflows kept per-subflow series.",
 		nil, nil)
 
-	// Per connection (capped).
-	connLabels          = []string{lNetns, lToken}
-	descConnSubflows    = prometheus.NewDesc(name("connection_subflows"), "Live subflows of a connection.", connLabels, nil)
-	descConnSentBytes   = prometheus.NewDesc(name("connection_sent_bytes_total"), "Bytes a connection sent, retransmissions included, summed over its subflows, closed ones included when known (never decreases while the connection lives).", connLabels, nil)
-	descConnRecvBytes   = prometheus.NewDesc(name("connection_received_bytes_total"), "Bytes a connection received, summed over its subflows, closed ones included when known.", connLabels, nil)
-	descConnRetransByte = prometheus.NewDesc(name("connection_retransmitted_bytes_total"), "Bytes a connection retransmitted, summed over its subflows, closed ones included when known.", connLabels, nil)
-
-	// Per subflow (capped).
-	sfLabels        = []string{lNetns, lToken, lSubflow}
-	descSubflowInfo = prometheus.NewDesc(name("subflow_info"),
-		"A live subflow with per-subflow series: always 1; address ids, addresses, role (initial or join) and backup flag in labels.",
-		append(append([]string{}, sfLabels...), "local_id", "remote_id", "local", "remote", "role", "backup"), nil)
-	descSubflowSRTT       = prometheus.NewDesc(name("subflow_srtt_seconds"), "Smoothed round-trip time of a subflow (tcpi_rtt).", sfLabels, nil)
-	descSubflowCwnd       = prometheus.NewDesc(name("subflow_cwnd_segments"), "Congestion window of a subflow, in segments.", sfLabels, nil)
-	descSubflowSent       = prometheus.NewDesc(name("subflow_sent_bytes_total"), "Bytes a subflow sent, retransmissions included (tcpi_bytes_sent).", sfLabels, nil)
-	descSubflowRecv       = prometheus.NewDesc(name("subflow_received_bytes_total"), "Bytes a subflow received (tcpi_bytes_received).", sfLabels, nil)
-	descSubflowRetransB   = prometheus.NewDesc(name("subflow_retransmitted_bytes_total"), "Bytes a subflow retransmitted (tcpi_bytes_retrans).", sfLabels, nil)
-	descSubflowRetransSeg = prometheus.NewDesc(name("subflow_retransmitted_segments_total"), "Segments a subflow retransmitted over its life (tcpi_total_retrans).", sfLabels, nil)
-	descSubflowDelivery   = prometheus.NewDesc(name("subflow_delivery_rate_bytes_per_second"), "Delivery rate of a subflow's last sample (tcpi_delivery_rate); 0 before the first.", sfLabels, nil)
+	// The per-connection and per-subflow descriptors (capped) are in connDescs: with or without
+	// the token label.
 )
 
 // Load balancer (every balancer pinned under the loader's LB root).
@@ -143,23 +131,68 @@ var (
 	descLBBackendPassed   = prometheus.NewDesc(name("lb_backend_passed_packets_total"), "Frames for a backend passed to the balancer's stack instead, by reason: mtu (ipip: too long once encapsulated), fwd_error.", append(append([]string{}, backendLabels...), lReason), nil)
 )
 
-// allDescs lists every descriptor, for Describe and the documentation test.
-func allDescs() []*prometheus.Desc {
-	return []*prometheus.Desc{
+// allDescs lists every descriptor, the per-connection and per-subflow ones with the token label
+// (every label a metric can have), for the documentation test.
+func allDescs() []*prometheus.Desc { return descList(tokenDescs) }
+
+// descList lists every descriptor, with those of c for connections and subflows.
+func descList(c *connDescs) []*prometheus.Desc {
+	return append([]*prometheus.Desc{
 		descBuildInfo, descScrapeUp, descScrapeErrors, descScrapeDuration,
 		descAttachInfo, descAttachProblems, descPackets, descOptions,
 		descMPTCPExt, descMPCurrEstab,
 		descConnections, descSubflows, descSRTTHist, descSubflowsPerConn, descSubflowOmitted, descConnOmitted,
-		descConnSubflows, descConnSentBytes, descConnRecvBytes, descConnRetransByte,
-		descSubflowInfo, descSubflowSRTT, descSubflowCwnd, descSubflowSent, descSubflowRecv,
-		descSubflowRetransB, descSubflowRetransSeg, descSubflowDelivery,
 		descLBCounter, descLBTableEntries, descLBTableCapacity,
 		descLBVIPInfo, descLBVIPPackets, descLBVIPNewFlows, descLBVIPLearned, descLBVIPSteered, descLBVIPUnknown,
 		descLBVIPCollisions, descLBVIPTakeovers, descLBVIPPassed,
 		descLBBackendState, descLBBackendFlows, descLBBackendTokens, descLBBackendNewFlows, descLBBackendLearned,
 		descLBBackendSteered, descLBBackendHashed, descLBBackendColl, descLBBackendTakeover, descLBBackendFwd,
 		descLBBackendPassed,
+	}, c.list()...)
+}
+
+// connDescs are the per-connection and per-subflow descriptors (capped). A connection is
+// identified by its connection label (an opaque id, Exporter.connID) and, with Config.TokenLabel,
+// also by its MPTCP token; a subflow by its connection and its subflow label.
+type connDescs struct {
+	connSubflows, connSent, connRecv, connRetrans                             *prometheus.Desc
+	sfInfo, sfSRTT, sfCwnd, sfSent, sfRecv, sfRetransB, sfRetransSeg, sfDeliv *prometheus.Desc
+}
+
+var (
+	plainDescs = newConnDescs(false)
+	tokenDescs = newConnDescs(true)
+)
+
+func newConnDescs(token bool) *connDescs {
+	conn := []string{lNetns, lConnection}
+	if token {
+		conn = append(conn, lToken)
 	}
+	sf := append(slices.Clone(conn), lSubflow)
+	d := func(n, help string, labels []string) *prometheus.Desc {
+		return prometheus.NewDesc(name(n), help, labels, nil)
+	}
+	return &connDescs{
+		connSubflows: d("connection_subflows", "Live subflows of a connection.", conn),
+		connSent:     d("connection_sent_bytes_total", "Bytes a connection sent, retransmissions included, summed over its subflows, closed ones included when known (never decreases while the connection lives).", conn),
+		connRecv:     d("connection_received_bytes_total", "Bytes a connection received, summed over its subflows, closed ones included when known.", conn),
+		connRetrans:  d("connection_retransmitted_bytes_total", "Bytes a connection retransmitted, summed over its subflows, closed ones included when known.", conn),
+		sfInfo: d("subflow_info", "A live subflow with per-subflow series: always 1; address ids, addresses, role (initial or join) and backup flag in labels.",
+			append(slices.Clone(sf), "local_id", "remote_id", "local", "remote", "role", "backup")),
+		sfSRTT:       d("subflow_srtt_seconds", "Smoothed round-trip time of a subflow (tcpi_rtt).", sf),
+		sfCwnd:       d("subflow_cwnd_segments", "Congestion window of a subflow, in segments.", sf),
+		sfSent:       d("subflow_sent_bytes_total", "Bytes a subflow sent, retransmissions included (tcpi_bytes_sent).", sf),
+		sfRecv:       d("subflow_received_bytes_total", "Bytes a subflow received (tcpi_bytes_received).", sf),
+		sfRetransB:   d("subflow_retransmitted_bytes_total", "Bytes a subflow retransmitted (tcpi_bytes_retrans).", sf),
+		sfRetransSeg: d("subflow_retransmitted_segments_total", "Segments a subflow retransmitted over its life (tcpi_total_retrans).", sf),
+		sfDeliv:      d("subflow_delivery_rate_bytes_per_second", "Delivery rate of a subflow's last sample (tcpi_delivery_rate); 0 before the first.", sf),
+	}
+}
+
+func (c *connDescs) list() []*prometheus.Desc {
+	return []*prometheus.Desc{c.connSubflows, c.connSent, c.connRecv, c.connRetrans,
+		c.sfInfo, c.sfSRTT, c.sfCwnd, c.sfSent, c.sfRecv, c.sfRetransB, c.sfRetransSeg, c.sfDeliv}
 }
 
 // Histogram buckets.

@@ -14,6 +14,7 @@
 package exporter
 
 import (
+	"crypto/rand"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -62,6 +63,9 @@ type Config struct {
 	// largest subflows by bytes sent + received get them, the rest are counted in
 	// mptcp_xdp_subflow_series_omitted. 0 exports none; negative is an error.
 	MaxSubflowSeries int
+	// TokenLabel adds the token label (the connection's MPTCP token) to the per-connection and
+	// per-subflow series. Off, they are identified by the connection label alone, an opaque id.
+	TokenLabel bool
 	// Version is the build's version, for mptcp_xdp_build_info.
 	Version string
 	// Logger receives one line per failed source read; nil discards.
@@ -83,6 +87,8 @@ type Exporter struct {
 	nss    []nsRef
 	log    *slog.Logger
 	kernel string
+	conn   *connDescs // per-connection and per-subflow descriptors, with or without token
+	idKey  []byte     // the key of connID
 
 	mu     sync.Mutex
 	errors map[sourceKey]*atomic.Uint64
@@ -123,6 +129,14 @@ func New(cfg Config) (*Exporter, error) {
 		}
 		e.nss = []nsRef{{name: "", label: label}}
 	}
+	e.conn = plainDescs
+	if cfg.TokenLabel {
+		e.conn = tokenDescs
+	}
+	e.idKey = make([]byte, 32)
+	if _, err := rand.Read(e.idKey); err != nil {
+		return nil, fmt.Errorf("connection id key: %w", err)
+	}
 	var uts unix.Utsname
 	if unix.Uname(&uts) == nil {
 		e.kernel = unix.ByteSliceToString(uts.Release[:])
@@ -141,7 +155,7 @@ func (e *Exporter) Namespaces() []string {
 
 // Describe sends every descriptor the exporter can produce.
 func (e *Exporter) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range allDescs() {
+	for _, d := range descList(e.conn) {
 		ch <- d
 	}
 }

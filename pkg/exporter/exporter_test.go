@@ -104,7 +104,7 @@ func TestSubflowCapAndHistograms(t *testing.T) {
 	for i := range r["b"] {
 		r["b"][i].Token += 0x1000
 	}
-	e := newTestExporter(t, r, 5, "a", "b")
+	e := newExporterWith(t, Config{Netns: []string{"a", "b"}, Subflows: r, MaxSubflowSeries: 5, TokenLabel: true})
 	mfs := gather(t, e)
 
 	info := mfs["mptcp_xdp_subflow_info"].GetMetric()

@@ -2,6 +2,10 @@ package exporter
 
 import (
 	"cmp"
+	"crypto/hmac"
+	"crypto/sha256"
+	"encoding/binary"
+	"encoding/hex"
 	"net/netip"
 	"slices"
 	"strconv"
@@ -76,6 +80,7 @@ func (e *Exporter) exportConnections(ch chan<- prometheus.Metric, all []nsConns)
 	}
 
 	keep := Largest(live, e.cfg.MaxSubflowSeries)
+	d := e.conn
 	type connKey struct{ ns, conn int }
 	shown := map[connKey]bool{}
 	for _, r := range keep {
@@ -83,23 +88,21 @@ func (e *Exporter) exportConnections(ch chan<- prometheus.Metric, all []nsConns)
 		c := &n.conns[r.conn]
 		s := &c.Subflows[r.sf]
 		shown[connKey{r.ns, r.conn}] = true
-		tok := c.Token.String()
-		id := SubflowLabel(s)
 		role := "join"
 		if s.Initial() {
 			role = "initial"
 		}
-		lv := []string{n.label, tok, id}
-		ch <- prometheus.MustNewConstMetric(descSubflowInfo, prometheus.GaugeValue, 1, n.label, tok, id,
+		lv := append(e.connLabels(n.label, c.Token), SubflowLabel(s))
+		ch <- prometheus.MustNewConstMetric(d.sfInfo, prometheus.GaugeValue, 1, append(lv,
 			strconv.Itoa(int(s.LocalID)), strconv.Itoa(int(s.RemoteID)), unmapped(s.Local), unmapped(s.Remote),
-			role, strconv.FormatBool(s.Backup()))
-		ch <- prometheus.MustNewConstMetric(descSubflowSRTT, prometheus.GaugeValue, s.SRTT.Seconds(), lv...)
-		ch <- prometheus.MustNewConstMetric(descSubflowCwnd, prometheus.GaugeValue, float64(s.Cwnd), lv...)
-		ch <- prometheus.MustNewConstMetric(descSubflowSent, prometheus.CounterValue, float64(s.BytesSent), lv...)
-		ch <- prometheus.MustNewConstMetric(descSubflowRecv, prometheus.CounterValue, float64(s.BytesReceived), lv...)
-		ch <- prometheus.MustNewConstMetric(descSubflowRetransB, prometheus.CounterValue, float64(s.BytesRetrans), lv...)
-		ch <- prometheus.MustNewConstMetric(descSubflowRetransSeg, prometheus.CounterValue, float64(s.TotalRetrans), lv...)
-		ch <- prometheus.MustNewConstMetric(descSubflowDelivery, prometheus.GaugeValue, float64(s.DeliveryRate), lv...)
+			role, strconv.FormatBool(s.Backup()))...)
+		ch <- prometheus.MustNewConstMetric(d.sfSRTT, prometheus.GaugeValue, s.SRTT.Seconds(), lv...)
+		ch <- prometheus.MustNewConstMetric(d.sfCwnd, prometheus.GaugeValue, float64(s.Cwnd), lv...)
+		ch <- prometheus.MustNewConstMetric(d.sfSent, prometheus.CounterValue, float64(s.BytesSent), lv...)
+		ch <- prometheus.MustNewConstMetric(d.sfRecv, prometheus.CounterValue, float64(s.BytesReceived), lv...)
+		ch <- prometheus.MustNewConstMetric(d.sfRetransB, prometheus.CounterValue, float64(s.BytesRetrans), lv...)
+		ch <- prometheus.MustNewConstMetric(d.sfRetransSeg, prometheus.CounterValue, float64(s.TotalRetrans), lv...)
+		ch <- prometheus.MustNewConstMetric(d.sfDeliv, prometheus.GaugeValue, float64(s.DeliveryRate), lv...)
 	}
 	ch <- prometheus.MustNewConstMetric(descSubflowOmitted, prometheus.GaugeValue, float64(len(live)-len(keep)))
 
@@ -116,14 +119,38 @@ func (e *Exporter) exportConnections(ch chan<- prometheus.Metric, all []nsConns)
 				continue
 			}
 			t := c.Totals()
-			lv := []string{n.label, c.Token.String()}
-			ch <- prometheus.MustNewConstMetric(descConnSubflows, prometheus.GaugeValue, float64(liveN), lv...)
-			ch <- prometheus.MustNewConstMetric(descConnSentBytes, prometheus.CounterValue, float64(t.BytesSent), lv...)
-			ch <- prometheus.MustNewConstMetric(descConnRecvBytes, prometheus.CounterValue, float64(t.BytesReceived), lv...)
-			ch <- prometheus.MustNewConstMetric(descConnRetransByte, prometheus.CounterValue, float64(t.BytesRetrans), lv...)
+			lv := e.connLabels(n.label, c.Token)
+			ch <- prometheus.MustNewConstMetric(d.connSubflows, prometheus.GaugeValue, float64(liveN), lv...)
+			ch <- prometheus.MustNewConstMetric(d.connSent, prometheus.CounterValue, float64(t.BytesSent), lv...)
+			ch <- prometheus.MustNewConstMetric(d.connRecv, prometheus.CounterValue, float64(t.BytesReceived), lv...)
+			ch <- prometheus.MustNewConstMetric(d.connRetrans, prometheus.CounterValue, float64(t.BytesRetrans), lv...)
 		}
 	}
 	ch <- prometheus.MustNewConstMetric(descConnOmitted, prometheus.GaugeValue, float64(omittedConns))
+}
+
+// connLabels are the label values that identify a connection of namespace ns: the namespace, the
+// connection id and, with Config.TokenLabel, the token.
+func (e *Exporter) connLabels(ns string, tok stats.Token) []string {
+	lv := make([]string, 0, 4)
+	lv = append(lv, ns, e.connID(ns, tok))
+	if e.cfg.TokenLabel {
+		lv = append(lv, tok.String())
+	}
+	return lv
+}
+
+// connID is the connection label of a connection: 16 hex digits of an HMAC-SHA256, under a key
+// drawn when the exporter was made, of its namespace and token. It is stable for the connection's
+// life (as its token is) and for the exporter's, unique in practice (64 bits), and tells nothing
+// about the token to anyone without the key, so that serving it does not publish what an MP_JOIN
+// needs. A new exporter (serve restarted) names every connection anew.
+func (e *Exporter) connID(ns string, tok stats.Token) string {
+	h := hmac.New(sha256.New, e.idKey)
+	h.Write([]byte(ns))
+	h.Write([]byte{0})
+	h.Write(binary.BigEndian.AppendUint32(nil, uint32(tok)))
+	return hex.EncodeToString(h.Sum(nil)[:8])
 }
 
 // Largest returns the (at most) max subflows with the most bytes sent + received, most first; ties
