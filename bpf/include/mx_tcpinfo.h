@@ -16,14 +16,13 @@ static __always_inline __u64 mx_delivery_rate(const struct tcp_sock *tp)
 	return (__u64)rate * tp->mss_cache * MX_USEC_PER_SEC / intv;
 }
 
-/* The subflow context's fields, as net/mptcp/diag.c's subflow_get_info() reads them. Bit fields
+/* The subflow context's flags, as net/mptcp/diag.c's subflow_get_info() reads them. Bit fields
  * (and fields that were bit fields on older kernels, like fully_established) are read with
- * BPF_CORE_READ_BITFIELD_PROBED so any layout works. */
-/* Not inlined, so that its signature carries struct mx_subflow_rec into the object's BTF (bpf2go -type). */
-static __noinline void mx_subflow_ctx(struct mx_subflow_rec *r, const struct mptcp_subflow_context *sf)
+ * BPF_CORE_READ_BITFIELD_PROBED so any layout works. Not inlined, so that its signature carries
+ * enum mx_sf_flags into the object's BTF (bpf2go -type; the record's field is a plain __u32). */
+static __noinline enum mx_sf_flags mx_sf_flags_of(const struct mptcp_subflow_context *sf)
 {
 	__u32 f = 0;
-	long local_id;
 
 	if (BPF_CORE_READ_BITFIELD_PROBED(sf, mp_capable))
 		f |= MX_SF_MCAP_REM;
@@ -41,7 +40,16 @@ static __noinline void mx_subflow_ctx(struct mx_subflow_rec *r, const struct mpt
 		f |= MX_SF_FULLY_ESTABLISHED;
 	if (BPF_CORE_READ_BITFIELD_PROBED(sf, conn_finished))
 		f |= MX_SF_CONNECTED;
-	r->flags = f;
+	return (enum mx_sf_flags)f;
+}
+
+/* The subflow context's flags and ids. Not inlined, so that its signature carries struct
+ * mx_subflow_rec into the object's BTF (bpf2go -type). */
+static __noinline void mx_subflow_ctx(struct mx_subflow_rec *r, const struct mptcp_subflow_context *sf)
+{
+	long local_id;
+
+	r->flags = mx_sf_flags_of(sf);
 
 	/* subflow_get_local_id(): local_id is -1 until known (s16 since 6.9; u8 before). */
 	local_id = (long)BPF_CORE_READ_BITFIELD_PROBED(sf, local_id);

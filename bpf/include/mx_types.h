@@ -59,18 +59,32 @@ struct mx_counters {
 	struct mx_result scratch;
 };
 
-/* Attach state of one interface, kept in a pinned map so that it outlives the CLI. */
+/* Attach state of one interface, kept in a pinned map so that it outlives the CLI. The fields carry
+ * their enums' types so that the objects' BTF holds the values Go checks (pkg/datapath layout test). */
 enum mx_meta_flags {
 	MX_META_CLSACT_ADDED = 1 << 0, /* we created the clsact qdisc and must remove it */
 	MX_META_XDP_NETLINK = 1 << 1,  /* XDP attached through netlink, not a bpf_link */
 	MX_META_TC_NETLINK = 1 << 2,   /* TC attached as clsact filters, not tcx links */
 };
 
+/* How the XDP program is attached. */
+enum mx_xdp_mode {
+	MX_XDP_MODE_NONE = 0,
+	MX_XDP_MODE_NATIVE = 1,
+	MX_XDP_MODE_GENERIC = 2,
+};
+
+/* Where ingress is counted. */
+enum mx_ingress {
+	MX_INGRESS_XDP = 0,
+	MX_INGRESS_TC = 1,
+};
+
 struct mx_meta {
 	__u32 ifindex;
-	__u32 flags;     /* enum mx_meta_flags */
-	__u32 xdp_mode;  /* 0 none, 1 native, 2 generic */
-	__u32 ingress;   /* 0 xdp, 1 tc */
+	enum mx_meta_flags flags;  /* 4 bytes */
+	enum mx_xdp_mode xdp_mode; /* 4 bytes */
+	enum mx_ingress ingress;   /* 4 bytes */
 	__u32 egress;    /* 1 when the egress program is attached */
 	__u32 pad;
 	__u64 netns_ino; /* inode of the network namespace the interface lives in */
@@ -104,7 +118,7 @@ struct mx_subflow_rec {
 	__u64 delivery_rate;  /* tcpi_delivery_rate: rate_delivered * mss_cache * 1e6 / rate_interval_us */
 	__u64 pacing_rate;    /* tcpi_pacing_rate: sk_pacing_rate (~0: unlimited) */
 	__u32 token;          /* local token of the MPTCP connection (msk->token, as `ss -M` shows) */
-	enum mx_sf_flags flags; /* 4 bytes */
+	__u32 flags;          /* enum mx_sf_flags (a plain __u32, so that the history's copy converts in Go) */
 	__u32 subflow_id;     /* the kernel's subflow id (MPTCP_FULL_INFO's id; 0 before 6.8) */
 	__u32 srtt_us;        /* tcpi_rtt: srtt_us >> 3 */
 	__u32 rttvar_us;      /* tcpi_rttvar: mdev_us >> 2 */

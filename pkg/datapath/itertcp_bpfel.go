@@ -36,7 +36,7 @@ type IterTcpMxSubflowRec struct {
 	DeliveryRate  uint64
 	PacingRate    uint64
 	Token         uint32
-	Flags         IterTcpMxSfFlags
+	Flags         uint32
 	SubflowId     uint32
 	SrttUs        uint32
 	RttvarUs      uint32

@@ -25,42 +25,44 @@ type SockOpsMxSfHist struct {
 	ClosedNs      uint64
 	EstFlags      uint32
 	Pad           uint32
-	Rec           struct {
-		_             structs.HostLayout
-		Cookie        uint64
-		BytesSent     uint64
-		BytesAcked    uint64
-		BytesReceived uint64
-		BytesRetrans  uint64
-		DeliveryRate  uint64
-		PacingRate    uint64
-		Token         uint32
-		Flags         uint32
-		SubflowId     uint32
-		SrttUs        uint32
-		RttvarUs      uint32
-		MinRttUs      uint32
-		SndCwnd       uint32
-		SndSsthresh   uint32
-		SndMss        uint32
-		TotalRetrans  uint32
-		Lost          uint32
-		Retrans       uint32
-		SegsIn        uint32
-		SegsOut       uint32
-		DataSegsIn    uint32
-		DataSegsOut   uint32
-		Sport         uint16
-		Dport         uint16
-		Saddr         [16]uint8
-		Daddr         [16]uint8
-		Family        uint8
-		State         uint8
-		ConnState     uint8
-		LocalId       uint8
-		RemoteId      uint8
-		Pad           [7]uint8
-	}
+	Rec           SockOpsMxSubflowRec
+}
+
+type SockOpsMxSubflowRec struct {
+	_             structs.HostLayout
+	Cookie        uint64
+	BytesSent     uint64
+	BytesAcked    uint64
+	BytesReceived uint64
+	BytesRetrans  uint64
+	DeliveryRate  uint64
+	PacingRate    uint64
+	Token         uint32
+	Flags         uint32
+	SubflowId     uint32
+	SrttUs        uint32
+	RttvarUs      uint32
+	MinRttUs      uint32
+	SndCwnd       uint32
+	SndSsthresh   uint32
+	SndMss        uint32
+	TotalRetrans  uint32
+	Lost          uint32
+	Retrans       uint32
+	SegsIn        uint32
+	SegsOut       uint32
+	DataSegsIn    uint32
+	DataSegsOut   uint32
+	Sport         uint16
+	Dport         uint16
+	Saddr         [16]uint8
+	Daddr         [16]uint8
+	Family        uint8
+	State         uint8
+	ConnState     uint8
+	LocalId       uint8
+	RemoteId      uint8
+	Pad           [7]uint8
 }
 
 // Names of all BPF objects in the ELF.

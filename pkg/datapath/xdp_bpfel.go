@@ -32,7 +32,7 @@ type XdpMxCounters struct {
 type XdpMxMeta struct {
 	_          structs.HostLayout
 	Ifindex    uint32
-	Flags      uint32
+	Flags      XdpMxMetaFlags
 	XdpMode    uint32
 	Ingress    uint32
 	Egress     uint32
@@ -40,6 +40,14 @@ type XdpMxMeta struct {
 	NetnsIno   uint64
 	AttachedNs uint64
 }
+
+type XdpMxMetaFlags uint32
+
+const (
+	XdpMxMetaFlagsMX_META_CLSACT_ADDED XdpMxMetaFlags = 1
+	XdpMxMetaFlagsMX_META_XDP_NETLINK  XdpMxMetaFlags = 2
+	XdpMxMetaFlagsMX_META_TC_NETLINK   XdpMxMetaFlags = 4
+)
 
 // Names of all BPF objects in the ELF.
 //

@@ -148,7 +148,7 @@ func decodeEntries(p Pin, m *ebpf.Map, entries []MapEntry) error {
 			if err := m.Lookup(idx, &meta); err != nil {
 				return fmt.Errorf("read attach state: %w", err)
 			}
-			entries[i].Decoded = AttachState{Ifindex: meta.Ifindex, Flags: meta.Flags, XDPMode: meta.XdpMode, Ingress: meta.Ingress,
+			entries[i].Decoded = AttachState{Ifindex: meta.Ifindex, Flags: uint32(meta.Flags), XDPMode: meta.XdpMode, Ingress: meta.Ingress,
 				Egress: meta.Egress, NetnsIno: meta.NetnsIno, AttachedNs: meta.AttachedNs}
 		case p.Kind == KindHistory && p.PinName() == PinHistoryCfg:
 			var cfg datapath.SockOpsMxHistCfg

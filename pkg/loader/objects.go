@@ -85,18 +85,19 @@ func loadObjects(dir string, xdp, tcIngress, tcEgress bool) (*objects, error) {
 // Meta is the attach state kept in the pinned meta map.
 type Meta = datapath.XdpMxMeta
 
-// Flags of Meta.Flags (enum mx_meta_flags).
+// Flags of Meta.Flags (enum mx_meta_flags, generated).
 const (
-	metaClsactAdded = 1 << 0
-	metaXDPNetlink  = 1 << 1
-	metaTCNetlink   = 1 << 2
+	metaClsactAdded = datapath.XdpMxMetaFlagsMX_META_CLSACT_ADDED
+	metaXDPNetlink  = datapath.XdpMxMetaFlagsMX_META_XDP_NETLINK
+	metaTCNetlink   = datapath.XdpMxMetaFlagsMX_META_TC_NETLINK
 )
 
-// XDP modes as stored in Meta.XdpMode.
+// XDP modes as stored in Meta.XdpMode (enum mx_xdp_mode; the field stays a uint32, so the values are
+// held by pkg/datapath's BTF layout test).
 const (
-	metaModeNone    = 0
-	metaModeNative  = 1
-	metaModeGeneric = 2
+	metaModeNone    = datapath.MetaXDPModeNone
+	metaModeNative  = datapath.MetaXDPModeNative
+	metaModeGeneric = datapath.MetaXDPModeGeneric
 )
 
 func readMeta(m *ebpf.Map) (Meta, error) {

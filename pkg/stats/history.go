@@ -130,7 +130,8 @@ func (r *Reader) addHistory(ns string, live []Subflow) ([]Subflow, error) {
 		if h.ClosedNs == 0 {
 			continue // open, but not seen by the iterator (closing right now, or missed its close)
 		}
-		s := fromRecord((*record)(unsafe.Pointer(&h.Rec)))
+		rec := record(h.Rec) // the same struct mx_subflow_rec, generated from both objects
+		s := fromRecord(&rec)
 		s.Closed = true
 		s.Established, s.ClosedAt = at(h.EstablishedNs), at(h.ClosedNs)
 		out = append(out, s)

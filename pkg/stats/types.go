@@ -11,6 +11,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/mptcp-xdp/mptcp-xdp/pkg/datapath"
 	"github.com/mptcp-xdp/mptcp-xdp/pkg/sockopt"
 )
 
@@ -75,16 +76,17 @@ func (s *State) UnmarshalText(b []byte) error {
 // (MPTCP_SUBFLOW_FLAG_*) and `ss -ti` prints as letters after "tcp-ulp-mptcp flags:".
 type Flags uint32
 
-// Subflow flags (enum mx_sf_flags in bpf/include/mx_types.h, equal to MPTCP_SUBFLOW_FLAG_*).
+// Subflow flags (enum mx_sf_flags in bpf/include/mx_types.h, equal to MPTCP_SUBFLOW_FLAG_*),
+// generated from the iterator object.
 const (
-	FlagMPCapable        Flags = 1 << 0 // 'M' the initial subflow: MP_CAPABLE agreed
-	FlagMPCapableLocal   Flags = 1 << 1 // 'm' we sent MP_CAPABLE (the client's initial subflow)
-	FlagJoin             Flags = 1 << 2 // 'J' an additional subflow (MP_JOIN)
-	FlagJoinLocal        Flags = 1 << 3 // 'j' we sent the MP_JOIN SYN
-	FlagBackupRemote     Flags = 1 << 4 // 'B' the peer asked for this subflow as backup
-	FlagBackupLocal      Flags = 1 << 5 // 'b' we asked for it as backup
-	FlagFullyEstablished Flags = 1 << 6 // 'e' fully established
-	FlagConnected        Flags = 1 << 7 // 'c' connection finished (handshake done)
+	FlagMPCapable        = Flags(datapath.IterTcpMxSfFlagsMX_SF_MCAP_REM)          // 'M' the initial subflow: MP_CAPABLE agreed
+	FlagMPCapableLocal   = Flags(datapath.IterTcpMxSfFlagsMX_SF_MCAP_LOC)          // 'm' we sent MP_CAPABLE (the client's initial subflow)
+	FlagJoin             = Flags(datapath.IterTcpMxSfFlagsMX_SF_JOIN_REM)          // 'J' an additional subflow (MP_JOIN)
+	FlagJoinLocal        = Flags(datapath.IterTcpMxSfFlagsMX_SF_JOIN_LOC)          // 'j' we sent the MP_JOIN SYN
+	FlagBackupRemote     = Flags(datapath.IterTcpMxSfFlagsMX_SF_BKUP_REM)          // 'B' the peer asked for this subflow as backup
+	FlagBackupLocal      = Flags(datapath.IterTcpMxSfFlagsMX_SF_BKUP_LOC)          // 'b' we asked for it as backup
+	FlagFullyEstablished = Flags(datapath.IterTcpMxSfFlagsMX_SF_FULLY_ESTABLISHED) // 'e' fully established
+	FlagConnected        = Flags(datapath.IterTcpMxSfFlagsMX_SF_CONNECTED)         // 'c' connection finished (handshake done)
 )
 
 var flagLetters = [...]struct {

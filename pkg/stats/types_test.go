@@ -94,7 +94,7 @@ func TestRecordLayout(t *testing.T) {
 
 func TestDecode(t *testing.T) {
 	rec := datapath.IterTcpMxSubflowRec{
-		Cookie: 7, Token: 0x98dd7c13, Flags: datapath.IterTcpMxSfFlagsMX_SF_JOIN_REM,
+		Cookie: 7, Token: 0x98dd7c13, Flags: uint32(datapath.IterTcpMxSfFlagsMX_SF_JOIN_REM),
 		SubflowId: 2, SrttUs: 71, RttvarUs: 31, MinRttUs: math.MaxUint32, SndCwnd: 10,
 		BytesAcked: 5, PacingRate: math.MaxUint64, Sport: 49075, Dport: 41379,
 		Family: 10, State: 1, ConnState: 1, LocalId: 1, RemoteId: 2,
