@@ -23,8 +23,8 @@ import (
 const (
 	xdpPass    = 2          // XDP_PASS
 	tcActUnspc = 0xffffffff // TC_ACT_UNSPEC (-1)
-	dirIngress = 0          // MX_DIR_INGRESS
-	dirEgress  = 1          // MX_DIR_EGRESS
+	dirIngress = DirIngress // MX_DIR_INGRESS
+	dirEgress  = DirEgress  // MX_DIR_EGRESS
 	ethHLen    = 14         // BPF_PROG_TEST_RUN refuses shorter frames
 )
 
@@ -61,7 +61,7 @@ func loadProg(tb testing.TB, name string, load func() (*ebpf.CollectionSpec, err
 		tb.Fatalf("load %s: %v", name, err)
 	}
 	tb.Cleanup(func() { coll.Close() })
-	p := &testProg{name: name, prog: coll.Programs[progName], counters: coll.Maps["mptcpx_counters"], dir: dir, verdict: verdict, skb: skb}
+	p := &testProg{name: name, prog: coll.Programs[progName], counters: coll.Maps[XdpMapMptcpxCounters], dir: dir, verdict: verdict, skb: skb}
 	if p.prog == nil || p.counters == nil {
 		tb.Fatalf("%s: program %s or map mptcpx_counters missing", name, progName)
 	}

@@ -181,7 +181,7 @@ func (l *Loader) Attach(o AttachOptions) (*Attachment, error) {
 				return err
 			}
 		}
-		meta.Ingress = map[IngressHook]uint32{IngressXDP: 0, IngressTC: 1}[o.Ingress]
+		meta.Ingress = map[IngressHook]uint32{IngressXDP: metaIngressXDP, IngressTC: metaIngressTC}[o.Ingress]
 		if o.Egress {
 			if err := attachTC(dir, lnk, objs.tcEgress, egress, o.TC, &meta); err != nil {
 				return err

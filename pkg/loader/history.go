@@ -33,8 +33,8 @@ import (
 // History pin names.
 const (
 	PinHistoryLink = "link_sockops"
-	PinHistoryMap  = "mptcpx_sf_hist"
-	PinHistoryCfg  = "mptcpx_hist_cfg"
+	PinHistoryMap  = datapath.SockOpsMapMptcpxSfHist
+	PinHistoryCfg  = datapath.SockOpsMapMptcpxHistCfg
 )
 
 // historyPins are the history's pins (the registry's, pins.go): its cgroup link and its maps.

@@ -100,6 +100,12 @@ const (
 	metaModeGeneric = datapath.MetaXDPModeGeneric
 )
 
+// Ingress hooks as stored in Meta.Ingress (enum mx_ingress, held by the same test).
+const (
+	metaIngressXDP = datapath.MetaIngressXDP
+	metaIngressTC  = datapath.MetaIngressTC
+)
+
 func readMeta(m *ebpf.Map) (Meta, error) {
 	var meta Meta
 	if err := m.Lookup(uint32(0), &meta); err != nil {

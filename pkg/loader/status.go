@@ -88,7 +88,7 @@ func (l *Loader) describePins(nsDir, iface string, pins []Pin) Attachment {
 		a.Problems = append(a.Problems, "no attach state pinned (interrupted attach?): run detach")
 	}
 	a.Ifindex = int(meta.Ifindex)
-	a.Ingress = map[uint32]string{0: "xdp", 1: "tc"}[meta.Ingress]
+	a.Ingress = map[uint32]string{metaIngressXDP: "xdp", metaIngressTC: "tc"}[meta.Ingress]
 	a.XDPMode = modeName(meta.XdpMode)
 	a.Egress = meta.Egress != 0
 	if meta.AttachedNs != 0 {

@@ -11,19 +11,20 @@ import (
 
 	"github.com/cilium/ebpf"
 
+	"github.com/mptcp-xdp/mptcp-xdp/pkg/datapath"
 	"github.com/mptcp-xdp/mptcp-xdp/pkg/mptcp"
 )
 
 // CountersPin is the name of the counters map in an interface's pin directory.
-const CountersPin = "mptcpx_counters"
+const CountersPin = datapath.XdpMapMptcpxCounters
 
 // Direction indexes the counters map.
 type Direction uint32
 
-// Directions.
+// Directions (enum mx_dir).
 const (
-	Ingress Direction = 0
-	Egress  Direction = 1
+	Ingress = Direction(datapath.DirIngress)
+	Egress  = Direction(datapath.DirEgress)
 )
 
 // Counters are one direction's counters summed over every CPU.
