@@ -34,7 +34,7 @@ int mptcpx_iter_tcp(struct bpf_iter__tcp *ctx)
 	tp = bpf_skc_to_tcp_sock(skc);
 	if (!tp)
 		return 0; /* request or TIME_WAIT socket */
-	if (tp->inet_conn.icsk_inet.sk.__sk_common.skc_state == MX_TCP_LISTEN)
+	if (tp->inet_conn.icsk_inet.sk.__sk_common.skc_state == TCP_LISTEN)
 		return 0;
 	if (!BPF_CORE_READ_BITFIELD_PROBED(tp, is_mptcp))
 		return 0; /* plain TCP */

@@ -99,7 +99,7 @@ static __always_inline void mx_closed(struct bpf_sock_ops *skops)
 	}
 	/* A flag seen at establishment stays: the role (MP_CAPABLE or MP_JOIN) is the subflow's for life. */
 	h.rec.flags |= h.est_flags;
-	h.rec.state = MX_TCP_CLOSE;
+	h.rec.state = TCP_CLOSE;
 	h.netns_cookie = bpf_get_netns_cookie(skops);
 	h.closed_ns = bpf_ktime_get_boot_ns();
 	bpf_map_update_elem(&mptcpx_sf_hist, &cookie, &h, BPF_ANY);
@@ -114,7 +114,7 @@ int mptcpx_sockops(struct bpf_sock_ops *skops)
 		mx_established(skops);
 		break;
 	case BPF_SOCK_OPS_STATE_CB:
-		if (skops->args[1] == MX_TCP_CLOSE)
+		if (skops->args[1] == TCP_CLOSE)
 			mx_closed(skops);
 		break;
 	}

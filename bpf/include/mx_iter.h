@@ -1,12 +1,8 @@
-/* mx_iter.h — kernel constants the socket iterator needs that vmlinux.h (BTF) cannot carry. */
+/* mx_iter.h — kernel constants the socket iterator and the history need that vmlinux.h (BTF) cannot
+ * carry: macros. (TCP states are an enum in the kernel: vmlinux.h has them, TCP_CLOSE and so on.) */
 #pragma once
 
 #define MX_AF_INET 2
 #define MX_AF_INET6 10
-
-/* include/net/tcp_states.h */
-#define MX_TCP_CLOSE 7
-#define MX_TCP_LISTEN 10
-#define MX_TCP_NEW_SYN_RECV 12
 
 #define MX_USEC_PER_SEC 1000000ULL

@@ -11,6 +11,8 @@ import (
 	"strings"
 	"time"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/mptcp-xdp/mptcp-xdp/pkg/datapath"
 	"github.com/mptcp-xdp/mptcp-xdp/pkg/sockopt"
 )
@@ -48,11 +50,12 @@ func ParseToken(s string) (Token, error) {
 // State is a TCP state (include/net/tcp_states.h); an MPTCP socket uses the same values.
 type State uint8
 
-// States that matter here.
+// States that matter here: the UAPI's BPF_TCP_* (equal to the kernel's TCP_*, which the
+// programs take from vmlinux.h).
 const (
-	StateEstablished State = 1
-	StateClose       State = 7
-	StateListen      State = 10
+	StateEstablished State = unix.BPF_TCP_ESTABLISHED
+	StateClose       State = unix.BPF_TCP_CLOSE
+	StateListen      State = unix.BPF_TCP_LISTEN
 )
 
 // String names the state as ss does ("ESTAB", "FIN-WAIT-1", ...).
