@@ -1,4 +1,4 @@
-/* mx_types.h — every type that crosses between the eBPF programs and Go (mirrored by bpf2go -type). */
+/* mx_types.h — every type that crosses into Go (bpf2go -type, or held by pkg/datapath TestLayout). */
 #pragma once
 
 /* One class per MPTCP option (kind 30) seen on the wire. The order is a contract with Go
