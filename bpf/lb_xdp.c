@@ -3,9 +3,11 @@
  *
  * Frames to a VIP (IPv4/IPv6 address + TCP port) go to a backend: the one the flow table remembers;
  * for an MP_JOIN SYN (VIPs with LB_VIP_JOIN_STEERING), the one that holds the join's token; otherwise
- * the one of the VIP's Maglev table at the 5-tuple's hash (always for a SYN, which opens a connection). Tokens are learned here, with no
- * control-plane round trip, from the client's MP_CAPABLE third ACK or first data packet, which carry
- * the server's key: token = SHA-256(key)[0:4]. Forwarding rewrites the MACs (l2) or adds an outer
+ * the one of the VIP's Maglev table at the 5-tuple's hash (always for a SYN, which opens a connection;
+ * a non-SYN packet of no known flow is forwarded so, and nothing is stored). Tokens are learned, with
+ * no control-plane round trip, from the client's MP_CAPABLE third ACK or first data packet, which
+ * carry the server's key: token = SHA-256(key)[0:4], once per flow, and only on a flow whose SYN the
+ * balancer placed. Forwarding rewrites the MACs (l2) or adds an outer
  * IPv4/IPv6 header to the backend's address (ipip), then XDP_TX or XDP_REDIRECT. Everything else
  * passes untouched; so does a VIP frame that cannot be forwarded (no backend, bad config), and a
  * malformed one. Only an unknown-token join under the drop policy is dropped.
@@ -36,6 +38,7 @@ struct lb_mp {
 	__u32 token; /* MP_JOIN SYN: receiver's token, host order */
 	__u64 rkey;  /* MP_CAPABLE: receiver's (the server's) key */
 	int malformed;
+	int unwalked; /* the options were not walked to their end (LB_MAX_TCP_OPTIONS) */
 };
 
 static __always_inline __u64 lb_load_be64(const __u8 *p)
@@ -106,6 +109,8 @@ static __always_inline void lb_scan_opts(__u8 *opts, __u32 optlen, void *data_en
 		}
 		off = next;
 	}
+	/* Out of iterations before the end of the options: what lies further is unknown. */
+	mp->unwalked = 1;
 }
 
 /* Record token -> backend for the connection of flow fk, whose server key is rkey. Returns the
@@ -118,7 +123,9 @@ static __always_inline __u32 lb_learn(struct lb_stats *st, struct lb_vip_stats *
 	mx_sha256_key(rkey, &d);
 
 	struct lb_token_key tk = {.vip_id = vip->id, .token = d.h[0]};
-	__u64 key_hash = ((__u64)d.h[6] << 32) | d.h[7];
+	/* Digest bytes 4-11: bytes 24-31 are the server's initial data sequence number, which no pinned
+	 * map should hold. */
+	__u64 key_hash = ((__u64)d.h[1] << 32) | d.h[2];
 	struct lb_token *t = bpf_map_lookup_elem(&mptcpx_tokens, &tk);
 
 	if (t) {
@@ -161,8 +168,10 @@ static __always_inline __u32 lb_learn(struct lb_stats *st, struct lb_vip_stats *
 
 	struct lb_token nt = {.backend = backend, .key_hash = key_hash, .last_ns = now};
 	/* BPF_NOEXIST: of two CPUs learning one token at once, the first one wins. */
-	if (bpf_map_update_elem(&mptcpx_tokens, &tk, &nt, BPF_NOEXIST))
+	if (bpf_map_update_elem(&mptcpx_tokens, &tk, &nt, BPF_NOEXIST)) {
+		lb_count(st, LB_STAT_INSERT_FAILED);
 		return 0;
+	}
 	lb_count(st, LB_STAT_TOKEN_LEARNED);
 	lb_count_vip(vs, LB_VSTAT_TOKEN_LEARNED);
 	lb_count_be(bs, LB_BSTAT_TOKEN_LEARNED);
@@ -358,12 +367,69 @@ int mptcpx_lb(struct xdp_md *ctx)
 	__u64 now = bpf_ktime_get_ns();
 	struct lb_backend *be = NULL;
 	__u32 bid = 0, token = 0;
-	int pin = 1; /* write the flow table */
 	__u32 placed = LB_BSTAT_MAX; /* the per-backend counter of how it was placed, if any */
+	int opening = syn && !ack;
+	/* A SYN whose options were not walked to the end may hide an MP_JOIN: never a new flow. */
+	if (mp.unwalked) {
+		lb_count(st, LB_STAT_MALFORMED);
+		if (steering && opening) {
+			mp.kind = LB_MP_JOIN;
+			mp.token = 0;
+		}
+	}
 
-	if (steering && mp.kind == LB_MP_JOIN) {
+	/* The flow table (Maglev can find these again), then the protected one (steered joins, flows
+	 * of draining backends). */
+	struct lb_flow *f = bpf_map_lookup_elem(&mptcpx_flows, &fk);
+	int prot = 0;
+	if (!f) {
+		f = bpf_map_lookup_elem(&mptcpx_pflows, &fk);
+		prot = f != NULL;
+	}
+	/* A packet of a known flow follows it. So does a SYN on a flow that holds a live token (a
+	 * spoofed SYN never re-places a subflow or clears its token), unless it is that connection's
+	 * own join again (a retransmitted join SYN is steered as before). Any other SYN opens a
+	 * connection: Maglev decides, whatever a stale entry of a reused 5-tuple says (as Katran). */
+	int follow = 0;
+	if (f) {
+		if (!opening) {
+			follow = 1;
+		} else if (f->token && !(mp.kind == LB_MP_JOIN && mp.token == f->token)) {
+			struct lb_token_key tk = {.vip_id = vip->id, .token = f->token};
+			struct lb_token *t = bpf_map_lookup_elem(&mptcpx_tokens, &tk);
+			follow = t && t->backend == f->backend;
+		}
+	}
+	if (follow) {
+		bid = f->backend;
+		be = lb_backend_usable(bid, 0);
+	}
+
+	int insert = 0; /* 1: a new flow for the flow table, 2: for the protected table */
+	int hit = be != NULL;
+	__u32 nflags = LB_FLOW_OPENED;
+	if (hit) {
+		/* An established flow: refresh it, and now and then its connection's token. */
+		lb_count(st, LB_STAT_FLOW_HIT);
+		f->last_ns = now;
+		token = f->token;
+		if (token && steering && mp.kind != LB_MP_KEYS) {
+			struct lb_token_key tk = {.vip_id = vip->id, .token = token};
+			struct lb_token *t = bpf_map_lookup_elem(&mptcpx_tokens, &tk);
+			if (t && t->backend == bid && now - t->last_ns > lb_token_refresh_ns)
+				t->last_ns = now;
+		}
+		/* A draining backend's flow cannot be found by Maglev again: protect it. */
+		if (!prot && (be->flags & LB_BACKEND_DRAINING)) {
+			struct lb_flow pf = *f;
+			if (bpf_map_update_elem(&mptcpx_pflows, &fk, &pf, BPF_NOEXIST))
+				lb_count(st, LB_STAT_INSERT_FAILED);
+			else
+				bpf_map_delete_elem(&mptcpx_flows, &fk);
+		}
+	} else if (steering && mp.kind == LB_MP_JOIN) {
 		struct lb_token_key tk = {.vip_id = vip->id, .token = mp.token};
-		struct lb_token *t = bpf_map_lookup_elem(&mptcpx_tokens, &tk);
+		struct lb_token *t = mp.token ? bpf_map_lookup_elem(&mptcpx_tokens, &tk) : NULL;
 		if (t) {
 			bid = t->backend;
 			be = lb_backend_usable(bid, 0);
@@ -374,6 +440,7 @@ int mptcpx_lb(struct xdp_md *ctx)
 			lb_count_vip(vs, LB_VSTAT_JOIN_STEERED);
 			placed = LB_BSTAT_JOIN_STEERED;
 			lb_emit(st, LB_EV_JOIN_STEERED, token, bid, 0, &fk, now);
+			insert = 2;
 		} else {
 			lb_count(st, LB_STAT_JOIN_UNKNOWN);
 			lb_emit(st, LB_EV_JOIN_UNKNOWN, mp.token, 0, 0, &fk, now);
@@ -389,36 +456,20 @@ int mptcpx_lb(struct xdp_md *ctx)
 			lb_count_vip(vs, LB_VSTAT_JOIN_UNKNOWN_HASH);
 			be = lb_pick(vip, lb_flow_hash(&fk), &bid);
 			placed = LB_BSTAT_JOIN_HASHED;
+			insert = 1;
 		}
+		nflags |= LB_FLOW_LEARNED; /* a join carries no key */
 	} else {
-		/* A SYN opens a connection: Maglev decides, whatever a stale entry of a reused 5-tuple
-		 * says (as Katran does). Anything else follows its flow when there is one. */
-		struct lb_flow *f = NULL;
-		if (!syn || ack)
-			f = bpf_map_lookup_elem(&mptcpx_flows, &fk);
-		if (f) {
-			bid = f->backend;
-			be = lb_backend_usable(bid, 0);
-		}
-		if (be) {
-			/* An established flow: refresh it, and now and then its connection's token. */
-			pin = 0;
-			lb_count(st, LB_STAT_FLOW_HIT);
-			f->last_ns = now;
-			token = f->token;
-			if (token && steering && mp.kind != LB_MP_KEYS) {
-				struct lb_token_key tk = {.vip_id = vip->id, .token = token};
-				struct lb_token *t = bpf_map_lookup_elem(&mptcpx_tokens, &tk);
-				if (t && t->backend == bid && now - t->last_ns > lb_token_refresh_ns)
-					t->last_ns = now;
-			}
-		} else {
-			be = lb_pick(vip, lb_flow_hash(&fk), &bid);
-			if (be) {
-				lb_count(st, LB_STAT_NEW_FLOW);
-				lb_count_vip(vs, LB_VSTAT_NEW_FLOW);
-				placed = LB_BSTAT_NEW_FLOW;
-			}
+		be = lb_pick(vip, lb_flow_hash(&fk), &bid);
+		if (be && opening) {
+			lb_count(st, LB_STAT_NEW_FLOW);
+			lb_count_vip(vs, LB_VSTAT_NEW_FLOW);
+			placed = LB_BSTAT_NEW_FLOW;
+			insert = 1;
+		} else if (be) {
+			/* A non-SYN miss (a flow lost or never seen, or a spoofed packet): forwarded by
+			 * Maglev, nothing stored, so that no flood of them evicts anything. */
+			lb_count(st, LB_STAT_NONSYN_MISS);
 		}
 	}
 	if (!be) {
@@ -435,17 +486,30 @@ int mptcpx_lb(struct xdp_md *ctx)
 	}
 	lb_count_be(bs, placed);
 
-	if (steering && mp.kind == LB_MP_KEYS) {
+	/* A token is learned on a flow whose SYN the balancer placed, once. */
+	if (hit && steering && mp.kind == LB_MP_KEYS && (f->flags & LB_FLOW_OPENED) &&
+	    !(f->flags & LB_FLOW_LEARNED) && !f->token) {
+		f->flags |= LB_FLOW_LEARNED;
 		__u32 learned = lb_learn(st, vs, bs, vip, mp.rkey, bid, &fk, now);
-		if (learned && learned != token) {
-			token = learned;
-			pin = 1;
-		}
+		if (learned)
+			f->token = learned;
 	}
-	if (pin) {
-		struct lb_flow nf = {.backend = bid, .token = token, .last_ns = now};
-		/* A full table evicts its least recently used flow; a failure costs the pin, not the packet. */
-		bpf_map_update_elem(&mptcpx_flows, &fk, &nf, BPF_ANY);
+	if (insert) {
+		struct lb_flow nf = {.backend = bid, .token = token, .last_ns = now, .flags = nflags};
+		/* The flow table is LRU: a full one evicts its least recently used flow (Maglev finds
+		 * it again). The protected one refuses when full: counted, the packet still goes. */
+		long err;
+		if (insert == 2) {
+			err = bpf_map_update_elem(&mptcpx_pflows, &fk, &nf, BPF_ANY);
+			if (!err && f && !prot)
+				bpf_map_delete_elem(&mptcpx_flows, &fk);
+		} else {
+			err = bpf_map_update_elem(&mptcpx_flows, &fk, &nf, BPF_ANY);
+			if (!err && prot)
+				bpf_map_delete_elem(&mptcpx_pflows, &fk);
+		}
+		if (err)
+			lb_count(st, LB_STAT_INSERT_FAILED);
 	}
 
 	if (vip->forward == LB_FWD_IPIP)

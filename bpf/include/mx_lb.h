@@ -24,12 +24,12 @@
 #define LB_PICK_PROBES 8
 #endif
 
-/* TCP options walked per frame before the balancer stops looking for an MPTCP option. Real stacks
- * put at most 6-8 options (NOPs included) before it; a frame whose MPTCP option lies further is
- * forwarded as if it had none (no token learned; a join placed by Maglev like any new flow, which
- * any SYN can get anyway). Each iteration multiplies the verifier's work. */
+/* TCP options walked per frame. Every option, a NOP included, is at least one byte of at most 40, so
+ * 40 iterations walk any option block to its end: no MP_JOIN hides behind padding. A frame whose
+ * options are not walked to the end (a smaller bound set at build time) counts as malformed, and a
+ * SYN of it to a steering VIP as an unknown join. */
 #ifndef LB_MAX_TCP_OPTIONS
-#define LB_MAX_TCP_OPTIONS 16
+#define LB_MAX_TCP_OPTIONS 40
 #endif
 
 /* --- configuration, set from Go before load --- */
@@ -73,6 +73,15 @@ struct {
 	__type(key, struct lb_flow_key);
 	__type(value, struct lb_flow);
 } mptcpx_flows SEC(".maps");
+
+/* Flows Maglev cannot recompute (steered joins, flows of draining backends): not LRU, so that no
+ * flood evicts them; a full table refuses new ones (counted in LB_STAT_INSERT_FAILED). */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, LB_MAX_PFLOWS);
+	__type(key, struct lb_flow_key);
+	__type(value, struct lb_flow);
+} mptcpx_pflows SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);

@@ -22,6 +22,11 @@
 #ifndef LB_MAX_TOKENS
 #define LB_MAX_TOKENS 1048576
 #endif
+/* Flows that Maglev cannot find again (steered joins, flows of draining backends) live in a plain
+ * hash map, which a flood cannot evict from; lb run's GC removes them when idle. */
+#ifndef LB_MAX_PFLOWS
+#define LB_MAX_PFLOWS 262144
+#endif
 
 enum lb_forward {
 	LB_FWD_L2 = 0,   /* rewrite the destination MAC, keep the VIP (backend has it on loopback) */
@@ -75,10 +80,17 @@ struct lb_flow_key {
 	__u8 pad[3];
 };
 
+enum lb_flow_flags {
+	LB_FLOW_OPENED = 1 << 0,  /* opened by a SYN the balancer placed (or written by the control plane) */
+	LB_FLOW_LEARNED = 1 << 1, /* a token was learned (or tried, a collision) on it: never again */
+};
+
 struct lb_flow {
 	__u32 backend;
 	__u32 token;    /* the server's token once learned (0 before); host order */
 	__u64 last_ns;  /* bpf_ktime_get_ns of the last packet */
+	__u32 flags;    /* enum lb_flow_flags */
+	__u32 pad;
 };
 
 struct lb_token_key {
@@ -89,7 +101,8 @@ struct lb_token_key {
 struct lb_token {
 	__u32 backend;
 	__u32 pad;
-	__u64 key_hash; /* low 64 bits of SHA-256(server key): tells a collision from a repeat */
+	__u64 key_hash; /* bytes 4-11 of SHA-256(server key), big-endian: tells a collision from a repeat
+			 * (not bytes 24-31, the server's initial data sequence number) */
 	__u64 last_ns;
 };
 
@@ -113,7 +126,9 @@ enum lb_stat {
 	LB_STAT_EVENT_LOST = 15,     /* ring buffer full: event not sent (traffic unaffected) */
 	LB_STAT_TOKEN_REPLACED = 16, /* a token mapping idle past the threshold taken over by another backend */
 	LB_STAT_MTU = 17,            /* ipip: encapsulated frame longer than the egress MTU: passed unencapsulated */
-	LB_STAT_MAX = 18,
+	LB_STAT_NONSYN_MISS = 18,    /* non-SYN frames of no known flow: forwarded by Maglev, nothing stored */
+	LB_STAT_INSERT_FAILED = 19,  /* a flow or token the datapath could not store (table full, race) */
+	LB_STAT_MAX = 20,
 };
 
 /* Value of the per-CPU stats map (one entry): one counter per enum lb_stat. */

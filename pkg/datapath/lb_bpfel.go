@@ -43,6 +43,8 @@ type LbLbFlow struct {
 	Backend uint32
 	Token   uint32
 	LastNs  uint64
+	Flags   uint32
+	Pad     uint32
 }
 
 type LbLbFlowKey struct {
@@ -57,7 +59,7 @@ type LbLbFlowKey struct {
 
 type LbLbStats struct {
 	_     structs.HostLayout
-	Count [18]uint64
+	Count [20]uint64
 }
 
 type LbLbToken struct {
@@ -106,6 +108,7 @@ const (
 	LbMapMptcpxLbScr       = "mptcpx_lb_scr"
 	LbMapMptcpxLbStats     = "mptcpx_lb_stats"
 	LbMapMptcpxLbVstats    = "mptcpx_lb_vstats"
+	LbMapMptcpxPflows      = "mptcpx_pflows"
 	LbMapMptcpxRing        = "mptcpx_ring"
 	LbMapMptcpxTokens      = "mptcpx_tokens"
 	LbMapMptcpxVips        = "mptcpx_vips"
@@ -172,6 +175,7 @@ type LbMapSpecs struct {
 	MptcpxLbScr    *ebpf.MapSpec `ebpf:"mptcpx_lb_scr"`
 	MptcpxLbStats  *ebpf.MapSpec `ebpf:"mptcpx_lb_stats"`
 	MptcpxLbVstats *ebpf.MapSpec `ebpf:"mptcpx_lb_vstats"`
+	MptcpxPflows   *ebpf.MapSpec `ebpf:"mptcpx_pflows"`
 	MptcpxRing     *ebpf.MapSpec `ebpf:"mptcpx_ring"`
 	MptcpxTokens   *ebpf.MapSpec `ebpf:"mptcpx_tokens"`
 	MptcpxVips     *ebpf.MapSpec `ebpf:"mptcpx_vips"`
@@ -214,6 +218,7 @@ type LbMaps struct {
 	MptcpxLbScr    *ebpf.Map `ebpf:"mptcpx_lb_scr"`
 	MptcpxLbStats  *ebpf.Map `ebpf:"mptcpx_lb_stats"`
 	MptcpxLbVstats *ebpf.Map `ebpf:"mptcpx_lb_vstats"`
+	MptcpxPflows   *ebpf.Map `ebpf:"mptcpx_pflows"`
 	MptcpxRing     *ebpf.Map `ebpf:"mptcpx_ring"`
 	MptcpxTokens   *ebpf.Map `ebpf:"mptcpx_tokens"`
 	MptcpxVips     *ebpf.Map `ebpf:"mptcpx_vips"`
@@ -228,6 +233,7 @@ func (m *LbMaps) Close() error {
 		m.MptcpxLbScr,
 		m.MptcpxLbStats,
 		m.MptcpxLbVstats,
+		m.MptcpxPflows,
 		m.MptcpxRing,
 		m.MptcpxTokens,
 		m.MptcpxVips,

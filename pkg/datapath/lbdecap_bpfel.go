@@ -15,7 +15,7 @@ import (
 
 type LbDecapLbStats struct {
 	_     structs.HostLayout
-	Count [18]uint64
+	Count [20]uint64
 }
 
 // Names of all BPF objects in the ELF.

@@ -68,12 +68,19 @@ func marshalFlowKey(k FlowKey) (b [40]byte) {
 	return b
 }
 
-func fromFlow(k datapath.LbLbFlowKey, v datapath.LbLbFlow) Flow {
-	return Flow{FlowKey: fromFlowKey(k), Backend: v.Backend, Token: v.Token, LastSeen: time.Duration(v.LastNs)}
+func fromFlow(k datapath.LbLbFlowKey, v datapath.LbLbFlow, protected bool) Flow {
+	return Flow{FlowKey: fromFlowKey(k), Backend: v.Backend, Token: v.Token, LastSeen: time.Duration(v.LastNs),
+		Opened: v.Flags&flowOpened != 0, Learned: v.Flags&flowLearned != 0, Protected: protected}
 }
 
+// toFlow is a flow as the control plane writes it: opened (it vouches for it), and learned when it
+// has a token or says so.
 func toFlow(f Flow) datapath.LbLbFlow {
-	return datapath.LbLbFlow{Backend: f.Backend, Token: f.Token, LastNs: uint64(f.LastSeen)}
+	flags := uint32(flowOpened)
+	if f.Learned || f.Token != 0 {
+		flags |= flowLearned
+	}
+	return datapath.LbLbFlow{Backend: f.Backend, Token: f.Token, LastNs: uint64(f.LastSeen), Flags: flags}
 }
 
 func toBackend(b Backend) datapath.LbLbBackend {

@@ -139,11 +139,13 @@ func TestPerBackendAndVIPCounters(t *testing.T) {
 	owner := ring[FlowHash(first.key(), DefaultHashSeed)%RingSize]
 	rkey := r.Uint64()
 	token, _ := ServerToken(rkey)
+	// Its SYN, placed by the balancer, then its third ACK: a token is learned only on such a flow.
+	expectL2(t, b, segment{src: first.src, dst: vip4, syn: true, opts: []layers.TCPOption{optMPCapableSYN()}}, owner)
 	if ret, _ := learn(t, b, first, rkey); ret != xdpTX {
 		t.Fatalf("third ACK: verdict %d", ret)
 	}
-	add(owner, "new_flow", 1) // the third ACK of a flow the table does not know yet
-	add(owner, "forwarded", 1)
+	add(owner, "new_flow", 1)
+	add(owner, "forwarded", 2)
 	add(owner, "token_learned", 1)
 	const joins = 7
 	for range joins {
@@ -163,7 +165,7 @@ func TestPerBackendAndVIPCounters(t *testing.T) {
 			t.Errorf("backend %d counters %v, want %v", id, got, want)
 		}
 	}
-	wantVIP := map[string]uint64{"packets": n + 1 + joins, "new_flow": n + 1, "token_learned": 1, "join_steered": joins}
+	wantVIP := map[string]uint64{"packets": n + 2 + joins, "new_flow": n + 1, "token_learned": 1, "join_steered": joins}
 	if got := nonZeroVIP(vipStats(t, b.Maps, 1)); !sameCounts(got, wantVIP) {
 		t.Errorf("vip 1 counters %v, want %v", got, wantVIP)
 	}
@@ -281,6 +283,11 @@ func TestCollisionCountersPerBackend(t *testing.T) {
 		t.Fatal("machine up for less than 10 minutes: cannot age the token")
 	}
 	if err := b.PutToken(tk); err != nil {
+		t.Fatal(err)
+	}
+	// A flow learns once: the take-over comes from a new connection of backend 2 (on the same
+	// 5-tuple, written afresh).
+	if err := b.PutFlows([]Flow{{FlowKey: c2.key(), Backend: 2}}); err != nil {
 		t.Fatal(err)
 	}
 	learn(t, b, c2, k2)

@@ -7,13 +7,13 @@ import (
 
 // ServerToken is what the datapath computes from a server's 64-bit MPTCP key
 // (net/mptcp/crypto.c): D = SHA-256(key as 8 bytes big-endian), token = D[0:4] big-endian, and
-// keyHash = D[24:32] big-endian (also the server's initial data sequence number), kept to tell a
-// repeated key from a token collision.
+// keyHash = D[4:12] big-endian, kept to tell a repeated key from a token collision (not D[24:32],
+// the server's initial data sequence number, which the balancer does not store).
 func ServerToken(key uint64) (token uint32, keyHash uint64) {
 	var b [8]byte
 	binary.BigEndian.PutUint64(b[:], key)
 	d := sha256.Sum256(b[:])
-	return binary.BigEndian.Uint32(d[0:4]), binary.BigEndian.Uint64(d[24:32])
+	return binary.BigEndian.Uint32(d[0:4]), binary.BigEndian.Uint64(d[4:12])
 }
 
 // DefaultHashSeed is the datapath's 5-tuple hash seed unless Config.HashSeed sets another.

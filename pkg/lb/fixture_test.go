@@ -76,6 +76,18 @@ func balancer(t *testing.T) *Balancer {
 		}
 		return keys, it.Err()
 	}, func(k any) error { return m.Flows.Delete(k) })
+	clearMap("protected flows", func() ([]any, error) {
+		var (
+			k    datapath.LbLbFlowKey
+			v    datapath.LbLbFlow
+			keys []any
+		)
+		it := m.PFlows.Iterate()
+		for it.Next(&k, &v) {
+			keys = append(keys, k)
+		}
+		return keys, it.Err()
+	}, func(k any) error { return m.PFlows.Delete(k) })
 	clearMap("tokens", func() ([]any, error) {
 		var (
 			k    datapath.LbLbTokenKey

@@ -194,6 +194,9 @@ func TestMalformedPasses(t *testing.T) {
 	// and nothing learned from the MP_CAPABLE option behind it.
 	s := segment{src: clientAddr(r, vip4), dst: vip4, ack: true,
 		opts: []layers.TCPOption{optMPCapableACK(1, 2), nop, {OptionType: 8, OptionLength: 12, OptionData: make([]byte, 2)}}}
+	if err := b.PutFlows([]Flow{{FlowKey: s.key(), Backend: 1}}); err != nil { // a flow placed on its SYN: tokens are learned on those
+		t.Fatal(err)
+	}
 	f := s.frame(t)
 	opts := 14 + 20 + 20
 	f[opts+20+1+1] = 40 // the timestamp option's length: past the header

@@ -80,6 +80,7 @@ func TestNewFlowMaglev(t *testing.T) {
 			before := stats(t, b.Maps)
 			seen := map[uint32]int{}
 			const n = 60
+			misses := 0
 			for i := range n {
 				s := segment{src: clientAddr(r, vip), dst: vip, syn: true, opts: []layers.TCPOption{optMPCapableSYN()}}
 				if i%3 == 1 {
@@ -88,12 +89,21 @@ func TestNewFlowMaglev(t *testing.T) {
 				want := ring[FlowHash(s.key(), DefaultHashSeed)%RingSize]
 				seen[want]++
 				expectL2(t, b, s, want)
-				if f := flowOf(t, b.Maps, s.key()); f.Backend != want || f.Token != 0 {
-					t.Errorf("flow %+v, want backend %d, no token", f, want)
+				if !s.syn {
+					// Forwarded where Maglev says, and nothing stored (no flood of them evicts a flow).
+					misses++
+					if _, ok, err := b.LookupFlow(s.key()); ok || err != nil {
+						t.Errorf("non-SYN miss %s stored a flow (%v)", s.src, err)
+					}
+					continue
+				}
+				if f := flowOf(t, b.Maps, s.key()); f.Backend != want || f.Token != 0 || !f.Opened || f.Protected {
+					t.Errorf("flow %+v, want backend %d, no token, opened, not protected", f, want)
 				}
 			}
 			d := stats(t, b.Maps).Sub(before)
-			if d[StatPackets] != n || d[StatVIP] != n || d[StatNewFlow] != n || d[StatFwdL2] != n || d[StatFlowHit] != 0 {
+			if d[StatPackets] != n || d[StatVIP] != n || d[StatNewFlow] != uint64(n-misses) || d[StatNonSYNMiss] != uint64(misses) ||
+				d[StatFwdL2] != n || d[StatFlowHit] != 0 {
 				t.Errorf("stats moved by %v", d.Map())
 			}
 			if len(seen) != 3 {
@@ -157,6 +167,7 @@ func TestJoinSteering(t *testing.T) {
 			token, keyHash := ServerToken(rkey)
 
 			before := stats(t, b.Maps)
+			expectL2(t, b, segment{src: first.src, dst: vip, syn: true, opts: []layers.TCPOption{optMPCapableSYN()}}, owner)
 			if ret, _ := learn(t, b, first, rkey); ret != xdpTX {
 				t.Fatalf("third ACK: verdict %d", ret)
 			}
@@ -181,7 +192,7 @@ func TestJoinSteering(t *testing.T) {
 				expectL2(t, b, segment{src: join.src, dst: vip, ack: true, opts: []layers.TCPOption{optDSS()}}, owner)
 			}
 			d := stats(t, b.Maps).Sub(before)
-			if d[StatTokenLearned] != 1 || d[StatJoinSteered] != n || d[StatJoinUnknown] != 0 || d[StatFlowHit] != n || d[StatNewFlow] != 1 {
+			if d[StatTokenLearned] != 1 || d[StatJoinSteered] != n || d[StatJoinUnknown] != 0 || d[StatFlowHit] != n+1 || d[StatNewFlow] != 1 {
 				t.Errorf("stats moved by %v", d.Map())
 			}
 			evs := drainEvents(t)
@@ -197,6 +208,7 @@ func TestJoinSteering(t *testing.T) {
 			// MP_CAPABLE + data (the third ACK lost) also teaches the token, with or without checksum.
 			for _, dataLen := range []int{22, 24} {
 				s := segment{src: clientAddr(r, vip), dst: vip, ack: true, payload: []byte("hello")}
+				run(t, b.Program, segment{src: s.src, dst: vip, syn: true, opts: []layers.TCPOption{optMPCapableSYN()}}.frame(t))
 				rk := r.Uint64()
 				opt := optMPCapableData(1, rk, 5)
 				if dataLen == 24 {
@@ -268,6 +280,7 @@ func TestUnknownJoin(t *testing.T) {
 		rkey := r.Uint64()
 		token, _ := ServerToken(rkey)
 		before := stats(t, b.Maps)
+		run(t, b.Program, segment{src: first.src, dst: vip4, syn: true, opts: []layers.TCPOption{optMPCapableSYN()}}.frame(t))
 		learn(t, b, first, rkey)
 		join := segment{src: clientAddr(r, vip4), dst: vip4, syn: true, opts: []layers.TCPOption{optJoinSYN(token, 1)}}
 		expectL2(t, b, join, ring[FlowHash(join.key(), DefaultHashSeed)%RingSize])

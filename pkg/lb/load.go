@@ -37,6 +37,9 @@ type Maps struct {
 	VIPs, Backends, Ring, Flows, Tokens, Stats, Events *ebpf.Map
 	// VIPStats and BackendStats are the per-VIP-id and per-backend counters (stats.go).
 	VIPStats, BackendStats *ebpf.Map
+	// PFlows holds the flows Maglev cannot find again (steered joins, flows of draining backends),
+	// out of the flow table's LRU.
+	PFlows *ebpf.Map
 }
 
 // Balancer is the loaded XDP program (attach it to every interface of the balancer) and its maps.
@@ -91,7 +94,7 @@ func Spec(cfg Config) (*ebpf.CollectionSpec, error) {
 		for _, m := range spec.Maps {
 			if m.Name == MapVIPs || m.Name == MapBackends || m.Name == MapRing || m.Name == MapFlows ||
 				m.Name == MapTokens || m.Name == MapStats || m.Name == MapEvents || m.Name == MapVIPStats ||
-				m.Name == MapBEStats {
+				m.Name == MapBEStats || m.Name == MapPFlows {
 				m.Pinning = ebpf.PinByName
 			}
 		}
@@ -120,6 +123,7 @@ func Load(cfg Config) (*Balancer, error) {
 			VIPs: objs.MptcpxVips, Backends: objs.MptcpxBackends, Ring: objs.MptcpxRing,
 			Flows: objs.MptcpxFlows, Tokens: objs.MptcpxTokens, Stats: objs.MptcpxLbStats,
 			Events: objs.MptcpxLbEvts, VIPStats: objs.MptcpxLbVstats, BackendStats: objs.MptcpxLbBstats,
+			PFlows: objs.MptcpxPflows,
 		},
 		scratch: objs.MptcpxLbScr,
 	}, nil
@@ -140,12 +144,12 @@ func OpenPinnedMaps(dir string) (*Maps, error) {
 	}{
 		{MapVIPs, &m.VIPs}, {MapBackends, &m.Backends}, {MapRing, &m.Ring}, {MapFlows, &m.Flows},
 		{MapTokens, &m.Tokens}, {MapStats, &m.Stats}, {MapEvents, &m.Events},
-		{MapVIPStats, &m.VIPStats}, {MapBEStats, &m.BackendStats},
+		{MapVIPStats, &m.VIPStats}, {MapBEStats, &m.BackendStats}, {MapPFlows, &m.PFlows},
 	} {
 		mp, err := ebpf.LoadPinnedMap(dir+"/"+p.name, nil)
 		if err != nil {
 			m.Close()
-			if errors.Is(err, fs.ErrNotExist) && (p.name == MapVIPStats || p.name == MapBEStats) {
+			if errors.Is(err, fs.ErrNotExist) && (p.name == MapVIPStats || p.name == MapBEStats || p.name == MapPFlows) {
 				return nil, fmt.Errorf("open pinned map %s: %w (a balancer attached by an older mptcp-xdp: attach it again to add the map)", p.name, err)
 			}
 			return nil, fmt.Errorf("open pinned map %s: %w", p.name, err)
@@ -158,7 +162,7 @@ func OpenPinnedMaps(dir string) (*Maps, error) {
 // Close closes every map that is open.
 func (m *Maps) Close() error {
 	var errs []error
-	for _, mp := range []*ebpf.Map{m.VIPs, m.Backends, m.Ring, m.Flows, m.Tokens, m.Stats, m.Events, m.VIPStats, m.BackendStats} {
+	for _, mp := range []*ebpf.Map{m.VIPs, m.Backends, m.Ring, m.Flows, m.Tokens, m.Stats, m.Events, m.VIPStats, m.BackendStats, m.PFlows} {
 		if mp != nil {
 			errs = append(errs, mp.Close())
 		}

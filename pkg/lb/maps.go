@@ -161,60 +161,127 @@ func (m *Maps) ReadRing(vipID uint32) ([]uint32, error) {
 	return out, nil
 }
 
-// ListFlows returns every flow of the flow table.
-func (m *Maps) ListFlows() ([]Flow, error) {
-	var (
-		k   datapath.LbLbFlowKey
-		v   datapath.LbLbFlow
-		out []Flow
-	)
-	it := m.Flows.Iterate()
-	for it.Next(&k, &v) {
-		out = append(out, fromFlow(k, v))
+// flowMaps are the flow table and, when the balancer has it, the protected one.
+func (m *Maps) flowMaps() []*ebpf.Map {
+	if m.PFlows == nil {
+		return []*ebpf.Map{m.Flows}
 	}
-	if err := it.Err(); err != nil {
-		return nil, fmt.Errorf("iterate flows: %w", err)
+	return []*ebpf.Map{m.Flows, m.PFlows}
+}
+
+// ListFlows returns every flow of the flow table and of the protected table (steered joins, flows
+// of draining backends; Flow.Protected).
+func (m *Maps) ListFlows() ([]Flow, error) {
+	var out []Flow
+	for i, mp := range m.flowMaps() {
+		var (
+			k datapath.LbLbFlowKey
+			v datapath.LbLbFlow
+		)
+		it := mp.Iterate()
+		for it.Next(&k, &v) {
+			out = append(out, fromFlow(k, v, i == 1))
+		}
+		if err := it.Err(); err != nil {
+			return nil, fmt.Errorf("iterate flows: %w", err)
+		}
 	}
 	return out, nil
 }
 
-// LookupFlow reads one flow.
+// LookupFlow reads one flow, from the flow table or the protected one (where the datapath looks).
 func (m *Maps) LookupFlow(k FlowKey) (f Flow, ok bool, err error) {
-	var v datapath.LbLbFlow
-	err = m.Flows.Lookup(flowKey(k), &v)
-	if errors.Is(err, ebpf.ErrKeyNotExist) {
-		return Flow{}, false, nil
+	for i, mp := range m.flowMaps() {
+		var v datapath.LbLbFlow
+		err = mp.Lookup(flowKey(k), &v)
+		if errors.Is(err, ebpf.ErrKeyNotExist) {
+			continue
+		}
+		if err != nil {
+			return Flow{}, false, fmt.Errorf("lookup flow %s -> %s: %w", k.Src, k.Dst, err)
+		}
+		return fromFlow(flowKey(k), v, i == 1), true, nil
 	}
-	if err != nil {
-		return Flow{}, false, fmt.Errorf("lookup flow %s -> %s: %w", k.Src, k.Dst, err)
-	}
-	return fromFlow(flowKey(k), v), true, nil
+	return Flow{}, false, nil
 }
 
-// PutFlows writes flows in batches (restoring state, pre-placing flows, benchmarks).
+// PutFlows writes flows in batches (restoring state, pre-placing flows, benchmarks), each to the
+// table its Protected field names, as opened by a SYN (Flow.Opened: the control plane vouches for
+// them).
 func (m *Maps) PutFlows(flows []Flow) error {
 	const batch = 65536
 	for len(flows) > 0 {
 		n := min(batch, len(flows))
-		keys := make([]datapath.LbLbFlowKey, n)
-		vals := make([]datapath.LbLbFlow, n)
-		for i, f := range flows[:n] {
-			keys[i], vals[i] = flowKey(f.FlowKey), toFlow(f)
+		var keys [2][]datapath.LbLbFlowKey
+		var vals [2][]datapath.LbLbFlow
+		for _, f := range flows[:n] {
+			i := 0
+			if f.Protected && m.PFlows != nil {
+				i = 1
+			}
+			keys[i] = append(keys[i], flowKey(f.FlowKey))
+			vals[i] = append(vals[i], toFlow(f))
 		}
-		if _, err := m.Flows.BatchUpdate(keys, vals, nil); err != nil {
-			return fmt.Errorf("put %d flows: %w", n, err)
+		for i, mp := range m.flowMaps() {
+			if len(keys[i]) == 0 {
+				continue
+			}
+			if _, err := mp.BatchUpdate(keys[i], vals[i], nil); err != nil {
+				return fmt.Errorf("put %d flows: %w", len(keys[i]), err)
+			}
 		}
 		flows = flows[n:]
 	}
 	return nil
 }
 
-// DeleteFlow removes one flow (garbage collection); a missing flow is not an error.
+// DeleteFlow removes one flow from both tables (garbage collection); a missing flow is not an
+// error.
 func (m *Maps) DeleteFlow(k FlowKey) error {
-	if err := m.Flows.Delete(flowKey(k)); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
-		return fmt.Errorf("delete flow %s -> %s: %w", k.Src, k.Dst, err)
+	for _, mp := range m.flowMaps() {
+		if err := mp.Delete(flowKey(k)); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+			return fmt.Errorf("delete flow %s -> %s: %w", k.Src, k.Dst, err)
+		}
 	}
 	return nil
+}
+
+// ProtectFlows moves the flows of backend id from the flow table (LRU: a flood of new flows may
+// evict them) to the protected one, for a backend that starts draining (Maglev no longer finds
+// its flows). The datapath moves a draining backend's flow by itself at its next packet; calling
+// this right after the drain also covers idle flows. It returns how many it moved; a full
+// protected table stops it with an error.
+func (m *Maps) ProtectFlows(id uint32) (int, error) {
+	if m.PFlows == nil {
+		return 0, nil
+	}
+	var (
+		k    datapath.LbLbFlowKey
+		v    datapath.LbLbFlow
+		keys []datapath.LbLbFlowKey
+		vals []datapath.LbLbFlow
+	)
+	it := m.Flows.Iterate()
+	for it.Next(&k, &v) {
+		if v.Backend == id {
+			keys, vals = append(keys, k), append(vals, v)
+		}
+	}
+	if err := it.Err(); err != nil {
+		return 0, fmt.Errorf("iterate flows: %w", err)
+	}
+	n := 0
+	for i := range keys {
+		// NoExist: a packet may have moved it meanwhile (and the protected copy is the newer).
+		if err := m.PFlows.Update(keys[i], vals[i], ebpf.UpdateNoExist); err != nil && !errors.Is(err, ebpf.ErrKeyExist) {
+			return n, fmt.Errorf("protect flows of backend %d: %w", id, err)
+		}
+		if err := m.Flows.Delete(keys[i]); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+			return n, fmt.Errorf("protect flows of backend %d: %w", id, err)
+		}
+		n++
+	}
+	return n, nil
 }
 
 // ListTokens returns every token mapping.
@@ -290,20 +357,22 @@ func readStats(mp *ebpf.Map) (Stats, error) {
 	return s, nil
 }
 
-// ListFlowsCount counts the flows of the flow table (a full walk: for tests and status, not per
+// ListFlowsCount counts the flows of both flow tables (a full walk: for tests and status, not per
 // packet).
 func (m *Maps) ListFlowsCount() (int, error) {
-	var (
-		k datapath.LbLbFlowKey
-		v datapath.LbLbFlow
-		n int
-	)
-	it := m.Flows.Iterate()
-	for it.Next(&k, &v) {
-		n++
-	}
-	if err := it.Err(); err != nil {
-		return 0, fmt.Errorf("iterate flows: %w", err)
+	n := 0
+	for _, mp := range m.flowMaps() {
+		var (
+			k datapath.LbLbFlowKey
+			v datapath.LbLbFlow
+		)
+		it := mp.Iterate()
+		for it.Next(&k, &v) {
+			n++
+		}
+		if err := it.Err(); err != nil {
+			return 0, fmt.Errorf("iterate flows: %w", err)
+		}
 	}
 	return n, nil
 }

@@ -31,6 +31,14 @@ func (m *Maps) Occupancy() (Occupancy, error) {
 	if err != nil {
 		return Occupancy{}, fmt.Errorf("walk flows: %w", err)
 	}
+	if m.PFlows != nil {
+		n, err := batchWalk(m.PFlows, make([]datapath.LbLbFlowKey, occupancyBatch), make([]datapath.LbLbFlow, occupancyBatch),
+			func(v *datapath.LbLbFlow) { o.FlowsByBackend[v.Backend]++ })
+		if err != nil {
+			return Occupancy{}, fmt.Errorf("walk protected flows: %w", err)
+		}
+		o.Flows += n
+	}
 	o.Tokens, err = batchWalk(m.Tokens, make([]datapath.LbLbTokenKey, occupancyBatch), make([]datapath.LbLbToken, occupancyBatch),
 		func(v *datapath.LbLbToken) { o.TokensByBackend[v.Backend]++ })
 	if err != nil {

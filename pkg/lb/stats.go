@@ -29,13 +29,15 @@ const (
 	StatEventLost                 // events lost to a full ring buffer (traffic unaffected)
 	StatTokenReplaced             // idle token mappings taken over by another backend
 	StatMTU                       // ipip frames that would exceed the egress MTU once encapsulated (passed)
+	StatNonSYNMiss                // non-SYN frames of no known flow: forwarded by Maglev, nothing stored
+	StatInsertFailed              // flows or tokens the datapath could not store (table full, race)
 	NumStats
 )
 
 var statNames = [NumStats]string{
 	"packets", "vip", "flow_hit", "new_flow", "token_learned", "join_steered", "join_unknown",
 	"join_dropped", "collision", "fwd_l2", "fwd_ipip", "no_backend", "fwd_error", "decap", "malformed",
-	"event_lost", "token_replaced", "mtu",
+	"event_lost", "token_replaced", "mtu", "nonsyn_miss", "insert_failed",
 }
 
 func (s Stat) String() string {

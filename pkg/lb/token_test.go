@@ -47,6 +47,10 @@ func TestTokenSHA256(t *testing.T) {
 	before := stats(t, b.Maps)
 	for i := range n {
 		key := r.Uint64()
+		// A flow learns once: each key comes on a connection placed afresh (as its SYN would).
+		if err := b.PutFlows([]Flow{{FlowKey: s.key(), Backend: 1}}); err != nil {
+			t.Fatal(err)
+		}
 		f := frames[i%3]
 		copy(f[offs[i%3]:], be64(key))
 		if ret, _ := run(t, b.Program, f); ret != xdpTX {
@@ -120,6 +124,11 @@ func TestTokenCollision(t *testing.T) {
 		t.Skip("machine up for less than 10 minutes")
 	}
 	if err := b.PutToken(tk); err != nil {
+		t.Fatal(err)
+	}
+	// A flow learns once: the take-over comes from a new connection of backend 2 (on the same
+	// 5-tuple, written afresh).
+	if err := b.PutFlows([]Flow{{FlowKey: c2.key(), Backend: 2}}); err != nil {
 		t.Fatal(err)
 	}
 	before = stats(t, b.Maps)

@@ -14,6 +14,7 @@ const (
 	RingSize    = 65537 // Maglev lookup table size per VIP (prime)
 	MaxFlows    = 1 << 20
 	MaxTokens   = 1 << 20
+	MaxPFlows   = 1 << 18 // protected flows: steered joins and flows of draining backends
 )
 
 // Names of the balancer's program and maps; with Config.PinPath they are also the pin names.
@@ -24,6 +25,7 @@ const (
 	MapRing      = "mptcpx_ring"
 	MapFlows     = "mptcpx_flows"
 	MapTokens    = "mptcpx_tokens"
+	MapPFlows    = "mptcpx_pflows" // flows Maglev cannot find again, kept out of the LRU
 	MapStats     = "mptcpx_lb_stats"
 	MapEvents    = "mptcpx_lb_evts"
 	MapVIPStats  = "mptcpx_lb_vstats" // per-CPU counters per VIP id
@@ -96,6 +98,8 @@ const (
 	vipJoinSteering = 1 << 0 // LB_VIP_JOIN_STEERING
 	backendActive   = 1 << 0 // LB_BACKEND_ACTIVE
 	backendDraining = 1 << 1 // LB_BACKEND_DRAINING
+	flowOpened      = 1 << 0 // LB_FLOW_OPENED
+	flowLearned     = 1 << 1 // LB_FLOW_LEARNED
 )
 
 // VIP is a service address: TCP to Addr is balanced over the backends of ring ID. VIPs that share
@@ -132,6 +136,12 @@ type Flow struct {
 	Backend  uint32
 	Token    uint32        // the server's token once learned (0 before)
 	LastSeen time.Duration // CLOCK_MONOTONIC of the last packet
+	// Opened: placed on a SYN (or written by the control plane: PutFlows sets it), so a token
+	// may be learned on it; Learned: one was (or a collision kept it from being), never again.
+	Opened, Learned bool
+	// Protected: held in the protected table (steered joins, flows of draining backends), which
+	// no flood evicts from; GC removes these like the others.
+	Protected bool
 }
 
 // Token is an entry of the token table: the backend holding an MPTCP connection's server token.
@@ -139,6 +149,6 @@ type Token struct {
 	VIPID    uint32
 	Token    uint32 // host order, as `ss -M` prints it
 	Backend  uint32
-	KeyHash  uint64        // low 64 bits of SHA-256(server key): tells a collision from a repeat
+	KeyHash  uint64        // SHA-256(server key)[4:12]: tells a collision from a repeat
 	LastSeen time.Duration // CLOCK_MONOTONIC of the last learning or refresh
 }
