@@ -107,3 +107,103 @@ func (l *Lab) Observe(vip netip.AddrPort) (View, error) {
 	}
 	return v, nil
 }
+
+// Subflow is one TCP subflow of an MPTCP connection as `ss -ti` shows it (its tcp-ulp-mptcp info).
+type Subflow struct {
+	State       string // ESTAB, SYN-SENT, ...
+	Local, Peer string // addr:port, without the %dev a bound subflow shows
+	Token       uint32 // the local token: the MPTCP connection's, as ss -M shows it
+	RemoteToken uint32 // the peer's token (a join's: the one its MP_JOIN SYN carried); 0 if not known
+	Join        bool   // opened by this end with MP_JOIN (flag j)
+	Established bool   // fully established (flag e): for a join, the peer acknowledged its third ACK
+	Retrans     int    // retransmissions in all (tcpi_total_retrans), e.g. of a SYN
+}
+
+// Subflows lists the MPTCP subflows of ns (`ss -N ns -Hntai`, TCP sockets that carry tcp-ulp-mptcp).
+func (l *Lab) Subflows(ns string) ([]Subflow, error) {
+	out, err := l.Exec("", "ss", "-N", ns, "-Hntai")
+	if err != nil {
+		return nil, err
+	}
+	return parseSubflows(out)
+}
+
+func parseSubflows(out string) ([]Subflow, error) {
+	var subs []Subflow
+	var cur *Subflow // the socket line before the info line
+	for _, line := range strings.Split(out, "\n") {
+		if strings.TrimSpace(line) == "" {
+			continue
+		}
+		f := strings.Fields(line)
+		if line[0] != ' ' && line[0] != '\t' {
+			if len(f) < 5 {
+				return nil, fmt.Errorf("ss: unexpected line %q", line)
+			}
+			cur = &Subflow{State: f[0], Local: stripDev(f[3]), Peer: stripDev(f[4])}
+			continue
+		}
+		if cur == nil {
+			return nil, fmt.Errorf("ss: info line before socket: %q", line)
+		}
+		s := *cur
+		cur = nil
+		mptcp := false
+		for _, kv := range f {
+			k, v, _ := strings.Cut(kv, ":")
+			switch k {
+			case "tcp-ulp-mptcp":
+				mptcp = true
+			case "flags":
+				s.Join = strings.Contains(v, "j")
+				s.Established = strings.Contains(v, "e")
+			case "retrans": // current/total
+				if _, tot, ok := strings.Cut(v, "/"); ok {
+					s.Retrans, _ = strconv.Atoi(tot)
+				}
+			case "token": // remote(id:N)/local(id:N)
+				rem, loc, ok := strings.Cut(v, "/")
+				if !ok {
+					return nil, fmt.Errorf("ss: token %q", v)
+				}
+				var err error
+				if s.RemoteToken, err = parseToken(rem); err != nil {
+					return nil, err
+				}
+				if s.Token, err = parseToken(loc); err != nil {
+					return nil, err
+				}
+			}
+		}
+		if mptcp {
+			subs = append(subs, s)
+		}
+	}
+	return subs, nil
+}
+
+// parseToken reads "3f925774(id:0)".
+func parseToken(s string) (uint32, error) {
+	s, _, _ = strings.Cut(s, "(")
+	t, err := strconv.ParseUint(s, 16, 32)
+	if err != nil {
+		return 0, fmt.Errorf("ss: token %q: %w", s, err)
+	}
+	return uint32(t), nil
+}
+
+// stripDev turns "10.1.1.1%c1:52683" into "10.1.1.1:52683" (an IPv6 "[fd01::1%c1]:80" likewise).
+func stripDev(a string) string {
+	i := strings.IndexByte(a, '%')
+	if i < 0 {
+		return a
+	}
+	j := strings.LastIndexByte(a, ':')
+	if k := strings.IndexByte(a[i:], ']'); k >= 0 {
+		j = i + k
+	}
+	if j < i {
+		return a[:i]
+	}
+	return a[:i] + a[j:]
+}
