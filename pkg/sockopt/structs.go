@@ -8,6 +8,8 @@ import (
 	"slices"
 	"strings"
 	"unsafe"
+
+	"golang.org/x/sys/unix"
 )
 
 // MPTCPInfo is struct mptcp_info, the connection-level state (MPTCP_INFO), laid out as Linux 6.18
@@ -239,9 +241,10 @@ func parseSockaddr(b []byte) netip.AddrPort {
 	return netip.AddrPort{}
 }
 
+// Address families of the kernel's records.
 const (
-	afInet  = 2
-	afInet6 = 10
+	afInet  = unix.AF_INET
+	afInet6 = unix.AF_INET6
 )
 
 // subflowInfoSize is the size of struct mptcp_subflow_info: a u32 id, then (8-aligned) the addrs.

@@ -10,6 +10,8 @@ import (
 	"time"
 	"unsafe"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/btf"
 	"github.com/cilium/ebpf/link"
@@ -178,9 +180,10 @@ func decode(b []byte) ([]Subflow, error) {
 	return out, nil
 }
 
+// Address families of the kernel's records.
 const (
-	afInet  = 2
-	afInet6 = 10
+	afInet  = unix.AF_INET
+	afInet6 = unix.AF_INET6
 )
 
 // fromRecord converts one wire record to the domain type.
