@@ -386,18 +386,21 @@ int mptcpx_lb(struct xdp_md *ctx)
 		f = bpf_map_lookup_elem(&mptcpx_pflows, &fk);
 		prot = f != NULL;
 	}
-	/* A packet of a known flow follows it. So does a SYN on a flow that holds a live token (a
-	 * spoofed SYN never re-places a subflow or clears its token), unless it is that connection's
-	 * own join again (a retransmitted join SYN is steered as before). Any other SYN opens a
-	 * connection: Maglev decides, whatever a stale entry of a reused 5-tuple says (as Katran). */
-	int follow = 0;
+	/* A packet of a known flow follows it. A SYN never re-places a flow that holds a live token,
+	 * nor clears the token (a spoofed SYN with a subflow's 5-tuple): a plain SYN follows the flow,
+	 * a join SYN of another token is judged as a join (an unknown one dropped by policy) but
+	 * stores nothing. That connection's own join again (retransmitted) is steered as before. Any
+	 * other SYN opens a connection: Maglev decides, whatever a stale entry of a reused 5-tuple
+	 * says (as Katran). */
+	int follow = 0, guard = 0;
 	if (f) {
 		if (!opening) {
 			follow = 1;
 		} else if (f->token && !(mp.kind == LB_MP_JOIN && mp.token == f->token)) {
 			struct lb_token_key tk = {.vip_id = vip->id, .token = f->token};
 			struct lb_token *t = bpf_map_lookup_elem(&mptcpx_tokens, &tk);
-			follow = t && t->backend == f->backend;
+			guard = t && t->backend == f->backend;
+			follow = guard && !(steering && mp.kind == LB_MP_JOIN);
 		}
 	}
 	if (follow) {
@@ -459,6 +462,8 @@ int mptcpx_lb(struct xdp_md *ctx)
 			insert = 1;
 		}
 		nflags |= LB_FLOW_LEARNED; /* a join carries no key */
+		if (guard)
+			insert = 0;
 	} else {
 		be = lb_pick(vip, lb_flow_hash(&fk), &bid);
 		if (be && opening) {

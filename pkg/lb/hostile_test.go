@@ -248,9 +248,9 @@ func TestTakeoverNeedsOpenedFlow(t *testing.T) {
 	}
 }
 
-// A SYN with a live subflow's 5-tuple (spoofed) follows the flow: it neither re-places it nor
-// clears its token. A client's retransmitted SYN (no token yet) and retransmitted join SYN still
-// go where the first one went.
+// A SYN with a live subflow's 5-tuple (spoofed) neither re-places the flow nor clears its token:
+// a plain SYN follows the flow, a join SYN of an unknown token is dropped by policy. A client's
+// retransmitted SYN (no token yet) and retransmitted join SYN still go where the first one went.
 func TestSpoofedSYNKeepsLiveFlow(t *testing.T) {
 	r := rand.New(rand.NewPCG(69, 70))
 	l := newHostileLab(t, r)
@@ -260,14 +260,20 @@ func TestSpoofedSYNKeepsLiveFlow(t *testing.T) {
 		{src: l.join.src, dst: vip4, syn: true, opts: []layers.TCPOption{optMPCapableSYN()}},
 		{src: l.join.src, dst: vip4, syn: true, opts: []layers.TCPOption{optJoinSYN(l.token^1, 1)}},
 		{src: l.first.src, dst: vip4, syn: true, opts: []layers.TCPOption{optMPCapableSYN()}},
+		{src: l.first.src, dst: vip4, syn: true, opts: []layers.TCPOption{optJoinSYN(l.token^2, 1)}},
 	} {
-		want := l.owner
-		expectL2(t, l.b, s, want)
+		if len(s.opts) == 1 && s.opts[0].OptionData[0]>>4 == 1 { // MP_JOIN
+			if ret, _ := run(t, l.b.Program, s.frame(t)); ret != xdpDrop {
+				t.Errorf("forged join on a live 5-tuple from %s: verdict %d, want XDP_DROP", s.src, ret)
+			}
+		} else {
+			expectL2(t, l.b, s, l.owner)
+		}
 		if f := flowOf(t, l.b.Maps, s.key()); f.Token != l.token || f.Backend != l.owner {
 			t.Errorf("after a spoofed SYN from %s: flow %+v, want token %08x on %d", s.src, f, l.token, l.owner)
 		}
 	}
-	if d := stats(t, l.b.Maps).Sub(before); d[StatNewFlow] != 0 || d[StatJoinUnknown] != 0 || d[StatFlowHit] != 4 {
+	if d := stats(t, l.b.Maps).Sub(before); d[StatNewFlow] != 0 || d[StatJoinDropped] != 2 || d[StatFlowHit] != 3 {
 		t.Errorf("stats moved by %v", d.Map())
 	}
 	// The connection's own join again (retransmitted): steered as before.

@@ -1,0 +1,320 @@
+package lb
+
+import (
+	"context"
+	"encoding/binary"
+	"net/netip"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/google/gopacket"
+	"github.com/google/gopacket/layers"
+	"golang.org/x/sys/unix"
+
+	"github.com/mptcp-xdp/mptcp-xdp/internal/lablb"
+	"github.com/mptcp-xdp/mptcp-xdp/internal/testutil"
+	"github.com/mptcp-xdp/mptcp-xdp/pkg/control"
+	"github.com/mptcp-xdp/mptcp-xdp/pkg/lb"
+	"github.com/mptcp-xdp/mptcp-xdp/pkg/loader"
+)
+
+const (
+	// floodTable is the flow and token table size of the flood test's balancer: small, so that
+	// the flood sends many times what would fill them.
+	floodTable = 4096
+	// floodPrefill is what the flood sends before any connection joins (each forged MP_CAPABLE ACK
+	// would once have taken a token entry: half of them fill the token table four times).
+	floodPrefill = 8 * floodTable
+	// floodMin is the fewest spoofed frames the flood sends (it goes on while the joins run).
+	floodMin = 30 * floodTable
+	// floodConns is the number of legitimate connections, half opened before the flood.
+	floodConns = 60
+)
+
+// newSmallSetup is newSetup (l2, IPv4, join steering, unknown joins dropped, no subflow endpoint)
+// with the balancer loaded through pkg/control with floodTable-entry flow and token tables.
+func newSmallSetup(t *testing.T) *setup {
+	t.Helper()
+	testutil.RequireRoot(t)
+	l, err := lablb.New(lablb.Config{Prefix: "mxhard", NoEndpoints: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if err := l.Close(); err != nil {
+			t.Errorf("close lab: %v", err)
+		}
+	})
+	ctx, cancel := context.WithCancel(context.Background())
+	t.Cleanup(cancel)
+	srv, err := l.Serve(ctx, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { srv.Close() })
+	s := &setup{Lab: l, opts: options{forward: "l2", noEndpoints: true}, srv: srv,
+		vip: netip.AddrPortFrom(l.VIP4, uint16(srv.Port))}
+	spec := control.Spec{Netns: l.LB, VIPs: []netip.AddrPort{s.vip}, Policy: control.DefaultPolicy.Set(),
+		Config: lb.Config{MaxFlows: floodTable, MaxTokens: floodTable}}
+	for _, p := range l.Paths {
+		spec.Ifaces = append(spec.Ifaces, p.LBIf)
+	}
+	for _, b := range l.Backends {
+		spec.Backends = append(spec.Backends, control.BackendSpec{Addr: b.IP4, Weight: 1})
+	}
+	ld, err := loader.New(loader.DefaultRoot)
+	if err != nil {
+		t.Fatal(err)
+	}
+	actx, acancel := context.WithTimeout(ctx, 30*time.Second)
+	defer acancel()
+	bal, err := control.Attach(actx, ld, spec)
+	if err != nil {
+		t.Fatal(err)
+	}
+	bal.Close()
+	t.Cleanup(func() { mx(t, "--netns", l.LB, "lb", "detach") })
+	st := lbStatus(t, l.LB)
+	if len(st.VIPs) != 1 || len(st.Backends) != len(l.Backends) {
+		t.Fatalf("status after attach: %+v", st)
+	}
+	s.vid = st.VIPs[0].ID
+	for _, b := range l.Backends {
+		for _, e := range st.Backends {
+			if e.Addr == b.IP4.String() {
+				s.ids = append(s.ids, e.ID)
+			}
+		}
+	}
+	if len(s.ids) != len(l.Backends) {
+		t.Fatalf("backends %+v in status %+v", l.Backends, st.Backends)
+	}
+	return s
+}
+
+// spoofFrames are the two frames the flood sends, patched per send: a plain ACK with a DSS option,
+// and a forged MP_CAPABLE third ACK carrying both keys (a fresh receiver key each time, as if to
+// cost the balancer a SHA-256 and a token), from random sources in 198.18.0.0/16.
+type spoofFrames struct {
+	plain, keys []byte
+}
+
+func newSpoofFrames(t *testing.T, f *forger) spoofFrames {
+	t.Helper()
+	build := func(opt layers.TCPOption) []byte {
+		tcp := &layers.TCP{SrcPort: 40000, DstPort: layers.TCPPort(f.vip.Port()), Seq: 1, Ack: 1, ACK: true, Window: 502,
+			Options: []layers.TCPOption{{OptionType: layers.TCPOptionKindNop}, {OptionType: layers.TCPOptionKindNop}, opt}}
+		ip := &layers.IPv4{Version: 4, TTL: 64, Protocol: layers.IPProtocolTCP, SrcIP: []byte{198, 18, 0, 1}, DstIP: f.vip.Addr().AsSlice()}
+		_ = tcp.SetNetworkLayerForChecksum(ip)
+		eth := &layers.Ethernet{SrcMAC: f.src, DstMAC: f.dst, EthernetType: layers.EthernetTypeIPv4}
+		buf := gopacket.NewSerializeBuffer()
+		if err := gopacket.SerializeLayers(buf, gopacket.SerializeOptions{FixLengths: true, ComputeChecksums: true}, eth, ip, tcp); err != nil {
+			t.Fatal(err)
+		}
+		return append([]byte(nil), buf.Bytes()...)
+	}
+	keys := make([]byte, 18)
+	keys[0], keys[1] = 0x01, 0x81 // MP_CAPABLE v1, flags A|H
+	return spoofFrames{
+		plain: build(layers.TCPOption{OptionType: 30, OptionLength: 8, OptionData: []byte{0x20, 0x01, 0, 0, 0, 1}}),
+		keys:  build(layers.TCPOption{OptionType: 30, OptionLength: 20, OptionData: keys}),
+	}
+}
+
+// patch gives frame a random source address and port (IPv4 checksum fixed; the TCP checksum is
+// left stale, so a backend the frame reaches drops it without answering) and, for the MP_CAPABLE
+// frame, a random receiver key.
+func (f *forger) patch(frame []byte, key bool) {
+	ip := frame[14:34]
+	binary.BigEndian.PutUint32(ip[12:], 0xc6120000|f.rng.Uint32()&0xffff)
+	binary.BigEndian.PutUint16(ip[10:], 0)
+	var sum uint32
+	for i := 0; i < 20; i += 2 {
+		sum += uint32(binary.BigEndian.Uint16(ip[i:]))
+	}
+	sum = sum&0xffff + sum>>16
+	sum = sum&0xffff + sum>>16
+	binary.BigEndian.PutUint16(ip[10:], ^uint16(sum))
+	binary.BigEndian.PutUint16(frame[34:], uint16(1024+f.rng.IntN(60000)))
+	binary.BigEndian.PutUint32(frame[38:], f.rng.Uint32()) // seq
+	if key {
+		binary.BigEndian.PutUint64(frame[len(frame)-8:], f.rng.Uint64())
+	}
+}
+
+func (f *forger) sendRaw(ctx context.Context, frame []byte) error {
+	sa := &unix.SockaddrLinklayer{Ifindex: f.ifindex, Halen: 6}
+	copy(sa.Addr[:], f.dst)
+	for {
+		err := unix.Sendto(f.fd, frame, 0, sa)
+		if err == unix.ENOBUFS || err == unix.EAGAIN {
+			if ctx.Err() != nil {
+				return ctx.Err()
+			}
+			continue
+		}
+		return err
+	}
+}
+
+// Spoofed non-SYN packets and forged MP_CAPABLE ACKs, as fast as the client's namespace can send
+// them and many times what fills the balancer's 4,096-entry flow and token tables, while
+// connections open, learn their tokens and join (the join-steering run, on a small balancer): no
+// legitimate connection loses a subflow (ss -M on the client and backends, the backends' MIB: every
+// join accepted, none refused for want of a token), the balancer learns exactly the legitimate
+// tokens, and every spoofed frame is counted (nonsyn_miss), with no failed insert.
+func TestHostileFlood(t *testing.T) {
+	s := newSmallSetup(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 150*time.Second)
+	defer cancel()
+	ld, err := loader.New(loader.DefaultRoot)
+	if err != nil {
+		t.Fatal(err)
+	}
+	maps, err := ld.OpenLB(s.LB)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer maps.Close()
+	if got := maps.Flows.MaxEntries(); got != floodTable {
+		t.Fatalf("flow table of %d entries, want %d", got, floodTable)
+	}
+	base := s.mibs(t)
+	st0, err := maps.ReadStats()
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	// Half the connections first, on one subflow each: their tokens are learned before the flood.
+	first := s.dial(ctx, t, floodConns/2, 15)
+	defer closeAll(first)
+
+	f, err := newForger(s)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	frames := newSpoofFrames(t, f)
+	var sent atomic.Int64
+	stop := make(chan struct{})
+	var floodErr error
+	var floodTime time.Duration
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		start := time.Now()
+		defer func() { floodTime = time.Since(start) }()
+		for i := 0; ; i++ {
+			if i >= floodMin {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+			}
+			fr := frames.plain
+			if i%2 == 1 {
+				fr = frames.keys
+			}
+			f.patch(fr, i%2 == 1)
+			if floodErr = f.sendRaw(ctx, fr); floodErr != nil {
+				return
+			}
+			sent.Add(1)
+		}
+	}()
+	floodDone := false
+	defer func() {
+		if !floodDone {
+			close(stop)
+			cancel()
+			wg.Wait()
+		}
+	}()
+
+	// During the flood: the first half's connections join (the endpoint makes the path manager
+	// join every existing connection), and the second half opens, learns and joins.
+	for sent.Load() < floodPrefill && ctx.Err() == nil {
+		time.Sleep(10 * time.Millisecond) // until the flood alone would have filled the tables many times
+	}
+	sentAtEndpoints := sent.Load()
+	if err := s.AddSubflowEndpoints(); err != nil {
+		t.Fatal(err)
+	}
+	second := s.dial(ctx, t, floodConns-floodConns/2, 15)
+	defer closeAll(second)
+	wctx, wcancel := context.WithTimeout(ctx, 60*time.Second)
+	s.waitJoins(wctx, t, base, floodConns)
+	wcancel()
+	sentAtJoins := sent.Load()
+	close(stop)
+	wg.Wait()
+	floodDone = true
+	if floodErr != nil {
+		t.Fatalf("flood: %v after %d frames", floodErr, sent.Load())
+	}
+	n := sent.Load()
+
+	all := append(append([]*lablb.Conn(nil), first...), second...)
+	// Counted once the frames have crossed the balancer: its counters only grow, so wait until
+	// they account for every frame sent (or the deadline, and fail).
+	var d lb.Stats
+	for {
+		st1, err := maps.ReadStats()
+		if err != nil {
+			t.Fatal(err)
+		}
+		d = st1.Sub(st0)
+		if int64(d[lb.StatNonSYNMiss]) >= n || ctx.Err() != nil {
+			break
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	j := s.joins(t, base)
+	v := s.view(t)
+	occ, err := maps.Occupancy()
+	if err != nil {
+		t.Fatal(err)
+	}
+	match, bad := s.tokenMatches(t, v)
+	okN, errs := transfer(ctx, all, 16<<10)
+
+	t.Logf("flood: %d spoofed frames (half forged MP_CAPABLE ACKs) in %v (%.0f/s), %d before the first join, %d by the time every join was answered; tables of %d",
+		n, floodTime.Round(time.Millisecond), float64(n)/floodTime.Seconds(), sentAtEndpoints, sentAtJoins, floodTable)
+	t.Logf("balancer: nonsyn_miss %d new_flow %d token_learned %d join_steered %d join_unknown %d insert_failed %d collision %d; flows %d tokens %d",
+		d[lb.StatNonSYNMiss], d[lb.StatNewFlow], d[lb.StatTokenLearned], d[lb.StatJoinSteered], d[lb.StatJoinUnknown],
+		d[lb.StatInsertFailed], d[lb.StatCollision], occ.Flows, occ.Tokens)
+	t.Logf("backends: MPJoinSynRx %v MPJoinAckRx %v MPJoinNoTokenFound %v; ss -M: client %d with 2 subflows, %d with 1",
+		j.SynRx, j.AckRx, j.NoToken, v.ClientTwo, v.ClientOne)
+
+	if n < floodMin {
+		t.Errorf("flood sent %d frames, want at least %d", n, floodMin)
+	}
+	if int64(d[lb.StatNonSYNMiss]) < n {
+		t.Errorf("nonsyn_miss %d, %d spoofed frames sent", d[lb.StatNonSYNMiss], n)
+	}
+	if d[lb.StatTokenLearned] != floodConns || occ.Tokens != floodConns {
+		t.Errorf("tokens learned %d, in the table %d: want the %d legitimate ones", d[lb.StatTokenLearned], occ.Tokens, floodConns)
+	}
+	if d[lb.StatInsertFailed] != 0 {
+		t.Errorf("insert_failed %d", d[lb.StatInsertFailed])
+	}
+	if occ.Flows > 2*floodConns {
+		t.Errorf("%d flows stored, want at most the legitimate %d subflows", occ.Flows, 2*floodConns)
+	}
+	if v.ClientTwo != floodConns || v.ClientOne != 0 {
+		t.Errorf("client: %d connections with 2 subflows and %d with 1, want %d and 0", v.ClientTwo, v.ClientOne, floodConns)
+	}
+	if lablb.Sum(j.NoToken) != 0 || lablb.Sum(j.AckRx) != floodConns {
+		t.Errorf("MPJoinNoTokenFound %v (want 0), MPJoinAckRx %v (want %d in all)", j.NoToken, j.AckRx, floodConns)
+	}
+	if match != floodConns || len(bad) > 0 {
+		t.Errorf("%d of %d backend tokens (ss -M) are the balancer's; mismatches: %v", match, floodConns, bad)
+	}
+	if okN != floodConns {
+		t.Errorf("%d of %d transfers intact; first errors: %v", okN, floodConns, firstErrs(errs, 3))
+	}
+}
