@@ -59,8 +59,12 @@ func (l *Lab) Joins(base []lab.MIB) (JoinCounts, error) {
 // View is what `ss -M` shows of the established connections to a VIP, in the client and in every
 // backend.
 type View struct {
-	ClientTwo  int        `json:"client_two_subflows"` // client connections with one extra subflow
-	ClientOne  int        `json:"client_one_subflow"`  // ... still on their first subflow only
+	// ClientTwo counts client connections with one extra subflow as ss -M counts it: the path
+	// manager counts a join as soon as it opens the subflow, so a join still unanswered
+	// (SYN-SENT, e.g. dropped by the balancer and being retransmitted) counts too. Whether joins
+	// were answered is in Subflows (state, flag e) and the MIB (MPJoinSynAckRx, MPJoinAckRx).
+	ClientTwo  int        `json:"client_two_subflows"`
+	ClientOne  int        `json:"client_one_subflow"` // ... still on their first subflow only
 	BackendTwo []int      `json:"backend_two_subflows"`
 	BackendAll []int      `json:"backend_connections"`
 	Tokens     [][]uint32 `json:"-"` // per backend, the local tokens of its connections

@@ -20,6 +20,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/mptcp-xdp/mptcp-xdp/internal/lab"
 	"github.com/mptcp-xdp/mptcp-xdp/internal/lablb"
 	"github.com/mptcp-xdp/mptcp-xdp/internal/testutil"
 	"github.com/mptcp-xdp/mptcp-xdp/pkg/netns"
@@ -29,16 +30,20 @@ import (
 )
 
 var (
-	joinRuns  = flag.Int("jointime.runs", 1, "TestJoinCompletionTimes: labs built and measured one after the other")
-	joinConns = flag.Int("jointime.conns", 60, "TestJoinCompletionTimes: connections dialed per lab")
-	joinPar   = flag.Int("jointime.par", 1, "TestJoinCompletionTimes: dials at a time (1: one after the other, as demo --lb)")
-	joinPcap  = flag.String("jointime.pcap", "", "TestJoinCompletionTimes: directory for tcpdump captures of every namespace, one set per run")
+	joinRuns   = flag.Int("jointime.runs", 1, "TestJoinCompletionTimes: labs built and measured one after the other")
+	joinConns  = flag.Int("jointime.conns", 60, "TestJoinCompletionTimes: connections dialed per lab")
+	joinPar    = flag.Int("jointime.par", 1, "TestJoinCompletionTimes: dials at a time (1: one after the other, as demo --lb)")
+	joinRounds = flag.Int("jointime.rounds", 1, "TestJoinCompletionTimes: rounds of dialing, measuring and closing in each lab (later rounds may reuse the 5-tuples of earlier ones)")
+	joinPorts  = flag.String("jointime.ports", "", "TestJoinCompletionTimes: the client's net.ipv4.ip_local_port_range (\"LO HI\"); a narrow one makes rounds reuse 5-tuples")
+	joinFlood  = flag.Bool("jointime.flood", false, "TestJoinCompletionTimes: send forged MP_JOIN SYNs (random tokens) at the VIP over the first path while dialing, as TestJoinSteering does")
+	joinPcap   = flag.String("jointime.pcap", "", "TestJoinCompletionTimes: directory for tcpdump captures of every namespace, one set per run")
 )
 
 const (
-	// joinBound is how long a join may take to be answered: far beyond any SYN retransmission a
-	// dropped join SYN would need (1 s, 3 s, 7 s, 15 s after the first), so a join not answered
-	// by then never will be.
+	// joinBound is how long a join may take to be answered: far beyond the SYN retransmissions a
+	// dropped join SYN gets (1 s apart for the first net.ipv4.tcp_syn_linear_timeouts = 4, here
+	// measured at 1.3, 2.5, 3.5 and 4.5 s, then doubling), so a join not answered by then never
+	// will be.
 	joinBound = 30 * time.Second
 	// pollEvery is the pause between two readings of the client's subflows with ss.
 	pollEvery = 10 * time.Millisecond
@@ -77,7 +82,8 @@ func TestJoinCompletionTimes(t *testing.T) {
 // joinTime is what the client's kernel showed of one connection and its join. Times are since
 // the dial returned (negative: before), or never.
 type joinTime struct {
-	run, idx    int
+	run, round  int
+	idx         int
 	local       string        // the connection's client address (first subflow)
 	dialed      time.Duration // how long the dial took (SYN to the server's first byte)
 	created     time.Duration // MPTCP_EVENT_CREATED (before the dial returned: negative)
@@ -97,8 +103,8 @@ func (x joinTime) slow() bool {
 }
 
 func (x joinTime) String() string {
-	return fmt.Sprintf("run %d conn %d %s dial %s: created %s established %s join answered %s (ss: seen %s, established %s, %d readings unanswered, %s -> %s %s retrans %d, remote token %08x), %d subflows closed",
-		x.run, x.idx, x.local, fmtDur(x.dialed), fmtDur(x.created), fmtDur(x.established), fmtDur(x.answered),
+	return fmt.Sprintf("run %d round %d conn %d %s dial %s: created %s established %s join answered %s (ss: seen %s, established %s, %d readings unanswered, %s -> %s %s retrans %d, remote token %08x), %d subflows closed",
+		x.run, x.round, x.idx, x.local, fmtDur(x.dialed), fmtDur(x.created), fmtDur(x.established), fmtDur(x.answered),
 		fmtDur(x.seen), fmtDur(x.ssEstab), x.unanswered, x.sub.Local, x.sub.Peer, x.sub.State, x.sub.Retrans, x.sub.RemoteToken, x.subClosed)
 }
 
@@ -152,11 +158,26 @@ func (p *subflowLog) poll(ctx context.Context, l *lablb.Lab) {
 
 func joinTimesRun(t *testing.T, run int) []joinTime {
 	s := newJoinTimeSetup(t)
-	ctx, cancel := context.WithTimeout(context.Background(), 120*time.Second)
-	defer cancel()
+	if *joinPorts != "" {
+		if err := lab.WriteSysctls(s.Client, map[string]string{"net/ipv4/ip_local_port_range": *joinPorts}); err != nil {
+			t.Fatal(err)
+		}
+	}
 	if *joinPcap != "" {
 		startCaptures(t, s, filepath.Join(*joinPcap, "run"+strconv.Itoa(run)))
 	}
+	var jt []joinTime
+	for r := range *joinRounds {
+		jt = append(jt, joinTimesRound(t, s, run, r)...)
+	}
+	return jt
+}
+
+// joinTimesRound dials the connections, measures their joins, checks the kernels' counters and
+// closes the connections.
+func joinTimesRound(t *testing.T, s *setup, run, round int) []joinTime {
+	ctx, cancel := context.WithTimeout(context.Background(), 120*time.Second)
+	defer cancel()
 	n := *joinConns
 	base := s.mibs(t)
 	cbase, err := s.MIB(s.Client)
@@ -175,6 +196,28 @@ func joinTimesRun(t *testing.T, run int) []joinTime {
 	pwg.Add(1)
 	go func() { defer pwg.Done(); p.poll(pctx, s.Lab) }()
 	defer func() { pcancel(); pwg.Wait() }()
+	// The flood, until every join is answered (or the bound): a random token that a live
+	// connection holds is odds of n in 2^32 per SYN, ignored.
+	forged := 0
+	stopFlood := func() {}
+	if *joinFlood {
+		f, err := newForger(s)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer f.Close()
+		fctx, fcancel := context.WithCancel(ctx)
+		var fwg sync.WaitGroup
+		fwg.Add(1)
+		go func() {
+			defer fwg.Done()
+			for fctx.Err() == nil && f.send(fctx, f.rng.Uint32()) == nil {
+				forged++
+			}
+		}()
+		stopFlood = func() { fcancel(); fwg.Wait() }
+		defer stopFlood()
+	}
 
 	conns := make([]*lablb.Conn, n)
 	start := make([]time.Time, n)
@@ -207,7 +250,7 @@ func joinTimesRun(t *testing.T, run int) []joinTime {
 	for {
 		ev, everr := evs.Events()
 		p.mu.Lock()
-		jt = joinTimes(run, conns, start, done, ev, p)
+		jt = joinTimes(run, round, conns, start, done, ev, p)
 		perr := p.err
 		p.mu.Unlock()
 		if perr != nil {
@@ -227,6 +270,7 @@ func joinTimesRun(t *testing.T, run int) []joinTime {
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
+	stopFlood()
 	pcancel()
 	pwg.Wait()
 	j := s.joins(t, base)
@@ -237,14 +281,14 @@ func joinTimesRun(t *testing.T, run int) []joinTime {
 	cd := cm.Sub(cbase)
 	st1 := lbStatus(t, s.LB).Stats
 
-	t.Logf("%d connections landed %v; ss read %d times, every %v plus %v on average for ss itself",
-		n, perBackend(conns, len(s.Backends)), p.reads, pollEvery, (p.spent / time.Duration(max(p.reads, 1))).Round(time.Microsecond))
+	t.Logf("round %d: %d connections landed %v; ss read %d times, every %v plus %v on average for ss itself",
+		round, n, perBackend(conns, len(s.Backends)), p.reads, pollEvery, (p.spent / time.Duration(max(p.reads, 1))).Round(time.Microsecond))
 	logJoinTimes(t, jt)
 	t.Logf("client: MPJoinSynTx %+d MPJoinSynAckRx %+d MPJoinSynAckHMacFailure %+d MPJoinRejected %+d TCPSynRetrans %+d",
 		cd.MPTCP("MPJoinSynTx"), cd.MPTCP("MPJoinSynAckRx"), cd.MPTCP("MPJoinSynAckHMacFailure"), cd.MPTCP("MPJoinRejected"), cd["TcpExt.TCPSynRetrans"])
 	t.Logf("backends: MPJoinSynRx %v MPJoinAckRx %v MPJoinNoTokenFound %v", j.SynRx, j.AckRx, j.NoToken)
-	t.Logf("balancer: token_learned %+d join_steered %+d join_unknown %+d join_dropped %+d event_lost %+d",
-		delta(st1, st0, "token_learned"), delta(st1, st0, "join_steered"), delta(st1, st0, "join_unknown"), delta(st1, st0, "join_dropped"), delta(st1, st0, "event_lost"))
+	t.Logf("balancer: token_learned %+d join_steered %+d join_unknown %+d join_dropped %+d event_lost %+d; forged join SYNs sent %d",
+		delta(st1, st0, "token_learned"), delta(st1, st0, "join_steered"), delta(st1, st0, "join_unknown"), delta(st1, st0, "join_dropped"), delta(st1, st0, "event_lost"), forged)
 	for _, x := range jt {
 		if x.slow() {
 			t.Logf("slow: %s", x)
@@ -274,12 +318,12 @@ func joinTimesRun(t *testing.T, run int) []joinTime {
 
 // joinTimes matches the client's events and ss readings with the connections: a connection's
 // first subflow has the dial's local port (the CREATED event's sport), which gives its token.
-func joinTimes(run int, conns []*lablb.Conn, start, done []time.Time, evs []mptcpEvent, p *subflowLog) []joinTime {
+func joinTimes(run, round int, conns []*lablb.Conn, start, done []time.Time, evs []mptcpEvent, p *subflowLog) []joinTime {
 	byPort := map[uint16]int{}
 	jt := make([]joinTime, len(conns))
 	for i, c := range conns {
 		byPort[uint16(c.LocalAddr().(*net.TCPAddr).Port)] = i
-		jt[i] = joinTime{run: run, idx: i, local: c.LocalAddr().String(), dialed: done[i].Sub(start[i]),
+		jt[i] = joinTime{run: run, round: round, idx: i, local: c.LocalAddr().String(), dialed: done[i].Sub(start[i]),
 			created: never, established: never, answered: never, seen: never, ssEstab: never}
 	}
 	since := func(i int, at time.Time) time.Duration {
