@@ -28,7 +28,13 @@ func TestDemo(t *testing.T) {
 		t.Error("the summary does not explain the kernel's fault")
 	}
 	if !res.ChecksumOK || !res.MPTCP || res.SentBytes == 0 || res.SentBytes != res.RecvBytes {
-		t.Errorf("transfer: sent %d, received %d, checksum ok %v, mptcp %v", res.SentBytes, res.RecvBytes, res.ChecksumOK, res.MPTCP)
+		// Run once: a stream the kernel corrupted on the veth fails the test too, about once in 50
+		// runs here (docs/veth-lab.md; TestVethStreamFault watches it), and says so.
+		why := ""
+		if KernelStreamFault(res) {
+			why = " (the signature of the kernel's veth stream fault, docs/veth-lab.md)"
+		}
+		t.Errorf("transfer: sent %d, received %d, checksum ok %v, mptcp %v%s", res.SentBytes, res.RecvBytes, res.ChecksumOK, res.MPTCP, why)
 	}
 	for _, k := range res.Kernel {
 		if int64(k.XDP) != k.Kernel || k.Kernel <= 0 {
