@@ -33,9 +33,9 @@ const (
 	floodConns = 60
 )
 
-// newSmallSetup is newSetup (l2, IPv4, join steering, unknown joins dropped, no subflow endpoint)
-// with the balancer loaded through pkg/control with floodTable-entry flow and token tables.
-func newSmallSetup(t *testing.T) *setup {
+// newSmallSetup is newSetup (join steering, unknown joins dropped, no subflow endpoint) with the
+// balancer loaded through pkg/control with floodTable-entry flow and token tables.
+func newSmallSetup(t *testing.T, o options) *setup {
 	t.Helper()
 	testutil.RequireRoot(t)
 	l, err := lablb.New(lablb.Config{Prefix: "mxhard", NoEndpoints: true})
@@ -54,15 +54,35 @@ func newSmallSetup(t *testing.T) *setup {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { srv.Close() })
-	s := &setup{Lab: l, opts: options{forward: "l2", noEndpoints: true}, srv: srv,
-		vip: netip.AddrPortFrom(l.VIP4, uint16(srv.Port))}
-	spec := control.Spec{Netns: l.LB, VIPs: []netip.AddrPort{s.vip}, Policy: control.DefaultPolicy.Set(),
+	o.noEndpoints = true
+	vipAddr := l.VIP4
+	if o.v6 {
+		vipAddr = l.VIP6
+	}
+	s := &setup{Lab: l, opts: o, srv: srv, vip: netip.AddrPortFrom(vipAddr, uint16(srv.Port))}
+	fwd, err := lb.ParseForward(o.forward)
+	if err != nil {
+		t.Fatal(err)
+	}
+	policy := control.DefaultPolicy
+	policy.Forward = fwd
+	spec := control.Spec{Netns: l.LB, VIPs: []netip.AddrPort{s.vip}, Policy: policy.Set(),
 		Config: lb.Config{MaxFlows: floodTable, MaxTokens: floodTable}}
 	for _, p := range l.Paths {
 		spec.Ifaces = append(spec.Ifaces, p.LBIf)
 	}
+	addr := func(b lablb.Backend) netip.Addr {
+		if o.v6 {
+			return b.IP6
+		}
+		return b.IP4
+	}
 	for _, b := range l.Backends {
-		spec.Backends = append(spec.Backends, control.BackendSpec{Addr: b.IP4, Weight: 1})
+		spec.Backends = append(spec.Backends, control.BackendSpec{Addr: addr(b), Weight: 1})
+		if o.forward == "ipip" {
+			mx(t, "--netns", b.Netns, "lb", "decap", b.If)
+			t.Cleanup(func() { mx(t, "--netns", b.Netns, "lb", "decap", "--detach", b.If) })
+		}
 	}
 	ld, err := loader.New(loader.DefaultRoot)
 	if err != nil {
@@ -83,7 +103,7 @@ func newSmallSetup(t *testing.T) *setup {
 	s.vid = st.VIPs[0].ID
 	for _, b := range l.Backends {
 		for _, e := range st.Backends {
-			if e.Addr == b.IP4.String() {
+			if e.Addr == addr(b).String() {
 				s.ids = append(s.ids, e.ID)
 			}
 		}
@@ -96,7 +116,7 @@ func newSmallSetup(t *testing.T) *setup {
 
 // spoofFrames are the two frames the flood sends, patched per send: a plain ACK with a DSS option,
 // and a forged MP_CAPABLE third ACK carrying both keys (a fresh receiver key each time, as if to
-// cost the balancer a SHA-256 and a token), from random sources in 198.18.0.0/16.
+// cost the balancer a SHA-256 and a token), from random sources in 198.18.0.0/16 or 2001:db8:f::/112.
 type spoofFrames struct {
 	plain, keys []byte
 }
@@ -106,9 +126,19 @@ func newSpoofFrames(t *testing.T, f *forger) spoofFrames {
 	build := func(opt layers.TCPOption) []byte {
 		tcp := &layers.TCP{SrcPort: 40000, DstPort: layers.TCPPort(f.vip.Port()), Seq: 1, Ack: 1, ACK: true, Window: 502,
 			Options: []layers.TCPOption{{OptionType: layers.TCPOptionKindNop}, {OptionType: layers.TCPOptionKindNop}, opt}}
-		ip := &layers.IPv4{Version: 4, TTL: 64, Protocol: layers.IPProtocolTCP, SrcIP: []byte{198, 18, 0, 1}, DstIP: f.vip.Addr().AsSlice()}
-		_ = tcp.SetNetworkLayerForChecksum(ip)
 		eth := &layers.Ethernet{SrcMAC: f.src, DstMAC: f.dst, EthernetType: layers.EthernetTypeIPv4}
+		var ip gopacket.SerializableLayer
+		if f.vip.Addr().Is4() {
+			ip4 := &layers.IPv4{Version: 4, TTL: 64, Protocol: layers.IPProtocolTCP, SrcIP: []byte{198, 18, 0, 1}, DstIP: f.vip.Addr().AsSlice()}
+			_ = tcp.SetNetworkLayerForChecksum(ip4)
+			ip = ip4
+		} else {
+			eth.EthernetType = layers.EthernetTypeIPv6
+			ip6 := &layers.IPv6{Version: 6, HopLimit: 64, NextHeader: layers.IPProtocolTCP,
+				SrcIP: netip.MustParseAddr("2001:db8:f::1").AsSlice(), DstIP: f.vip.Addr().AsSlice()}
+			_ = tcp.SetNetworkLayerForChecksum(ip6)
+			ip = ip6
+		}
 		buf := gopacket.NewSerializeBuffer()
 		if err := gopacket.SerializeLayers(buf, gopacket.SerializeOptions{FixLengths: true, ComputeChecksums: true}, eth, ip, tcp); err != nil {
 			t.Fatal(err)
@@ -123,22 +153,28 @@ func newSpoofFrames(t *testing.T, f *forger) spoofFrames {
 	}
 }
 
-// patch gives frame a random source address and port (IPv4 checksum fixed; the TCP checksum is
-// left stale, so a backend the frame reaches drops it without answering) and, for the MP_CAPABLE
-// frame, a random receiver key.
+// patch gives frame a random source address and port (the IPv4 checksum fixed; the TCP checksum
+// left stale, so that a backend the frame reaches drops it without answering) and, for the
+// MP_CAPABLE frame, a random receiver key.
 func (f *forger) patch(frame []byte, key bool) {
-	ip := frame[14:34]
-	binary.BigEndian.PutUint32(ip[12:], 0xc6120000|f.rng.Uint32()&0xffff)
-	binary.BigEndian.PutUint16(ip[10:], 0)
-	var sum uint32
-	for i := 0; i < 20; i += 2 {
-		sum += uint32(binary.BigEndian.Uint16(ip[i:]))
+	tcp := 34
+	if f.vip.Addr().Is4() {
+		ip := frame[14:34]
+		binary.BigEndian.PutUint32(ip[12:], 0xc6120000|f.rng.Uint32()&0xffff)
+		binary.BigEndian.PutUint16(ip[10:], 0)
+		var sum uint32
+		for i := 0; i < 20; i += 2 {
+			sum += uint32(binary.BigEndian.Uint16(ip[i:]))
+		}
+		sum = sum&0xffff + sum>>16
+		sum = sum&0xffff + sum>>16
+		binary.BigEndian.PutUint16(ip[10:], ^uint16(sum))
+	} else {
+		tcp = 54
+		binary.BigEndian.PutUint16(frame[14+8+14:], uint16(f.rng.Uint32())) // source's last 16 bits
 	}
-	sum = sum&0xffff + sum>>16
-	sum = sum&0xffff + sum>>16
-	binary.BigEndian.PutUint16(ip[10:], ^uint16(sum))
-	binary.BigEndian.PutUint16(frame[34:], uint16(1024+f.rng.IntN(60000)))
-	binary.BigEndian.PutUint32(frame[38:], f.rng.Uint32()) // seq
+	binary.BigEndian.PutUint16(frame[tcp:], uint16(1024+f.rng.IntN(60000)))
+	binary.BigEndian.PutUint32(frame[tcp+4:], f.rng.Uint32()) // seq
 	if key {
 		binary.BigEndian.PutUint64(frame[len(frame)-8:], f.rng.Uint64())
 	}
@@ -164,9 +200,16 @@ func (f *forger) sendRaw(ctx context.Context, frame []byte) error {
 // connections open, learn their tokens and join (the join-steering run, on a small balancer): no
 // legitimate connection loses a subflow (ss -M on the client and backends, the backends' MIB: every
 // join accepted, none refused for want of a token), the balancer learns exactly the legitimate
-// tokens, and every spoofed frame is counted (nonsyn_miss), with no failed insert.
+// tokens, and every spoofed frame is counted (nonsyn_miss), with no failed insert. In l2 over IPv4
+// and ipip over IPv6.
 func TestHostileFlood(t *testing.T) {
-	s := newSmallSetup(t)
+	for _, o := range []options{{forward: "l2"}, {forward: "ipip", v6: true}} {
+		t.Run(o.String(), func(t *testing.T) { floodRun(t, o) })
+	}
+}
+
+func floodRun(t *testing.T, o options) {
+	s := newSmallSetup(t, o)
 	ctx, cancel := context.WithTimeout(context.Background(), 150*time.Second)
 	defer cancel()
 	ld, err := loader.New(loader.DefaultRoot)
