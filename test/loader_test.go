@@ -25,6 +25,7 @@ import (
 type want struct {
 	xdp, xdpMech string
 	in, out      string
+	replaced     bool // another tool's XDP program, replaced by --force, is pinned to be put back
 }
 
 // requireAttached checks that status, the pins and the kernel all show exactly w on ns/iface,
@@ -70,6 +71,9 @@ func requireAttached(t *testing.T, ns, iface string, w want) attachment {
 			t.Errorf("xdp: kernel runs program %d, status says %d", k.XDPProg, progs["xdp"])
 		}
 		pins = append(pins, map[string]string{"bpf_link": "link_xdp", "netlink": "prog_xdp"}[w.xdpMech])
+		if w.replaced {
+			pins = append(pins, "replaced_xdp")
+		}
 	} else if k.XDPProg != 0 || progs["xdp"] != 0 {
 		t.Errorf("xdp: kernel runs program %d, status says %d; want none", k.XDPProg, progs["xdp"])
 	}
@@ -130,9 +134,16 @@ func requireAttached(t *testing.T, ns, iface string, w want) attachment {
 // maps the last status listed are gone from the kernel.
 func requireDetached(t *testing.T, ns, iface string, last attachment, clsactBefore bool) {
 	t.Helper()
+	requireDetachedXDP(t, ns, iface, last, clsactBefore, 0)
+}
+
+// requireDetachedXDP is requireDetached for an interface whose XDP hook should run program xdpProg
+// (0: none) after the detach.
+func requireDetachedXDP(t *testing.T, ns, iface string, last attachment, clsactBefore bool, xdpProg uint32) {
+	t.Helper()
 	k := kernelState(t, ns, iface)
-	if k.XDPProg != 0 || len(k.TCXIngress) != 0 || len(k.TCXEgress) != 0 {
-		t.Errorf("after detach: XDP program %d, tcx ingress %v, tcx egress %v", k.XDPProg, k.TCXIngress, k.TCXEgress)
+	if k.XDPProg != xdpProg || len(k.TCXIngress) != 0 || len(k.TCXEgress) != 0 {
+		t.Errorf("after detach: XDP program %d (want %d), tcx ingress %v, tcx egress %v", k.XDPProg, xdpProg, k.TCXIngress, k.TCXEgress)
 	}
 	if ours := append(k.filters("ingress", "mptcpx_"), k.filters("egress", "mptcpx_")...); len(ours) != 0 {
 		t.Errorf("after detach: our filters are left: %v", ours)
@@ -277,16 +288,16 @@ func TestHookChanges(t *testing.T) {
 		w     want
 		count bool // check that ingress counts MPTCP SYNs in this configuration
 	}{
-		{[]string{"--mode", "generic"}, want{"generic", "bpf_link", "", "tcx"}, true},
-		{[]string{"--ingress", "tc"}, want{"", "", "tcx", "tcx"}, true},
-		{[]string{"--ingress", "xdp", "--mode", "native"}, want{"native", "bpf_link", "", "tcx"}, false},
-		{[]string{"--ingress", "tc", "--tc", "clsact"}, want{"", "", "clsact", "clsact"}, true},
-		{[]string{"--ingress", "xdp", "--tc", "clsact"}, want{"generic", "bpf_link", "", "clsact"}, false}, // auto on veth
-		{[]string{"--mode", "native", "--tc", "clsact"}, want{"native", "bpf_link", "", "clsact"}, false},
-		{[]string{"--ingress", "tc", "--tc", "tcx"}, want{"", "", "tcx", "tcx"}, false},
-		{[]string{"--no-egress"}, want{"generic", "bpf_link", "", ""}, true}, // auto on veth
+		{[]string{"--mode", "generic"}, want{"generic", "bpf_link", "", "tcx", false}, true},
+		{[]string{"--ingress", "tc"}, want{"", "", "tcx", "tcx", false}, true},
+		{[]string{"--ingress", "xdp", "--mode", "native"}, want{"native", "bpf_link", "", "tcx", false}, false},
+		{[]string{"--ingress", "tc", "--tc", "clsact"}, want{"", "", "clsact", "clsact", false}, true},
+		{[]string{"--ingress", "xdp", "--tc", "clsact"}, want{"generic", "bpf_link", "", "clsact", false}, false}, // auto on veth
+		{[]string{"--mode", "native", "--tc", "clsact"}, want{"native", "bpf_link", "", "clsact", false}, false},
+		{[]string{"--ingress", "tc", "--tc", "tcx"}, want{"", "", "tcx", "tcx", false}, false},
+		{[]string{"--no-egress"}, want{"generic", "bpf_link", "", "", false}, true}, // auto on veth
 		// Last, so that detach has a clsact qdisc of its own making to remove.
-		{[]string{"--ingress", "tc", "--tc", "clsact"}, want{"", "", "clsact", "clsact"}, false},
+		{[]string{"--ingress", "tc", "--tc", "clsact"}, want{"", "", "clsact", "clsact", false}, false},
 	} {
 		name := strings.Join(step.flags, " ")
 		mxOK(t, append([]string{"--netns", l.Server, "attach", srv}, step.flags...)...)
@@ -371,7 +382,8 @@ func TestClsactLeavesOthersAlone(t *testing.T) {
 }
 
 // TestForeignXDP: an XDP program another tool attached is named and left alone without --force,
-// replaced with it (when attached through netlink), and never replaced when a bpf_link holds it.
+// replaced with it (when attached through netlink) and put back by detach, and never replaced when
+// a bpf_link holds it.
 func TestForeignXDP(t *testing.T) {
 	t.Parallel()
 	l := testutil.NewLab(t, lab.Config{Paths: 2})
@@ -399,10 +411,10 @@ func TestForeignXDP(t *testing.T) {
 		requireNoPins(t, l.Server, srv)
 
 		attach(t, l.Server, srv, "--force")
-		a := requireAttached(t, l.Server, srv, want{xdp: "native", xdpMech: "netlink", out: "tcx"})
+		a := requireAttached(t, l.Server, srv, want{xdp: "native", xdpMech: "netlink", out: "tcx", replaced: true})
 		// Attaching again replaces our own netlink program without --force.
 		mxOK(t, "--netns", l.Server, "attach", srv)
-		a2 := requireAttached(t, l.Server, srv, want{xdp: "native", xdpMech: "netlink", out: "tcx"})
+		a2 := requireAttached(t, l.Server, srv, want{xdp: "native", xdpMech: "netlink", out: "tcx", replaced: true})
 		if a.Programs[0].ID == a2.Programs[0].ID {
 			t.Errorf("second attach left program %d in place", a.Programs[0].ID)
 		}
@@ -412,7 +424,7 @@ func TestForeignXDP(t *testing.T) {
 			return r.Ingress.Options["mp_capable_syn"] > s0.Ingress.Options["mp_capable_syn"]
 		})
 		mxOK(t, "--netns", l.Server, "detach", srv)
-		requireDetached(t, l.Server, srv, a2, false)
+		requireDetachedXDP(t, l.Server, srv, a2, false, foreignID)
 	})
 
 	t.Run("bpf_link", func(t *testing.T) {

@@ -92,7 +92,7 @@ Attaching again updates the programs in place and keeps the counters.`,
 	cmd.Flags().StringVar(&ingress, "ingress", "xdp", "ingress hook: xdp, or tc where XDP cannot be used")
 	cmd.Flags().StringVar(&tc, "tc", "auto", "TC mechanism: auto (tcx, else clsact), tcx or clsact")
 	cmd.Flags().BoolVar(&noEgress, "no-egress", false, "do not count egress")
-	cmd.Flags().BoolVar(&force, "force", false, "replace another tool's XDP program (attached through netlink)")
+	cmd.Flags().BoolVar(&force, "force", false, "replace another tool's XDP program attached through netlink (never one held by a bpf_link); detach puts it back")
 	for f, vals := range map[string][]string{"mode": {"auto", "native", "generic"}, "ingress": {"xdp", "tc"}, "tc": {"auto", "tcx", "clsact"}} {
 		_ = cmd.RegisterFlagCompletionFunc(f, fixedCompletion(vals))
 	}

@@ -72,7 +72,7 @@ func newLBAttachCmd(g *globalFlags) *cobra.Command {
 	var (
 		vips, backends         []string
 		forward, unknown, mode string
-		steering               bool
+		steering, force        bool
 		resolveTimeout         time.Duration
 	)
 	cmd := &cobra.Command{
@@ -130,7 +130,7 @@ existing VIP; the others keep its current values (a new VIP takes the defaults s
 			ctx, cancel := context.WithTimeout(cmd.Context(), resolveTimeout)
 			defer cancel()
 			b, err := control.Attach(ctx, l, control.Spec{Netns: g.netns, Ifaces: args, VIPs: addrs, Policy: pol,
-				Backends: specs, Mode: loader.XDPMode(mode)})
+				Backends: specs, Mode: loader.XDPMode(mode), Force: force})
 			if err != nil {
 				return err
 			}
@@ -143,7 +143,8 @@ existing VIP; the others keep its current values (a new VIP takes the defaults s
 	cmd.Flags().StringVar(&forward, "forward", "l2", "forwarding: l2 (backend on a link of the balancer, MAC rewrite) or ipip (outer header to the backend)")
 	cmd.Flags().StringVar(&unknown, "unknown-join", "drop", "MP_JOIN SYN with an unknown token: drop, hash (place like a new flow) or pass (to this host's stack)")
 	cmd.Flags().BoolVar(&steering, "join-steering", true, "steer MP_JOIN SYNs by token (false: plain 5-tuple balancing, the baseline)")
-	cmd.Flags().StringVar(&mode, "mode", "auto", "XDP mode: auto (native, else generic), native or generic")
+	cmd.Flags().StringVar(&mode, "mode", "auto", "XDP mode: auto (native only: the balancer runs in generic mode only when asked, docs/lb.md), native or generic")
+	cmd.Flags().BoolVar(&force, "force", false, "replace another tool's XDP program attached through netlink (never one held by a bpf_link); lb detach puts it back")
 	cmd.Flags().DurationVar(&resolveTimeout, "resolve-timeout", 5*time.Second, "how long to wait for a backend's neighbour to resolve")
 	for f, vals := range map[string][]string{"forward": {"l2", "ipip"}, "unknown-join": {"drop", "hash", "pass"}, "mode": {"auto", "native", "generic"}} {
 		_ = cmd.RegisterFlagCompletionFunc(f, fixedCompletion(vals))
@@ -298,7 +299,7 @@ func newLBStatusCmd(g *globalFlags) *cobra.Command {
 }
 
 func newLBDecapCmd(g *globalFlags) *cobra.Command {
-	var detach bool
+	var detach, force bool
 	var mode string
 	cmd := &cobra.Command{
 		Use:   "decap IFACE...",
@@ -315,7 +316,7 @@ tunnel drivers. It decapsulates packets to the addresses the namespace has when 
 			if detach {
 				err = l.DetachDecap(g.netns, args)
 			} else {
-				err = l.AttachDecap(loader.LBAttachOptions{Netns: g.netns, Ifaces: args, Mode: loader.XDPMode(mode)})
+				err = l.AttachDecap(loader.LBAttachOptions{Netns: g.netns, Ifaces: args, Mode: loader.XDPMode(mode), Force: force})
 			}
 			if err != nil {
 				return err
@@ -328,9 +329,9 @@ tunnel drivers. It decapsulates packets to the addresses the namespace has when 
 				return err
 			}
 			return render(cmd, g, map[string]any{"decap": links}, func(w io.Writer) error {
-				fmt.Fprintln(w, "INTERFACE\tIFINDEX\tXDP MODE\tPROG\tPROBLEM")
+				fmt.Fprintln(w, "INTERFACE\tIFINDEX\tXDP MODE\tVIA\tPROG\tPROBLEM")
 				for _, ll := range links {
-					fmt.Fprintf(w, "%s\t%d\t%s\t%d\t%s\n", ll.Interface, ll.Ifindex, orDash(ll.XDPMode), ll.ProgID, orDash(ll.Problem))
+					fmt.Fprintf(w, "%s\t%d\t%s\t%s\t%d\t%s\n", ll.Interface, ll.Ifindex, orDash(ll.XDPMode), ll.Mechanism, ll.ProgID, orDash(ll.Problem))
 				}
 				return nil
 			})
@@ -338,6 +339,7 @@ tunnel drivers. It decapsulates packets to the addresses the namespace has when 
 	}
 	cmd.Flags().BoolVar(&detach, "detach", false, "detach from the interfaces instead")
 	cmd.Flags().StringVar(&mode, "mode", "auto", "XDP mode: auto (native, else generic), native or generic")
+	cmd.Flags().BoolVar(&force, "force", false, "replace another tool's XDP program attached through netlink (never one held by a bpf_link); --detach puts it back")
 	return cmd
 }
 

@@ -26,7 +26,8 @@ type Spec struct {
 	VIPs     []netip.AddrPort // services (ADDR:PORT)
 	Policy   PolicyUpdate     // of every VIP in VIPs: the fields it sets (Policy.Set() for all)
 	Backends []BackendSpec    // resolved to their next hops, waiting up to ctx's deadline
-	Mode     loader.XDPMode   // auto, native or generic
+	Mode     loader.XDPMode   // native (auto) or generic (only when asked: docs/lb.md)
+	Force    bool             // replace another tool's netlink-attached XDP program, put back by Detach
 	Config   lb.Config        // the balancer program's load-time settings (PinPath is the loader's)
 }
 
@@ -108,7 +109,7 @@ func Attach(ctx context.Context, l *loader.Loader, s Spec) (_ *Balancer, err err
 		return nil, err
 	}
 	defer unlock()
-	m, err := l.AttachLBLocked(loader.LBAttachOptions{Netns: s.Netns, Ifaces: s.Ifaces, Mode: s.Mode, Config: s.Config})
+	m, err := l.AttachLBLocked(loader.LBAttachOptions{Netns: s.Netns, Ifaces: s.Ifaces, Mode: s.Mode, Force: s.Force, Config: s.Config})
 	if err != nil {
 		return nil, err
 	}

@@ -8,22 +8,10 @@ import (
 	"time"
 
 	"github.com/cilium/ebpf"
-	"github.com/cilium/ebpf/link"
 	"github.com/cilium/ebpf/rlimit"
 	"github.com/vishvananda/netlink"
-	"golang.org/x/sys/unix"
 
 	"github.com/mptcp-xdp/mptcp-xdp/pkg/netns"
-)
-
-// XDPMode selects how the XDP program is attached.
-type XDPMode string
-
-// XDP modes.
-const (
-	ModeAuto    XDPMode = "auto"    // native, else generic
-	ModeNative  XDPMode = "native"  // in the driver
-	ModeGeneric XDPMode = "generic" // on the skb, any interface
 )
 
 // IngressHook selects the hook that counts received packets.
@@ -66,10 +54,8 @@ func (o *AttachOptions) validate() error {
 	if o.TC == "" {
 		o.TC = TCAuto
 	}
-	switch o.Mode {
-	case ModeAuto, ModeNative, ModeGeneric:
-	default:
-		return fmt.Errorf("unknown XDP mode %q: use auto, native or generic", o.Mode)
+	if err := validMode(o.Mode); err != nil {
+		return err
 	}
 	switch o.Ingress {
 	case IngressXDP, IngressTC:
@@ -227,197 +213,21 @@ func linkByName(name, nsDir string) (netlink.Link, error) {
 	return lnk, nil
 }
 
-func modeFlags(m uint32) (link.XDPAttachFlags, int) {
-	if m == metaModeGeneric {
-		return link.XDPGenericMode, nlXDPFlagsSKBMode
-	}
-	return link.XDPDriverMode, nlXDPFlagsDrvMode
+// xdpHookIn is the counting datapath's XDP hook on lnk, pinned in the interface directory dir.
+func xdpHookIn(dir string, lnk netlink.Link) xdpHook {
+	return xdpHook{lnk: lnk, linkPin: filepath.Join(dir, pinLinkXDP), progPin: filepath.Join(dir, pinProgXDP),
+		replacedPin: filepath.Join(dir, pinReplacedXDP)}
 }
 
-// netlink XDP flags (linux/if_link.h).
-const (
-	nlXDPFlagsUpdateIfNoExist = 1 << 0
-	nlXDPFlagsSKBMode         = 1 << 1
-	nlXDPFlagsDrvMode         = 1 << 2
-)
-
-// wantedModes lists the XDP modes to try, best first. auto prefers native, except on veth: there
-// native XDP takes GRO from the receiving end and TSO from its peer, which makes MPTCP over veth
-// several times slower than generic XDP, and on Linux 6.18 it exposes a kernel fault that corrupts
-// MPTCP byte streams (docs/benchmarks.md "Throughput", docs/veth-lab.md). A nil lnk (the balancer,
-// which forwards with XDP_TX/XDP_REDIRECT and wants the driver's hook) always prefers native.
-func wantedModes(m XDPMode, lnk netlink.Link) []uint32 {
-	switch m {
-	case ModeNative:
-		return []uint32{metaModeNative}
-	case ModeGeneric:
-		return []uint32{metaModeGeneric}
-	}
-	if lnk != nil && lnk.Type() == "veth" {
-		return []uint32{metaModeGeneric, metaModeNative}
-	}
-	return []uint32{metaModeNative, metaModeGeneric}
-}
-
-func modeMatches(want XDPMode, have uint32) bool {
-	switch want {
-	case ModeNative:
-		return have == metaModeNative
-	case ModeGeneric:
-		return have == metaModeGeneric
-	}
-	return have != metaModeNone
-}
-
-// attachXDP follows the ladder: update our pinned link → new bpf_link → netlink (old kernels, or
-// --force over another tool's program).
+// attachXDP puts the counting datapath's XDP program on lnk (xdp.go's ladder) and records how in
+// meta.
 func attachXDP(dir string, lnk netlink.Link, prog *ebpf.Program, o AttachOptions, meta *Meta) error {
-	ifindex := lnk.Attrs().Index
-	linkPin := filepath.Join(dir, pinLinkXDP)
-	if pinned, err := link.LoadPinnedLink(linkPin, nil); err == nil {
-		if modeMatches(o.Mode, meta.XdpMode) {
-			err := pinned.Update(prog)
-			pinned.Close()
-			if err == nil {
-				return nil
-			}
-		} else {
-			pinned.Close()
-		}
-		// Another mode was asked for, or the link is defunct: detach before attaching anew.
-		if err := detachXDP(dir, lnk, meta); err != nil {
-			return err
-		}
+	held, err := xdpHookIn(dir, lnk).attach(prog, o.Mode, wantedModes(o.Mode, lnk), o.Force)
+	meta.XdpMode = held.mode
+	if held.netlink {
+		meta.Flags |= metaXDPNetlink
+	} else {
+		meta.Flags &^= metaXDPNetlink
 	}
-	if meta.Flags&metaXDPNetlink != 0 {
-		if modeMatches(o.Mode, meta.XdpMode) {
-			_, nlFlag := modeFlags(meta.XdpMode)
-			if err := netlink.LinkSetXdpFdWithFlags(lnk, prog.FD(), nlFlag); err != nil {
-				return fmt.Errorf("replace XDP program via netlink: %w", err)
-			}
-			return repin(prog, filepath.Join(dir, pinProgXDP))
-		}
-		if err := detachXDP(dir, lnk, meta); err != nil {
-			return err
-		}
-	}
-
-	var lastErr error
-	for _, mode := range wantedModes(o.Mode, lnk) {
-		flag, nlFlag := modeFlags(mode)
-		l, err := link.AttachXDP(link.XDPOptions{Program: prog, Interface: ifindex, Flags: flag})
-		if err == nil {
-			if err := l.Pin(linkPin); err != nil {
-				l.Close()
-				return fmt.Errorf("pin XDP link: %w", err)
-			}
-			l.Close()
-			meta.XdpMode = mode
-			meta.Flags &^= metaXDPNetlink
-			return nil
-		}
-		switch {
-		case errors.Is(err, unix.EBUSY) || errors.Is(err, unix.EEXIST):
-			return xdpConflict(dir, lnk, prog, mode, o.Force, meta)
-		case errors.Is(err, link.ErrNotSupported):
-			// No bpf_link for XDP (Linux < 5.9): netlink, never clobbering another program.
-			if err := netlink.LinkSetXdpFdWithFlags(lnk, prog.FD(), nlFlag|nlXDPFlagsUpdateIfNoExist); err != nil {
-				if errors.Is(err, unix.EBUSY) || errors.Is(err, unix.EEXIST) {
-					return xdpConflict(dir, lnk, prog, mode, o.Force, meta)
-				}
-				lastErr = fmt.Errorf("attach XDP (%s mode) via netlink: %w", modeName(mode), err)
-				continue
-			}
-			meta.XdpMode = mode
-			meta.Flags |= metaXDPNetlink
-			return repin(prog, filepath.Join(dir, pinProgXDP))
-		default:
-			lastErr = fmt.Errorf("attach XDP in %s mode: %w", modeName(mode), err)
-		}
-	}
-	if o.Mode == ModeNative && lastErr != nil {
-		return fmt.Errorf("%w (the driver of %s may lack native XDP: try --mode generic)", lastErr, lnk.Attrs().Name)
-	}
-	return lastErr
-}
-
-// xdpConflict handles an interface that already has an XDP program that is not ours.
-func xdpConflict(dir string, lnk netlink.Link, prog *ebpf.Program, mode uint32, force bool, meta *Meta) error {
-	fresh, err := netlink.LinkByIndex(lnk.Attrs().Index)
-	if err != nil {
-		return fmt.Errorf("look up %s: %w", lnk.Attrs().Name, err)
-	}
-	desc := "another XDP program"
-	if x := fresh.Attrs().Xdp; x != nil && x.ProgId != 0 {
-		desc = fmt.Sprintf("XDP program %d", x.ProgId)
-		if p, err := ebpf.NewProgramFromID(ebpf.ProgramID(x.ProgId)); err == nil {
-			if info, err := p.Info(); err == nil && info.Name != "" {
-				desc = fmt.Sprintf("XDP program %d (%s)", x.ProgId, info.Name)
-			}
-			p.Close()
-		}
-		desc += " in " + attachModeName(x.AttachMode) + " mode"
-	}
-	if !force {
-		return fmt.Errorf("%s already has %s attached by another tool: use --force to replace it", lnk.Attrs().Name, desc)
-	}
-	// Only a netlink attachment can be replaced; one held by a bpf_link belongs to its owner. It is
-	// replaced in its own mode: the kernel keeps one mode per interface.
-	var flags int
-	if x := fresh.Attrs().Xdp; x != nil {
-		switch x.AttachMode {
-		case nlAttachedSKB:
-			mode = metaModeGeneric
-		case nlAttachedDrv:
-			mode = metaModeNative
-		}
-	}
-	_, flags = modeFlags(mode)
-	if err := netlink.LinkSetXdpFdWithFlags(fresh, prog.FD(), flags); err != nil {
-		if errors.Is(err, unix.EBUSY) {
-			return fmt.Errorf("%s has %s held by a bpf_link: its owner must detach it (--force replaces only netlink attachments)", lnk.Attrs().Name, desc)
-		}
-		return fmt.Errorf("replace %s on %s: %w", desc, lnk.Attrs().Name, err)
-	}
-	meta.XdpMode = mode
-	meta.Flags |= metaXDPNetlink
-	return repin(prog, filepath.Join(dir, pinProgXDP))
-}
-
-// XDP attach modes as netlink reports them (XDP_ATTACHED_*).
-const (
-	nlAttachedDrv = 1
-	nlAttachedSKB = 2
-	nlAttachedHW  = 3
-)
-
-func attachModeName(m uint32) string {
-	switch m {
-	case nlAttachedDrv:
-		return "native"
-	case nlAttachedSKB:
-		return "generic"
-	case nlAttachedHW:
-		return "offload"
-	}
-	return "unknown"
-}
-
-func modeName(m uint32) string {
-	switch m {
-	case metaModeNative:
-		return "native"
-	case metaModeGeneric:
-		return "generic"
-	}
-	return ""
-}
-
-// repin pins prog at path, replacing whatever was pinned there.
-func repin(prog *ebpf.Program, path string) error {
-	_ = os.Remove(path)
-	if err := prog.Pin(path); err != nil {
-		return fmt.Errorf("pin program at %s: %w", path, err)
-	}
-	return nil
+	return err
 }

@@ -6,7 +6,6 @@ import (
 	"os"
 	"path/filepath"
 
-	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/link"
 	"github.com/vishvananda/netlink"
 
@@ -62,29 +61,13 @@ func (l *Loader) Detach(netnsName, iface string) error {
 	return nil
 }
 
-// detachXDP removes our XDP program, whichever way it was attached.
+// detachXDP removes the counting datapath's XDP program, whichever way it was attached, and puts
+// back a program that --force replaced.
 func detachXDP(dir string, lnk netlink.Link, meta *Meta) error {
-	unpinLink(filepath.Join(dir, pinLinkXDP))
-	progPin := filepath.Join(dir, pinProgXDP)
-	if meta.Flags&metaXDPNetlink != 0 {
-		if p, err := ebpf.LoadPinnedProgram(progPin, nil); err == nil {
-			ours, _ := p.Info()
-			p.Close()
-			fresh, err := netlink.LinkByIndex(lnk.Attrs().Index)
-			if err == nil && ours != nil {
-				id, _ := ours.ID()
-				if x := fresh.Attrs().Xdp; x != nil && x.ProgId == uint32(id) {
-					_, nlFlag := modeFlags(meta.XdpMode)
-					if err := netlink.LinkSetXdpFdWithFlags(fresh, -1, nlFlag); err != nil {
-						return fmt.Errorf("remove XDP program from %s: %w", lnk.Attrs().Name, err)
-					}
-				}
-			}
-		}
-		meta.Flags &^= metaXDPNetlink
-	}
+	err := xdpHookIn(dir, lnk).detach()
+	meta.Flags &^= metaXDPNetlink
 	meta.XdpMode = metaModeNone
-	return removePin(progPin)
+	return err
 }
 
 // unpinLink detaches and unpins the link pinned at path, if any.

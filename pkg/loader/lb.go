@@ -4,14 +4,16 @@ package loader
 // interface its XDP program is attached to; a backend's decapsulator (ipip mode) is one set of maps
 // per namespace too:
 //
-//	<Root>-lb/<netns>/balancer/mptcpx_{vips,backends,ring,flows,tokens,lb_stats,lb_evts}  (datapath maps)
+//	<Root>-lb/<netns>/balancer/mptcpx_*           the datapath's maps (lb.Spec pins them by name)
 //	<Root>-lb/<netns>/balancer/mptcpx_lb_weights  backend id → weight (the control plane's, for rebuilds)
-//	<Root>-lb/<netns>/balancer/link_xdp@<iface>   one bpf_link per interface
-//	<Root>-lb/<netns>/decap/mptcpx_dc_{addrs,stats}, link_xdp@<iface>
+//	<Root>-lb/<netns>/balancer/link_xdp@<iface>   the bpf_link of one interface, or
+//	<Root>-lb/<netns>/balancer/prog_xdp@<iface>   the program of a netlink attachment (xdp.go), and
+//	<Root>-lb/<netns>/balancer/replaced_xdp@<iface>  another tool's program --force replaced
+//	<Root>-lb/<netns>/decap/mptcpx_dc_*, link_xdp@<iface> ...  the same for the decapsulator
 //
 // The tree sits beside <Root> rather than inside it, because everything under <Root>/<netns>/ is an
 // interface of the counting datapath to `status`, and any directory name could be an interface's.
-// Needs the ring buffer (Linux 5.8) and bpf_link for XDP (5.9).
+// Needs the ring buffer (Linux 5.8).
 
 import (
 	"errors"
@@ -25,7 +27,6 @@ import (
 	"github.com/cilium/ebpf/link"
 	"github.com/cilium/ebpf/rlimit"
 	"github.com/vishvananda/netlink"
-	"golang.org/x/sys/unix"
 
 	"github.com/mptcp-xdp/mptcp-xdp/pkg/datapath"
 	"github.com/mptcp-xdp/mptcp-xdp/pkg/lb"
@@ -36,7 +37,9 @@ import (
 const (
 	lbBalancerDir = "balancer"
 	lbDecapDir    = "decap"
-	lbLinkPrefix  = "link_xdp@"
+	lbIfaceSep    = "@" // between a hook's pin name and its interface
+	lbLinkPrefix  = pinLinkXDP + lbIfaceSep
+	lbProgPrefix  = pinProgXDP + lbIfaceSep
 	// PinLBWeights is the control plane's map of backend weights.
 	PinLBWeights = "mptcpx_lb_weights"
 )
@@ -54,7 +57,8 @@ func (l *Loader) DecapDir(nsDir string) string { return filepath.Join(l.LBRoot()
 type LBAttachOptions struct {
 	Netns  string   // `ip netns` name; empty for the caller's namespace
 	Ifaces []string // interfaces to attach to (in addition to those already attached)
-	Mode   XDPMode  // auto, native or generic
+	Mode   XDPMode  // auto, native or generic (the balancer: auto is native only)
+	Force  bool     // replace another tool's netlink-attached XDP program (xdp.go)
 	// Config of the balancer's program (hash seed, timeouts, table sizes); ignored by the
 	// decapsulator. Its PinPath is the balancer's directory.
 	Config lb.Config
@@ -149,10 +153,8 @@ func (l *Loader) attachLBKind(o LBAttachOptions, decap bool) (_ *LBMaps, err err
 	if o.Mode == "" {
 		o.Mode = ModeAuto
 	}
-	switch o.Mode {
-	case ModeAuto, ModeNative, ModeGeneric:
-	default:
-		return nil, fmt.Errorf("unknown XDP mode %q: use auto, native or generic", o.Mode)
+	if err := validMode(o.Mode); err != nil {
+		return nil, err
 	}
 	if len(o.Ifaces) == 0 {
 		return nil, errors.New("no interface given")
@@ -180,22 +182,22 @@ func (l *Loader) attachLBKind(o LBAttachOptions, decap bool) (_ *LBMaps, err err
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, fmt.Errorf("create pin directory %s: %w", dir, err)
 	}
-	var newLinks []string
-	defer func() {
-		if err == nil {
-			return
-		}
-		// Undo what this attach added: the links it made, and on a first attach everything.
-		for _, p := range newLinks {
-			unpinLink(p)
-		}
-		if first {
-			removePins(dir)
-			l.removeLBDirs(dir)
-		}
-	}()
-
-	err = netns.Do(o.Netns, func() error {
+	err = netns.Do(o.Netns, func() (err error) {
+		var made []xdpHook
+		defer func() {
+			if err == nil {
+				return
+			}
+			// Undo what this attach added: the attachments it made, and on a first attach
+			// everything.
+			for _, h := range made {
+				_ = h.detach()
+			}
+			if first {
+				removePins(dir)
+				l.removeLBDirs(dir)
+			}
+		}()
 		spec, err := lbSpec(decap, o.Config, dir)
 		if err != nil {
 			return err
@@ -228,13 +230,32 @@ func (l *Loader) attachLBKind(o LBAttachOptions, decap bool) (_ *LBMaps, err err
 				ifaces = append(ifaces, i)
 			}
 		}
+		modes := balancerModes(o.Mode)
+		if decap {
+			modes = decapModes(o.Mode)
+		}
 		for _, iface := range ifaces {
-			made, err := attachLBLink(dir, iface, nsDir, prog, o.Mode, contains(o.Ifaces, iface))
-			if err != nil {
+			want := contains(o.Ifaces, iface)
+			lnk, err := linkByName(iface, nsDir)
+			if err != nil && want {
+				return fmt.Errorf("attach %s: %w", what, err)
+			}
+			h := lbHook(dir, iface, lnk)
+			before := xdpHeld{}
+			if err == nil {
+				before = h.held()
+			}
+			if before.mode == metaModeNone && !want {
+				// An interface attached before is gone (or was replaced by another of its name):
+				// its attachment went with it.
+				_ = lbHook(dir, iface, nil).detach()
+				continue
+			}
+			if _, err := h.attach(prog, o.Mode, modes, o.Force); err != nil {
 				return fmt.Errorf("attach %s to %s: %w", what, iface, err)
 			}
-			if made != "" {
-				newLinks = append(newLinks, made)
+			if before.mode == metaModeNone {
+				made = append(made, h)
 			}
 		}
 		return nil
@@ -289,67 +310,26 @@ func contains(s []string, v string) bool {
 	return false
 }
 
-// attachedIfaces lists the interfaces with a pinned link in dir.
+// attachedIfaces lists the interfaces with a pinned link or netlink-attached program in dir.
 func attachedIfaces(dir string) []string {
 	ents, _ := os.ReadDir(dir)
 	var out []string
 	for _, e := range ents {
-		if name, ok := strings.CutPrefix(e.Name(), lbLinkPrefix); ok {
-			out = append(out, name)
+		for _, prefix := range []string{lbLinkPrefix, lbProgPrefix} {
+			if name, ok := strings.CutPrefix(e.Name(), prefix); ok && !contains(out, name) {
+				out = append(out, name)
+			}
 		}
 	}
 	sort.Strings(out)
 	return out
 }
 
-// attachLBLink updates the pinned link of iface to prog, or makes and pins a new one (native, else
-// generic, as mode allows). It returns the pin path of a link it made. A link whose interface is
-// gone is replaced when the interface is asked for (want), else removed.
-func attachLBLink(dir, iface, nsDir string, prog *ebpf.Program, mode XDPMode, want bool) (string, error) {
-	pin := filepath.Join(dir, lbLinkPrefix+iface)
-	if pinned, err := link.LoadPinnedLink(pin, nil); err == nil {
-		live := false
-		if info, err := pinned.Info(); err == nil {
-			if x := info.XDP(); x != nil && x.Ifindex != 0 {
-				live = true
-			}
-		}
-		if live {
-			err := pinned.Update(prog)
-			pinned.Close()
-			if err != nil {
-				return "", fmt.Errorf("update pinned link: %w", err)
-			}
-			return "", nil
-		}
-		pinned.Close()
-		unpinLink(pin)
-		if !want {
-			return "", nil
-		}
-	}
-	lnk, err := linkByName(iface, nsDir)
-	if err != nil {
-		return "", err
-	}
-	var lastErr error
-	for _, m := range wantedModes(mode, nil) {
-		flag, _ := modeFlags(m)
-		lk, err := link.AttachXDP(link.XDPOptions{Program: prog, Interface: lnk.Attrs().Index, Flags: flag})
-		if err == nil {
-			defer lk.Close()
-			if err := lk.Pin(pin); err != nil {
-				_ = lk.Close()
-				return "", fmt.Errorf("pin XDP link: %w", err)
-			}
-			return pin, nil
-		}
-		if errors.Is(err, unix.EBUSY) || errors.Is(err, unix.EEXIST) {
-			return "", fmt.Errorf("%s already has an XDP program (mptcp-xdp attach, or another tool): detach it first", iface)
-		}
-		lastErr = fmt.Errorf("attach XDP in %s mode: %w", modeName(m), err)
-	}
-	return "", lastErr
+// lbHook is the XDP hook of iface (lnk: nil when it is gone) for the balancer or decapsulator
+// pinned in dir.
+func lbHook(dir, iface string, lnk netlink.Link) xdpHook {
+	return xdpHook{lnk: lnk, linkPin: filepath.Join(dir, lbLinkPrefix+iface),
+		progPin: filepath.Join(dir, lbProgPrefix+iface), replacedPin: filepath.Join(dir, pinReplacedXDP+lbIfaceSep+iface)}
 }
 
 // DetachLB removes the balancer of a namespace: every link, every pin (maps, flows, tokens), and the
@@ -388,14 +368,30 @@ func (l *Loader) detachLBKind(netnsName string, ifaces []string, decap bool) err
 	if len(ifaces) == 0 {
 		ifaces = attached
 	}
-	for _, i := range ifaces {
-		unpinLink(filepath.Join(dir, lbLinkPrefix+i))
+	var errs []error
+	err = netns.Do(netnsName, func() error {
+		for _, i := range ifaces {
+			lnk, _ := netlink.LinkByName(i) // nil when gone: the attachment went with it
+			if err := lbHook(dir, i, lnk).detach(); err != nil {
+				errs = append(errs, fmt.Errorf("detach %s from %s: %w", what, i, err))
+			}
+		}
+		return nil
+	})
+	if err != nil && netns.Exists(netnsName) {
+		return fmt.Errorf("detach %s: %w", what, err)
+	}
+	if err != nil {
+		// The namespace is gone, and its interfaces with it: only the pins are left.
+		for _, i := range ifaces {
+			_ = lbHook(dir, i, nil).detach()
+		}
 	}
 	if len(attachedIfaces(dir)) == 0 {
 		removePins(dir)
 		l.removeLBDirs(dir)
 	}
-	return nil
+	return errors.Join(errs...)
 }
 
 // removeLBDirs removes dir and its parents up to the LB root while they are empty, then the tool's
@@ -415,8 +411,9 @@ func (l *Loader) removeLBDirs(dir string) {
 type LBLink struct {
 	Interface string `json:"interface"`
 	Ifindex   int    `json:"ifindex"`
-	XDPMode   string `json:"xdp_mode"` // native or generic
-	LinkID    uint32 `json:"link_id"`
+	XDPMode   string `json:"xdp_mode"`  // native or generic
+	Mechanism string `json:"mechanism"` // bpf_link, or netlink (Linux < 5.9, or --force)
+	LinkID    uint32 `json:"link_id"`   // 0 for a netlink attachment
 	ProgID    uint32 `json:"prog_id"`
 	Problem   string `json:"problem,omitempty"`
 }
@@ -437,7 +434,24 @@ func (l *Loader) LBLinks(netnsName string, decap bool) ([]LBLink, error) {
 	var out []LBLink
 	err = netns.Do(netnsName, func() error {
 		for _, iface := range attachedIfaces(dir) {
-			ll := LBLink{Interface: iface}
+			ll := LBLink{Interface: iface, Mechanism: "bpf_link"}
+			if id := pinnedProgID(filepath.Join(dir, lbProgPrefix+iface)); id != 0 {
+				// A netlink attachment (xdp.go): ours while the interface runs the pinned program.
+				ll.Mechanism, ll.ProgID = "netlink", id
+				nl, err := netlink.LinkByName(iface)
+				switch {
+				case err != nil:
+					ll.Problem = "interface is gone"
+				case nl.Attrs().Xdp == nil || nl.Attrs().Xdp.ProgId != id:
+					ll.Ifindex = nl.Attrs().Index
+					ll.Problem = "the interface no longer runs the pinned program"
+				default:
+					ll.Ifindex = nl.Attrs().Index
+					ll.XDPMode = attachModeName(nl.Attrs().Xdp.AttachMode)
+				}
+				out = append(out, ll)
+				continue
+			}
 			lk, err := link.LoadPinnedLink(filepath.Join(dir, lbLinkPrefix+iface), nil)
 			if err != nil {
 				ll.Problem = "pinned link unreadable: " + err.Error()

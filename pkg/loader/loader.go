@@ -50,7 +50,8 @@ const (
 	pinLinkXDP       = "link_xdp"
 	pinLinkTCIngress = "link_tc_ingress"
 	pinLinkTCEgress  = "link_tc_egress"
-	pinProgXDP       = "prog_xdp"
+	pinProgXDP       = "prog_xdp"     // our XDP program, attached through netlink
+	pinReplacedXDP   = "replaced_xdp" // another tool's XDP program that --force replaced, restored by detach
 	pinProgTCIngress = "prog_tc_ingress"
 	pinProgTCEgress  = "prog_tc_egress"
 )

@@ -49,7 +49,7 @@ type Pin struct {
 	Netns     string `json:"netns,omitempty"`     // absent for the host-wide history
 	Interface string `json:"interface,omitempty"` // absent for maps shared by a namespace or the host
 	Hook      string `json:"hook,omitempty"`      // links and programs: xdp, tc_ingress, tc_egress, sock_ops
-	Mechanism string `json:"mechanism,omitempty"` // links and programs: bpf_link, tcx, netlink or clsact
+	Mechanism string `json:"mechanism,omitempty"` // links and programs: bpf_link, tcx, netlink, clsact or replaced
 	Object    string `json:"object"`              // link, prog or map
 	Path      string `json:"path"`
 	ID        uint32 `json:"id"`                // of the link, program or map (0: unreadable)
@@ -59,6 +59,10 @@ type Pin struct {
 
 	mapInfo MapInfo // map pins: the map's description (entries counted for Status only)
 }
+
+// mechReplaced is the Mechanism of a pinned program of another tool that `attach --force`
+// replaced: detach puts it back.
+const mechReplaced = "replaced"
 
 // pinDef is one pin a directory may hold.
 type pinDef struct {
@@ -79,7 +83,8 @@ func datapathPins() []pinDef {
 	for _, h := range datapathHooks {
 		defs = append(defs, pinDef{h.linkPin, ObjectLink, h.hook, h.linkMech}, pinDef{h.progPin, ObjectProg, h.hook, h.nlMech})
 	}
-	return append(defs, pinDef{pinCounters, ObjectMap, "", ""}, pinDef{pinMeta, ObjectMap, "", ""})
+	return append(defs, pinDef{pinReplacedXDP, ObjectProg, "xdp", mechReplaced},
+		pinDef{pinCounters, ObjectMap, "", ""}, pinDef{pinMeta, ObjectMap, "", ""})
 }
 
 // Pins lists every pin under every root of the loader, resolved to its kernel object. With
@@ -190,8 +195,14 @@ func (l *Loader) lbPins(netnsDir string) ([]Pin, error) {
 			}
 			for _, e := range ents {
 				p := Pin{Kind: k.kind, Netns: ns, Object: ObjectMap, Path: filepath.Join(k.dir, e.Name())}
-				if iface, ok := strings.CutPrefix(e.Name(), lbLinkPrefix); ok {
-					p.Interface, p.Hook, p.Mechanism, p.Object = iface, "xdp", "bpf_link", ObjectLink
+				for _, h := range []struct{ prefix, mech, object string }{
+					{lbLinkPrefix, "bpf_link", ObjectLink},
+					{lbProgPrefix, "netlink", ObjectProg},
+					{pinReplacedXDP + lbIfaceSep, mechReplaced, ObjectProg},
+				} {
+					if iface, ok := strings.CutPrefix(e.Name(), h.prefix); ok {
+						p.Interface, p.Hook, p.Mechanism, p.Object = iface, "xdp", h.mech, h.object
+					}
 				}
 				out = append(out, p)
 			}

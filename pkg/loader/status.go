@@ -30,7 +30,7 @@ type Attachment struct {
 // Program is one attached program.
 type Program struct {
 	Hook      string `json:"hook"`      // xdp, tc_ingress or tc_egress
-	Mechanism string `json:"mechanism"` // bpf_link or netlink (xdp); tcx or clsact (tc)
+	Mechanism string `json:"mechanism"` // bpf_link or netlink (xdp); tcx or clsact (tc); replaced (pins.go)
 	ID        uint32 `json:"id"`
 	Name      string `json:"name"`
 	LinkID    uint32 `json:"link_id,omitempty"`
@@ -100,7 +100,7 @@ func (l *Loader) describePins(nsDir, iface string, pins []Pin) Attachment {
 		var use *Pin
 		for i := range pins {
 			p := &pins[i]
-			if p.Hook == h.hook && (p.Object == ObjectLink || (use == nil && p.Object == ObjectProg)) {
+			if p.Hook == h.hook && p.Mechanism != mechReplaced && (p.Object == ObjectLink || (use == nil && p.Object == ObjectProg)) {
 				use = p
 			}
 		}
