@@ -1,0 +1,55 @@
+package lb
+
+// The balancer loaded on its own, without pkg/loader's attach and pins, for the packet tests
+// (prog.Run) and benchmarks of this package. Programs attach through pkg/loader (pkg/control).
+
+import (
+	"errors"
+	"fmt"
+
+	"github.com/cilium/ebpf"
+
+	"github.com/mptcp-xdp/mptcp-xdp/pkg/datapath"
+)
+
+// Balancer is the loaded XDP program (attach it to every interface of the balancer) and its maps.
+type Balancer struct {
+	Program *ebpf.Program
+	*Maps
+	// scratch is the program's own per-CPU scratch map (option-scan state), which nothing outside
+	// the program reads; Close closes it with the rest.
+	scratch *ebpf.Map
+}
+
+// Load loads the balancer's program and creates (or, with cfg.PinPath, reuses) its maps.
+func Load(cfg Config) (*Balancer, error) {
+	spec, err := Spec(cfg)
+	if err != nil {
+		return nil, err
+	}
+	var objs datapath.LbObjects
+	opts := &ebpf.CollectionOptions{Maps: ebpf.MapOptions{PinPath: cfg.PinPath}}
+	if err := spec.LoadAndAssign(&objs, opts); err != nil {
+		var ve *ebpf.VerifierError
+		if errors.As(err, &ve) {
+			return nil, fmt.Errorf("load balancer program: %+v", ve)
+		}
+		return nil, fmt.Errorf("load balancer program: %w", err)
+	}
+	return &Balancer{
+		Program: objs.MptcpxLb,
+		Maps: &Maps{
+			VIPs: objs.MptcpxVips, Backends: objs.MptcpxBackends, Ring: objs.MptcpxRing,
+			Flows: objs.MptcpxFlows, Tokens: objs.MptcpxTokens, Stats: objs.MptcpxLbStats,
+			Events: objs.MptcpxLbEvts, VIPStats: objs.MptcpxLbVstats, BackendStats: objs.MptcpxLbBstats,
+			PFlows: objs.MptcpxPflows,
+		},
+		scratch: objs.MptcpxLbScr,
+	}, nil
+}
+
+// Close releases the program and every map Load opened (pinned maps stay pinned).
+func (b *Balancer) Close() error {
+	err := b.Program.Close()
+	return errors.Join(err, b.Maps.Close(), b.scratch.Close())
+}
