@@ -275,7 +275,7 @@ func TestEnumsMatchHeader(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	for name, want := range map[string]uint32{MapBackends: MaxBackends, MapRing: MaxVIPs * RingSize, MapFlows: MaxFlows, MapTokens: MaxTokens, MapVIPs: MaxVIPs} {
+	for name, want := range map[string]uint32{MapBackends: MaxBackends, MapRing: MaxVIPs * RingSize, MapFlows: MaxFlows, MapTokens: MaxTokens, MapVIPs: MaxVIPs, MapPFlows: MaxPFlows} {
 		if got := spec.Maps[name].MaxEntries; got != want {
 			t.Errorf("map %s: %d entries, Go assumes %d", name, got, want)
 		}

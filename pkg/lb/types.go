@@ -5,6 +5,8 @@ import (
 	"net"
 	"net/netip"
 	"time"
+
+	"github.com/mptcp-xdp/mptcp-xdp/pkg/datapath"
 )
 
 // Sizes compiled into the datapath (bpf/include/mx_lb_types.h).
@@ -18,21 +20,22 @@ const (
 )
 
 // Names of the balancer's program and maps; with Config.PinPath they are also the pin names.
+// They are bpf2go's (pkg/datapath), so that a name changed in the C source changes here.
 const (
-	ProgName     = "mptcpx_lb"
-	MapVIPs      = "mptcpx_vips"
-	MapBackends  = "mptcpx_backends"
-	MapRing      = "mptcpx_ring"
-	MapFlows     = "mptcpx_flows"
-	MapTokens    = "mptcpx_tokens"
-	MapPFlows    = "mptcpx_pflows" // flows Maglev cannot find again, kept out of the LRU
-	MapStats     = "mptcpx_lb_stats"
-	MapEvents    = "mptcpx_lb_evts"
-	MapVIPStats  = "mptcpx_lb_vstats" // per-CPU counters per VIP id
-	MapBEStats   = "mptcpx_lb_bstats" // per-CPU counters per backend id
-	DecapProg    = "mptcpx_decap"
-	MapDecapAddr = "mptcpx_dc_addrs"
-	MapDecapStat = "mptcpx_dc_stats"
+	ProgName     = datapath.LbProgMptcpxLb
+	MapVIPs      = datapath.LbMapMptcpxVips
+	MapBackends  = datapath.LbMapMptcpxBackends
+	MapRing      = datapath.LbMapMptcpxRing
+	MapFlows     = datapath.LbMapMptcpxFlows
+	MapTokens    = datapath.LbMapMptcpxTokens
+	MapPFlows    = datapath.LbMapMptcpxPflows // flows Maglev cannot find again, kept out of the LRU
+	MapStats     = datapath.LbMapMptcpxLbStats
+	MapEvents    = datapath.LbMapMptcpxLbEvts
+	MapVIPStats  = datapath.LbMapMptcpxLbVstats // per-CPU counters per VIP id
+	MapBEStats   = datapath.LbMapMptcpxLbBstats // per-CPU counters per backend id
+	DecapProg    = datapath.LbDecapProgMptcpxDecap
+	MapDecapAddr = datapath.LbDecapMapMptcpxDcAddrs
+	MapDecapStat = datapath.LbDecapMapMptcpxDcStats
 )
 
 // Forward is how frames reach a VIP's backends (enum lb_forward).
