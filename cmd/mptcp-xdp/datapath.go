@@ -49,6 +49,21 @@ func listAttachments(nsDir string) ([]loader.Attachment, func(), error) {
 	return atts, unlock, nil
 }
 
+// readLocked runs fn with a loader under the shared lock, so that what it reads from the pins is
+// never an attach or detach half done. Errors of opening and locking say what a reader lacks.
+func readLocked(fn func(l *loader.Loader) error) error {
+	l, err := newLoader()
+	if err != nil {
+		return readError(err)
+	}
+	unlock, err := l.RLock()
+	if err != nil {
+		return readError(err)
+	}
+	defer unlock()
+	return fn(l)
+}
+
 // readError names what a reader lacks when the pins are not its to read.
 func readError(err error) error {
 	if errors.Is(err, fs.ErrPermission) {
@@ -154,18 +169,12 @@ XDP mode, TC mechanism, program ids, map fill and problems; then every balancer 
 (their interfaces, programs and maps) and, without --netns, the host-wide subflow history.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
-			l, err := newLoader()
-			if err != nil {
+			var st *loader.Status
+			if err := readLocked(func(l *loader.Loader) (err error) {
+				st, err = l.Status(selectedNetns(g))
 				return readError(err)
-			}
-			unlock, err := l.RLock()
-			if err != nil {
-				return readError(err)
-			}
-			defer unlock()
-			st, err := l.Status(selectedNetns(g))
-			if err != nil {
-				return readError(err)
+			}); err != nil {
+				return err
 			}
 			return render(cmd, g, st, func(w io.Writer) error {
 				fmt.Fprintln(w, "NETNS\tINTERFACE\tIFINDEX\tINGRESS\tXDP MODE\tEGRESS\tPROGRAMS\tMAPS\tSINCE\tPROBLEMS")

@@ -171,21 +171,12 @@ func pinIndex() (progs map[uint32][]loader.Pin, mapPins map[uint32][]loader.Pin,
 
 // readPins lists the pin registry (of one namespace directory, or all with "") under the shared
 // lock.
-func readPins(nsDir string) ([]loader.Pin, error) {
-	l, err := newLoader()
-	if err != nil {
-		return nil, readError(err)
-	}
-	unlock, err := l.RLock()
-	if err != nil {
-		return nil, readError(err)
-	}
-	defer unlock()
-	pins, err := l.Pins(nsDir)
-	if err != nil {
-		return nil, readError(err)
-	}
-	return pins, nil
+func readPins(nsDir string) (pins []loader.Pin, err error) {
+	err = readLocked(func(l *loader.Loader) error {
+		pins, err = l.Pins(nsDir)
+		return readError(err)
+	})
+	return pins, err
 }
 
 func newMapCmd(g *globalFlags) *cobra.Command {
@@ -265,29 +256,25 @@ mptcpx_meta, mptcpx_hist_cfg).`,
 			return names, cobra.ShellCompDirectiveNoFileComp
 		},
 		RunE: func(cmd *cobra.Command, args []string) error {
-			l, err := newLoader()
-			if err != nil {
-				return readError(err)
-			}
-			unlock, err := l.RLock()
-			if err != nil {
-				return readError(err)
-			}
-			defer unlock()
-			pins, err := l.Pins(selectedNetns(g))
-			if err != nil {
-				return readError(err)
-			}
 			out := []loader.MapDump{}
-			for _, p := range pins {
-				if p.Object != loader.ObjectMap || (p.PinName() != args[0] && p.Name != args[0]) || (iface != "" && p.Interface != iface) {
-					continue
-				}
-				d, err := loader.DumpMap(p)
+			if err := readLocked(func(l *loader.Loader) error {
+				pins, err := l.Pins(selectedNetns(g))
 				if err != nil {
-					return err
+					return readError(err)
 				}
-				out = append(out, d)
+				for _, p := range pins {
+					if p.Object != loader.ObjectMap || (p.PinName() != args[0] && p.Name != args[0]) || (iface != "" && p.Interface != iface) {
+						continue
+					}
+					d, err := loader.DumpMap(p)
+					if err != nil {
+						return err
+					}
+					out = append(out, d)
+				}
+				return nil
+			}); err != nil {
+				return err
 			}
 			if len(out) == 0 {
 				return fmt.Errorf("no pinned map named %q (see `mptcp-xdp map list`)", args[0])
