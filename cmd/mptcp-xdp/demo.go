@@ -50,8 +50,8 @@ MPTcpExt counters. Everything it creates is removed at the end, on failure and o
 			if g.output == "json" {
 				live = cmd.ErrOrStderr()
 			}
-			if lbDemo {
-				res, err := demo.RunLB(ctx, demo.LBOptions{Conns: conns, Forward: forward, Mode: loader.XDPMode(mode), Root: bpffsRoot}, live)
+			// finish renders a lab's result (the figures went to live already).
+			finish := func(res any, err error) error {
 				if err != nil {
 					if ctx.Err() != nil {
 						return fmt.Errorf("interrupted; lab removed")
@@ -62,6 +62,10 @@ MPTcpExt counters. Everything it creates is removed at the end, on failure and o
 					return render(cmd, g, res, nil)
 				}
 				return nil
+			}
+			if lbDemo {
+				res, err := demo.RunLB(ctx, demo.LBOptions{Conns: conns, Forward: forward, Mode: loader.XDPMode(mode), Root: bpffsRoot}, live)
+				return finish(res, err)
 			}
 			res, err := demo.Run(ctx, demo.Options{
 				Duration: duration, RatesMbit: rates, Conns: conns,
@@ -74,16 +78,7 @@ MPTcpExt counters. Everything it creates is removed at the end, on failure and o
 					})
 				},
 			}, live)
-			if err != nil {
-				if ctx.Err() != nil {
-					return fmt.Errorf("interrupted; lab removed")
-				}
-				return err
-			}
-			if g.output == "json" {
-				return render(cmd, g, res, nil)
-			}
-			return nil
+			return finish(res, err)
 		},
 	}
 	cmd.Flags().DurationVar(&duration, "duration", 5*time.Second, "how long to send")
