@@ -202,6 +202,9 @@ func (l *Loader) attachLBKind(o LBAttachOptions, decap bool) (_ *LBMaps, err err
 		if err != nil {
 			return err
 		}
+		if err := checkPinnedLayouts(spec, dir); err != nil {
+			return fmt.Errorf("%w: run lb detach first (it drops every flow and token)", err)
+		}
 		coll, err := ebpf.NewCollectionWithOptions(spec, ebpf.CollectionOptions{Maps: ebpf.MapOptions{PinPath: dir}})
 		if err != nil {
 			if errors.Is(err, ebpf.ErrMapIncompatible) {

@@ -39,6 +39,9 @@ func loadObjects(dir string, xdp, tcIngress, tcEgress bool) (*objects, error) {
 	if !xdp {
 		delete(spec.Programs, datapath.XdpProgMptcpxXdpIn)
 	}
+	if err := checkPinnedLayouts(spec, dir); err != nil {
+		return nil, fmt.Errorf("%w: detach first", err)
+	}
 	coll, err := ebpf.NewCollectionWithOptions(spec, ebpf.CollectionOptions{Maps: ebpf.MapOptions{PinPath: dir}})
 	if err != nil {
 		if errors.Is(err, ebpf.ErrMapIncompatible) {
