@@ -1,7 +1,9 @@
 package lb
 
 import (
+	"errors"
 	"math/rand/v2"
+	"os"
 	"testing"
 	"time"
 
@@ -83,8 +85,37 @@ func collidingKeys(t *testing.T) (uint64, uint64, uint32) {
 	return k1, k2, t1
 }
 
+// collisionIdle is the take-over threshold of TestTokenCollision's balancer: long enough that the
+// collision half (two packets in a row) never crosses it, short enough that no mapping has to be
+// dated further back than the machine has been up.
+const collisionIdle = 2 * time.Second
+
 func TestTokenCollision(t *testing.T) {
-	b := balancer(t)
+	// A balancer of its own, loaded with a short CollisionIdle, and its own event reader.
+	cfg := testConfig
+	cfg.CollisionIdle = collisionIdle
+	b := loadBalancer(t, cfg)
+	evr, err := NewEventReader(b.Maps)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer evr.Close()
+	events := func() []Event {
+		t.Helper()
+		var out []Event
+		for {
+			evr.SetDeadline(time.Now())
+			e, err := evr.Read()
+			if errors.Is(err, os.ErrDeadlineExceeded) {
+				return out
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			out = append(out, e)
+		}
+	}
+	balancer(t) // the shared fixture finds loIfindex, the backends' interface in setup
 	setup(t, b.Maps, vip4, 0, true, ForwardL2, JoinDrop, 3)
 	k1, k2, token := collidingKeys(t)
 	r := rand.New(rand.NewPCG(15, 16))
@@ -96,11 +127,10 @@ func TestTokenCollision(t *testing.T) {
 	before := stats(t, b.Maps)
 	learn(t, b, c1, k1)
 	learn(t, b, c1, k1) // a repeat (MP_CAPABLE + data after the third ACK): no collision
-	ret, out := learn(t, b, c2, k2)
+	ret, _ := learn(t, b, c2, k2)
 	if ret != xdpTX {
 		t.Fatalf("colliding connection's packet: verdict %d", ret)
 	}
-	_ = out
 	d := stats(t, b.Maps).Sub(before)
 	if d[StatTokenLearned] != 1 || d[StatCollision] != 1 || d[StatTokenReplaced] != 0 {
 		t.Errorf("stats moved by %v", d.Map())
@@ -113,15 +143,16 @@ func TestTokenCollision(t *testing.T) {
 	if f := flowOf(t, b.Maps, c2.key()); f.Token != 0 || f.Backend != 2 {
 		t.Errorf("colliding flow %+v: stays on backend 2 without the token", f)
 	}
-	evs := drainEvents(t)
+	evs := events()
 	if len(evs) != 2 || evs[1].Type != EventCollision || evs[1].Token != token || evs[1].Backend != 2 || evs[1].Other != 1 || evs[1].Flow != c2.key() {
 		t.Errorf("events %+v", evs)
 	}
 
-	// Once the first mapping has been idle past the threshold (120 s), the next one takes over.
-	tk.LastSeen = Monotonic() - 10*time.Minute
-	if tk.LastSeen < 0 {
-		t.Skip("machine up for less than 10 minutes")
+	// Once the first mapping has been idle past the threshold, the next one takes over: the
+	// mapping is dated twice the threshold back (the machine has been up longer than that).
+	tk.LastSeen = Monotonic() - 2*collisionIdle
+	if tk.LastSeen <= 0 {
+		t.Fatalf("CLOCK_MONOTONIC is %v: cannot date a mapping %v back", Monotonic(), 2*collisionIdle)
 	}
 	if err := b.PutToken(tk); err != nil {
 		t.Fatal(err)
@@ -140,7 +171,7 @@ func TestTokenCollision(t *testing.T) {
 	if tk, _, _ := b.LookupToken(0, token); tk.Backend != 2 {
 		t.Errorf("token %08x now %+v, want backend 2", token, tk)
 	}
-	if evs := drainEvents(t); len(evs) != 1 || evs[0].Type != EventTokenReplaced || evs[0].Backend != 2 || evs[0].Other != 1 {
+	if evs := events(); len(evs) != 1 || evs[0].Type != EventTokenReplaced || evs[0].Backend != 2 || evs[0].Other != 1 {
 		t.Errorf("events %+v", evs)
 	}
 }
