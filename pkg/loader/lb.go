@@ -22,6 +22,7 @@ import (
 	"path/filepath"
 	"sort"
 	"strings"
+	"time"
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/link"
@@ -202,10 +203,17 @@ func (l *Loader) attachLBKind(o LBAttachOptions, decap bool) (_ *LBMaps, err err
 		if err != nil {
 			return err
 		}
-		if err := checkPinnedLayouts(spec, dir); err != nil {
+		// Maps of another layout are upgraded in place (migrate.go).
+		migs, err := planMigrations(spec, dir)
+		if err != nil {
 			return fmt.Errorf("%w: run lb detach first (it drops every flow and token)", err)
 		}
-		coll, err := ebpf.NewCollectionWithOptions(spec, ebpf.CollectionOptions{Maps: ebpf.MapOptions{PinPath: dir}})
+		defer func() {
+			for _, m := range migs {
+				m.close()
+			}
+		}()
+		coll, err := ebpf.NewCollectionWithOptions(spec, ebpf.CollectionOptions{Maps: ebpf.MapOptions{PinPath: dir}, MapReplacements: replacements(migs)})
 		if err != nil {
 			if errors.Is(err, ebpf.ErrMapIncompatible) {
 				return fmt.Errorf("maps pinned in %s come from an incompatible mptcp-xdp version: run lb detach first: %w", dir, err)
@@ -259,6 +267,18 @@ func (l *Loader) attachLBKind(o LBAttachOptions, decap bool) (_ *LBMaps, err err
 			}
 			if before.mode == metaModeNone {
 				made = append(made, h)
+			}
+		}
+		// The links run the new program on the upgraded maps: copy what the old program wrote
+		// since the first copy, and pin the new maps in place of the old. A run of the old
+		// program that began before its link was updated ends within microseconds (it runs in
+		// an RCU read section): wait well past that first.
+		if len(migs) > 0 {
+			time.Sleep(migrationSettle)
+		}
+		for _, m := range migs {
+			if err := m.finish(); err != nil {
+				return err
 			}
 		}
 		return nil
