@@ -170,20 +170,18 @@ func (m *Maps) flowMaps() []*ebpf.Map {
 }
 
 // ListFlows returns every flow of the flow table and of the protected table (steered joins, flows
-// of draining backends; Flow.Protected).
+// of draining backends; Flow.Protected), each flow of a table once however the datapath changes
+// it meanwhile (walk); a flow that the datapath moves to the protected table during the call may
+// be listed from both.
 func (m *Maps) ListFlows() ([]Flow, error) {
 	var out []Flow
 	for i, mp := range m.flowMaps() {
-		var (
-			k datapath.LbLbFlowKey
-			v datapath.LbLbFlow
-		)
-		it := mp.Iterate()
-		for it.Next(&k, &v) {
-			out = append(out, fromFlow(k, v, i == 1))
-		}
-		if err := it.Err(); err != nil {
-			return nil, fmt.Errorf("iterate flows: %w", err)
+		err := walk(mp, func(k *datapath.LbLbFlowKey, v *datapath.LbLbFlow) error {
+			out = append(out, fromFlow(*k, *v, i == 1))
+			return nil
+		})
+		if err != nil {
+			return nil, fmt.Errorf("list flows: %w", err)
 		}
 	}
 	return out, nil
@@ -256,19 +254,17 @@ func (m *Maps) ProtectFlows(id uint32) (int, error) {
 		return 0, nil
 	}
 	var (
-		k    datapath.LbLbFlowKey
-		v    datapath.LbLbFlow
 		keys []datapath.LbLbFlowKey
 		vals []datapath.LbLbFlow
 	)
-	it := m.Flows.Iterate()
-	for it.Next(&k, &v) {
+	err := walk(m.Flows, func(k *datapath.LbLbFlowKey, v *datapath.LbLbFlow) error {
 		if v.Backend == id {
-			keys, vals = append(keys, k), append(vals, v)
+			keys, vals = append(keys, *k), append(vals, *v)
 		}
-	}
-	if err := it.Err(); err != nil {
-		return 0, fmt.Errorf("iterate flows: %w", err)
+		return nil
+	})
+	if err != nil {
+		return 0, fmt.Errorf("protect flows of backend %d: %w", id, err)
 	}
 	n := 0
 	for i := range keys {
@@ -284,19 +280,16 @@ func (m *Maps) ProtectFlows(id uint32) (int, error) {
 	return n, nil
 }
 
-// ListTokens returns every token mapping.
+// ListTokens returns every token mapping, each once however the datapath changes the table
+// meanwhile (walk).
 func (m *Maps) ListTokens() ([]Token, error) {
-	var (
-		k   datapath.LbLbTokenKey
-		v   datapath.LbLbToken
-		out []Token
-	)
-	it := m.Tokens.Iterate()
-	for it.Next(&k, &v) {
-		out = append(out, fromToken(k, v))
-	}
-	if err := it.Err(); err != nil {
-		return nil, fmt.Errorf("iterate tokens: %w", err)
+	var out []Token
+	err := walk(m.Tokens, func(k *datapath.LbLbTokenKey, v *datapath.LbLbToken) error {
+		out = append(out, fromToken(*k, *v))
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("list tokens: %w", err)
 	}
 	return out, nil
 }
@@ -362,16 +355,12 @@ func readStats(mp *ebpf.Map) (Stats, error) {
 func (m *Maps) ListFlowsCount() (int, error) {
 	n := 0
 	for _, mp := range m.flowMaps() {
-		var (
-			k datapath.LbLbFlowKey
-			v datapath.LbLbFlow
-		)
-		it := mp.Iterate()
-		for it.Next(&k, &v) {
+		err := walk(mp, func(*datapath.LbLbFlowKey, *datapath.LbLbFlow) error {
 			n++
-		}
-		if err := it.Err(); err != nil {
-			return 0, fmt.Errorf("iterate flows: %w", err)
+			return nil
+		})
+		if err != nil {
+			return 0, fmt.Errorf("count flows: %w", err)
 		}
 	}
 	return n, nil
