@@ -33,9 +33,9 @@ func (e *Exporter) collectBalancers(ch chan<- prometheus.Metric) error {
 	return joinErrs(errs)
 }
 
-// collectBalancer exports the balancer pinned in dir, of namespace ns.
+// collectBalancer exports the balancer pinned in dir, of namespace ns, through read-only map fds.
 func collectBalancer(ch chan<- prometheus.Metric, ns, dir string) error {
-	m, err := lb.OpenPinnedMaps(dir)
+	m, err := lb.OpenPinnedMapsReadOnly(dir)
 	if err != nil {
 		return err
 	}
