@@ -49,10 +49,13 @@ func TestTransferCongestionControl(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 	var seen map[string][]string
-	res, err := l.Transfer(ctx, lab.TransferConfig{Duration: 2 * time.Second, Interval: time.Second, CongestionControl: want,
+	res, err := l.Transfer(ctx, lab.TransferConfig{Duration: 3 * time.Second, Interval: 500 * time.Millisecond, CongestionControl: want,
 		OnTick: func(lab.TransferTick) {
-			if seen == nil {
-				seen = map[string][]string{"client": ssCongestion(t, l.Client), "server": ssCongestion(t, l.Server)}
+			// The reading with the most subflows: a tick may come before the join is established
+			// on both ends.
+			now := map[string][]string{"client": ssCongestion(t, l.Client), "server": ssCongestion(t, l.Server)}
+			if len(now["client"])+len(now["server"]) > len(seen["client"])+len(seen["server"]) {
+				seen = now
 			}
 		}})
 	if err != nil {
@@ -60,6 +63,9 @@ func TestTransferCongestionControl(t *testing.T) {
 	}
 	if !res.MPTCP || !res.ChecksumOK {
 		t.Fatalf("transfer: %+v", res)
+	}
+	if seen == nil {
+		t.Fatal("no tick saw an established subflow on either end")
 	}
 	for side, ccs := range seen {
 		// Two subflows (two paths) on each side.
