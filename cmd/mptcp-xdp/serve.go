@@ -17,6 +17,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/mptcp-xdp/mptcp-xdp/pkg/exporter"
+	"github.com/mptcp-xdp/mptcp-xdp/pkg/loader"
 	"github.com/mptcp-xdp/mptcp-xdp/pkg/netns"
 	"github.com/mptcp-xdp/mptcp-xdp/pkg/stats"
 )
@@ -25,6 +26,7 @@ import (
 type serveOptions struct {
 	listen           string
 	webConfig        string
+	healthListen     string
 	netns            []string
 	maxSubflowSeries int
 	tokenLabel       bool
@@ -42,8 +44,9 @@ read when Prometheus scrapes: the counters of every interface the datapath is at
 MPTcpExt counters and the MPTCP connections and subflows (with their tcp_info) of each --netns
 namespace (default: serve's own). Per-subflow series are limited to the --max-subflow-series largest
 subflows by bytes; histograms and totals always cover every subflow. TLS and basic authentication
-come from --web.config.file (the Prometheus exporter-toolkit format). docs/metrics.md lists every
-metric.`,
+come from --web.config.file (the Prometheus exporter-toolkit format); --health-listen serves
+/healthz for probes on an address of its own, plain HTTP: 200 while the pin directories are live,
+503 otherwise. Every pinned map is opened read-only. docs/metrics.md lists every metric.`,
 		Example: "  mptcp-xdp serve\n  mptcp-xdp serve --listen :9464 --web.config.file /etc/mptcp-xdp/web.yml\n  mptcp-xdp serve --netns blue --netns red --max-subflow-series 500",
 		Args:    cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
@@ -55,6 +58,7 @@ metric.`,
 	f := cmd.Flags()
 	f.StringVar(&o.listen, "listen", "127.0.0.1:9464", "address to serve on (host:port; port 0 picks one, logged at start)")
 	f.StringVar(&o.webConfig, "web.config.file", "", "exporter-toolkit web config file enabling TLS and/or basic authentication")
+	f.StringVar(&o.healthListen, "health-listen", "", "also serve "+exporter.HealthPath+" on this address, plain HTTP without --web.config.file's TLS or authentication, for liveness and readiness probes (host:port; it serves no metric); default off")
 	// Shadows the global --netns: serve reads several namespaces at once.
 	f.StringArrayVar(&o.netns, "netns", nil, "network namespace (an 'ip netns' name) whose MPTcpExt counters and subflows to export; repeat for several; default serve's own")
 	f.IntVar(&o.maxSubflowSeries, "max-subflow-series", exporter.DefaultMaxSubflowSeries, "most subflows with per-subflow series (largest by bytes first; the rest are counted in mptcp_xdp_subflow_series_omitted); 0 for none")
@@ -125,28 +129,62 @@ func runServe(ctx context.Context, logOut io.Writer, o serveOptions) error {
 		return fmt.Errorf("listen on %s: %w", o.listen, err)
 	}
 	srv := &http.Server{Handler: handler, ReadHeaderTimeout: 10 * time.Second}
+	errc := make(chan error, 2)
+	var health *http.Server
+	if o.healthListen != "" {
+		hln, err := net.Listen("tcp", o.healthListen)
+		if err != nil {
+			ln.Close()
+			return fmt.Errorf("listen on %s (--health-listen): %w", o.healthListen, err)
+		}
+		l := &loader.Loader{Root: root}
+		health = &http.Server{Handler: exporter.HealthHandler(l.Root, l.LBRoot(), l.HistoryRoot()),
+			ReadHeaderTimeout: 5 * time.Second, ReadTimeout: 5 * time.Second, WriteTimeout: 5 * time.Second}
+		logger.Info("serving health", "address", hln.Addr().String(), "path", exporter.HealthPath)
+		go func() {
+			if err := health.Serve(hln); !errors.Is(err, http.ErrServerClosed) {
+				errc <- fmt.Errorf("serve health on %s: %w", hln.Addr(), err)
+			}
+		}()
+	}
 	logger.Info("serving metrics", "address", ln.Addr().String(), "path", exporter.MetricsPath,
 		"netns", exp.Namespaces(), "max_subflow_series", o.maxSubflowSeries, "version", version)
-	errc := make(chan error, 1)
+	served := make(chan error, 1)
 	go func() {
 		noSystemd := false
-		errc <- web.Serve(ln, srv, &web.FlagConfig{
+		err := web.Serve(ln, srv, &web.FlagConfig{
 			WebListenAddresses: &[]string{o.listen}, WebSystemdSocket: &noSystemd, WebConfigFile: &o.webConfig,
 		}, logger)
+		served <- err
+		if !errors.Is(err, http.ErrServerClosed) {
+			errc <- fmt.Errorf("serve on %s: %w", ln.Addr(), err)
+		}
 	}()
 	select {
 	case err := <-errc:
-		return fmt.Errorf("serve on %s: %w", ln.Addr(), err)
+		if health != nil {
+			health.Close()
+		}
+		srv.Close()
+		return err
 	case <-ctx.Done():
 	}
 	logger.Info("shutting down")
 	sctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	if err := srv.Shutdown(sctx); err != nil {
-		return fmt.Errorf("shut down: %w", err)
+	var errs []error
+	if health != nil {
+		if err := health.Shutdown(sctx); err != nil {
+			errs = append(errs, fmt.Errorf("shut down health: %w", err))
+		}
 	}
-	if err := <-errc; err != nil && !errors.Is(err, http.ErrServerClosed) {
-		return fmt.Errorf("serve on %s: %w", ln.Addr(), err)
+	if err := srv.Shutdown(sctx); err != nil {
+		errs = append(errs, fmt.Errorf("shut down: %w", err))
+	} else if err := <-served; err != nil && !errors.Is(err, http.ErrServerClosed) {
+		errs = append(errs, fmt.Errorf("serve on %s: %w", ln.Addr(), err))
+	}
+	if err := errors.Join(errs...); err != nil {
+		return err
 	}
 	logger.Info("stopped")
 	return nil
