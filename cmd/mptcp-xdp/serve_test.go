@@ -37,6 +37,8 @@ import (
 
 	"github.com/mptcp-xdp/mptcp-xdp/internal/lab"
 	"github.com/mptcp-xdp/mptcp-xdp/internal/testutil"
+	"github.com/mptcp-xdp/mptcp-xdp/pkg/exporter"
+	"github.com/mptcp-xdp/mptcp-xdp/pkg/loader"
 	"github.com/mptcp-xdp/mptcp-xdp/pkg/sockopt"
 )
 
@@ -44,11 +46,17 @@ import (
 // `serve` runs as its own process, so that it can be scraped, signalled and watched exit.
 const serveEnv = "MX_SERVE_CLI"
 
+// serveRootEnv sets the pin root of the CLI run through serveEnv (what tests set bpffsRoot to).
+const serveRootEnv = "MX_SERVE_ROOT"
+
 // TestServeHelperProcess is not a test: it is the `mptcp-xdp serve` process of the serve tests.
 func TestServeHelperProcess(t *testing.T) {
 	args, ok := os.LookupEnv(serveEnv)
 	if !ok {
 		return
+	}
+	if r := os.Getenv(serveRootEnv); r != "" {
+		bpffsRoot = r
 	}
 	root := newRootCmd()
 	root.SetArgs(strings.Split(args, "\x1f"))
@@ -79,19 +87,31 @@ func (l *lockedBuffer) String() string {
 
 // served is a running `mptcp-xdp serve`.
 type served struct {
-	addr string // host:port it listens on
-	cmd  *exec.Cmd
-	log  *lockedBuffer
-	done chan error // the process's exit
+	addr   string // host:port it listens on
+	health string // host:port of --health-listen, if given
+	cmd    *exec.Cmd
+	log    *lockedBuffer
+	done   chan error // the process's exit
 }
 
-var listeningRE = regexp.MustCompile(`msg="serving metrics" address=(\S+)`)
+var (
+	listeningRE = regexp.MustCompile(`msg="serving metrics" address=(\S+)`)
+	healthRE    = regexp.MustCompile(`msg="serving health" address=(\S+)`)
+)
 
 // startServe runs `mptcp-xdp serve --listen 127.0.0.1:0 args...` and waits until it listens. It is
 // stopped (SIGTERM) at the end of the test unless the test stopped it.
 func startServe(t *testing.T, args ...string) *served {
 	t.Helper()
-	cmd := exec.Command(os.Args[0], "-test.run=^TestServeHelperProcess$", "-test.count=1")
+	return startServeWrapped(t, nil, args...)
+}
+
+// startServeWrapped is startServe with serve run by wrap, a command line that ends by executing
+// the rest of its arguments in its own process (setpriv, unshare): signals reach serve itself.
+func startServeWrapped(t *testing.T, wrap []string, args ...string) *served {
+	t.Helper()
+	argv := append(append([]string{}, wrap...), os.Args[0], "-test.run=^TestServeHelperProcess$", "-test.count=1")
+	cmd := exec.Command(argv[0], argv[1:]...)
 	cmd.Env = append(os.Environ(), serveEnv+"="+strings.Join(append([]string{"serve", "--listen", "127.0.0.1:0"}, args...), "\x1f"))
 	s := &served{cmd: cmd, log: &lockedBuffer{}, done: make(chan error, 1)}
 	pr, pw := io.Pipe()
@@ -105,6 +125,9 @@ func startServe(t *testing.T, args ...string) *served {
 		for sc.Scan() {
 			line := sc.Text()
 			fmt.Fprintln(s.log, line)
+			if m := healthRE.FindStringSubmatch(line); m != nil {
+				s.health = m[1] // logged before the metrics line that ends the wait
+			}
 			if m := listeningRE.FindStringSubmatch(line); m != nil {
 				select {
 				case found <- m[1]:
@@ -776,4 +799,180 @@ scrape_configs:
 			}
 		}
 	})
+}
+
+// httpGet returns the status and body of a GET of url through client.
+func httpGet(t *testing.T, client *http.Client, url string) (int, string) {
+	t.Helper()
+	resp, err := client.Get(url)
+	if err != nil {
+		t.Fatalf("GET %s: %v", url, err)
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(resp.Body)
+	if err != nil {
+		t.Fatalf("GET %s: %v", url, err)
+	}
+	return resp.StatusCode, string(body)
+}
+
+// TestServeHealth is --health-listen: probes get an endpoint of their own. With TLS and basic
+// authentication on the metrics port, where a probe without credentials is refused, /healthz on
+// the health address answers 200 over plain HTTP without credentials, and serves no metric. It
+// answers 503 when a pin root is there but is no live bpffs directory: a root that is not on a
+// bpffs, and a root mounted into serve's mount namespace (as the Kubernetes manifest mounts it)
+// whose directory the host then removed, as the last detach does.
+func TestServeHealth(t *testing.T) {
+	testutil.RequireRoot(t)
+	plain := &http.Client{Timeout: 10 * time.Second}
+
+	t.Run("TLS and basic auth on metrics", func(t *testing.T) {
+		root := filepath.Join(testutil.TempBPFFS(t, "mxh2-health-"), "mptcp-xdp")
+		if err := os.Mkdir(root, 0o700); err != nil {
+			t.Fatal(err)
+		}
+		webCfg, caPEM := webConfig(t, "scraper", "s3cret")
+		s := startServe(t, "--bpffs-root", root, "--web.config.file", webCfg, "--health-listen", "127.0.0.1:0")
+		if s.health == "" {
+			t.Fatalf("serve logged no health address:\n%s", s.log.String())
+		}
+		pemBytes, err := os.ReadFile(caPEM)
+		if err != nil {
+			t.Fatal(err)
+		}
+		pool := x509.NewCertPool()
+		pool.AppendCertsFromPEM(pemBytes)
+		secure := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool}}}
+		// What a probe of the metrics port gets without credentials.
+		for _, path := range []string{"/", exporter.MetricsPath} {
+			if code, _ := httpGet(t, secure, "https://"+s.addr+path); code != http.StatusUnauthorized {
+				t.Errorf("metrics port %s without credentials: %d, want 401", path, code)
+			}
+		}
+		if code, body := httpGet(t, plain, "http://"+s.health+exporter.HealthPath); code != http.StatusOK || body != "ok\n" {
+			t.Errorf("health %s: %d %q, want 200 \"ok\\n\"", exporter.HealthPath, code, body)
+		}
+		if code, body := httpGet(t, plain, "http://"+s.health+exporter.MetricsPath); code != http.StatusNotFound || strings.Contains(body, "mptcp_xdp_") {
+			t.Errorf("health address %s: %d %q, want 404 and no metric", exporter.MetricsPath, code, body)
+		}
+	})
+
+	t.Run("root not on a bpffs", func(t *testing.T) {
+		root := t.TempDir()
+		s := startServe(t, "--bpffs-root", root, "--health-listen", "127.0.0.1:0")
+		code, body := httpGet(t, plain, "http://"+s.health+exporter.HealthPath)
+		if code != http.StatusServiceUnavailable || !strings.Contains(body, "pin root "+root+": not on a bpffs") {
+			t.Errorf("health: %d %q, want 503 naming %s as not on a bpffs", code, body, root)
+		}
+	})
+
+	t.Run("root removed on the host", func(t *testing.T) {
+		src := filepath.Join(testutil.TempBPFFS(t, "mxh2-health-"), "mptcp-xdp")
+		if err := os.Mkdir(src, 0o700); err != nil {
+			t.Fatal(err)
+		}
+		dst := filepath.Join(t.TempDir(), "mptcp-xdp") // not on a bpffs until src is mounted on it
+		if err := os.Mkdir(dst, 0o700); err != nil {
+			t.Fatal(err)
+		}
+		wrap := []string{"unshare", "--mount", "--propagation", "private",
+			"sh", "-c", `mount --bind "$1" "$2" && shift 2 && exec "$@"`, "sh", src, dst}
+		s := startServeWrapped(t, wrap, "--bpffs-root", dst, "--health-listen", "127.0.0.1:0")
+		if code, body := httpGet(t, plain, "http://"+s.health+exporter.HealthPath); code != http.StatusOK {
+			t.Fatalf("health with %s mounted on %s: %d %q, want 200", src, dst, code, body)
+		}
+		if err := os.Remove(src); err != nil {
+			t.Fatal(err)
+		}
+		code, body := httpGet(t, plain, "http://"+s.health+exporter.HealthPath)
+		if code != http.StatusServiceUnavailable || !strings.Contains(body, "pin root "+dst+": removed") {
+			t.Errorf("health after the host removed %s: %d %q, want 503 naming %s as removed", src, code, body, dst)
+		}
+	})
+}
+
+// TestServeReadOnlyPins shows that serve opens every pinned map it reads through a read-only fd.
+// The datapath and a balancer are attached under a private root, every map pin is made 0400, and
+// serve runs without CAP_DAC_OVERRIDE (setpriv), as root: a read-write open of those pins is then
+// refused (a writer, `lb backend drain`, fails), a read-only one is not. Links keep their mode: the
+// kernel has no read-only fd for a link (BPF_F_RDONLY on one is EINVAL). The scrape must hold the
+// datapath's and the balancer's series, with the datapath source (which reads both) up.
+func TestServeReadOnlyPins(t *testing.T) {
+	testutil.RequireRoot(t)
+	if _, err := exec.LookPath("setpriv"); err != nil {
+		t.Fatalf("setpriv is not installed (util-linux): %v", err)
+	}
+	root := filepath.Join(testutil.TempBPFFS(t, "mxh2-ro-"), "mptcp-xdp")
+	saved := bpffsRoot
+	bpffsRoot = root
+	t.Cleanup(func() { bpffsRoot = saved })
+	ld, err := loader.New(root)
+	if err != nil {
+		t.Fatal(err)
+	}
+	l := testutil.NewLab(t, lab.Config{Prefix: fmt.Sprintf("mxh2r%04x", os.Getpid()&0xffff), Paths: 2})
+	dpIf, lbIf := l.Paths[0].ServerIf, l.Paths[1].ServerIf
+	if _, err := cliRun("--netns", l.Server, "attach", dpIf); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if _, err := cliRun("--netns", l.Server, "detach", dpIf); err != nil {
+			t.Errorf("cleanup: %v", err)
+		}
+	})
+	m, err := ld.AttachLB(loader.LBAttachOptions{Netns: l.Server, Ifaces: []string{lbIf}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	m.Close()
+	t.Cleanup(func() {
+		if err := ld.DetachLB(l.Server); err != nil {
+			t.Errorf("cleanup: %v", err)
+		}
+	})
+	pins, err := ld.Pins("")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var chmodded []string
+	for _, p := range pins {
+		if p.Object == loader.ObjectMap {
+			if err := os.Chmod(p.Path, 0o400); err != nil {
+				t.Fatal(err)
+			}
+			chmodded = append(chmodded, p.Path)
+		}
+	}
+	if len(chmodded) < 12 {
+		t.Fatalf("only %d map pins: %v", len(chmodded), chmodded)
+	}
+	noDAC := []string{"setpriv", "--bounding-set", "-dac_override,-dac_read_search"}
+
+	// The control: the same process setup cannot open the pins for writing.
+	argv := append(append([]string{}, noDAC...), os.Args[0], "-test.run=^TestServeHelperProcess$", "-test.count=1")
+	w := exec.Command(argv[0], argv[1:]...)
+	w.Env = append(os.Environ(), serveRootEnv+"="+root,
+		serveEnv+"="+strings.Join([]string{"--netns", l.Server, "lb", "backend", "drain", "192.0.2.1"}, "\x1f"))
+	if out, err := w.CombinedOutput(); err == nil || !strings.Contains(string(out), "permission denied") {
+		t.Fatalf("lb backend drain without CAP_DAC_OVERRIDE on 0400 pins: %v, want permission denied:\n%s", err, out)
+	}
+
+	s := startServeWrapped(t, noDAC, "--bpffs-root", root)
+	code, body := httpGet(t, &http.Client{Timeout: 10 * time.Second}, "http://"+s.addr+exporter.MetricsPath)
+	if code != http.StatusOK {
+		t.Fatalf("scrape: %d", code)
+	}
+	for _, want := range []string{
+		`mptcp_xdp_scrape_up{netns="",source="datapath"} 1`,
+		fmt.Sprintf(`mptcp_xdp_datapath_packets_total{direction="ingress",interface=%q,kind="mptcp",netns=%q}`, dpIf, l.Server),
+		`mptcp_xdp_lb_table_capacity{`,
+		`mptcp_xdp_lb_datapath_total{`,
+	} {
+		if !strings.Contains(body, want) {
+			t.Errorf("scrape has no %s", want)
+		}
+	}
+	if t.Failed() {
+		t.Logf("serve's log:\n%s", s.log.String())
+	}
 }
