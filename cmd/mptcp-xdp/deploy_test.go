@@ -11,11 +11,16 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"sort"
+	"strconv"
 	"strings"
 	"testing"
 
 	"gopkg.in/yaml.v3"
+
+	"github.com/mptcp-xdp/mptcp-xdp/pkg/exporter"
+	"github.com/mptcp-xdp/mptcp-xdp/pkg/loader"
 )
 
 const deployDir = "../../deploy"
@@ -307,5 +312,194 @@ func TestDeployGrafanaDashboard(t *testing.T) {
 	sort.Strings(names)
 	if len(names) == 0 {
 		t.Fatal("no metric rows found in docs/metrics.md")
+	}
+}
+
+// podSpec is the part of a DaemonSet's pod template that TestDeployKubernetesServe checks.
+type podSpec struct {
+	InitContainers []podContainer `yaml:"initContainers"`
+	Containers     []podContainer `yaml:"containers"`
+	Volumes        []struct {
+		Name     string `yaml:"name"`
+		HostPath *struct {
+			Path string `yaml:"path"`
+			Type string `yaml:"type"`
+		} `yaml:"hostPath"`
+		EmptyDir any `yaml:"emptyDir"`
+	} `yaml:"volumes"`
+}
+
+type podContainer struct {
+	Name  string   `yaml:"name"`
+	Args  []string `yaml:"args"`
+	Ports []struct {
+		Name          string `yaml:"name"`
+		ContainerPort int    `yaml:"containerPort"`
+	} `yaml:"ports"`
+	LivenessProbe  *probe `yaml:"livenessProbe"`
+	ReadinessProbe *probe `yaml:"readinessProbe"`
+	VolumeMounts   []struct {
+		Name             string `yaml:"name"`
+		MountPath        string `yaml:"mountPath"`
+		ReadOnly         bool   `yaml:"readOnly"`
+		MountPropagation string `yaml:"mountPropagation"`
+	} `yaml:"volumeMounts"`
+}
+
+type probe struct {
+	HTTPGet *struct {
+		Path   string `yaml:"path"`
+		Port   any    `yaml:"port"`
+		Scheme string `yaml:"scheme"`
+	} `yaml:"httpGet"`
+}
+
+// TestDeployKubernetesServe checks the exporter's container of the Kubernetes manifest: its probes
+// reach --health-listen's /healthz over plain HTTP (the metrics port may require TLS and basic
+// authentication, which a probe does not present), and it mounts only mptcp-xdp's pin directories,
+// read-only, each at its path on the host, on an empty /sys/fs/bpf (the container's /sys is a
+// sysfs of its own, where no mount point can be created), never the host's whole bpffs.
+func TestDeployKubernetesServe(t *testing.T) {
+	b, err := os.ReadFile(filepath.Join(deployDir, "kubernetes/mptcp-xdp.yaml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var spec *podSpec
+	dec := yaml.NewDecoder(bytes.NewReader(b))
+	for {
+		var doc struct {
+			Kind string `yaml:"kind"`
+			Spec struct {
+				Template struct {
+					Spec podSpec `yaml:"spec"`
+				} `yaml:"template"`
+			} `yaml:"spec"`
+		}
+		if err := dec.Decode(&doc); errors.Is(err, io.EOF) {
+			break
+		} else if err != nil {
+			t.Fatal(err)
+		}
+		if doc.Kind == "DaemonSet" {
+			spec = &doc.Spec.Template.Spec
+		}
+	}
+	if spec == nil {
+		t.Fatal("no DaemonSet in the manifest")
+	}
+	hostPaths := map[string]string{} // volume -> host path
+	emptyDirs := map[string]bool{}
+	for _, v := range spec.Volumes {
+		if v.HostPath != nil {
+			hostPaths[v.Name] = filepath.Clean(v.HostPath.Path)
+			if v.HostPath.Type != "Directory" && v.HostPath.Type != "DirectoryOrCreate" {
+				t.Errorf("volume %s: hostPath type %q, want Directory or DirectoryOrCreate", v.Name, v.HostPath.Type)
+			}
+		}
+		if v.EmptyDir != nil {
+			emptyDirs[v.Name] = true
+		}
+	}
+	ld := &loader.Loader{Root: loader.DefaultRoot}
+	roots := []string{ld.Root, ld.LBRoot(), ld.HistoryRoot()}
+	bpffs := filepath.Dir(loader.DefaultRoot)
+
+	found := false
+	for _, c := range spec.Containers {
+		if len(c.Args) == 0 || c.Args[0] != "serve" {
+			continue
+		}
+		found = true
+		cmd, _, err := newRootCmd().Find(c.Args)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := cmd.ParseFlags(c.Args[1:]); err != nil {
+			t.Fatalf("serve %v: %v", c.Args[1:], err)
+		}
+		flag := func(name string) string { return cmd.Flags().Lookup(name).Value.String() }
+		if r := flag("bpffs-root"); r != "" {
+			t.Errorf("serve --bpffs-root %s: the manifest keeps the default root, %s", r, loader.DefaultRoot)
+		}
+		port := func(addr string) string {
+			i := strings.LastIndex(addr, ":")
+			if i < 0 {
+				return ""
+			}
+			return addr[i+1:]
+		}
+		metricsPort, healthPort := port(flag("listen")), port(flag("health-listen"))
+		if healthPort == "" || healthPort == "0" {
+			t.Errorf("serve has no --health-listen with a fixed port (%q)", flag("health-listen"))
+		}
+		if healthPort == metricsPort {
+			t.Errorf("--health-listen port %s is the metrics port", healthPort)
+		}
+		named := map[string]string{} // port name -> number
+		for _, p := range c.Ports {
+			named[p.Name] = strconv.Itoa(p.ContainerPort)
+		}
+		for what, p := range map[string]*probe{"livenessProbe": c.LivenessProbe, "readinessProbe": c.ReadinessProbe} {
+			if p == nil || p.HTTPGet == nil {
+				t.Errorf("serve has no %s httpGet", what)
+				continue
+			}
+			g := p.HTTPGet
+			num := fmt.Sprint(g.Port)
+			if n, ok := named[num]; ok {
+				num = n
+			}
+			if g.Path != exporter.HealthPath || num != healthPort || (g.Scheme != "" && g.Scheme != "HTTP") {
+				t.Errorf("%s: %s %s port %v (%s), want HTTP %s on the --health-listen port %s", what, g.Scheme, g.Path, g.Port, num, exporter.HealthPath, healthPort)
+			}
+		}
+
+		mounted := map[string]bool{} // root -> mounted
+		view := false                // an emptyDir on /sys/fs/bpf
+		for _, m := range c.VolumeMounts {
+			mp := filepath.Clean(m.MountPath)
+			if mp == bpffs && emptyDirs[m.Name] {
+				view = true
+				continue
+			}
+			hp, ok := hostPaths[m.Name]
+			if !ok {
+				if strings.HasPrefix(mp+"/", bpffs+"/") {
+					t.Errorf("mount %s at %s: not a host directory", m.Name, mp)
+				}
+				continue
+			}
+			if hp == "/" || strings.HasPrefix(bpffs+"/", hp+"/") { // the bpffs or a directory above it
+				t.Errorf("mount %s: the host's %s, which holds every tool's pins", m.Name, hp)
+				continue
+			}
+			if !strings.HasPrefix(hp, bpffs+"/") {
+				continue // not bpffs
+			}
+			if !slices.Contains(roots, hp) {
+				t.Errorf("mount %s: host %s is not a pin root of mptcp-xdp (%v)", m.Name, hp, roots)
+			}
+			if !m.ReadOnly {
+				t.Errorf("mount %s of %s is not readOnly", m.Name, hp)
+			}
+			if m.MountPropagation == "Bidirectional" {
+				t.Errorf("mount %s of %s propagates mounts back to the host", m.Name, hp)
+			}
+			if mp != hp {
+				t.Errorf("mount %s: host %s at %s, want the same path (serve's default root)", m.Name, hp, mp)
+			}
+			mounted[hp] = true
+		}
+		for _, r := range roots {
+			if !mounted[r] {
+				t.Errorf("serve does not mount the pin root %s", r)
+			}
+		}
+		if len(mounted) > 0 && !view {
+			t.Errorf("serve mounts pin directories under %s without an emptyDir at %s to hold their mount points", bpffs, bpffs)
+		}
+	}
+	if !found {
+		t.Fatal("no container runs mptcp-xdp serve")
 	}
 }
