@@ -29,6 +29,10 @@ type Spec struct {
 	Mode     loader.XDPMode   // native (auto) or generic (only when asked: docs/lb.md)
 	Force    bool             // replace another tool's netlink-attached XDP program, put back by Detach
 	Config   lb.Config        // the balancer program's load-time settings (PinPath is the loader's)
+	// Config.HashSeed (lb.HashSeed.Datapath of a seed file) 0 keeps the seed the attached program
+	// runs with, or on a first attach the published default (with a warning); a seed other than
+	// the running one is refused with ErrHashSeedChange unless Rehash is set (seed.go).
+	Rehash bool
 }
 
 // Open opens the balancer pinned for a network namespace and reads its backend set back. Close it
@@ -109,6 +113,9 @@ func Attach(ctx context.Context, l *loader.Loader, s Spec) (_ *Balancer, err err
 		return nil, err
 	}
 	defer unlock()
+	if s.Config, err = hashSeedFor(l, s); err != nil {
+		return nil, err
+	}
 	m, err := l.AttachLBLocked(loader.LBAttachOptions{Netns: s.Netns, Ifaces: s.Ifaces, Mode: s.Mode, Force: s.Force, Config: s.Config})
 	if err != nil {
 		return nil, err
