@@ -29,10 +29,10 @@ func hashSeedFor(l *loader.Loader, s Spec) (lb.Config, error) {
 		return cfg, fmt.Errorf("read the running balancer's hash seed (to keep it): %w", err)
 	}
 	switch {
-	case !ok && cfg.HashSeed == 0:
+	case cfg.HashSeed == 0 && (!ok || running == lb.DefaultHashSeed):
 		slog.Warn("no hash seed given: flows are placed by the published default seed, so a client can choose its backend; " +
 			"give every balancer of a fleet the same seed file (lb attach --hash-seed-file, docs/lb.md)")
-	case ok && cfg.HashSeed == 0:
+	case cfg.HashSeed == 0:
 		cfg.HashSeed = running // keep it: an attach that adds an interface re-places nothing
 	case ok && cfg.HashSeed != running && !s.Rehash:
 		// Neither seed is printed: the error may end up in logs.

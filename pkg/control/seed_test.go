@@ -104,6 +104,10 @@ func TestAttachHashSeed(t *testing.T) {
 	if !strings.Contains(logs.String(), "no hash seed given") {
 		t.Errorf("first attach without a seed: no warning logged:\n%s", logs.String())
 	}
+	step("again without a seed", 0, false, nil, lb.DefaultHashSeed)
+	if !strings.Contains(logs.String(), "no hash seed given") {
+		t.Errorf("attach without a seed to a balancer of the default seed: no warning logged:\n%s", logs.String())
+	}
 	step("a seed file on a balancer of the default seed", seedA, false, control.ErrHashSeedChange, lb.DefaultHashSeed)
 	step("the same with --rehash", seedA, true, nil, seedA)
 	step("again without a seed", 0, false, nil, seedA)
