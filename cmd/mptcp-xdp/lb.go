@@ -74,6 +74,8 @@ func newLBAttachCmd(g *globalFlags) *cobra.Command {
 		forward, unknown, mode string
 		steering, force        bool
 		resolveTimeout         time.Duration
+		seedFile               string
+		rehash                 bool
 	)
 	cmd := &cobra.Command{
 		Use:   "attach IFACE...",
@@ -83,11 +85,25 @@ attach) and attaches it to every IFACE, keeping interfaces attached before. Each
 (ADDR:PORT, [V6]:PORT); each --backend (ADDR[,weight=N]) is resolved to its next hop from the
 kernel's routing and neighbour tables. Attaching again adds interfaces, VIPs and backends, or
 changes a VIP's policy, without interrupting steering. Only the policy flags given change an
-existing VIP; the others keep its current values (a new VIP takes the defaults shown).`,
-		Example: `  mptcp-xdp --netns lb lb attach l0 l1 --vip 10.0.0.10:80 --backend 10.2.0.2 --backend 10.2.1.2,weight=2
+existing VIP; the others keep its current values (a new VIP takes the defaults shown).
+
+--hash-seed-file names a file of 32 hexadecimal digits (openssl rand -hex 16 > FILE; chmod 600 FILE),
+the secret of the 5-tuple hash: give every balancer of a fleet the same file. Without it an attach
+keeps the seed the balancer runs, and a first attach uses the published default (a client can then
+choose its backend). A seed other than the running one re-places every flow the flow tables do not
+hold: it is refused unless --rehash is given. See docs/lb.md, "Hash seed".`,
+		Example: `  mptcp-xdp --netns lb lb attach l0 l1 --vip 10.0.0.10:80 --backend 10.2.0.2 --backend 10.2.1.2,weight=2 --hash-seed-file /etc/mptcp-xdp/lb-seed
   mptcp-xdp lb attach eth0 --vip [2001:db8::10]:443 --backend 2001:db8:1::2 --forward ipip`,
 		Args: cobra.MinimumNArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
+			var cfg lb.Config
+			if cmd.Flags().Changed("hash-seed-file") {
+				seed, err := lb.ReadHashSeedFile(seedFile)
+				if err != nil {
+					return fmt.Errorf("--hash-seed-file: %w", err)
+				}
+				cfg.HashSeed = seed.Datapath()
+			}
 			if err := loader.CheckPrivileges(g.netns != ""); err != nil {
 				return err
 			}
@@ -130,7 +146,7 @@ existing VIP; the others keep its current values (a new VIP takes the defaults s
 			ctx, cancel := context.WithTimeout(cmd.Context(), resolveTimeout)
 			defer cancel()
 			b, err := control.Attach(ctx, l, control.Spec{Netns: g.netns, Ifaces: args, VIPs: addrs, Policy: pol,
-				Backends: specs, Mode: loader.XDPMode(mode), Force: force})
+				Backends: specs, Mode: loader.XDPMode(mode), Force: force, Config: cfg, Rehash: rehash})
 			if err != nil {
 				return err
 			}
@@ -146,6 +162,9 @@ existing VIP; the others keep its current values (a new VIP takes the defaults s
 	cmd.Flags().StringVar(&mode, "mode", "auto", "XDP mode: auto (native only: the balancer runs in generic mode only when asked, docs/lb.md), native or generic")
 	cmd.Flags().BoolVar(&force, "force", false, "replace another tool's XDP program attached through netlink (never one held by a bpf_link); lb detach puts it back")
 	cmd.Flags().DurationVar(&resolveTimeout, "resolve-timeout", 5*time.Second, "how long to wait for a backend's neighbour to resolve")
+	cmd.Flags().StringVar(&seedFile, "hash-seed-file", "", "file of 32 hex digits, the secret seed of the 5-tuple hash (the same file on every balancer of a fleet; not readable by other users); without it the running seed is kept, or on a first attach the published default")
+	cmd.Flags().BoolVar(&rehash, "rehash", false, "allow --hash-seed-file to change the seed the balancer runs (re-places every flow the flow tables do not hold)")
+	_ = cmd.MarkFlagFilename("hash-seed-file")
 	for f, vals := range map[string][]string{"forward": {"l2", "ipip"}, "unknown-join": {"drop", "hash", "pass"}, "mode": {"auto", "native", "generic"}} {
 		_ = cmd.RegisterFlagCompletionFunc(f, fixedCompletion(vals))
 	}
