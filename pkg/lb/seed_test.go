@@ -1,6 +1,8 @@
 package lb
 
 import (
+	"bytes"
+	"encoding/binary"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
@@ -12,6 +14,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/cilium/ebpf"
 	"github.com/google/gopacket/layers"
 )
 
@@ -229,5 +232,46 @@ func TestHashSeedPlacement(t *testing.T) {
 	}
 	if got, _ := ProgramHashSeed(a1.Program); got == DefaultHashSeed {
 		t.Error("a configured balancer runs the published default seed")
+	}
+}
+
+// The seed of a configured balancer is in no pinned map (only in the program's .rodata, which is
+// not pinned), so nothing that reads the pins (the exporter, lb status, map dump) can publish it.
+func TestHashSeedNotPinned(t *testing.T) {
+	seed := mustSeed(t, testSeedA).Datapath()
+	dir, err := os.MkdirTemp("/sys/fs/bpf", "mxh4-seed-")
+	if err != nil {
+		t.Fatalf("bpffs directory: %v", err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	cfg := testConfig
+	cfg.PinPath, cfg.MaxVIPs, cfg.HashSeed = dir, 1, seed
+	b := loadBalancer(t, cfg)
+	balancer(t) // the shared fixture finds loIfindex, the backends' interface in setup
+	setup(t, b.Maps, vip4, 0, true, ForwardL2, JoinDrop, 3)
+	placements(t, b, 50) // flows in the table, counters moved
+	if got, err := ProgramHashSeed(b.Program); err != nil || got != seed {
+		t.Fatalf("the program runs seed %08x (%v), want the configured one", got, err)
+	}
+	var le, be [4]byte
+	binary.LittleEndian.PutUint32(le[:], seed)
+	binary.BigEndian.PutUint32(be[:], seed)
+	ents, err := os.ReadDir(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, e := range ents {
+		mp, err := ebpf.LoadPinnedMap(filepath.Join(dir, e.Name()), &ebpf.LoadPinOptions{ReadOnly: true})
+		if err != nil {
+			t.Fatalf("open pinned %s: %v", e.Name(), err)
+		}
+		if mp.Type() != ebpf.RingBuf {
+			for _, raw := range rawEntries(t, mp) {
+				if bytes.Contains(raw, le[:]) || bytes.Contains(raw, be[:]) {
+					t.Errorf("pinned map %s holds the hash seed in entry % x", e.Name(), raw)
+				}
+			}
+		}
+		mp.Close()
 	}
 }
