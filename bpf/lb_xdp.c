@@ -109,8 +109,10 @@ static __always_inline void lb_scan_opts(__u8 *opts, __u32 optlen, void *data_en
 		}
 		off = next;
 	}
-	/* Out of iterations before the end of the options: what lies further is unknown. */
-	mp->unwalked = 1;
+	/* Out of iterations before the end of the options: what lies further is unknown. The last
+	 * iteration may have reached the end exactly (40 NOPs, say): then all was walked. */
+	if ((lb_launder(scr, off) & 0x3f) < optlen)
+		mp->unwalked = 1;
 }
 
 /* Record token -> backend for the connection of flow fk, whose server key is rkey. Returns the
@@ -425,10 +427,17 @@ int mptcpx_lb(struct xdp_md *ctx)
 		/* A draining backend's flow cannot be found by Maglev again: protect it. */
 		if (!prot && (be->flags & LB_BACKEND_DRAINING)) {
 			struct lb_flow pf = *f;
+			struct lb_flow *pp = NULL;
 			if (bpf_map_update_elem(&mptcpx_pflows, &fk, &pf, BPF_NOEXIST))
 				lb_count(st, LB_STAT_INSERT_FAILED);
 			else
+				pp = bpf_map_lookup_elem(&mptcpx_pflows, &fk);
+			if (pp) {
+				/* What this packet changes below (a token learned) goes to the copy. */
 				bpf_map_delete_elem(&mptcpx_flows, &fk);
+				f = pp;
+				prot = 1;
+			}
 		}
 	} else if (steering && mp.kind == LB_MP_JOIN) {
 		struct lb_token_key tk = {.vip_id = vip->id, .token = mp.token};
