@@ -97,6 +97,7 @@ Attaching again updates the programs in place and keeps the counters.`,
 			if err != nil {
 				return err
 			}
+			warnPrivateBPFFS(cmd.ErrOrStderr(), l.Root)
 			return render(cmd, g, a, func(w io.Writer) error {
 				fmt.Fprintf(w, "attached to %s (netns %s): %s\n", a.Interface, a.Netns, describeHooks(*a))
 				return nil

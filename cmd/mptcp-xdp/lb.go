@@ -151,6 +151,7 @@ hold: it is refused unless --rehash is given. See docs/lb.md, "Hash seed".`,
 				return err
 			}
 			defer b.Close()
+			warnPrivateBPFFS(cmd.ErrOrStderr(), l.LBRoot())
 			return renderLBStatus(cmd, g, b)
 		},
 	}
