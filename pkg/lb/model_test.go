@@ -16,6 +16,11 @@ package lb_test
 //     wire: RFC 4291 §2.5.5.2; a backend's TCP drops them);
 //   - the TCP header, options included, must lie inside the frame (not inside the IP length);
 //   - the IPv4 outer header of ipip has id 0 and no DF bit; IPv6's flow label is the 5-tuple's hash.
+//
+// Not modelled, because the harness never reaches it: the ipip MTU check and what follows it (ICMP
+// too big, passing), since the egress devices are lo (MTU 65536) and interfaces that do not exist;
+// BIG TCP's zero IP lengths, which need frames over 65,535 bytes (the harness's are at most
+// maxFrame); generic XDP (the program is loaded for native XDP).
 
 import (
 	"encoding/binary"
