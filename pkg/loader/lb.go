@@ -18,6 +18,7 @@ package loader
 import (
 	"errors"
 	"fmt"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"sort"
@@ -315,10 +316,12 @@ func fillDecapAddrs(m *ebpf.Map) error {
 		return fmt.Errorf("list addresses: %w", err)
 	}
 	for _, a := range addrs {
-		var k [16]byte
-		copy(k[:], a.IP.To16())
-		if err := m.Put(k, uint32(0)); err != nil {
-			return fmt.Errorf("decapsulator address %s: %w", a.IP, err)
+		addr, ok := netip.AddrFromSlice(a.IP)
+		if !ok {
+			continue
+		}
+		if err := lb.PutDecapAddr(m, addr.Unmap()); err != nil {
+			return err
 		}
 	}
 	return nil
