@@ -84,7 +84,7 @@ func newAttachCmd(g *globalFlags) *cobra.Command {
 /sys/fs/bpf/mptcp-xdp/<netns>/<iface>/, so that they keep counting after the command exits.
 Attaching again updates the programs in place and keeps the counters.`,
 		Example: "  mptcp-xdp attach eth0\n  mptcp-xdp --netns lab attach veth1 --mode generic --ingress tc",
-		Args:    cobra.ExactArgs(1),
+		Args:    ifaceArgs(cobra.ExactArgs(1)),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			l, err := privilegedLoader(g)
 			if err != nil {
@@ -140,8 +140,9 @@ func newDetachCmd(g *globalFlags) *cobra.Command {
 	return &cobra.Command{
 		Use:   "detach IFACE",
 		Short: "Detach the datapath from an interface and remove everything it made",
-		Long:  "Detach removes the links, filters, the clsact qdisc if mptcp-xdp added it, and the pins of IFACE.",
-		Args:  cobra.ExactArgs(1),
+		Long: `Detach removes the links, filters, the clsact qdisc if mptcp-xdp added it, and the pins of IFACE.
+It removes only the pins mptcp-xdp makes: another file in the pin directory is left, and reported.`,
+		Args: ifaceArgs(cobra.ExactArgs(1)),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			l, err := privilegedLoader(g)
 			if err != nil {
@@ -155,6 +156,22 @@ func newDetachCmd(g *globalFlags) *cobra.Command {
 				return nil
 			})
 		},
+	}
+}
+
+// ifaceArgs checks the positional arguments with check, then each as an interface name
+// (loader.ValidIfaceName), before anything runs.
+func ifaceArgs(check cobra.PositionalArgs) cobra.PositionalArgs {
+	return func(cmd *cobra.Command, args []string) error {
+		if err := check(cmd, args); err != nil {
+			return err
+		}
+		for _, a := range args {
+			if err := loader.ValidIfaceName(a); err != nil {
+				return err
+			}
+		}
+		return nil
 	}
 }
 

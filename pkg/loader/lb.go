@@ -121,6 +121,9 @@ func (l *Loader) OpenLB(netnsName string) (*LBMaps, error) {
 // on the first attach) and attaches it to every interface given and every interface it was already
 // attached to, updating those links in place so that steering never stops. It returns the maps.
 func (l *Loader) AttachLB(o LBAttachOptions) (*LBMaps, error) {
+	if err := o.validNames(); err != nil {
+		return nil, err
+	}
 	unlock, err := l.Lock()
 	if err != nil {
 		return nil, err
@@ -132,12 +135,18 @@ func (l *Loader) AttachLB(o LBAttachOptions) (*LBMaps, error) {
 // AttachLBLocked is AttachLB for a caller that holds l.Lock() already, so that attaching and
 // configuring the balancer (pkg/control.Attach) is one locked operation.
 func (l *Loader) AttachLBLocked(o LBAttachOptions) (*LBMaps, error) {
+	if err := o.validNames(); err != nil {
+		return nil, err
+	}
 	return l.attachLBKind(o, false)
 }
 
 // AttachDecap attaches the backends' decapsulator (ipip mode) to interfaces, accepting outer
 // packets to any address the namespace has now.
 func (l *Loader) AttachDecap(o LBAttachOptions) error {
+	if err := o.validNames(); err != nil {
+		return err
+	}
 	unlock, err := l.Lock()
 	if err != nil {
 		return err
@@ -359,11 +368,13 @@ func lbHook(dir, iface string, lnk netlink.Link) xdpHook {
 }
 
 // DetachLB removes the balancer of a namespace: every link, every pin (maps, flows, tokens), and the
-// directories left empty. The balancer's traffic goes back to the kernel's routing.
+// directories left empty. The balancer's traffic goes back to the kernel's routing. When the named
+// namespace is gone, its stale pins are removed. Only pins mptcp-xdp makes are removed: anything
+// else is left with its directory and reported as a *ForeignFilesError.
 func (l *Loader) DetachLB(netnsName string) error { return l.detachLBKind(netnsName, nil, false) }
 
 // DetachDecap removes the decapsulator from ifaces (all of them when empty); the last one removes its
-// maps too.
+// maps too. A gone namespace and foreign files are handled as by DetachLB.
 func (l *Loader) DetachDecap(netnsName string, ifaces []string) error {
 	return l.detachLBKind(netnsName, ifaces, true)
 }
@@ -373,16 +384,29 @@ func (l *Loader) detachLBKind(netnsName string, ifaces []string, decap bool) err
 	if err != nil {
 		return err
 	}
+	if err := validIfaceNames(ifaces); err != nil {
+		return err
+	}
+	gone := netnsName != "" && !netns.Exists(netnsName)
+	if gone && !staleNetnsDir(nsDir) {
+		return fmt.Errorf("network namespace %q does not exist (see `ip netns list`)", netnsName)
+	}
+	dir, what := l.LBDir(nsDir), "balancer"
+	if decap {
+		dir, what = l.DecapDir(nsDir), "decapsulator"
+	}
+	if err := under(l.LBRoot(), dir); err != nil {
+		return err
+	}
 	unlock, err := l.Lock()
 	if err != nil {
 		return err
 	}
 	defer unlock()
-	dir, what := l.LBDir(nsDir), "balancer"
-	if decap {
-		dir, what = l.DecapDir(nsDir), "decapsulator"
-	}
 	if _, err := os.Stat(dir); err != nil {
+		if gone {
+			return fmt.Errorf("detach %s: %w: network namespace %q does not exist (see `ip netns list`) and left no pins", what, ErrLBNotAttached, netnsName)
+		}
 		return fmt.Errorf("detach %s: %w in network namespace %s", what, ErrLBNotAttached, nsDir)
 	}
 	attached := attachedIfaces(dir)
@@ -395,7 +419,12 @@ func (l *Loader) detachLBKind(netnsName string, ifaces []string, decap bool) err
 		ifaces = attached
 	}
 	var errs []error
-	err = netns.Do(netnsName, func() error {
+	if gone {
+		// The namespace is gone, and its interfaces with it: only the pins are left.
+		for _, i := range ifaces {
+			_ = lbHook(dir, i, nil).detach()
+		}
+	} else if err := netns.Do(netnsName, func() error {
 		for _, i := range ifaces {
 			lnk, _ := netlink.LinkByName(i) // nil when gone: the attachment went with it
 			if err := lbHook(dir, i, lnk).detach(); err != nil {
@@ -403,18 +432,13 @@ func (l *Loader) detachLBKind(netnsName string, ifaces []string, decap bool) err
 			}
 		}
 		return nil
-	})
-	if err != nil && netns.Exists(netnsName) {
+	}); err != nil {
 		return fmt.Errorf("detach %s: %w", what, err)
 	}
-	if err != nil {
-		// The namespace is gone, and its interfaces with it: only the pins are left.
-		for _, i := range ifaces {
-			_ = lbHook(dir, i, nil).detach()
-		}
-	}
 	if len(attachedIfaces(dir)) == 0 {
-		removePins(dir)
+		if left := removePins(dir); len(left) > 0 {
+			errs = append(errs, fmt.Errorf("detach %s: removed mptcp-xdp's pins, but %w", what, &ForeignFilesError{Dir: dir, Names: left}))
+		}
 		l.removeLBDirs(dir)
 	}
 	return errors.Join(errs...)

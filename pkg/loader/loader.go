@@ -92,11 +92,15 @@ func EnsureBPFFS(dir string) error {
 	return nil
 }
 
-// NetnsDir is the directory name for a network namespace: its `ip netns` name, "host" for the
-// initial namespace, or "ns-<inode>" for an unnamed one the caller is in.
+// NetnsDir is the directory name for a network namespace: its `ip netns` name (checked with
+// ValidNetnsName), "host" for the initial namespace, or "ns-<inode>" for an unnamed one the caller
+// is in.
 func NetnsDir(name string) (string, error) {
 	if name != "" {
-		return name, netns.Validate(name)
+		if err := ValidNetnsName(name); err != nil {
+			return "", err
+		}
+		return name, nil
 	}
 	self, err := netns.Inode("")
 	if err != nil {
@@ -117,7 +121,8 @@ func NetnsDir(name string) (string, error) {
 	return "ns-" + strconv.FormatUint(self, 10), nil
 }
 
-// IfaceDir is the pin directory of one interface.
+// IfaceDir is the pin directory of one interface. Both names must be valid (NetnsDir,
+// ValidIfaceName): IfaceDir joins them as they are, and Detach checks them before it removes anything.
 func (l *Loader) IfaceDir(netnsDir, iface string) string {
 	return filepath.Join(l.Root, netnsDir, iface)
 }

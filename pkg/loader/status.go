@@ -84,8 +84,13 @@ func (l *Loader) describePins(nsDir, iface string, pins []Pin) Attachment {
 	dir := l.IfaceDir(nsDir, iface)
 	a := Attachment{Netns: nsDir, Interface: iface, PinDir: dir, Programs: []Program{}, Maps: []MapInfo{}}
 	meta, ok := loadPinnedMeta(dir)
-	if !ok {
+	foreign := foreignFiles(dir)
+	if !ok && (len(pins) > 0 || len(foreign) == 0) {
 		a.Problems = append(a.Problems, "no attach state pinned (interrupted attach?): run detach")
+	}
+	if len(foreign) > 0 {
+		a.Problems = append(a.Problems, fmt.Sprintf("the pin directory holds files mptcp-xdp did not make (%s): detach leaves them and the directory",
+			strings.Join(foreign, ", ")))
 	}
 	a.Ifindex = int(meta.Ifindex)
 	a.Ingress = map[uint32]string{metaIngressXDP: "xdp", metaIngressTC: "tc"}[meta.Ingress]
