@@ -13,6 +13,7 @@ import (
 	"github.com/mptcp-xdp/mptcp-xdp/pkg/loader"
 	"github.com/mptcp-xdp/mptcp-xdp/pkg/maps"
 	"github.com/mptcp-xdp/mptcp-xdp/pkg/mptcp"
+	"github.com/mptcp-xdp/mptcp-xdp/pkg/netns"
 )
 
 // bpffsRoot can be changed by tests; operators keep the default.
@@ -141,8 +142,10 @@ func newDetachCmd(g *globalFlags) *cobra.Command {
 		Use:   "detach IFACE",
 		Short: "Detach the datapath from an interface and remove everything it made",
 		Long: `Detach removes the links, filters, the clsact qdisc if mptcp-xdp added it, and the pins of IFACE.
+With --netns naming a namespace that no longer exists, it removes the stale pins that namespace left.
 It removes only the pins mptcp-xdp makes: another file in the pin directory is left, and reported.`,
-		Args: ifaceArgs(cobra.ExactArgs(1)),
+		Args:              ifaceArgs(cobra.ExactArgs(1)),
+		PersistentPreRunE: netnsMayBeGone(g, nil),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			l, err := privilegedLoader(g)
 			if err != nil {
@@ -172,6 +175,21 @@ func ifaceArgs(check cobra.PositionalArgs) cobra.PositionalArgs {
 			}
 		}
 		return nil
+	}
+}
+
+// netnsMayBeGone is the PersistentPreRunE of the commands that remove stale pins (detach, lb
+// detach, lb decap --detach): the root command's checks, except that while removing() (always,
+// when nil) the named network namespace may be gone. Its pins are then what is left to remove.
+func netnsMayBeGone(g *globalFlags, removing func() bool) func(*cobra.Command, []string) error {
+	return func(cmd *cobra.Command, args []string) error {
+		if g.netns == "" || (removing != nil && !removing()) || netns.Exists(g.netns) {
+			return cmd.Root().PersistentPreRunE(cmd, args)
+		}
+		if err := loader.ValidNetnsName(g.netns); err != nil {
+			return err
+		}
+		return validateOutput(g.output)
 	}
 }
 

@@ -176,7 +176,10 @@ func newLBDetachCmd(g *globalFlags) *cobra.Command {
 	return &cobra.Command{
 		Use:   "detach",
 		Short: "Detach the balancer from every interface and remove its maps and pins",
-		Args:  cobra.NoArgs,
+		Long: `Detach removes the balancer's links and pins; with --netns naming a namespace that no longer
+exists, the stale pins that namespace left. Only pins mptcp-xdp makes are removed.`,
+		Args:              cobra.NoArgs,
+		PersistentPreRunE: netnsMayBeGone(g, nil),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			l, err := privilegedLoader(g)
 			if err != nil {
@@ -357,6 +360,7 @@ tunnel drivers. It decapsulates packets to the addresses the namespace has when 
 			})
 		},
 	}
+	cmd.PersistentPreRunE = netnsMayBeGone(g, func() bool { return detach }) // --detach removes a gone namespace's pins
 	cmd.Flags().BoolVar(&detach, "detach", false, "detach from the interfaces instead")
 	cmd.Flags().StringVar(&mode, "mode", "auto", "XDP mode: auto (native, else generic), native or generic")
 	cmd.Flags().BoolVar(&force, "force", false, "replace another tool's XDP program attached through netlink (never one held by a bpf_link); --detach puts it back")

@@ -86,7 +86,7 @@ func (l *Loader) describePins(nsDir, iface string, pins []Pin) Attachment {
 	meta, ok := loadPinnedMeta(dir)
 	foreign := foreignFiles(dir)
 	if !ok && (len(pins) > 0 || len(foreign) == 0) {
-		a.Problems = append(a.Problems, "no attach state pinned (interrupted attach?): run detach")
+		a.Problems = append(a.Problems, "no attach state pinned (interrupted attach?): run "+detachAdvice(nsDir, iface))
 	}
 	if len(foreign) > 0 {
 		a.Problems = append(a.Problems, fmt.Sprintf("the pin directory holds files mptcp-xdp did not make (%s): detach leaves them and the directory",
@@ -139,17 +139,29 @@ func checkInterface(nsDir, iface string, ifindex int) string {
 			return "" // cannot look into the host namespace from here
 		}
 	} else if !netns.Exists(name) {
-		return "network namespace " + nsDir + " is gone: run detach to remove the stale pins"
+		return "network namespace " + nsDir + " is gone: run " + detachAdvice(nsDir, iface) + " to remove the stale pins"
 	}
 	problem := ""
 	_ = netns.Do(name, func() error {
 		lnk, err := netlink.LinkByIndex(ifindex)
 		if err != nil || lnk.Attrs().Name != iface {
-			problem = fmt.Sprintf("interface %s (index %d) is gone: run detach to remove the stale pins", iface, ifindex)
+			problem = fmt.Sprintf("interface %s (index %d) is gone: run %s to remove the stale pins", iface, ifindex, detachAdvice(nsDir, iface))
 		}
 		return nil
 	})
 	return problem
+}
+
+// detachAdvice is the command that detaches iface of the namespace directory nsDir, in backquotes:
+// the one the CLI takes (a named namespace's, gone or not, with --netns).
+func detachAdvice(nsDir, iface string) string {
+	switch {
+	case nsDir == HostNetns:
+		return "`mptcp-xdp detach " + iface + "`"
+	case strings.HasPrefix(nsDir, "ns-"): // an unnamed namespace, which only its own processes can name
+		return "`mptcp-xdp detach " + iface + "` inside that network namespace"
+	}
+	return "`mptcp-xdp --netns " + nsDir + " detach " + iface + "`"
 }
 
 func progName(id uint32) string {
