@@ -195,3 +195,23 @@ struct lb_event {
 	struct lb_flow_key flow;
 	__u64 ts_ns;
 };
+
+/* --- the backends' decapsulator (lb_decap.c) --- */
+
+/* What an outer address is to the decapsulator: the value of mptcpx_dc_addrs (flags may combine). */
+enum lb_dc_addr_flags {
+	LB_DC_ADDR_LOCAL = 1 << 0,    /* an address of this host: IPIP to it is decapsulated */
+	LB_DC_ADDR_BALANCER = 1 << 1, /* a balancer's outer source address: IPIP from it is accepted */
+};
+
+/* Per-CPU counters of the decapsulator (one entry). Every frame counts in packets and, if it is
+ * IPv4 or IPv6 carrying IPv4 or IPv6, in at most one of the others; all but decap are passed
+ * untouched. */
+struct lb_decap_stats {
+	__u64 packets;        /* every frame seen */
+	__u64 decap;          /* decapsulated: inner packet passed up the stack */
+	__u64 malformed;      /* the inner header is not what the outer one says, or is cut short */
+	__u64 refused_dst;    /* outer destination not an address of this host (LB_DC_ADDR_LOCAL) */
+	__u64 refused_source; /* outer source not a balancer's (LB_DC_ADDR_BALANCER) */
+	__u64 refused_inner;  /* inner packet not an unfragmented TCP segment to a VIP (mptcpx_dc_vips) */
+};

@@ -410,3 +410,47 @@ static __always_inline void mx_commit(struct mx_counters *c, struct mx_result *r
 		if (seen & (1 << i))
 			c->options[i] += r->classes[i] * n;
 }
+
+/* What mx_ip_tcp_dst found. */
+enum mx_ip_dst {
+	MX_IP_DST_TCP = 0,       /* an unfragmented TCP segment: addr and port are set */
+	MX_IP_DST_OTHER = 1,     /* another protocol, a fragment, or IPv6 extension headers */
+	MX_IP_DST_MALFORMED = 2, /* a broken IP header, or the headers run past the frame */
+};
+
+/* The destination of the IP packet at ip (no link-layer header before it), of IP version v (4 or
+ * 6): its address (IPv4 as ::ffff:a.b.c.d) and TCP destination port, as the balancer's VIP lookup
+ * sees them. An IPv4 header may carry options; an IPv6 header carries TCP directly, since the
+ * balancer forwards no IPv6 extension header and no fragment. Pure, like the rest of this file. */
+static __always_inline int mx_ip_tcp_dst(void *ip, void *data_end, int v, __u8 addr[16], __be16 *port)
+{
+	struct tcphdr *th;
+
+	if (v == 4) {
+		struct iphdr *iph = ip;
+		if ((void *)(iph + 1) > data_end)
+			return MX_IP_DST_MALFORMED;
+		__u32 ihl = iph->ihl * 4;
+		if (iph->version != 4 || ihl < sizeof(*iph) || ip + ihl > data_end)
+			return MX_IP_DST_MALFORMED;
+		if (iph->protocol != IPPROTO_TCP_ || (iph->frag_off & bpf_htons(0x3fff)))
+			return MX_IP_DST_OTHER; /* MF set or an offset: a fragment */
+		__builtin_memset(addr, 0, 10);
+		addr[10] = 0xff;
+		addr[11] = 0xff;
+		__builtin_memcpy(addr + 12, &iph->daddr, 4);
+		th = ip + ihl;
+	} else {
+		struct ipv6hdr *ip6 = ip;
+		if ((void *)(ip6 + 1) > data_end || ip6->version != 6)
+			return MX_IP_DST_MALFORMED;
+		if (ip6->nexthdr != IPPROTO_TCP_)
+			return MX_IP_DST_OTHER;
+		__builtin_memcpy(addr, &ip6->daddr, 16);
+		th = (void *)(ip6 + 1);
+	}
+	if ((void *)(th + 1) > data_end)
+		return MX_IP_DST_MALFORMED;
+	*port = th->dest;
+	return MX_IP_DST_TCP;
+}

@@ -324,47 +324,106 @@ func newLBStatusCmd(g *globalFlags) *cobra.Command {
 func newLBDecapCmd(g *globalFlags) *cobra.Command {
 	var detach, force bool
 	var mode string
+	var balancers, vips []string
 	cmd := &cobra.Command{
-		Use:   "decap IFACE...",
-		Short: "Attach (or --detach) the backends' decapsulator of ipip mode",
+		Use:   "decap [IFACE...]",
+		Short: "Attach (or --detach, or show) the backends' decapsulator of ipip mode",
 		Long: `Decap attaches, on a backend, an XDP program that strips the outer IPv4/IPv6 header the balancer
 adds in ipip mode and passes the inner packet up the stack: for kernels built without ipip/ip6tnl
-tunnel drivers. It decapsulates packets to the addresses the namespace has when it is attached.`,
-		Args: cobra.MinimumNArgs(1),
+tunnel drivers. It decapsulates only packets to the addresses the namespace has when it is
+attached, from a --balancer address (the balancer's source address toward this backend, lb status's
+src_addr), carrying a TCP segment to a --vip (ADDR:PORT, or ADDR for every port); it passes
+anything else untouched, counted by why. Both flags are required; each decap replaces the lists
+of the one before. Without IFACE it shows the decapsulator: interfaces, lists and counters.`,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			l, err := privilegedLoader(g)
 			if err != nil {
 				return err
 			}
-			if detach {
+			switch {
+			case detach && len(args) == 0:
+				return errors.New("lb decap --detach: name the interfaces to detach from")
+			case detach && (len(balancers) > 0 || len(vips) > 0):
+				return errors.New("lb decap --detach takes no --balancer or --vip")
+			case detach:
 				err = l.DetachDecap(g.netns, args)
-			} else {
-				err = l.AttachDecap(loader.LBAttachOptions{Netns: g.netns, Ifaces: args, Mode: loader.XDPMode(mode), Force: force})
-			}
-			if err != nil {
-				return err
-			}
-			links, err := l.LBLinks(g.netns, true)
-			if errors.Is(err, loader.ErrLBNotAttached) {
-				links, err = []loader.LBLink{}, nil
-			}
-			if err != nil {
-				return err
-			}
-			return render(cmd, g, map[string]any{"decap": links}, func(w io.Writer) error {
-				fmt.Fprintln(w, "INTERFACE\tIFINDEX\tXDP MODE\tVIA\tPROG\tPROBLEM")
-				for _, ll := range links {
-					fmt.Fprintf(w, "%s\t%d\t%s\t%s\t%d\t%s\n", ll.Interface, ll.Ifindex, orDash(ll.XDPMode), ll.Mechanism, ll.ProgID, orDash(ll.Problem))
+			case len(args) > 0:
+				o := loader.LBAttachOptions{Netns: g.netns, Ifaces: args, Mode: loader.XDPMode(mode), Force: force}
+				if o.DecapBalancers, o.DecapVIPs, err = parseDecapAllow(balancers, vips); err != nil {
+					return err
 				}
-				return nil
-			})
+				if err = l.AttachDecap(o); errors.Is(err, loader.ErrDecapAllowEmpty) {
+					return errDecapAllowEmpty
+				}
+			case len(balancers) > 0 || len(vips) > 0:
+				return errors.New("lb decap: --balancer and --vip need the interfaces to attach to")
+			}
+			if err != nil {
+				return err
+			}
+			st, err := l.DecapStatus(g.netns)
+			if errors.Is(err, loader.ErrDecapNotAttached) && len(args) > 0 {
+				// Detached from the last interface: nothing left to show.
+				return render(cmd, g, map[string]any{"decap": []loader.LBLink{}}, func(io.Writer) error { return nil })
+			}
+			if err != nil {
+				return err
+			}
+			return render(cmd, g, st, func(w io.Writer) error { return renderDecap(w, st) })
 		},
 	}
 	cmd.PersistentPreRunE = netnsMayBeGone(g, func() bool { return detach }) // --detach removes a gone namespace's pins
 	cmd.Flags().BoolVar(&detach, "detach", false, "detach from the interfaces instead")
 	cmd.Flags().StringVar(&mode, "mode", "auto", "XDP mode: auto (native, else generic), native or generic")
 	cmd.Flags().BoolVar(&force, "force", false, "replace another tool's XDP program attached through netlink (never one held by a bpf_link); --detach puts it back")
+	cmd.Flags().StringArrayVar(&balancers, "balancer", nil, "source address of a balancer allowed to send IPIP here (its address toward this backend), repeatable; required")
+	cmd.Flags().StringArrayVar(&vips, "vip", nil, "inner destination allowed, ADDR:PORT ([V6]:PORT) or ADDR for every port, repeatable; required")
 	return cmd
+}
+
+// errDecapAllowEmpty is lb decap's loader.ErrDecapAllowEmpty, in the flags' words.
+var errDecapAllowEmpty = errors.New("lb decap: give the balancers' source addresses (--balancer ADDR) and the VIPs (--vip ADDR[:PORT]): IPIP is decapsulated only from those, to those")
+
+// parseDecapAllow reads lb decap's --balancer and --vip flags.
+func parseDecapAllow(balancers, vips []string) ([]netip.Addr, []netip.AddrPort, error) {
+	var bs []netip.Addr
+	for _, s := range balancers {
+		a, err := netip.ParseAddr(s)
+		if err != nil {
+			return nil, nil, fmt.Errorf("--balancer %q: not an IP address", s)
+		}
+		bs = append(bs, a.Unmap())
+	}
+	var vs []netip.AddrPort
+	for _, s := range vips {
+		v, err := lb.ParseDecapVIP(s)
+		if err != nil {
+			return nil, nil, fmt.Errorf("--vip: %w", err)
+		}
+		vs = append(vs, v)
+	}
+	return bs, vs, nil
+}
+
+// renderDecap is lb decap's table: the interfaces, then the allowlist and the counters.
+func renderDecap(w io.Writer, st *loader.DecapStatus) error {
+	fmt.Fprintln(w, "INTERFACE\tIFINDEX\tXDP MODE\tVIA\tPROG\tPROBLEM")
+	for _, ll := range st.Interfaces {
+		fmt.Fprintf(w, "%s\t%d\t%s\t%s\t%d\t%s\n", ll.Interface, ll.Ifindex, orDash(ll.XDPMode), ll.Mechanism, ll.ProgID, orDash(ll.Problem))
+	}
+	list := func(s []string) string {
+		if len(s) == 0 {
+			return "-"
+		}
+		return strings.Join(s, " ")
+	}
+	fmt.Fprintf(w, "\nbalancers:\t%s\n", list(st.Balancers))
+	fmt.Fprintf(w, "vips:\t%s\n", list(st.VIPs))
+	fmt.Fprintf(w, "local:\t%s\n", list(st.Local))
+	c := st.Stats
+	fmt.Fprintf(w, "counters:\tpackets %d, decap %d, malformed %d, refused_dst %d, refused_source %d, refused_inner %d\n",
+		c.Packets, c.Decap, c.Malformed, c.RefusedDst, c.RefusedSource, c.RefusedInner)
+	return nil
 }
 
 func newLBRunCmd(g *globalFlags) *cobra.Command {

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"math/rand/v2"
+	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -180,7 +181,8 @@ func TestPins(t *testing.T) {
 			t.Errorf("cleanup: %v", err)
 		}
 	})
-	if err := ld.AttachDecap(loader.LBAttachOptions{Netns: cli, Ifaces: []string{"cli1"}}); err != nil {
+	if err := ld.AttachDecap(loader.LBAttachOptions{Netns: cli, Ifaces: []string{"cli1"},
+		DecapBalancers: []netip.Addr{netip.MustParseAddr("10.9.0.1")}, DecapVIPs: []netip.AddrPort{netip.MustParseAddrPort("10.0.0.10:80")}}); err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() {

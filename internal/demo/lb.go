@@ -91,7 +91,8 @@ func RunLB(ctx context.Context, o LBOptions, live io.Writer) (res *LBResult, err
 	}
 	if fwd == lb.ForwardIPIP {
 		for _, b := range l.Backends {
-			if err := ld.AttachDecap(loader.LBAttachOptions{Netns: b.Netns, Ifaces: []string{b.If}, Mode: o.Mode}); err != nil {
+			if err := ld.AttachDecap(loader.LBAttachOptions{Netns: b.Netns, Ifaces: []string{b.If}, Mode: o.Mode,
+				DecapBalancers: []netip.Addr{b.LBIP4}, DecapVIPs: []netip.AddrPort{vip}}); err != nil {
 				return nil, err
 			}
 			defer func() { err = errors.Join(err, ld.DetachDecap(b.Netns, nil)) }()

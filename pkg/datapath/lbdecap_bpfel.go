@@ -13,9 +13,29 @@ import (
 	"github.com/cilium/ebpf"
 )
 
-type LbDecapLbStats struct {
+type LbDecapLbDcAddrFlags uint32
+
+const (
+	LbDecapLbDcAddrFlagsLB_DC_ADDR_LOCAL    LbDecapLbDcAddrFlags = 1
+	LbDecapLbDcAddrFlagsLB_DC_ADDR_BALANCER LbDecapLbDcAddrFlags = 2
+)
+
+type LbDecapLbDecapStats struct {
+	_             structs.HostLayout
+	Packets       uint64
+	Decap         uint64
+	Malformed     uint64
+	RefusedDst    uint64
+	RefusedSource uint64
+	RefusedInner  uint64
+}
+
+type LbDecapLbVipKey struct {
 	_     structs.HostLayout
-	Count [20]uint64
+	Addr  [16]uint8
+	Port  uint16
+	Proto uint8
+	Pad   uint8
 }
 
 // Names of all BPF objects in the ELF.
@@ -24,6 +44,7 @@ type LbDecapLbStats struct {
 const (
 	LbDecapMapMptcpxDcAddrs = "mptcpx_dc_addrs"
 	LbDecapMapMptcpxDcStats = "mptcpx_dc_stats"
+	LbDecapMapMptcpxDcVips  = "mptcpx_dc_vips"
 	LbDecapProgMptcpxDecap  = "mptcpx_decap"
 	LbDecapVarLbDecapAnyDst = "lb_decap_any_dst"
 )
@@ -79,6 +100,7 @@ type LbDecapProgramSpecs struct {
 type LbDecapMapSpecs struct {
 	MptcpxDcAddrs *ebpf.MapSpec `ebpf:"mptcpx_dc_addrs"`
 	MptcpxDcStats *ebpf.MapSpec `ebpf:"mptcpx_dc_stats"`
+	MptcpxDcVips  *ebpf.MapSpec `ebpf:"mptcpx_dc_vips"`
 }
 
 // LbDecapVariableSpecs contains global variables before they are loaded into the kernel.
@@ -110,12 +132,14 @@ func (o *LbDecapObjects) Close() error {
 type LbDecapMaps struct {
 	MptcpxDcAddrs *ebpf.Map `ebpf:"mptcpx_dc_addrs"`
 	MptcpxDcStats *ebpf.Map `ebpf:"mptcpx_dc_stats"`
+	MptcpxDcVips  *ebpf.Map `ebpf:"mptcpx_dc_vips"`
 }
 
 func (m *LbDecapMaps) Close() error {
 	return _LbDecapClose(
 		m.MptcpxDcAddrs,
 		m.MptcpxDcStats,
+		m.MptcpxDcVips,
 	)
 }
 

@@ -1,71 +1,63 @@
 package lb
 
 // The decapsulator loaded on its own, for the packet tests of this package; programs attach
-// through pkg/loader.
+// through pkg/loader, which writes its maps through the same DecapMaps.SetAllow.
 
 import (
 	"errors"
 	"fmt"
-	"net/netip"
 
 	"github.com/cilium/ebpf"
 
 	"github.com/mptcp-xdp/mptcp-xdp/pkg/datapath"
 )
 
-// DecapConfig is what is fixed when a backend's decapsulator is loaded.
+// DecapConfig is what is fixed when a test loads the decapsulator.
 type DecapConfig struct {
-	// AnyDst decapsulates whatever the outer destination; otherwise only packets to an address
-	// added with AddAddr.
+	// AnyDst decapsulates whatever the outer destination (lb_decap_any_dst, which the loader
+	// never sets); otherwise only packets to a DecapAllow.Local address.
 	AnyDst bool
 }
 
-// Decap is the backend-side XDP program of ipip mode (attach it to the backend's interfaces
-// facing the balancer): it strips the outer header and passes the inner packet up the stack.
+// Decap is the decapsulator loaded without pins, for packet tests; its maps are written through
+// DecapMaps.SetAllow, as the loader writes them.
 type Decap struct {
 	Program *ebpf.Program
-	Addrs   *ebpf.Map
-	Stats   *ebpf.Map
+	*DecapMaps
 }
 
-// LoadDecap loads the decapsulator.
+// LoadDecap loads the decapsulator, with an empty allowlist.
 func LoadDecap(cfg DecapConfig) (*Decap, error) {
-	spec, err := datapath.LoadLbDecap()
+	spec, err := DecapSpec(false)
 	if err != nil {
-		return nil, fmt.Errorf("load decap spec: %w", err)
+		return nil, err
 	}
 	if cfg.AnyDst {
 		if err := spec.Variables[datapath.LbDecapVarLbDecapAnyDst].Set(uint8(1)); err != nil {
 			return nil, fmt.Errorf("set lb_decap_any_dst: %w", err)
 		}
 	}
-	var objs datapath.LbDecapObjects
-	if err := spec.LoadAndAssign(&objs, nil); err != nil {
+	coll, err := ebpf.NewCollection(spec)
+	if err != nil {
 		var ve *ebpf.VerifierError
 		if errors.As(err, &ve) {
 			return nil, fmt.Errorf("load decap program: %+v", ve)
 		}
 		return nil, fmt.Errorf("load decap program: %w", err)
 	}
-	return &Decap{Program: objs.MptcpxDecap, Addrs: objs.MptcpxDcAddrs, Stats: objs.MptcpxDcStats}, nil
-}
-
-// AddAddr makes packets to a decapsulated (an address of this backend, the outer destination the
-// balancer uses).
-func (d *Decap) AddAddr(a netip.Addr) error { return PutDecapAddr(d.Addrs, a) }
-
-// DeleteAddr stops decapsulating packets to a.
-func (d *Decap) DeleteAddr(a netip.Addr) error {
-	if err := d.Addrs.Delete(addr16(a)); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
-		return fmt.Errorf("delete decap address %s: %w", a, err)
+	maps, err := DecapMapsOf(coll)
+	if err != nil {
+		coll.Close()
+		return nil, err
 	}
-	return nil
+	d := &Decap{Program: coll.Programs[DecapProg], DecapMaps: maps}
+	delete(coll.Programs, DecapProg) // d owns them now
+	for _, name := range []string{MapDecapAddr, MapDecapVIPs, MapDecapStat} {
+		delete(coll.Maps, name)
+	}
+	coll.Close() // the .rodata map, held by the program
+	return d, nil
 }
-
-// ReadStats sums the per-CPU counters (StatPackets, StatDecap, StatMalformed move).
-func (d *Decap) ReadStats() (Stats, error) { return readStats(d.Stats) }
 
 // Close releases the program and its maps.
-func (d *Decap) Close() error {
-	return errors.Join(d.Program.Close(), d.Addrs.Close(), d.Stats.Close())
-}
+func (d *Decap) Close() error { return errors.Join(d.Program.Close(), d.DecapMaps.Close()) }

@@ -104,18 +104,23 @@ func TestForwardIPIP(t *testing.T) {
 				t.Fatalf("decap verdict %d", ret)
 			}
 			checkBytes(t, "not our address: untouched", out, got[:len(out)])
-			if err := d.AddAddr(be.Addr); err != nil {
+			allow := DecapAllow{Local: []netip.Addr{be.Addr}, Balancers: []netip.Addr{be.SrcAddr}, VIPs: []netip.AddrPort{tc.vip}}
+			if err := d.SetAllow(allow); err != nil {
 				t.Fatal(err)
 			}
-			defer d.DeleteAddr(be.Addr)
+			defer d.SetAllow(DecapAllow{})
 			ret, got = run(t, d.Program, out)
 			if ret != xdpPass {
 				t.Fatalf("decap verdict %d", ret)
 			}
 			checkBytes(t, "decapsulated", decapped, got)
 			dAfter, _ := d.ReadStats()
-			if dd := dAfter.Sub(dBefore); dd[StatPackets] != 2 || dd[StatDecap] != 1 {
-				t.Errorf("decap stats moved by %v", dd.Map())
+			if dd := dAfter.Sub(dBefore); dd.Packets != 2 || dd.Decap != 1 || dd.RefusedDst != 1 {
+				t.Errorf("decap stats moved by %+v", dd)
+			}
+			allow.Local = nil
+			if err := anyDst.SetAllow(allow); err != nil {
+				t.Fatal(err)
 			}
 			_, got = run(t, anyDst.Program, out)
 			checkBytes(t, "decapsulated (any destination)", decapped, got)
@@ -132,6 +137,9 @@ func TestDecapPassesOthers(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { d.Close() })
+	if err := d.SetAllow(DecapAllow{Balancers: []netip.Addr{testBackend(1, false, 1).SrcAddr}, VIPs: []netip.AddrPort{vip4}}); err != nil {
+		t.Fatal(err)
+	}
 	r := rand.New(rand.NewPCG(19, 20))
 	plain := segment{src: clientAddr(r, vip4), dst: vip4, ack: true}.frame(t)
 	bad := ipipOut(t, segment{src: clientAddr(r, vip4), dst: vip4, ack: true}, testBackend(1, false, 1))

@@ -30,7 +30,6 @@ import (
 	"github.com/cilium/ebpf/rlimit"
 	"github.com/vishvananda/netlink"
 
-	"github.com/mptcp-xdp/mptcp-xdp/pkg/datapath"
 	"github.com/mptcp-xdp/mptcp-xdp/pkg/lb"
 	"github.com/mptcp-xdp/mptcp-xdp/pkg/netns"
 )
@@ -64,6 +63,12 @@ type LBAttachOptions struct {
 	// Config of the balancer's program (hash seed, timeouts, table sizes); ignored by the
 	// decapsulator. Its PinPath is the balancer's directory.
 	Config lb.Config
+	// The decapsulator's allowlist (ignored by the balancer), both required: it decapsulates an
+	// outer packet to an address the namespace has at attach time only from one of
+	// DecapBalancers (the balancers' source addresses toward it) and only when it carries a TCP
+	// segment to one of DecapVIPs (port 0: every port). Each attach replaces the previous lists.
+	DecapBalancers []netip.Addr
+	DecapVIPs      []netip.AddrPort
 }
 
 // LBMaps are the pinned maps of one balancer, opened: the datapath's (pkg/lb) and the control
@@ -142,10 +147,14 @@ func (l *Loader) AttachLBLocked(o LBAttachOptions) (*LBMaps, error) {
 }
 
 // AttachDecap attaches the backends' decapsulator (ipip mode) to interfaces, accepting outer
-// packets to any address the namespace has now.
+// packets to any address the namespace has now, from o.DecapBalancers, carrying TCP to
+// o.DecapVIPs (ErrDecapAllowEmpty without either).
 func (l *Loader) AttachDecap(o LBAttachOptions) error {
 	if err := o.validNames(); err != nil {
 		return err
+	}
+	if len(o.DecapBalancers) == 0 || len(o.DecapVIPs) == 0 {
+		return ErrDecapAllowEmpty
 	}
 	unlock, err := l.Lock()
 	if err != nil {
@@ -234,7 +243,7 @@ func (l *Loader) attachLBKind(o LBAttachOptions, decap bool) (_ *LBMaps, err err
 		prog := coll.Programs[lb.ProgName]
 		if decap {
 			prog = coll.Programs[lb.DecapProg]
-			if err := fillDecapAddrs(coll.Maps[lb.MapDecapAddr]); err != nil {
+			if err := writeDecapAllow(coll, o); err != nil {
 				return err
 			}
 		} else {
@@ -307,33 +316,7 @@ func lbSpec(decap bool, cfg lb.Config, dir string) (*ebpf.CollectionSpec, error)
 		cfg.PinPath = dir
 		return lb.Spec(cfg)
 	}
-	spec, err := datapath.LoadLbDecap()
-	if err != nil {
-		return nil, fmt.Errorf("read embedded decapsulator object: %w", err)
-	}
-	for _, name := range []string{lb.MapDecapAddr, lb.MapDecapStat} {
-		spec.Maps[name].Pinning = ebpf.PinByName
-	}
-	return spec, nil
-}
-
-// fillDecapAddrs puts every address of the namespace (IPv4 as ::ffff:a.b.c.d) in the
-// decapsulator's address map.
-func fillDecapAddrs(m *ebpf.Map) error {
-	addrs, err := netlink.AddrList(nil, netlink.FAMILY_ALL)
-	if err != nil {
-		return fmt.Errorf("list addresses: %w", err)
-	}
-	for _, a := range addrs {
-		addr, ok := netip.AddrFromSlice(a.IP)
-		if !ok {
-			continue
-		}
-		if err := lb.PutDecapAddr(m, addr.Unmap()); err != nil {
-			return err
-		}
-	}
-	return nil
+	return lb.DecapSpec(true)
 }
 
 func contains(s []string, v string) bool {

@@ -158,7 +158,7 @@ func TestDecapAttachDetach(t *testing.T) {
 	ld := tempLoader(t)
 	l := testutil.NewLab(t, lab.Config{Paths: 2})
 	ns := l.Server
-	if err := ld.AttachDecap(loader.LBAttachOptions{Netns: ns, Ifaces: []string{"srv0", "srv1"}}); err != nil {
+	if err := ld.AttachDecap(loader.LBAttachOptions{Netns: ns, Ifaces: []string{"srv0", "srv1"}, DecapBalancers: testDecapBalancers, DecapVIPs: testDecapVIPs}); err != nil {
 		t.Fatal(err)
 	}
 	if xdpProg(t, l, ns, "srv0") == 0 || xdpProg(t, l, ns, "srv1") == 0 {

@@ -82,6 +82,7 @@ func TestLBXDPLadder(t *testing.T) {
 			attach := func(force bool) error {
 				o := loader.LBAttachOptions{Netns: ns, Ifaces: []string{srv}, Force: force}
 				if decap {
+					o.DecapBalancers, o.DecapVIPs = testDecapBalancers, testDecapVIPs
 					return ld.AttachDecap(o)
 				}
 				m, err := ld.AttachLB(o)
@@ -205,7 +206,7 @@ func TestLBXDPLadder(t *testing.T) {
 		if err := ld.DetachLB(ns); err != nil {
 			t.Fatal(err)
 		}
-		if err := ld.AttachDecap(loader.LBAttachOptions{Netns: ns, Ifaces: []string{"lo"}}); err != nil {
+		if err := ld.AttachDecap(loader.LBAttachOptions{Netns: ns, Ifaces: []string{"lo"}, DecapBalancers: testDecapBalancers, DecapVIPs: testDecapVIPs}); err != nil {
 			t.Fatalf("decapsulator, auto mode, on lo: %v", err)
 		}
 		if got := xdpModeOf(t, l, ns, "lo"); got != "generic" {

@@ -80,7 +80,8 @@ func newSmallSetup(t *testing.T, o options) *setup {
 	for _, b := range l.Backends {
 		spec.Backends = append(spec.Backends, control.BackendSpec{Addr: addr(b), Weight: 1})
 		if o.forward == "ipip" {
-			mx(t, "--netns", b.Netns, "lb", "decap", b.If)
+			mx(t, "--netns", b.Netns, "lb", "decap", b.If, "--balancer", b.LBIP4.String(), "--balancer", b.LBIP6.String(),
+				"--vip", s.vip.String())
 			t.Cleanup(func() { mx(t, "--netns", b.Netns, "lb", "decap", "--detach", b.If) })
 		}
 	}

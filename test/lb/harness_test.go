@@ -89,7 +89,8 @@ func newSetup(t *testing.T, o options) *setup {
 	}
 	if o.forward == "ipip" {
 		for _, b := range l.Backends {
-			mx(t, "--netns", b.Netns, "lb", "decap", b.If)
+			mx(t, "--netns", b.Netns, "lb", "decap", b.If, "--balancer", b.LBIP4.String(), "--balancer", b.LBIP6.String(),
+				"--vip", s.vip.String())
 			t.Cleanup(func() { mx(t, "--netns", b.Netns, "lb", "decap", "--detach", b.If) })
 		}
 	}
