@@ -28,6 +28,14 @@ func tempLoader(t *testing.T) *loader.Loader {
 // xdpProg returns the id of the XDP program on an interface of ns (0: none).
 func xdpProg(t *testing.T, l *lab.Lab, ns, iface string) uint32 {
 	t.Helper()
+	id, _ := xdpAttached(t, l, ns, iface)
+	return id
+}
+
+// xdpAttached returns the id of the XDP program on an interface of ns and the mode it runs in
+// (0 and "": none).
+func xdpAttached(t *testing.T, l *lab.Lab, ns, iface string) (uint32, string) {
+	t.Helper()
 	h, err := l.Handle(ns)
 	if err != nil {
 		t.Fatal(err)
@@ -38,9 +46,9 @@ func xdpProg(t *testing.T, l *lab.Lab, ns, iface string) uint32 {
 		t.Fatal(err)
 	}
 	if x := lk.Attrs().Xdp; x != nil && x.Attached {
-		return x.ProgId
+		return x.ProgId, map[uint32]string{1: "native", 2: "generic"}[x.AttachMode]
 	}
-	return 0
+	return 0, ""
 }
 
 // progMaps returns the ids of the maps a program uses.

@@ -40,19 +40,8 @@ func foreignXDP(t *testing.T) (*ebpf.Program, uint32) {
 // xdpModeOf is the mode the XDP program of an interface of ns runs in (native, generic or "").
 func xdpModeOf(t *testing.T, l *lab.Lab, ns, iface string) string {
 	t.Helper()
-	h, err := l.Handle(ns)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer h.Close()
-	lk, err := h.LinkByName(iface)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if x := lk.Attrs().Xdp; x != nil && x.Attached {
-		return map[uint32]string{1: "native", 2: "generic"}[x.AttachMode]
-	}
-	return ""
+	_, mode := xdpAttached(t, l, ns, iface)
+	return mode
 }
 
 // The balancer and the decapsulator go up the same XDP ladder as the counting datapath
