@@ -12,6 +12,11 @@
  * passes untouched; so does a VIP frame that cannot be forwarded (no backend, bad config), and a
  * malformed one. Only an unknown-token join under the drop policy is dropped.
  *
+ * A frame that would not fit the egress MTU once encapsulated (ipip) is answered, as a router would,
+ * with an ICMP "fragmentation needed" (IPv4 with DF) or ICMPv6 "packet too big" built in place and
+ * sent back with XDP_TX; IPv4 without DF is passed to the stack. Generic XDP sees the stack's GRO
+ * aggregates, larger than any wire frame: those are passed to the stack, never forwarded or answered.
+ *
  * Not handled (passed untouched): VLAN-tagged frames, IPv4 fragments, IPv6 with extension headers. */
 #include <linux/bpf.h>
 #include <bpf/bpf_helpers.h>
@@ -21,8 +26,40 @@
 #include "include/mx_sha256.h"
 
 #define IP_MF_OFFSET_BE bpf_htons(0x3fff)
+#define IP_DF_BE bpf_htons(0x4000)
+#define IPPROTO_ICMP_ 1
 #define IPPROTO_IPIP_ 4
 #define IPPROTO_IPV6_ 41
+#define IPPROTO_ICMPV6_ 58
+#define ICMP_DEST_UNREACH_ 3
+#define ICMP_FRAG_NEEDED_ 4
+#define ICMPV6_PKT_TOOBIG_ 2
+
+/* ICMP "fragmentation needed" (RFC 1191) and ICMPv6 "packet too big" (RFC 4443 3.2) headers
+ * (linux/icmp.h pulls in libc headers). */
+struct lb_icmp4 {
+	__u8 type;
+	__u8 code;
+	__sum16 check;
+	__be16 unused;
+	__be16 mtu; /* next-hop MTU */
+};
+
+struct lb_icmp6 {
+	__u8 type;
+	__u8 code;
+	__sum16 check;
+	__be32 mtu;
+};
+
+/* IP length fields top out here; a larger packet (BIG TCP, only ever a GRO/GSO aggregate) carries 0. */
+#define IP_MAX_LEN 0xffff
+
+/* How much of the invoking packet an ICMP error quotes: as much as fits in a 576-byte IPv4 datagram
+ * (RFC 1812 4.3.2.3; RFC 792's minimum is the IP header and 8 bytes), and in the 1280-byte IPv6
+ * minimum MTU (RFC 4443 2.4(c), a MUST). Both are multiples of 4 (bpf_csum_diff). */
+#define LB_ICMP4_QUOTE (576 - sizeof(struct iphdr) - sizeof(struct lb_icmp4))
+#define LB_ICMP6_QUOTE (1280 - sizeof(struct ipv6hdr) - sizeof(struct lb_icmp6))
 
 /* Puts struct lb_event in the object's BTF for bpf2go (-type lb_event); never used. */
 const struct lb_event *lb_event_btf __attribute__((unused));
@@ -181,6 +218,180 @@ static __always_inline __u32 lb_learn(struct lb_stats *st, struct lb_vip_stats *
 	return tk.token;
 }
 
+/* The frame is longer than the ingress device's MTU allows: no wire frame, but an aggregate the stack
+ * built (GRO, or a local sender's GSO skb), which generic XDP shows whole. Global, as the functions
+ * below: its stack is its own (the balancer's is near the verifier's limit beside the SHA-256). */
+__attribute__((noinline)) int lb_aggregate(struct xdp_md *ctx)
+{
+	__u32 len = 0;
+	return bpf_check_mtu(ctx, 0, &len, 0, 0) == BPF_MTU_CHK_RET_FRAG_NEEDED;
+}
+
+static __always_inline __u16 lb_csum_fold(__u64 sum)
+{
+	sum = (sum & 0xffff) + (sum >> 16);
+	sum = (sum & 0xffff) + (sum >> 16);
+	return (__u16)~sum;
+}
+
+/* What lb_icmp_too_big did with a frame. */
+enum lb_too_big_ret {
+	LB_TB_SENT = 0,   /* answered with the ICMP error */
+	LB_TB_PASS = 1,   /* IPv4 without DF, or too short to quote: untouched */
+	LB_TB_FAILED = 2, /* a helper failed once the frame was cut */
+};
+
+/* Answer the IPv4 (v6: IPv6) frame at ctx, unless it is IPv4 without DF, with an ICMP
+ * "fragmentation needed" (type 3 code 4) or ICMPv6 "packet too big" (type 2) carrying next-hop MTU
+ * mtu, built in place: the frame is cut to its Ethernet header and the quote (LB_ICMP4_QUOTE /
+ * LB_ICMP6_QUOTE bytes of the IP packet), the new IP and ICMP headers are put in front, from the
+ * VIP (the packet's destination) to the client, and the MACs are swapped. Returns enum
+ * lb_too_big_ret. */
+static __always_inline int lb_icmp_too_big(struct xdp_md *ctx, __u32 v6, __u32 mtu)
+{
+
+	void *data = (void *)(long)ctx->data;
+	void *data_end = (void *)(long)ctx->data_end;
+	if (!v6) {
+		struct iphdr *iph = data + sizeof(struct ethhdr);
+		if ((void *)(iph + 1) > data_end || !(iph->frag_off & IP_DF_BE))
+			return LB_TB_PASS;
+	}
+	const int quote = v6 ? LB_ICMP6_QUOTE : LB_ICMP4_QUOTE;
+	const int room = v6 ? sizeof(struct ipv6hdr) + sizeof(struct lb_icmp6)
+			    : sizeof(struct iphdr) + sizeof(struct lb_icmp4);
+	long len = data_end - data;
+
+	if (len < (long)sizeof(struct ethhdr) + quote)
+		return LB_TB_PASS;
+	if (len > (long)sizeof(struct ethhdr) + quote &&
+	    bpf_xdp_adjust_tail(ctx, (int)((long)sizeof(struct ethhdr) + quote - len)))
+		return LB_TB_PASS; /* a failed adjust leaves the frame as it was */
+	if (bpf_xdp_adjust_head(ctx, -room))
+		return LB_TB_FAILED;
+	data = (void *)(long)ctx->data;
+	data_end = (void *)(long)ctx->data_end;
+
+	struct ethhdr *eth = data;
+	struct ethhdr *orig = data + room; /* the client's Ethernet header, before the quote */
+	if (v6) {
+		struct ipv6hdr *ip6 = (void *)(eth + 1);
+		struct lb_icmp6 *ic = (void *)(ip6 + 1);
+		struct ipv6hdr *q = (void *)(ic + 1);
+		if ((void *)ic + sizeof(*ic) + LB_ICMP6_QUOTE > data_end)
+			return LB_TB_FAILED; /* unreachable: the frame was cut to this length */
+		/* The MACs first: the new IPv6 header overwrites the old Ethernet header. */
+		__builtin_memcpy(eth->h_dest, orig->h_source, ETH_ALEN);
+		__builtin_memcpy(eth->h_source, orig->h_dest, ETH_ALEN);
+		eth->h_proto = ETH_P_IPV6_BE;
+		*(__be32 *)ip6 = bpf_htonl(6U << 28);
+		ip6->payload_len = bpf_htons(sizeof(*ic) + LB_ICMP6_QUOTE);
+		ip6->nexthdr = IPPROTO_ICMPV6_;
+		ip6->hop_limit = 64;
+		__builtin_memcpy(&ip6->saddr, &q->daddr, 16);
+		__builtin_memcpy(&ip6->daddr, &q->saddr, 16);
+		ic->type = ICMPV6_PKT_TOOBIG_;
+		ic->code = 0;
+		ic->check = 0;
+		ic->mtu = bpf_htonl(mtu);
+		/* The message, then the pseudo-header: addresses, and the upper-layer length and next
+		 * header as two 32-bit words in network order, added to the sum as the helper adds
+		 * words read from memory. */
+		__s64 sum = bpf_csum_diff(NULL, 0, (__be32 *)&ip6->saddr, 32, 0);
+		sum = bpf_csum_diff(NULL, 0, (__be32 *)ic, 512, sum);
+		sum = bpf_csum_diff(NULL, 0, (__be32 *)((void *)ic + 512), 512, sum);
+		sum = bpf_csum_diff(NULL, 0, (__be32 *)((void *)ic + 1024), sizeof(*ic) + LB_ICMP6_QUOTE - 1024, sum);
+		if (sum < 0)
+			return LB_TB_FAILED;
+		__u64 full = (__u64)sum + bpf_htonl(sizeof(*ic) + LB_ICMP6_QUOTE) + bpf_htonl(IPPROTO_ICMPV6_);
+		ic->check = lb_csum_fold((full & 0xffffffff) + (full >> 32));
+		return LB_TB_SENT;
+	}
+
+	struct iphdr *iph = (void *)(eth + 1);
+	struct lb_icmp4 *ic = (void *)(iph + 1);
+	struct iphdr *q = (void *)(ic + 1);
+	if ((void *)ic + sizeof(*ic) + LB_ICMP4_QUOTE > data_end)
+		return LB_TB_FAILED; /* unreachable: the frame was cut to this length */
+	/* The MACs first: the new IP and ICMP headers overwrite the old Ethernet header. */
+	__builtin_memcpy(eth->h_dest, orig->h_source, ETH_ALEN);
+	__builtin_memcpy(eth->h_source, orig->h_dest, ETH_ALEN);
+	eth->h_proto = ETH_P_IP_BE;
+	ic->type = ICMP_DEST_UNREACH_;
+	ic->code = ICMP_FRAG_NEEDED_;
+	ic->check = 0;
+	ic->unused = 0;
+	ic->mtu = bpf_htons(mtu > IP_MAX_LEN ? IP_MAX_LEN : mtu);
+	__s64 sum = bpf_csum_diff(NULL, 0, (__be32 *)ic, 512, 0);
+	sum = bpf_csum_diff(NULL, 0, (__be32 *)((void *)ic + 512), sizeof(*ic) + LB_ICMP4_QUOTE - 512, sum);
+	if (sum < 0)
+		return LB_TB_FAILED;
+	ic->check = lb_csum_fold(sum);
+	/* Version 4, IHL 5; precedence "internetwork control", as Linux sends its ICMP errors; no DF. */
+	*(__u8 *)iph = 0x45;
+	iph->tos = 0xc0;
+	iph->tot_len = bpf_htons(sizeof(*iph) + sizeof(*ic) + LB_ICMP4_QUOTE);
+	iph->id = 0;
+	iph->frag_off = 0;
+	iph->ttl = 64;
+	iph->protocol = IPPROTO_ICMP_;
+	iph->check = 0;
+	iph->saddr = q->daddr;
+	iph->daddr = q->saddr;
+	iph->check = lb_ip4_csum(iph);
+	return LB_TB_SENT;
+}
+
+/* lb_too_big's who: the frame's family, VIP id and backend id in one argument. */
+#define LB_TB_V6 (1U << 31)
+#define LB_TB_WHO(v6, vid, bid) (((v6) ? LB_TB_V6 : 0) | ((vid) & 0xff) << 16 | ((bid) & 0xffff))
+
+/* The frame for a backend does not fit the egress device, whose MTU less the outer header is mtu;
+ * who is LB_TB_WHO(IPv6 frame, VIP id, backend id). An aggregate is passed (an ICMP error would
+ * tell its sender a wrong MTU), a packet that may not be fragmented (IPv4 DF, IPv6) answered with
+ * an ICMP error, the rest passed. Counts what it did and returns the verdict. Global, so verified
+ * once, not for every state of the balancer that reaches it; it looks the counters up itself and
+ * takes few arguments, so that its caller keeps little across the call (the balancer's stack is at
+ * the verifier's limit beside the SHA-256's). */
+__attribute__((noinline)) int lb_too_big(struct xdp_md *ctx, __u32 mtu, __u32 who)
+{
+	__u32 zero = 0, v6 = who & LB_TB_V6, vid = (who >> 16) & 0xff, bid = who & 0xffff;
+	struct lb_stats *st = bpf_map_lookup_elem(&mptcpx_lb_stats, &zero);
+
+	if (lb_aggregate(ctx)) {
+		lb_count(st, LB_STAT_AGGREGATE);
+		return XDP_PASS;
+	}
+	int ret = lb_icmp_too_big(ctx, v6, mtu);
+	if (ret == LB_TB_SENT) {
+		lb_count(st, LB_STAT_ICMP_TOO_BIG);
+		return XDP_TX;
+	}
+	struct lb_vip_stats *vs = bpf_map_lookup_elem(&mptcpx_lb_vstats, &vid);
+	struct lb_backend_stats *bs = bpf_map_lookup_elem(&mptcpx_lb_bstats, &bid);
+	if (ret == LB_TB_PASS) {
+		lb_count(st, LB_STAT_MTU);
+		lb_count_vip(vs, LB_VSTAT_MTU);
+		lb_count_be(bs, LB_BSTAT_MTU);
+		return XDP_PASS;
+	}
+	lb_count(st, LB_STAT_FWD_ERROR);
+	lb_count_vip(vs, LB_VSTAT_FWD_ERROR);
+	lb_count_be(bs, LB_BSTAT_FWD_ERROR);
+	return XDP_DROP;
+}
+
+/* Does the frame fit the MTU of device ifindex with an outer header of hdr bytes? -1 if it does (or
+ * the device is unknown: left to the redirect); else what lb_too_big did, counted. who is
+ * LB_TB_WHO(IPv6 frame, VIP id, backend id). Global: its stack is its own. */
+__attribute__((noinline)) int lb_ipip_mtu(struct xdp_md *ctx, __u32 ifindex, __u32 hdr, __u32 who)
+{
+	__u32 mtu = 0;
+	if (bpf_check_mtu(ctx, ifindex, &mtu, (int)hdr, 0) != BPF_MTU_CHK_RET_FRAG_NEEDED)
+		return -1;
+	return lb_too_big(ctx, mtu - hdr, who);
+}
+
 /* Send the frame to backend be by rewriting its MACs. */
 static __always_inline int lb_fwd_l2(struct xdp_md *ctx, struct lb_stats *st, struct lb_backend_stats *bs,
 				     const struct lb_backend *be)
@@ -202,7 +413,7 @@ static __always_inline int lb_fwd_l2(struct xdp_md *ctx, struct lb_stats *st, st
 /* Send the frame to backend be inside an outer IPv4 or IPv6 header (the backend address's family)
  * to the backend's address. inner_len is the inner IP packet's length, tos its traffic class. */
 static __always_inline int lb_fwd_ipip(struct xdp_md *ctx, struct lb_stats *st, struct lb_vip_stats *vs,
-				       struct lb_backend_stats *bs, const struct lb_backend *be,
+				       struct lb_backend_stats *bs, const struct lb_backend *be, __u32 vid, __u32 bid,
 				       int inner_v6, __u32 inner_len, __u8 tos, __u32 hash)
 {
 	int outer_v6 = !lb_is_v4mapped(be->addr);
@@ -210,16 +421,15 @@ static __always_inline int lb_fwd_ipip(struct xdp_md *ctx, struct lb_stats *st, 
 	__u8 proto = inner_v6 ? IPPROTO_IPV6_ : IPPROTO_IPIP_;
 
 	/* The encapsulated frame must fit the egress device's MTU, or the device drops it (veth
-	 * silently): pass the original frame instead, counted. Checked before growing the frame, so
-	 * what passes is the client's packet untouched. An unknown ifindex (< 0) is left to the
-	 * redirect, as before. */
-	__u32 mtu_len = 0;
-	if (bpf_check_mtu(ctx, be->ifindex, &mtu_len, hdr, 0) == BPF_MTU_CHK_RET_FRAG_NEEDED) {
-		lb_count(st, LB_STAT_MTU);
-		lb_count_vip(vs, LB_VSTAT_MTU);
-		lb_count_be(bs, LB_BSTAT_MTU);
-		return XDP_PASS;
-	}
+	 * silently). Checked before growing the frame. A sender that forbids fragmentation learns the
+	 * MTU left inside the tunnel from an ICMP error (path MTU discovery, RFC 1191 / RFC 8201); an
+	 * IPv4 packet without DF, which a router would fragment, is passed to the stack untouched
+	 * (the balancer fragments nothing, and its decapsulator reassembles nothing). An aggregate is
+	 * no packet of the sender's: an ICMP error would give it a wrong MTU. An unknown ifindex
+	 * (< 0) is left to the redirect, as before. */
+	int verdict = lb_ipip_mtu(ctx, be->ifindex, hdr, LB_TB_WHO(inner_v6, vid, bid));
+	if (verdict >= 0)
+		return verdict;
 	if (inner_len + hdr > 0xffff || bpf_xdp_adjust_head(ctx, -hdr)) {
 		lb_count(st, LB_STAT_FWD_ERROR);
 		lb_count_vip(vs, LB_VSTAT_FWD_ERROR);
@@ -302,8 +512,16 @@ int mptcpx_lb(struct xdp_md *ctx)
 		if (iph->protocol != IPPROTO_TCP_ || (iph->frag_off & IP_MF_OFFSET_BE))
 			return XDP_PASS;
 		inner_len = bpf_ntohs(iph->tot_len);
-		if (inner_len < ihl + sizeof(*th) || (void *)iph + inner_len > data_end)
+		/* A total length of 0 in a frame longer than any IPv4 length field can say is BIG TCP
+		 * (an aggregate of generic XDP): its length is the frame's. */
+		if (!inner_len) {
+			long l3_len = data_end - (void *)iph;
+			if (l3_len <= IP_MAX_LEN)
+				goto malformed;
+			inner_len = l3_len;
+		} else if (inner_len < ihl + sizeof(*th) || (void *)iph + inner_len > data_end) {
 			goto malformed;
+		}
 		th = (void *)iph + ihl;
 		tos = iph->tos;
 		v6 = 0;
@@ -320,8 +538,15 @@ int mptcpx_lb(struct xdp_md *ctx)
 		if (ip6->nexthdr != IPPROTO_TCP_)
 			return XDP_PASS;
 		inner_len = bpf_ntohs(ip6->payload_len) + sizeof(*ip6);
-		if (inner_len < sizeof(*ip6) + sizeof(*th) || (void *)ip6 + inner_len > data_end)
+		/* Likewise a payload length of 0 straight before TCP (BIG TCP without a jumbo option). */
+		if (inner_len == sizeof(*ip6)) {
+			long l3_len = data_end - (void *)ip6;
+			if (l3_len <= IP_MAX_LEN + (long)sizeof(*ip6))
+				goto malformed;
+			inner_len = l3_len;
+		} else if (inner_len < sizeof(*ip6) + sizeof(*th) || (void *)ip6 + inner_len > data_end) {
 			goto malformed;
+		}
 		th = (void *)(ip6 + 1);
 		tos = (ip6->priority << 4) | (ip6->flow_lbl[0] >> 4);
 		v6 = 1;
@@ -526,8 +751,15 @@ int mptcpx_lb(struct xdp_md *ctx)
 			lb_count(st, LB_STAT_INSERT_FAILED);
 	}
 
+	/* Generic XDP runs after GRO: an aggregate forwarded whole would be refused by the egress
+	 * device (longer than its MTU) or sent unsegmented. The stack gets it, counted. Native XDP
+	 * never sees one: a frame longer than LB_WIRE_FRAME_MAX is one of a larger MTU there. */
+	if ((long)ctx->data_end - (long)ctx->data > LB_WIRE_FRAME_MAX && lb_aggregate(ctx)) {
+		lb_count(st, LB_STAT_AGGREGATE);
+		return XDP_PASS;
+	}
 	if (vip->forward == LB_FWD_IPIP)
-		return lb_fwd_ipip(ctx, st, vs, bs, be, v6, inner_len, tos, lb_flow_hash(&fk));
+		return lb_fwd_ipip(ctx, st, vs, bs, be, vid, bid, v6, inner_len, tos, lb_flow_hash(&fk));
 	return lb_fwd_l2(ctx, st, bs, be);
 
 malformed:

@@ -32,6 +32,14 @@
 #define LB_MAX_TCP_OPTIONS 40
 #endif
 
+/* Frames longer than this are checked against the ingress device's MTU before they are forwarded:
+ * longer than the MTU, a frame is no wire frame but an aggregate the stack built (generic XDP runs
+ * after GRO), passed to the stack (LB_STAT_AGGREGATE). Ethernet at MTU 1500: shorter frames cost no
+ * helper call. */
+#ifndef LB_WIRE_FRAME_MAX
+#define LB_WIRE_FRAME_MAX (14 + 1500)
+#endif
+
 /* --- configuration, set from Go before load --- */
 
 /* Seed of the 5-tuple hash (Maglev slot and IPv6 outer flow label). */

@@ -125,10 +125,15 @@ enum lb_stat {
 	LB_STAT_MALFORMED = 14,
 	LB_STAT_EVENT_LOST = 15,     /* ring buffer full: event not sent (traffic unaffected) */
 	LB_STAT_TOKEN_REPLACED = 16, /* a token mapping idle past the threshold taken over by another backend */
-	LB_STAT_MTU = 17,            /* ipip: encapsulated frame longer than the egress MTU: passed unencapsulated */
+	LB_STAT_MTU = 17,            /* ipip: too long for the egress MTU once encapsulated, and IPv4 without DF
+				      * (or too short to quote): passed unencapsulated */
 	LB_STAT_NONSYN_MISS = 18,    /* non-SYN frames of no known flow: forwarded by Maglev, nothing stored */
 	LB_STAT_INSERT_FAILED = 19,  /* a flow or token the datapath could not store (table full, race) */
-	LB_STAT_MAX = 20,
+	LB_STAT_ICMP_TOO_BIG = 20,   /* ipip: too long for the egress MTU once encapsulated (IPv4 with DF, IPv6):
+				      * answered with ICMP fragmentation needed / ICMPv6 packet too big */
+	LB_STAT_AGGREGATE = 21,      /* longer than the ingress MTU: a GRO/GSO aggregate (generic XDP), never a
+				      * wire frame: passed to the stack, neither forwarded nor answered */
+	LB_STAT_MAX = 22,
 };
 
 /* Value of the per-CPU stats map (one entry): one counter per enum lb_stat. */
@@ -149,7 +154,7 @@ enum lb_vip_stat {
 	LB_VSTAT_COLLISION = 7,      /* token collisions */
 	LB_VSTAT_TOKEN_REPLACED = 8, /* idle token mappings taken over */
 	LB_VSTAT_NO_BACKEND = 9,     /* frames with no usable backend: passed */
-	LB_VSTAT_MTU = 10,           /* ipip: too long for the egress MTU once encapsulated: passed */
+	LB_VSTAT_MTU = 10,           /* ipip: too long for the egress MTU once encapsulated: passed (LB_STAT_MTU) */
 	LB_VSTAT_FWD_ERROR = 11,     /* encapsulation failed: passed */
 	LB_VSTAT_MAX = 12,
 };
@@ -169,7 +174,7 @@ enum lb_backend_stat {
 	LB_BSTAT_COLLISION = 4,      /* its new connection's token was held by another backend's live one */
 	LB_BSTAT_TOKEN_REPLACED = 5, /* it took over another backend's idle token mapping */
 	LB_BSTAT_FORWARDED = 6,      /* frames forwarded to it (l2 or ipip) */
-	LB_BSTAT_MTU = 7,            /* ipip: frames for it too long for the egress MTU: passed */
+	LB_BSTAT_MTU = 7,            /* ipip: frames for it too long for the egress MTU: passed (LB_STAT_MTU) */
 	LB_BSTAT_FWD_ERROR = 8,      /* encapsulation toward it failed: passed */
 	LB_BSTAT_MAX = 9,
 };

@@ -59,7 +59,7 @@ type LbLbFlowKey struct {
 
 type LbLbStats struct {
 	_     structs.HostLayout
-	Count [20]uint64
+	Count [22]uint64
 }
 
 type LbLbToken struct {

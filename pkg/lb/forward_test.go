@@ -5,15 +5,12 @@ import (
 	"net/netip"
 	"os"
 	"regexp"
-	"runtime"
 	"strconv"
 	"strings"
 	"testing"
 
 	"github.com/google/gopacket"
 	"github.com/google/gopacket/layers"
-	"github.com/vishvananda/netlink"
-	"golang.org/x/sys/unix"
 )
 
 // ipipOut is the frame the balancer sends to backend be in ipip mode: the client's IP packet inside
@@ -288,86 +285,4 @@ func TestEnumsMatchHeader(t *testing.T) {
 			t.Errorf("map %s: %d entries, Go assumes %d", name, got, want)
 		}
 	}
-}
-
-// TestIPIPMTU: in ipip mode a frame that would exceed the egress device's MTU once encapsulated is
-// passed untouched (and counted in StatMTU) instead of being sent to be dropped by the device; one
-// that fits exactly is encapsulated. The egress device is the loopback of a new network namespace
-// with MTU 1500 (BPF_PROG_TEST_RUN runs on the current namespace's loopback, and
-// bpf_check_mtu looks the backend's ifindex up there).
-func TestIPIPMTU(t *testing.T) {
-	b := balancer(t)
-	const mtu = 1500
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		// The thread enters a namespace of its own and is never unlocked: it exits with the
-		// goroutine, and no other goroutine runs in that namespace.
-		runtime.LockOSThread()
-		if err := unix.Unshare(unix.CLONE_NEWNET); err != nil {
-			t.Errorf("unshare: %v", err)
-			return
-		}
-		lo, err := netlink.LinkByName("lo")
-		if err != nil {
-			t.Errorf("lo: %v", err)
-			return
-		}
-		if err := netlink.LinkSetMTU(lo, mtu); err != nil {
-			t.Errorf("lo mtu: %v", err)
-			return
-		}
-		r := rand.New(rand.NewPCG(31, 32))
-		for _, tc := range []struct {
-			name   string
-			vip    netip.AddrPort
-			outer6 bool
-			hdr    int
-		}{{"4in4", vip4, false, 20}, {"6in6", vip6, true, 40}, {"4in6", vip4, true, 40}} {
-			if err := b.PutVIP(VIP{Addr: tc.vip, ID: 0, JoinSteering: true, Forward: ForwardIPIP}); err != nil {
-				t.Errorf("%s: %v", tc.name, err)
-				return
-			}
-			be := testBackend(5, tc.outer6, lo.Attrs().Index)
-			if err := b.PutBackend(be); err != nil {
-				t.Errorf("%s: %v", tc.name, err)
-				return
-			}
-			fillRing(t, b.Maps, 0, 5)
-			s := segment{src: clientAddr(r, tc.vip), dst: tc.vip, syn: true, opts: []layers.TCPOption{optMPCapableSYN()}}
-			empty := len(serialize(t, s.ipLayers()...)) // the inner IP packet without payload (the frame would be padded to 60 bytes)
-			for _, c := range []struct {
-				innerLen int
-				want     uint32
-			}{{mtu - tc.hdr, xdpTX}, {mtu - tc.hdr + 1, xdpPass}, {mtu, xdpPass}} {
-				s.payload = make([]byte, c.innerLen-empty)
-				frame := s.frame(t)
-				before := stats(t, b.Maps)
-				ret, out := run(t, b.Program, frame)
-				d := stats(t, b.Maps).Sub(before)
-				t.Logf("%s: inner packet %d bytes + %d-byte outer header, egress MTU %d: verdict %d, stats moved by fwd_ipip %d mtu %d",
-					tc.name, c.innerLen, tc.hdr, mtu, ret, d[StatFwdIPIP], d[StatMTU])
-				if ret != c.want {
-					t.Errorf("%s: inner packet of %d bytes: verdict %d, want %d", tc.name, c.innerLen, ret, c.want)
-					continue
-				}
-				if c.want == xdpTX {
-					checkBytes(t, tc.name+" encapsulated", ipipOut(t, s, be), out)
-					if d[StatFwdIPIP] != 1 || d[StatMTU] != 0 {
-						t.Errorf("%s: stats moved by %v", tc.name, d.Map())
-					}
-					continue
-				}
-				checkBytes(t, tc.name+" passed untouched", frame, out[:len(frame)])
-				if d[StatMTU] != 1 || d[StatFwdIPIP] != 0 || d[StatFwdError] != 0 {
-					t.Errorf("%s: stats moved by %v", tc.name, d.Map())
-				}
-			}
-			if err := b.DeleteVIP(tc.vip); err != nil {
-				t.Errorf("%s: %v", tc.name, err)
-				return
-			}
-		}
-	}()
-	<-done
 }

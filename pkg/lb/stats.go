@@ -28,16 +28,18 @@ const (
 	StatMalformed                 // broken IP/TCP headers (passed) or TCP options (not learned from)
 	StatEventLost                 // events lost to a full ring buffer (traffic unaffected)
 	StatTokenReplaced             // idle token mappings taken over by another backend
-	StatMTU                       // ipip frames that would exceed the egress MTU once encapsulated (passed)
+	StatMTU                       // ipip frames too long for the egress MTU once encapsulated, IPv4 without DF (passed)
 	StatNonSYNMiss                // non-SYN frames of no known flow: forwarded by Maglev, nothing stored
 	StatInsertFailed              // flows or tokens the datapath could not store (table full, race)
+	StatICMPTooBig                // ipip frames too long once encapsulated, answered with ICMP frag needed / packet too big
+	StatAggregate                 // frames longer than the ingress MTU (generic XDP's GRO/GSO aggregates): passed
 	NumStats
 )
 
 var statNames = [NumStats]string{
 	"packets", "vip", "flow_hit", "new_flow", "token_learned", "join_steered", "join_unknown",
 	"join_dropped", "collision", "fwd_l2", "fwd_ipip", "no_backend", "fwd_error", "decap", "malformed",
-	"event_lost", "token_replaced", "mtu", "nonsyn_miss", "insert_failed",
+	"event_lost", "token_replaced", "mtu", "nonsyn_miss", "insert_failed", "icmp_too_big", "aggregate",
 }
 
 func (s Stat) String() string {
