@@ -104,6 +104,18 @@ func countersEqualKernel(t *testing.T, v6 bool, attachFlags []string, ingress st
 		}
 	}
 
+	// What the interfaces receive is captured too, to be replayed (native XDP sees every frame
+	// before the stack does, as tcpdump does: the two count the same frames).
+	var caps []*capture
+	var anyCap *capture // every interface, for replay --per-connection (Linux cooked v2 frames)
+	if ingress == "xdp" {
+		dir := t.TempDir()
+		for _, ifc := range ifaces {
+			caps = append(caps, startCapture(t, l.Server, ifc, dir))
+		}
+		anyCap = startCapture(t, l.Server, "any", dir)
+	}
+
 	srvBase, err := l.MIB(l.Server)
 	if err != nil {
 		t.Fatal(err)
@@ -198,6 +210,10 @@ func countersEqualKernel(t *testing.T, v6 bool, attachFlags []string, ingress st
 		t.Fatal(err)
 	}
 	t.Logf("before the abort, the server's connection has %d subflows beyond the first", conn.Subflows)
+	cliConns, err := l.Subflows(l.Client)
+	if err != nil {
+		t.Fatal(err)
+	}
 
 	// An abortive close: MP_FASTCLOSE on every subflow.
 	if err := lab.Abort(pair.Client); err != nil {
@@ -216,6 +232,17 @@ func countersEqualKernel(t *testing.T, v6 bool, attachFlags []string, ingress st
 		if stable || time.Now().After(deadline) {
 			break
 		}
+	}
+
+	if len(caps) != 0 {
+		replayEqualsLive(t, caps, got)
+		var cliTok uint32
+		for _, c := range cliConns {
+			if c.State != "LISTEN" {
+				cliTok = c.Token
+			}
+		}
+		replayConnection(t, anyCap, cliTok, conn.Token, kern.MPTCP("MPJoinSynRx"))
 	}
 
 	var rows []string

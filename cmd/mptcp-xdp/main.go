@@ -71,6 +71,7 @@ func commands(g *globalFlags) []*cobra.Command {
 		newConnCmd(g),
 		newSubflowCmd(g),
 		newHistoryCmd(g),
+		newReplayCmd(g),
 	}
 }
 
