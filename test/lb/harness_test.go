@@ -47,8 +47,14 @@ type setup struct {
 
 func newSetup(t *testing.T, o options) *setup {
 	t.Helper()
+	return attachSetup(t, o, newLab(t, lablb.Config{NoEndpoints: o.noEndpoints}))
+}
+
+// newLab builds a balancer lab, closed when the test ends.
+func newLab(t *testing.T, c lablb.Config) *lablb.Lab {
+	t.Helper()
 	testutil.RequireRoot(t)
-	l, err := lablb.New(lablb.Config{NoEndpoints: o.noEndpoints})
+	l, err := lablb.New(c)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -57,6 +63,14 @@ func newSetup(t *testing.T, o options) *setup {
 			t.Errorf("close lab: %v", err)
 		}
 	})
+	return l
+}
+
+// attachSetup starts MPTCP servers on the VIP in l's backends and attaches the balancer to the
+// client-facing links as o says (extra: further lb attach flags), with the decapsulator on every
+// backend's link for ipip; everything is undone when the test ends.
+func attachSetup(t *testing.T, o options, l *lablb.Lab, extra ...string) *setup {
+	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	t.Cleanup(cancel)
 	srv, err := l.Serve(ctx, 0)
@@ -80,6 +94,7 @@ func newSetup(t *testing.T, o options) *setup {
 	if o.unknown != "" {
 		args = append(args, "--unknown-join", o.unknown)
 	}
+	args = append(args, extra...)
 	for _, b := range l.Backends {
 		a := b.IP4
 		if o.v6 {

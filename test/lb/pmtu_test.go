@@ -12,7 +12,6 @@ import (
 	"fmt"
 	"io"
 	"net"
-	"net/netip"
 	"regexp"
 	"strconv"
 	"strings"
@@ -21,7 +20,6 @@ import (
 
 	"github.com/mptcp-xdp/mptcp-xdp/internal/lab"
 	"github.com/mptcp-xdp/mptcp-xdp/internal/lablb"
-	"github.com/mptcp-xdp/mptcp-xdp/internal/testutil"
 	"github.com/mptcp-xdp/mptcp-xdp/pkg/netns"
 	"github.com/vishvananda/netlink"
 )
@@ -51,20 +49,11 @@ type mtuOpts struct {
 // backend links and balancer attach follow m.
 func newMTUSetup(t *testing.T, o options, m mtuOpts) *setup {
 	t.Helper()
-	testutil.RequireRoot(t)
 	var rnd [2]byte
 	if _, err := rand.Read(rnd[:]); err != nil {
 		t.Fatal(err)
 	}
-	l, err := lablb.New(lablb.Config{Prefix: "mxh5" + hex.EncodeToString(rnd[:]), NoEndpoints: o.noEndpoints, Backends: m.backends})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		if err := l.Close(); err != nil {
-			t.Errorf("close lab: %v", err)
-		}
-	})
+	l := newLab(t, lablb.Config{Prefix: "mxh5" + hex.EncodeToString(rnd[:]), NoEndpoints: o.noEndpoints, Backends: m.backends})
 	if m.backendMTU != 0 {
 		for _, b := range l.Backends {
 			for _, e := range [][2]string{{l.LB, b.LBIf}, {b.Netns, b.If}} {
@@ -102,50 +91,11 @@ func newMTUSetup(t *testing.T, o options, m mtuOpts) *setup {
 			}
 		}
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	t.Cleanup(cancel)
-	srv, err := l.Serve(ctx, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { srv.Close() })
-	s := &setup{Lab: l, opts: o, srv: srv}
-	vipAddr := l.VIP4
-	if o.v6 {
-		vipAddr = l.VIP6
-	}
-	s.vip = netip.AddrPortFrom(vipAddr, uint16(srv.Port))
-	args := []string{"--netns", l.LB, "lb", "attach"}
-	for _, p := range l.Paths {
-		args = append(args, p.LBIf)
-	}
-	args = append(args, "--vip", s.vip.String(), "--forward", o.forward)
+	var extra []string
 	if m.mode != "" {
-		args = append(args, "--mode", m.mode)
+		extra = append(extra, "--mode", m.mode)
 	}
-	for _, b := range l.Backends {
-		a := b.IP4
-		if o.v6 {
-			a = b.IP6
-		}
-		args = append(args, "--backend", a.String())
-	}
-	if o.forward == "ipip" {
-		for _, b := range l.Backends {
-			mx(t, "--netns", b.Netns, "lb", "decap", b.If, "--balancer", b.LBIP4.String(), "--balancer", b.LBIP6.String(),
-				"--vip", s.vip.String())
-			t.Cleanup(func() { mx(t, "--netns", b.Netns, "lb", "decap", "--detach", b.If) })
-		}
-	}
-	mx(t, args...)
-	s.attach = args
-	t.Cleanup(func() { mx(t, "--netns", l.LB, "lb", "detach") })
-	st := lbStatus(t, l.LB)
-	if len(st.VIPs) != 1 || len(st.Backends) != len(l.Backends) {
-		t.Fatalf("status after attach: %+v", st)
-	}
-	s.vid = st.VIPs[0].ID
-	return s
+	return attachSetup(t, o, l, extra...)
 }
 
 // clientPMTU is the path MTU the client's kernel holds for the VIP from its address on path i
