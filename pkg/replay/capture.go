@@ -123,16 +123,12 @@ func (c *Capture) Close() error { return c.f.Close() }
 // file cut in the middle of a record: "truncated after frame N").
 func (c *Capture) Next() (Frame, error) {
 	data, ci, err := c.src.ZeroCopyReadPacketData()
-	if errors.Is(err, io.EOF) && c.ng == nil {
+	switch {
+	case errors.Is(err, io.EOF): // the end, between records (both readers)
 		return Frame{}, io.EOF
-	}
-	if err != nil {
-		if errors.Is(err, io.EOF) { // pcapng reports the end as io.EOF too, and a cut block as ErrUnexpectedEOF
-			return Frame{}, io.EOF
-		}
-		if errors.Is(err, io.ErrUnexpectedEOF) {
-			return Frame{}, fmt.Errorf("%s: truncated after frame %d: the file ends inside a record", c.f.Name(), c.frames)
-		}
+	case errors.Is(err, io.ErrUnexpectedEOF): // the end, inside a record
+		return Frame{}, fmt.Errorf("%s: truncated after frame %d: the file ends inside a record", c.f.Name(), c.frames)
+	case err != nil:
 		return Frame{}, fmt.Errorf("%s: frame %d: %v", c.f.Name(), c.frames+1, err)
 	}
 	c.frames++

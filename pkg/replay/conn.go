@@ -37,6 +37,9 @@ type Subflow struct {
 	First  time.Time      `json:"first"`
 	Last   time.Time      `json:"last"`
 	Frames uint64         `json:"frames"`
+	// Events are the subflow's signals while no connection of the capture holds it; a subflow
+	// that joins one hands them over (unmatched subflows keep theirs).
+	Events []Event `json:"events,omitempty"`
 	conn   *Connection
 	synMPC bool // its SYN carried MP_CAPABLE
 }
@@ -206,9 +209,6 @@ func (t *tracker) frame(f Frame) {
 		case 6:
 			ev.Type = "mp_fail"
 			t.event(sf, ev)
-			if sf.conn != nil {
-				sf.conn.Fallback = true
-			}
 		case 7:
 			ev.Type = "mp_fastclose"
 			t.event(sf, ev)
@@ -246,14 +246,12 @@ func (t *tracker) learn(sf *Subflow, clientKey, serverKey uint64) {
 	if sf.Kind == "unknown" {
 		sf.Kind = "initial"
 	}
-	sf.conn = c
-	c.Subflows = append(c.Subflows, sf)
+	t.attach(sf, c)
 	// Joins seen before the keys.
 	rest := t.pending[:0]
 	for _, p := range t.pending {
 		if t.byToken[p.token] == c {
-			p.sf.conn = c
-			c.Subflows = append(c.Subflows, p.sf)
+			t.attach(p.sf, c)
 		} else {
 			rest = append(rest, p)
 		}
@@ -266,26 +264,39 @@ func (t *tracker) join(sf *Subflow, token uint32) {
 		return
 	}
 	if c := t.byToken[token]; c != nil {
-		sf.conn = c
-		c.Subflows = append(c.Subflows, sf)
+		t.attach(sf, c)
 		return
 	}
 	t.pending = append(t.pending, pendingJoin{sf, token})
 }
 
 func (t *tracker) event(sf *Subflow, ev Event) {
-	if sf.conn != nil {
-		sf.conn.Events = append(sf.conn.Events, ev)
-		if ev.Type == "fallback" {
-			sf.conn.Fallback = true
-		}
+	if sf.conn == nil {
+		sf.Events = append(sf.Events, ev)
+		return
 	}
+	sf.conn.Events = append(sf.conn.Events, ev)
+	if ev.Type == "fallback" || ev.Type == "mp_fail" {
+		sf.conn.Fallback = true
+	}
+}
+
+// attach makes sf a subflow of c, handing over the events it gathered alone.
+func (t *tracker) attach(sf *Subflow, c *Connection) {
+	sf.conn = c
+	c.Subflows = append(c.Subflows, sf)
+	for _, ev := range sf.Events {
+		t.event(sf, ev)
+	}
+	sf.Events = nil
 }
 
 // result returns the connections in order of their first frame, and the subflows of none.
 func (t *tracker) result() ([]*Connection, []*Subflow) {
 	for _, c := range t.conns {
 		sort.SliceStable(c.Subflows, func(i, j int) bool { return c.Subflows[i].First.Before(c.Subflows[j].First) })
+		// Events handed over by a subflow that joined late: back into capture (time) order.
+		sort.SliceStable(c.Events, func(i, j int) bool { return c.Events[i].Time.Before(c.Events[j].Time) })
 		if len(c.Events) == 0 {
 			c.Events = []Event{}
 		}

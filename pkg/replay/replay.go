@@ -83,8 +83,9 @@ func Run(path string, o Options, perConnection bool) (*Result, error) {
 	}
 	defer e.close()
 	r := &Result{File: path, Engine: o.Engine, Dir: dirName(o.Dir)}
+	var track *tracker
 	if perConnection {
-		r.track = newTracker()
+		track = newTracker()
 	}
 	for {
 		f, err := c.Next()
@@ -109,15 +110,15 @@ func Run(path string, o Options, perConnection bool) (*Result, error) {
 		if err := e.count(feed); err != nil {
 			return nil, fmt.Errorf("%s: frame %d: %w", path, r.Frames, err)
 		}
-		if r.track != nil {
-			r.track.frame(f)
+		if track != nil {
+			track.frame(f)
 		}
 	}
 	if r.Counts, err = e.counters(); err != nil {
 		return nil, err
 	}
-	if r.track != nil {
-		r.Conns, r.Orphan = r.track.result()
+	if track != nil {
+		r.Conns, r.Orphan = track.result()
 	}
 	return r, nil
 }

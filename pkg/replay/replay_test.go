@@ -3,6 +3,8 @@ package replay
 import (
 	"bytes"
 	"encoding/binary"
+	"fmt"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"strings"
@@ -13,6 +15,7 @@ import (
 	"github.com/google/gopacket/layers"
 	"github.com/google/gopacket/pcapgo"
 
+	"github.com/mptcp-xdp/mptcp-xdp/pkg/lb"
 	"github.com/mptcp-xdp/mptcp-xdp/pkg/maps"
 	"github.com/mptcp-xdp/mptcp-xdp/pkg/mptcp"
 )
@@ -74,7 +77,7 @@ func writePcap(t *testing.T, link layers.LinkType, fs [][]byte, conv func([]byte
 	}
 	for i, fr := range fs {
 		d := conv(fr)
-		ci := gopacket.CaptureInfo{Timestamp: time.Unix(1, int64(i)), CaptureLength: len(d), Length: len(d)}
+		ci := gopacket.CaptureInfo{Timestamp: time.Unix(1, int64(i)*1000), CaptureLength: len(d), Length: len(d)} // pcap keeps microseconds
 		if err := w.WritePacket(ci, d); err != nil {
 			t.Fatal(err)
 		}
@@ -153,12 +156,14 @@ func TestLinkTypes(t *testing.T) {
 				}
 			}
 			for _, e := range engines(t) {
-				r, err := Run(path, Options{Engine: e}, false)
-				if err != nil {
-					t.Fatal(err)
-				}
-				if r.Counts != w || r.Frames != uint64(len(fs)) {
-					t.Errorf("engine %s: %d frames, counts %v; want %d, %v", e, r.Frames, r.Counts, len(fs), w)
+				for _, d := range []maps.Direction{maps.Ingress, maps.Egress} {
+					r, err := Run(path, Options{Engine: e, Dir: d}, false)
+					if err != nil {
+						t.Fatal(err)
+					}
+					if r.Counts != w || r.Frames != uint64(len(fs)) || r.Dir != dirName(d) {
+						t.Errorf("engine %s, %s: %d frames, counts %v; want %d, %v", e, r.Dir, r.Frames, r.Counts, len(fs), w)
+					}
 				}
 			}
 		})
@@ -242,5 +247,80 @@ func TestCutFrames(t *testing.T) {
 	}
 	if r.Cut != n || n == 0 || r.Counts != want(cut) {
 		t.Errorf("cut %d (want %d), counts %v, want %v", r.Cut, n, r.Counts, want(cut))
+	}
+}
+
+// tcpFrame is an Ethernet/IPv4/TCP frame from src to dst with the given flags and, unless opt is
+// nil, one MPTCP option whose bytes after kind and length are opt.
+func tcpFrame(t *testing.T, src, dst netip.AddrPort, syn, ack bool, opt []byte) []byte {
+	t.Helper()
+	eth := &layers.Ethernet{SrcMAC: make([]byte, 6), DstMAC: make([]byte, 6), EthernetType: layers.EthernetTypeIPv4}
+	ip := &layers.IPv4{Version: 4, IHL: 5, TTL: 64, Protocol: layers.IPProtocolTCP, SrcIP: src.Addr().AsSlice(), DstIP: dst.Addr().AsSlice()}
+	tcp := &layers.TCP{SrcPort: layers.TCPPort(src.Port()), DstPort: layers.TCPPort(dst.Port()), SYN: syn, ACK: ack, Window: 1000}
+	if opt != nil {
+		tcp.Options = []layers.TCPOption{{OptionType: 30, OptionLength: uint8(len(opt) + 2), OptionData: opt}}
+	}
+	_ = tcp.SetNetworkLayerForChecksum(ip)
+	b := gopacket.NewSerializeBuffer()
+	if err := gopacket.SerializeLayers(b, gopacket.SerializeOptions{FixLengths: true, ComputeChecksums: true}, eth, ip, tcp); err != nil {
+		t.Fatal(err)
+	}
+	return append([]byte(nil), b.Bytes()...)
+}
+
+// TestPerConnection: a join and its MP_PRIO captured before the connection's MP_CAPABLE ACK are
+// matched to it by token once the keys are seen, their event kept and put in capture order; an
+// MP_CAPABLE SYN answered without MP_CAPABLE is a fallback subflow of no connection, with its
+// event.
+func TestPerConnection(t *testing.T) {
+	const clientKey, serverKey = 0x0102030405060708, 0x1112131415161718
+	ct, _ := lb.ServerToken(clientKey)
+	st, _ := lb.ServerToken(serverKey)
+	srv := netip.MustParseAddrPort("10.0.0.2:80")
+	a := netip.MustParseAddrPort("10.0.0.1:40000")
+	b := netip.MustParseAddrPort("10.0.1.1:50000")
+	c := netip.MustParseAddrPort("10.0.0.1:40001")
+	keys := binary.BigEndian.AppendUint64(binary.BigEndian.AppendUint64([]byte{0x01, 0x81}, clientKey), serverKey)
+	join := binary.BigEndian.AppendUint32([]byte{0x11, 7}, st) // backup, address id 7, token
+	join = append(join, 0, 0, 0, 1)                            // nonce
+	fs := [][]byte{
+		tcpFrame(t, b, srv, true, false, join),
+		tcpFrame(t, b, srv, false, true, []byte{0x50}), // MP_PRIO, backup off
+		tcpFrame(t, a, srv, false, true, keys),
+		tcpFrame(t, a, srv, false, true, []byte{0x40, 3}), // REMOVE_ADDR id 3
+		tcpFrame(t, c, srv, true, false, []byte{0x01, 0x81}),
+		tcpFrame(t, srv, c, true, true, nil),
+	}
+	r, err := Run(writePcap(t, layers.LinkTypeEthernet, fs, func(f []byte) []byte { return f }), Options{Engine: EngineGo}, true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(r.Conns) != 1 {
+		t.Fatalf("%d connections, want 1", len(r.Conns))
+	}
+	cn := r.Conns[0]
+	if uint32(cn.ClientToken) != ct || uint32(cn.ServerToken) != st || cn.Fallback {
+		t.Errorf("tokens %s/%s fallback %v, want %08x/%08x false", cn.ClientToken, cn.ServerToken, cn.Fallback, ct, st)
+	}
+	var sfs, evs []string
+	for _, sf := range cn.Subflows {
+		sfs = append(sfs, fmt.Sprintf("%s %s backup=%v", sf.Kind, sf.Src, sf.Backup))
+		if len(sf.Events) != 0 {
+			t.Errorf("subflow %s kept events %v after joining", sf, sf.Events)
+		}
+	}
+	for _, e := range cn.Events {
+		evs = append(evs, fmt.Sprintf("%s %s", e.Type, e.From))
+	}
+	// The initial subflow's SYN is not in the capture: its keys make it initial. The MP_PRIO
+	// cleared the join's backup flag.
+	if got, want := strings.Join(sfs, "; "), "join 10.0.1.1:50000 backup=false; initial 10.0.0.1:40000 backup=false"; got != want {
+		t.Errorf("subflows %q, want %q", got, want)
+	}
+	if got, want := strings.Join(evs, "; "), "mp_prio 10.0.1.1:50000; remove_addr 10.0.0.1:40000"; got != want {
+		t.Errorf("events %q, want %q", got, want)
+	}
+	if len(r.Orphan) != 1 || r.Orphan[0].Kind != "fallback" || len(r.Orphan[0].Events) != 1 || r.Orphan[0].Events[0].Type != "fallback" {
+		t.Errorf("unmatched subflows %+v, want the fallback one with its event", r.Orphan)
 	}
 }
