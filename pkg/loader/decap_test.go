@@ -138,21 +138,8 @@ func TestDecapAllowlistAttach(t *testing.T) {
 				return err
 			}
 		}
-		lnk, err := netlink.LinkByName(iface)
-		if err != nil {
-			return err
-		}
-		xl, err := link.AttachXDP(link.XDPOptions{Program: coll.Programs[lb.DecapProg], Interface: lnk.Attrs().Index, Flags: link.XDPDriverMode})
-		if err != nil {
-			return err
-		}
-		defer xl.Close()
-		info, err := xl.Info()
-		if err != nil {
-			return err
-		}
-		linkID = info.ID
-		return xl.Pin(filepath.Join(dir, "link_xdp@"+iface))
+		linkID, err = pinXDPLink(coll.Programs[lb.DecapProg], iface, dir)
+		return err
 	}); err != nil {
 		t.Fatal(err)
 	}

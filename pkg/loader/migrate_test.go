@@ -117,27 +117,14 @@ func TestUpgradeInPlace(t *testing.T) {
 			return err
 		}
 		defer coll.Close()
-		lnk, err := netlink.LinkByName(p.ServerIf)
-		if err != nil {
+		if linkID, err = pinXDPLink(coll.Programs[lb.ProgName], p.ServerIf, dir); err != nil {
 			return err
 		}
-		xl, err := link.AttachXDP(link.XDPOptions{Program: coll.Programs[lb.ProgName], Interface: lnk.Attrs().Index, Flags: link.XDPDriverMode})
-		if err != nil {
-			return err
-		}
-		defer xl.Close()
-		info, err := xl.Info()
-		if err != nil {
-			return err
-		}
-		linkID = info.ID
 		if oldFlows, err = coll.Maps[lb.MapFlows].Clone(); err != nil {
 			return err
 		}
-		if oldStats, err = coll.Maps[lb.MapStats].Clone(); err != nil {
-			return err
-		}
-		return xl.Pin(filepath.Join(dir, "link_xdp@"+p.ServerIf))
+		oldStats, err = coll.Maps[lb.MapStats].Clone()
+		return err
 	}); err != nil {
 		t.Fatal(err)
 	}
@@ -316,4 +303,23 @@ func TestUpgradeInPlace(t *testing.T) {
 		}
 	}
 
+}
+
+// pinXDPLink attaches prog to iface (native XDP, in the calling thread's namespace) through a
+// bpf_link pinned as dir/link_xdp@iface, as an earlier mptcp-xdp left it, and returns the link's id.
+func pinXDPLink(prog *ebpf.Program, iface, dir string) (link.ID, error) {
+	lnk, err := netlink.LinkByName(iface)
+	if err != nil {
+		return 0, err
+	}
+	xl, err := link.AttachXDP(link.XDPOptions{Program: prog, Interface: lnk.Attrs().Index, Flags: link.XDPDriverMode})
+	if err != nil {
+		return 0, err
+	}
+	defer xl.Close()
+	info, err := xl.Info()
+	if err != nil {
+		return 0, err
+	}
+	return info.ID, xl.Pin(filepath.Join(dir, "link_xdp@"+iface))
 }
