@@ -107,8 +107,10 @@ func countersEqualKernel(t *testing.T, v6 bool, attachFlags []string, ingress st
 	// What the interfaces receive is captured too, to be replayed (native XDP sees every frame
 	// before the stack does, as tcpdump does: the two count the same frames).
 	var caps []*capture
-	var anyCap *capture // every interface, for replay --per-connection (Linux cooked v2 frames)
+	var anyCap *capture           // every interface, for replay --per-connection (Linux cooked v2 frames)
+	var dpPre map[string]statsRow // the datapath before the captures start
 	if ingress == "xdp" {
+		dpPre = stats(t, l.Server)
 		dir := t.TempDir()
 		for _, ifc := range ifaces {
 			caps = append(caps, startCapture(t, l.Server, ifc, dir))
@@ -235,7 +237,7 @@ func countersEqualKernel(t *testing.T, v6 bool, attachFlags []string, ingress st
 	}
 
 	if len(caps) != 0 {
-		replayEqualsLive(t, caps, got)
+		replayEqualsLive(t, caps, got, func() map[string]int64 { return dpDelta(t, dpPre, stats(t, l.Server), ifaces) })
 		var cliTok uint32
 		for _, c := range cliConns {
 			if c.State != "LISTEN" {
