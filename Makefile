@@ -13,13 +13,27 @@ LBFUZZTIME ?= 250000x
 FUZZTIMEOUT ?= 60m
 BENCHTIME ?= 1s
 
-.PHONY: help build generate check-generated test demo bench fuzz lint clean
+.PHONY: help build image manifests generate check-generated test demo bench fuzz lint clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-18s %s\n", $$1, $$2}'
 
 build: ## build bin/mptcp-xdp (no C toolchain needed: the eBPF objects are committed)
 	$(GO) build -ldflags "$(LDFLAGS)" -o $(BIN) ./cmd/mptcp-xdp
+
+# make image: the OCI image of the static binary (cmd/mkimage: no container daemon, no base image).
+IMAGE_REPO  ?= ghcr.io/mptcp-xdp/mptcp-xdp
+IMAGE_ARCH  ?= amd64,arm64
+IMAGE_OUT   ?= build/image
+REVISION    ?= $(shell git rev-parse HEAD 2>/dev/null)
+# The image's creation time: the last commit's, so that the same commit gives the same image.
+SOURCE_DATE_EPOCH ?= $(shell git log -1 --format=%ct 2>/dev/null || echo 0)
+
+image: ## build the OCI image (amd64+arm64) into build/image: OCI layout, its tar, docker-save tars (docs/deploy.md)
+	$(GO) run ./cmd/mkimage -out $(IMAGE_OUT) -repo $(IMAGE_REPO) -arch $(IMAGE_ARCH) -version $(VERSION) -revision "$(REVISION)" -created $(SOURCE_DATE_EPOCH)
+
+manifests: ## render deploy/kubernetes/mptcp-xdp.yaml (and test/deploy's renders) from the Helm chart deploy/helm/mptcp-xdp
+	$(GO) test -count=1 -run '^TestChartRenders$$' ./test/deploy -update
 
 generate: ## rebuild the eBPF objects and their Go bindings with clang (-O2 -g -Wall -Werror)
 	$(GO) generate ./pkg/datapath/...
@@ -46,4 +60,4 @@ lint: ## gofmt and go vet
 	$(GO) vet ./...
 
 clean: ## remove build output
-	rm -rf bin
+	rm -rf bin build

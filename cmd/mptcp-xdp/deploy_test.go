@@ -25,6 +25,24 @@ import (
 
 const deployDir = "../../deploy"
 
+// chartDir holds the Helm chart, whose templates are not YAML: test/deploy renders and checks it,
+// and commits its renders: deploy/kubernetes/mptcp-xdp.yaml and those of renderDir, which the
+// tests here check as they check every deploy file.
+const (
+	chartDir  = deployDir + "/helm"
+	renderDir = "../../test/deploy/testdata"
+)
+
+// manifests are the Kubernetes manifests: the static one and the chart's other renders.
+func manifests(t *testing.T) []string {
+	t.Helper()
+	renders, err := filepath.Glob(filepath.Join(renderDir, "*.yaml"))
+	if err != nil || len(renders) == 0 {
+		t.Fatalf("no chart renders in %s (make manifests writes them): %v", renderDir, err)
+	}
+	return append([]string{filepath.Join(deployDir, "kubernetes/mptcp-xdp.yaml")}, renders...)
+}
+
 // invocation is one mptcp-xdp command line found in a deploy file.
 type invocation struct {
 	where string
@@ -36,7 +54,10 @@ type invocation struct {
 func deployInvocations(t *testing.T) []invocation {
 	t.Helper()
 	var out []invocation
-	err := filepath.WalkDir(deployDir, func(path string, d os.DirEntry, err error) error {
+	walk := func(path string, d os.DirEntry, err error) error {
+		if err == nil && d.IsDir() && filepath.Clean(path) == filepath.Clean(chartDir) {
+			return filepath.SkipDir
+		}
 		if err != nil || d.IsDir() {
 			return err
 		}
@@ -81,9 +102,11 @@ func deployInvocations(t *testing.T) []invocation {
 			return fmt.Errorf("%s: no check for this kind of file: add one to deploy_test.go", rel)
 		}
 		return nil
-	})
-	if err != nil {
-		t.Fatal(err)
+	}
+	for _, dir := range []string{deployDir, renderDir} {
+		if err := filepath.WalkDir(dir, walk); err != nil {
+			t.Fatal(err)
+		}
 	}
 	return out
 }
@@ -360,7 +383,13 @@ type probe struct {
 // read-only, each at its path on the host, on an empty /sys/fs/bpf (the container's /sys is a
 // sysfs of its own, where no mount point can be created), never the host's whole bpffs.
 func TestDeployKubernetesServe(t *testing.T) {
-	b, err := os.ReadFile(filepath.Join(deployDir, "kubernetes/mptcp-xdp.yaml"))
+	for _, m := range manifests(t) {
+		t.Run(filepath.Base(m), func(t *testing.T) { checkKubernetesServe(t, m) })
+	}
+}
+
+func checkKubernetesServe(t *testing.T, file string) {
+	b, err := os.ReadFile(file)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -380,12 +409,20 @@ func TestDeployKubernetesServe(t *testing.T) {
 		} else if err != nil {
 			t.Fatal(err)
 		}
-		if doc.Kind == "DaemonSet" {
-			spec = &doc.Spec.Template.Spec
+		if doc.Kind != "DaemonSet" {
+			continue
+		}
+		for _, c := range doc.Spec.Template.Spec.Containers {
+			if len(c.Args) > 0 && c.Args[0] == "serve" {
+				if spec != nil {
+					t.Fatal("two DaemonSets run mptcp-xdp serve")
+				}
+				spec = &doc.Spec.Template.Spec
+			}
 		}
 	}
 	if spec == nil {
-		t.Fatal("no DaemonSet in the manifest")
+		t.Fatal("no DaemonSet in the manifest runs mptcp-xdp serve")
 	}
 	hostPaths := map[string]string{} // volume -> host path
 	emptyDirs := map[string]bool{}
