@@ -110,8 +110,9 @@ func replayJSON(t *testing.T, out string) map[string]int64 {
 	return m
 }
 
-// replayEqualsLive stops the captures, replays them with both engines and requires the sum of
-// their counters to equal the live datapath's ingress counters (live: "in.*" deltas). The captures
+// replayEqualsLive stops the captures, replays them with both engines, requires each file's
+// counters to equal Wireshark's dissector's (tsharkEqualsReplay) and the sum of their counters to
+// equal the live datapath's ingress counters (live: "in.*" deltas). The captures
 // run a little longer than live's window: the namespace's own frames (IPv6 neighbour discovery,
 // MLD) may fall between, so the replay must lie between live and the datapath's count over the
 // whole capture (outer, read once the captures stopped). tcpdump can lose frames under load, and
@@ -131,7 +132,12 @@ func replayEqualsLive(t *testing.T, caps []*capture, live map[string]int64, oute
 	for _, engine := range []string{"bpf", "go"} {
 		sum := map[string]int64{}
 		for _, c := range caps {
-			for k, v := range replayCounts(t, c.file, "--engine", engine) {
+			counts := replayCounts(t, c.file, "--engine", engine)
+			if engine == "bpf" {
+				tsharkEqualsReplay(t, c.file, counts)
+				vlanEqualsUntagged(t, c.file, counts)
+			}
+			for k, v := range counts {
 				sum[k] += v
 			}
 		}
@@ -169,6 +175,7 @@ func replayConnection(t *testing.T, c *capture, cliTok, srvTok uint32, joins int
 	if n := c.stop(); n != 0 {
 		t.Fatalf("tcpdump -i any lost %d frames", n)
 	}
+	tsharkEqualsReplay(t, c.file, replayCounts(t, c.file)) // Linux cooked capture v2 frames
 	out := mxOK(t, "replay", c.file, "--per-connection", "-o", "json")
 	var doc struct {
 		Connections []struct {
