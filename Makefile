@@ -50,6 +50,17 @@ demo: build ## the lab: two namespaces, two paths, real MPTCP traffic, datapath 
 bench: ## benchmarks (per-packet cost as ratios to a trivial program, throughput)
 	$(GO) test -run '^$$' -bench . -benchtime $(BENCHTIME) -benchmem ./...
 
+# make bench-replay: REPLAY_BYTES is the size of the generated capture (internal/capgen), written to
+# REPLAY_DIR and removed after the runs; REPLAY_RUNS runs of each tool, interleaved.
+REPLAY_BYTES ?= 1073741824
+REPLAY_DIR   ?= build/bench
+REPLAY_RUNS  ?= 3
+
+.PHONY: bench-replay
+bench-replay: build ## replay's frames/s and peak RSS on a generated REPLAY_BYTES capture (1 GiB), both engines, beside tshark -q -z io,stat,0 (needs tshark)
+	@command -v tshark >/dev/null 2>&1 || { echo "make bench-replay needs tshark (apt install tshark): tshark -q -z io,stat,0 is its baseline"; exit 1; }
+	$(GO) test -count=1 -timeout 60m -run '^$$' -bench '^BenchmarkReplay$$' -benchtime 1x ./test/bench -args -replay-bytes $(REPLAY_BYTES) -replay-runs $(REPLAY_RUNS) -replay-dir $(abspath $(REPLAY_DIR)) -replay-bin $(abspath $(BIN))
+
 fuzz: ## fuzz the eBPF parser against the Go reference parser (FUZZTIME executions) and the balancer against its Go model (LBFUZZTIME)
 	@for v in "FUZZTIME=$(FUZZTIME)" "LBFUZZTIME=$(LBFUZZTIME)"; do case "$$v" in *[0-9]x) ;; *) echo "$$v: give a count of executions such as 1000000x (about 75 s here); a duration makes go1.26 report its own deadline as a failure (golang/go#75804)"; exit 2;; esac; done
 	$(GO) test -run '^$$' -fuzz FuzzParserAgreement -fuzztime $(FUZZTIME) -timeout $(FUZZTIMEOUT) ./pkg/datapath/
