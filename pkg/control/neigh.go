@@ -38,6 +38,23 @@ var ErrNotOnLink = errors.New("not on a link of the balancer")
 type Resolver struct {
 	ns string
 	h  *netlink.Handle
+	// static, when set, is all a resolver from NewStaticResolver knows: no kernel table is read.
+	static map[netip.Addr]NextHop
+}
+
+// NewStaticResolver returns a resolver that knows only hops (by their Addr), every one on-link
+// unless its Gateway says otherwise, and reads nothing from any kernel: the next hops of a
+// balancer that forwards nothing (Offline).
+func NewStaticResolver(hops ...NextHop) *Resolver {
+	r := &Resolver{static: make(map[netip.Addr]NextHop, len(hops))}
+	for _, nh := range hops {
+		nh.Addr = nh.Addr.Unmap()
+		if !nh.Gateway.IsValid() {
+			nh.Gateway = nh.Addr
+		}
+		r.static[nh.Addr] = nh
+	}
+	return r
 }
 
 // NewResolver opens a resolver for the named network namespace ("" is the caller's).
@@ -55,7 +72,11 @@ func NewResolver(netnsName string) (*Resolver, error) {
 }
 
 // Close releases the netlink handle.
-func (r *Resolver) Close() { r.h.Close() }
+func (r *Resolver) Close() {
+	if r.h != nil {
+		r.h.Close()
+	}
+}
 
 // usable neighbour states: the kernel has a link-layer address it believes or believed valid.
 const usableNUD = netlink.NUD_REACHABLE | netlink.NUD_STALE | netlink.NUD_DELAY | netlink.NUD_PROBE |
@@ -82,6 +103,16 @@ func nudName(s int) string {
 func (r *Resolver) Route(addr netip.Addr, onLink bool) (NextHop, error) {
 	addr = addr.Unmap()
 	nh := NextHop{Addr: addr, Gateway: addr}
+	if r.static != nil {
+		s, ok := r.static[addr]
+		if !ok {
+			return nh, fmt.Errorf("route to %s: no next hop given for it", addr)
+		}
+		if onLink && s.Gateway != addr {
+			return nh, fmt.Errorf("backend %s is reached through %s: %w (use --forward ipip)", addr, s.Gateway, ErrNotOnLink)
+		}
+		return s, nil
+	}
 	routes, err := r.h.RouteGet(addr.AsSlice())
 	if err != nil {
 		return nh, fmt.Errorf("route to %s: %w", addr, err)
@@ -116,7 +147,7 @@ func (r *Resolver) Route(addr netip.Addr, onLink bool) (NextHop, error) {
 // when the kernel has no usable entry.
 func (r *Resolver) Lookup(addr netip.Addr, onLink bool) (NextHop, error) {
 	nh, err := r.Route(addr, onLink)
-	if err != nil {
+	if err != nil || r.static != nil {
 		return nh, err
 	}
 	fam := netlink.FAMILY_V4
@@ -167,6 +198,9 @@ func (r *Resolver) Resolve(ctx context.Context, addr netip.Addr, onLink bool) (N
 // solicit makes the kernel resolve nh.Gateway: a neighbour "use" (NTF_USE, what a packet sent to it
 // would do), or where that is refused a UDP datagram to the discard port.
 func (r *Resolver) solicit(nh NextHop) error {
+	if r.static != nil {
+		return nil
+	}
 	fam := netlink.FAMILY_V4
 	if nh.Gateway.Is6() {
 		fam = netlink.FAMILY_V6
@@ -199,6 +233,10 @@ type NeighEvent struct {
 // Watch calls fn for every change of the namespace's neighbour table until ctx ends (then it
 // returns nil) or the subscription fails.
 func (r *Resolver) Watch(ctx context.Context, fn func(NeighEvent)) error {
+	if r.static != nil {
+		<-ctx.Done() // a static table never changes
+		return nil
+	}
 	var h vns.NsHandle
 	var err error
 	if r.ns == "" {
@@ -251,6 +289,9 @@ func (r *Resolver) Watch(ctx context.Context, fn func(NeighEvent)) error {
 
 // IsLocal reports whether addr is one of the namespace's own addresses.
 func (r *Resolver) IsLocal(addr netip.Addr) (bool, error) {
+	if r.static != nil {
+		return false, nil
+	}
 	addrs, err := r.h.AddrList(nil, netlink.FAMILY_ALL)
 	if err != nil {
 		return false, fmt.Errorf("list addresses: %w", err)

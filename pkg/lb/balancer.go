@@ -1,7 +1,8 @@
 package lb
 
-// The balancer loaded on its own, without pkg/loader's attach and pins, for the packet tests
-// (prog.Run) and benchmarks of this package. Programs attach through pkg/loader (pkg/control).
+// The balancer loaded on its own, without pkg/loader's attach and pins: for the packet tests
+// (prog.Run) and benchmarks of this package, and for running a capture through the balancer
+// (pkg/control's Offline, replay --lb). Programs attach through pkg/loader (pkg/control).
 
 import (
 	"errors"
