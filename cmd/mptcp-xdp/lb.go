@@ -68,14 +68,72 @@ func parseBackends(specs []string) ([]control.BackendSpec, error) {
 	return out, nil
 }
 
+// lbSpecFlags are the flags that say what a balancer is (its VIPs, policy, backends and hash seed):
+// lb attach's, and replay --lb's, which runs a capture through the balancer they describe.
+type lbSpecFlags struct {
+	vips, backends   []string
+	forward, unknown string
+	steering         bool
+	seedFile         string
+}
+
+func (f *lbSpecFlags) add(cmd *cobra.Command) {
+	cmd.Flags().StringArrayVar(&f.vips, "vip", nil, "service address ADDR:PORT ([V6]:PORT), repeatable")
+	cmd.Flags().StringArrayVar(&f.backends, "backend", nil, "backend ADDR[,weight=N], repeatable")
+	cmd.Flags().StringVar(&f.forward, "forward", "l2", "forwarding: l2 (backend on a link of the balancer, MAC rewrite) or ipip (outer header to the backend)")
+	cmd.Flags().StringVar(&f.unknown, "unknown-join", "drop", "MP_JOIN SYN with an unknown token: drop, hash (place like a new flow) or pass (to this host's stack)")
+	cmd.Flags().BoolVar(&f.steering, "join-steering", true, "steer MP_JOIN SYNs by token (false: plain 5-tuple balancing, the baseline)")
+	cmd.Flags().StringVar(&f.seedFile, "hash-seed-file", "", "file of 32 hex digits, the secret seed of the 5-tuple hash (the same file on every balancer of a fleet; not readable by other users); without it the running seed is kept, or on a first attach the published default")
+}
+
+// spec reads the flags. Only the policy flags given are set in the spec's PolicyUpdate: on an
+// existing VIP the others keep their values, a new VIP takes the defaults.
+func (f *lbSpecFlags) spec(cmd *cobra.Command) (control.Spec, error) {
+	var s control.Spec
+	if cmd.Flags().Changed("hash-seed-file") {
+		seed, err := lb.ReadHashSeedFile(f.seedFile)
+		if err != nil {
+			return s, fmt.Errorf("--hash-seed-file: %w", err)
+		}
+		s.Config.HashSeed = seed.Datapath()
+	}
+	if cmd.Flags().Changed("forward") {
+		fw, err := lb.ParseForward(f.forward)
+		if err != nil {
+			return s, err
+		}
+		s.Policy.Forward = &fw
+	}
+	if cmd.Flags().Changed("unknown-join") {
+		u, err := lb.ParseUnknownJoin(f.unknown)
+		if err != nil {
+			return s, err
+		}
+		s.Policy.UnknownJoin = &u
+	}
+	if cmd.Flags().Changed("join-steering") {
+		st := f.steering
+		s.Policy.JoinSteering = &st
+	}
+	for _, v := range f.vips {
+		a, err := netip.ParseAddrPort(v)
+		if err != nil {
+			return s, fmt.Errorf("--vip %q: %w (want ADDR:PORT or [V6]:PORT)", v, err)
+		}
+		s.VIPs = append(s.VIPs, a)
+	}
+	var err error
+	s.Backends, err = parseBackends(f.backends)
+	return s, err
+}
+
 func newLBAttachCmd(g *globalFlags) *cobra.Command {
 	var (
-		vips, backends         []string
-		forward, unknown, mode string
-		steering, force        bool
-		resolveTimeout         time.Duration
-		seedFile               string
-		rehash                 bool
+		sf             lbSpecFlags
+		mode           string
+		force          bool
+		resolveTimeout time.Duration
+		rehash         bool
 	)
 	cmd := &cobra.Command{
 		Use:   "attach IFACE...",
@@ -96,47 +154,11 @@ hold: it is refused unless --rehash is given. See docs/lb.md, "Hash seed".`,
   mptcp-xdp lb attach eth0 --vip [2001:db8::10]:443 --backend 2001:db8:1::2 --forward ipip`,
 		Args: cobra.MinimumNArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			var cfg lb.Config
-			if cmd.Flags().Changed("hash-seed-file") {
-				seed, err := lb.ReadHashSeedFile(seedFile)
-				if err != nil {
-					return fmt.Errorf("--hash-seed-file: %w", err)
-				}
-				cfg.HashSeed = seed.Datapath()
-			}
-			if err := loader.CheckPrivileges(g.netns != ""); err != nil {
+			spec, err := sf.spec(cmd)
+			if err != nil {
 				return err
 			}
-			// Only the policy flags given change a VIP that exists; a new VIP takes the defaults
-			// for the others.
-			var pol control.PolicyUpdate
-			if cmd.Flags().Changed("forward") {
-				f, err := lb.ParseForward(forward)
-				if err != nil {
-					return err
-				}
-				pol.Forward = &f
-			}
-			if cmd.Flags().Changed("unknown-join") {
-				u, err := lb.ParseUnknownJoin(unknown)
-				if err != nil {
-					return err
-				}
-				pol.UnknownJoin = &u
-			}
-			if cmd.Flags().Changed("join-steering") {
-				pol.JoinSteering = &steering
-			}
-			var addrs []netip.AddrPort
-			for _, v := range vips {
-				a, err := netip.ParseAddrPort(v)
-				if err != nil {
-					return fmt.Errorf("--vip %q: %w (want ADDR:PORT or [V6]:PORT)", v, err)
-				}
-				addrs = append(addrs, a)
-			}
-			specs, err := parseBackends(backends)
-			if err != nil {
+			if err := loader.CheckPrivileges(g.netns != ""); err != nil {
 				return err
 			}
 			l, err := newLoader()
@@ -145,8 +167,8 @@ hold: it is refused unless --rehash is given. See docs/lb.md, "Hash seed".`,
 			}
 			ctx, cancel := context.WithTimeout(cmd.Context(), resolveTimeout)
 			defer cancel()
-			b, err := control.Attach(ctx, l, control.Spec{Netns: g.netns, Ifaces: args, VIPs: addrs, Policy: pol,
-				Backends: specs, Mode: loader.XDPMode(mode), Force: force, Config: cfg, Rehash: rehash})
+			spec.Netns, spec.Ifaces, spec.Mode, spec.Force, spec.Rehash = g.netns, args, loader.XDPMode(mode), force, rehash
+			b, err := control.Attach(ctx, l, spec)
 			if err != nil {
 				return err
 			}
@@ -155,15 +177,10 @@ hold: it is refused unless --rehash is given. See docs/lb.md, "Hash seed".`,
 			return renderLBStatus(cmd, g, b)
 		},
 	}
-	cmd.Flags().StringArrayVar(&vips, "vip", nil, "service address ADDR:PORT ([V6]:PORT), repeatable")
-	cmd.Flags().StringArrayVar(&backends, "backend", nil, "backend ADDR[,weight=N], repeatable")
-	cmd.Flags().StringVar(&forward, "forward", "l2", "forwarding: l2 (backend on a link of the balancer, MAC rewrite) or ipip (outer header to the backend)")
-	cmd.Flags().StringVar(&unknown, "unknown-join", "drop", "MP_JOIN SYN with an unknown token: drop, hash (place like a new flow) or pass (to this host's stack)")
-	cmd.Flags().BoolVar(&steering, "join-steering", true, "steer MP_JOIN SYNs by token (false: plain 5-tuple balancing, the baseline)")
+	sf.add(cmd)
 	cmd.Flags().StringVar(&mode, "mode", "auto", "XDP mode: auto (native only: the balancer runs in generic mode only when asked, docs/lb.md), native or generic")
 	cmd.Flags().BoolVar(&force, "force", false, "replace another tool's XDP program attached through netlink (never one held by a bpf_link); lb detach puts it back")
 	cmd.Flags().DurationVar(&resolveTimeout, "resolve-timeout", 5*time.Second, "how long to wait for a backend's neighbour to resolve")
-	cmd.Flags().StringVar(&seedFile, "hash-seed-file", "", "file of 32 hex digits, the secret seed of the 5-tuple hash (the same file on every balancer of a fleet; not readable by other users); without it the running seed is kept, or on a first attach the published default")
 	cmd.Flags().BoolVar(&rehash, "rehash", false, "allow --hash-seed-file to change the seed the balancer runs (re-places every flow the flow tables do not hold)")
 	_ = cmd.MarkFlagFilename("hash-seed-file")
 	for f, vals := range map[string][]string{"forward": {"l2", "ipip"}, "unknown-join": {"drop", "hash", "pass"}, "mode": {"auto", "native", "generic"}} {

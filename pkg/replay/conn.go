@@ -40,6 +40,8 @@ type Subflow struct {
 	// Events are the subflow's signals while no connection of the capture holds it; a subflow
 	// that joins one hands them over (unmatched subflows keep theirs).
 	Events []Event `json:"events,omitempty"`
+	// LB is what the balancer did with the subflow's frames to a VIP (replay --lb).
+	LB     *Decision `json:"lb,omitempty"`
 	conn   *Connection
 	synMPC bool // its SYN carried MP_CAPABLE
 }
@@ -90,7 +92,8 @@ func newTracker() *tracker {
 	return t
 }
 
-func (t *tracker) frame(f Frame) {
+// frame adds f to its subflow and returns the subflow (nil for a frame that is not TCP over IP).
+func (t *tracker) frame(f Frame) *Subflow {
 	_ = t.parser.DecodeLayers(f.Data, &t.decoded) // errors leave the layers decoded so far
 	var src, dst netip.Addr
 	var haveIP, haveTCP bool
@@ -109,7 +112,7 @@ func (t *tracker) frame(f Frame) {
 		}
 	}
 	if !haveIP || !haveTCP {
-		return
+		return nil
 	}
 	from := netip.AddrPortFrom(src, uint16(t.tcp.SrcPort))
 	to := netip.AddrPortFrom(dst, uint16(t.tcp.DstPort))
@@ -228,6 +231,7 @@ func (t *tracker) frame(f Frame) {
 		t.event(sf, Event{Time: f.Info.Timestamp, Type: "fallback", From: from, To: to,
 			Message: "MP_CAPABLE SYN answered by a SYN-ACK without MP_CAPABLE"})
 	}
+	return sf
 }
 
 // learn records the connection of an initial subflow from its two keys.
