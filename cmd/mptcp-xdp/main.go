@@ -72,6 +72,7 @@ func commands(g *globalFlags) []*cobra.Command {
 		newSubflowCmd(g),
 		newHistoryCmd(g),
 		newReplayCmd(g),
+		newFeaturesCmd(g),
 	}
 }
 

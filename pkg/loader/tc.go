@@ -117,7 +117,7 @@ func attachTC(dir string, lnk netlink.Link, prog *ebpf.Program, d tcDir, mech TC
 		DirectAction: true,
 	}
 	if err := netlink.FilterReplace(f); err != nil {
-		return fmt.Errorf("add clsact %s filter: %w", d, err)
+		return fmt.Errorf("add clsact %s filter: %w", d, missingModule(err, "the cls_bpf classifier (CONFIG_NET_CLS_BPF; as a module: modprobe cls_bpf)"))
 	}
 	meta.Flags |= metaTCNetlink
 	return repin(prog, filepath.Join(dir, d.progPin()))
@@ -147,10 +147,20 @@ func ensureClsact(lnk netlink.Link, meta *Meta) error {
 		QdiscType:  "clsact",
 	}
 	if err := netlink.QdiscAdd(q); err != nil {
-		return fmt.Errorf("add clsact qdisc to %s: %w", lnk.Attrs().Name, err)
+		return fmt.Errorf("add clsact qdisc to %s: %w", lnk.Attrs().Name, missingModule(err, "the clsact qdisc (CONFIG_NET_SCH_INGRESS; as a module: modprobe sch_ingress)"))
 	}
 	meta.Flags |= metaClsactAdded
 	return nil
+}
+
+// missingModule names what is missing when the kernel answers ENOENT to a qdisc or filter of a
+// kind it does not know: one that was not built, or whose module is not loaded (the kernel's own
+// message, "Specified qdisc kind is unknown", does not reach netlink's errno).
+func missingModule(err error, what string) error {
+	if errors.Is(err, unix.ENOENT) {
+		return &FeatureError{Feature: what, Kernel: "4.5", Err: err}
+	}
+	return err
 }
 
 // ourFilters lists the cls_bpf filters of ours at one clsact hook.
