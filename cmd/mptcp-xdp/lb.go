@@ -9,7 +9,9 @@ import (
 	"net/netip"
 	"os"
 	"os/signal"
+	"path/filepath"
 	"sort"
+	"strconv"
 	"strings"
 	"syscall"
 	"time"
@@ -33,7 +35,7 @@ by its token to the backend that holds the connection. Everything is pinned unde
 adds event accounting, garbage collection and next-hop refresh. See docs/lb.md.`,
 	}
 	cmd.AddCommand(newLBAttachCmd(g), newLBDetachCmd(g), newLBBackendCmd(g), newLBStatusCmd(g),
-		newLBDecapCmd(g), newLBRunCmd(g))
+		newLBDecapCmd(g), newLBRunCmd(g), newLBReloadCmd(g))
 	return cmd
 }
 
@@ -443,18 +445,152 @@ func renderDecap(w io.Writer, st *loader.DecapStatus) error {
 	return nil
 }
 
+// runPidFile is where `lb run --config` writes its process id for `lb reload`: one per network
+// namespace, beside nothing else of the tool (bpffs holds only pins).
+func runPidFile(netnsName string) (string, error) {
+	ns, err := loader.NetnsDir(netnsName)
+	if err != nil {
+		return "", err
+	}
+	return filepath.Join(runDir, "lb-run-"+ns+".pid"), nil
+}
+
+// runDir holds the pid files of `lb run --config`.
+var runDir = "/run/mptcp-xdp"
+
+// runWithConfig is lb run --config: reconcile, loop, and on SIGHUP reconcile again.
+func runWithConfig(cmd *cobra.Command, g *globalFlags, cfg control.RunConfig, file string) error {
+	l, err := privilegedLoader(g)
+	if err != nil {
+		return err
+	}
+	d, err := control.LoadConfig(file)
+	if err != nil {
+		return err
+	}
+	pidFile, err := runPidFile(g.netns)
+	if err != nil {
+		return err
+	}
+	if err := os.MkdirAll(runDir, 0o755); err != nil {
+		return err
+	}
+	if err := os.WriteFile(pidFile, []byte(strconv.Itoa(os.Getpid())+"\n"), 0o644); err != nil {
+		return fmt.Errorf("pid file: %w", err)
+	}
+	defer os.Remove(pidFile)
+	reconcile := func(d *control.Desired) (*control.Balancer, error) {
+		ctx, cancel := context.WithTimeout(cmd.Context(), 30*time.Second)
+		defer cancel()
+		b, changes, err := control.Reconcile(ctx, l, g.netns, d)
+		for _, c := range changes {
+			slog.Info("config applied", "op", c.Op, "what", c.What, "name", c.Name)
+		}
+		if err == nil && len(changes) == 0 {
+			slog.Info("config applied: nothing to change", "file", file)
+		}
+		return b, err
+	}
+	b, err := reconcile(d)
+	if err != nil {
+		return err
+	}
+	ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	defer signal.Stop(hup)
+	for {
+		loopCtx, endLoop := context.WithCancel(ctx)
+		done := make(chan error, 1)
+		go func() { done <- b.Run(loopCtx, cfg) }()
+		select {
+		case err := <-done:
+			endLoop()
+			b.Close()
+			return err
+		case <-hup:
+			endLoop()
+			if err := <-done; err != nil {
+				b.Close()
+				return err
+			}
+			nd, err := control.LoadConfig(file)
+			if err != nil {
+				slog.Error("reload refused, the balancer is left as it was", "err", err)
+				continue
+			}
+			nb, err := reconcile(nd)
+			if err != nil {
+				slog.Error("reload failed part way: the steps logged above were applied", "err", err)
+				continue
+			}
+			b.Close()
+			b = nb
+		}
+	}
+}
+
+func newLBReloadCmd(g *globalFlags) *cobra.Command {
+	var configFile string
+	cmd := &cobra.Command{
+		Use:   "reload",
+		Short: "Make the running lb run --config re-read its file (SIGHUP), after checking the file",
+		Long: `Reload checks the config file (--config, the one lb run was given) and, when it is valid, sends
+SIGHUP to the lb run --config of the network namespace (its process id is in /run/mptcp-xdp). An
+invalid file is refused here with one line naming the field, and nothing is signalled.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if configFile != "" {
+				if _, err := control.LoadConfig(configFile); err != nil {
+					return err
+				}
+			}
+			pidFile, err := runPidFile(g.netns)
+			if err != nil {
+				return err
+			}
+			b, err := os.ReadFile(pidFile)
+			if err != nil {
+				return fmt.Errorf("no lb run --config for this network namespace (%w)", err)
+			}
+			pid, err := strconv.Atoi(strings.TrimSpace(string(b)))
+			if err != nil || pid <= 0 {
+				return fmt.Errorf("%s: not a process id", pidFile)
+			}
+			if err := syscall.Kill(pid, syscall.SIGHUP); err != nil {
+				return fmt.Errorf("signal lb run (pid %d, %s): %w", pid, pidFile, err)
+			}
+			out := map[string]any{"pid": pid, "signal": "SIGHUP"}
+			return render(cmd, g, out, func(w io.Writer) error {
+				_, err := fmt.Fprintf(w, "sent SIGHUP to lb run (pid %d)\n", pid)
+				return err
+			})
+		},
+	}
+	cmd.Flags().StringVar(&configFile, "config", "", "check this file first (the one lb run --config reads)")
+	return cmd
+}
+
 func newLBRunCmd(g *globalFlags) *cobra.Command {
 	var (
-		cfg      control.RunConfig
-		logLevel string
+		cfg        control.RunConfig
+		logLevel   string
+		configFile string
 	)
 	cmd := &cobra.Command{
 		Use:   "run",
-		Short: "Run the balancer's control loop: events, garbage collection, next-hop refresh",
+		Short: "Run the balancer's control loop: events, garbage collection, next-hop refresh (and its config file)",
 		Long: `Run consumes the datapath's ring buffer of events (connection learned, join steered, unknown-token
 join, token collision), counting and logging them; removes idle flows and tokens; and follows the
 kernel's neighbour table so that a backend whose MAC changes keeps receiving. The datapath steers
-without it: stop and restart it at will. Logs go to stderr; SIGINT/SIGTERM stop it.`,
+without it: stop and restart it at will. Logs go to stderr; SIGINT/SIGTERM stop it.
+
+--config FILE (YAML: interfaces, mode, hash_seed_file, vips with their policy, backends with their
+weights; docs/lb.md, "Config file") makes the balancer what the file says before the loop starts,
+attaching it on the first run, and again on SIGHUP or ` + "`lb reload`" + `: only what differs is changed,
+and steering is never interrupted. A file with an error is refused with one line naming the field,
+and the balancer is left as it was.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			var lvl slog.Level
@@ -475,13 +611,17 @@ without it: stop and restart it at will. Logs go to stderr; SIGINT/SIGTERM stop 
 				}
 			}
 			slog.SetDefault(slog.New(slog.NewTextHandler(cmd.ErrOrStderr(), &slog.HandlerOptions{Level: lvl})))
-			return withBalancer(g, true, func(b *control.Balancer) error {
-				ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
-				defer stop()
-				return b.Run(ctx, cfg)
-			})
+			if configFile == "" {
+				return withBalancer(g, true, func(b *control.Balancer) error {
+					ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
+					defer stop()
+					return b.Run(ctx, cfg)
+				})
+			}
+			return runWithConfig(cmd, g, cfg, configFile)
 		},
 	}
+	cmd.Flags().StringVar(&configFile, "config", "", "YAML file the balancer is made to match at start and on SIGHUP / lb reload (docs/lb.md, \"Config file\")")
 	cmd.Flags().DurationVar(&cfg.GCInterval, "gc-interval", 30*time.Second, "how often to collect idle flows and tokens")
 	cmd.Flags().DurationVar(&cfg.GC.FlowIdle, "flow-idle", 10*time.Minute, "forget a flow without packets for this long")
 	cmd.Flags().DurationVar(&cfg.GC.TokenIdle, "token-idle", 30*time.Minute, "forget a token not refreshed for this long")

@@ -7,6 +7,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/mptcp-xdp/mptcp-xdp/pkg/control"
 	"github.com/mptcp-xdp/mptcp-xdp/pkg/lb"
 	"github.com/mptcp-xdp/mptcp-xdp/pkg/mptcp"
 	"github.com/mptcp-xdp/mptcp-xdp/pkg/replay"
@@ -15,6 +16,7 @@ import (
 func newReplayCmd(g *globalFlags) *cobra.Command {
 	var dir, engine string
 	var perConn, withLB bool
+	var configFile string
 	var sf lbSpecFlags
 	cmd := &cobra.Command{
 		Use:   "replay FILE.pcap|FILE.pcapng",
@@ -39,7 +41,8 @@ REMOVE_ADDR, MP_PRIO, MP_FAIL, MP_FASTCLOSE and MP_TCPRST signals and fallbacks 
 attached and nothing is sent. Replay the frames a balancer receives (a capture on its client-facing
 interfaces, or on the clients' side of them: native XDP runs before tcpdump), whole (tcpdump -s 0).
 It prints, per connection and subflow, the backend the balancer would send it to and why: its
-Maglev slot, the token its MP_JOIN SYN names, the unknown-token policy, or a flow already held.`,
+Maglev slot, the token its MP_JOIN SYN names, the unknown-token policy, or a flow already held.
+--lb --config FILE takes the balancer's config file (lb run --config's) instead of the flags.`,
 		Example: `  mptcp-xdp replay server.pcap
   mptcp-xdp replay any.pcapng --per-connection -o json
   mptcp-xdp replay --engine go capture.pcap
@@ -59,17 +62,30 @@ Maglev slot, the token its MP_JOIN SYN names, the unknown-token policy, or a flo
 						return fmt.Errorf("--%s does not apply to --lb (the balancer program, frames received, always per connection)", f)
 					}
 				}
-				spec, err := sf.spec(cmd)
-				if err != nil {
-					return err
+				var d *control.Desired
+				if configFile != "" {
+					for _, f := range []string{"vip", "backend", "forward", "unknown-join", "join-steering", "hash-seed-file"} {
+						if cmd.Flags().Changed(f) {
+							return fmt.Errorf("--%s and --config: the config file says it all", f)
+						}
+					}
+					if d, err = control.LoadConfig(configFile); err != nil {
+						return err
+					}
+				} else {
+					spec, err := sf.spec(cmd)
+					if err != nil {
+						return err
+					}
+					d = spec.Desired()
 				}
-				r, err := replay.RunLB(args[0], spec)
+				r, err := replay.RunLB(args[0], d)
 				if err != nil {
 					return err
 				}
 				return render(cmd, g, r, func(w io.Writer) error { return replayLBTable(w, r) })
 			}
-			for _, f := range []string{"vip", "backend", "forward", "unknown-join", "join-steering", "hash-seed-file"} {
+			for _, f := range []string{"vip", "backend", "forward", "unknown-join", "join-steering", "hash-seed-file", "config"} {
 				if cmd.Flags().Changed(f) {
 					return fmt.Errorf("--%s configures the balancer: it needs --lb", f)
 				}
@@ -86,6 +102,7 @@ Maglev slot, the token its MP_JOIN SYN names, the unknown-token policy, or a flo
 	cmd.Flags().BoolVar(&perConn, "per-connection", false, "group the frames by MPTCP connection: tokens, subflows, joins, path-management events")
 	cmd.Flags().BoolVar(&withLB, "lb", false, "run the balancer over the capture, configured by --vip, --backend and lb attach's other flags, and show where each subflow would go and why")
 	sf.add(cmd)
+	cmd.Flags().StringVar(&configFile, "config", "", "with --lb: the balancer's config file (lb run --config's) instead of the flags")
 	return cmd
 }
 

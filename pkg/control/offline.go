@@ -27,15 +27,20 @@ type Offline struct {
 // NewOffline loads a balancer for s's VIPs (each with s.Policy) and backends, whose next hops are
 // hops (by address, one for each backend: Offline reads no routing or neighbour table). s.Netns,
 // s.Ifaces, s.Mode, s.Force and s.Rehash are not used; s.Config.PinPath must be empty.
-func NewOffline(s Spec, hops ...NextHop) (_ *Offline, err error) {
-	if s.Config.PinPath != "" {
+func NewOffline(s Spec, hops ...NextHop) (*Offline, error) {
+	return NewOfflineConfig(s.Desired(), hops...)
+}
+
+// NewOfflineConfig is NewOffline for a config file's balancer: each VIP with its own policy.
+func NewOfflineConfig(d *Desired, hops ...NextHop) (_ *Offline, err error) {
+	if d.Config.PinPath != "" {
 		return nil, errors.New("an offline balancer pins nothing")
 	}
-	prog, err := lb.Load(s.Config)
+	prog, err := lb.Load(d.Config)
 	if err != nil {
 		return nil, err
 	}
-	o := &Offline{Program: prog.Program, Seed: s.Config.HashSeed, prog: prog}
+	o := &Offline{Program: prog.Program, Seed: d.Config.HashSeed, prog: prog}
 	if o.Seed == 0 {
 		o.Seed = lb.DefaultHashSeed
 	}
@@ -51,12 +56,12 @@ func NewOffline(s Spec, hops ...NextHop) (_ *Offline, err error) {
 	if o.Balancer, err = OpenBalancer(prog.Maps, o.weights, NewStaticResolver(hops...)); err != nil {
 		return nil, err
 	}
-	for _, v := range s.VIPs {
-		if _, err := o.putVIP(v, s.Policy); err != nil {
+	for _, v := range d.VIPs {
+		if _, err := o.putVIP(v.Addr, v.Policy.Set()); err != nil {
 			return nil, err
 		}
 	}
-	if _, err := o.addBackends(context.Background(), s.Backends...); err != nil {
+	if _, err := o.addBackends(context.Background(), d.Backends...); err != nil {
 		return nil, err
 	}
 	return o, nil

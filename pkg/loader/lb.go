@@ -356,6 +356,15 @@ func lbHook(dir, iface string, lnk netlink.Link) xdpHook {
 // else is left with its directory and reported as a *ForeignFilesError.
 func (l *Loader) DetachLB(netnsName string) error { return l.detachLBKind(netnsName, nil, false) }
 
+// DetachLBIfaces detaches the balancer from ifaces only; the last interface removes its maps too, as
+// DetachLB does.
+func (l *Loader) DetachLBIfaces(netnsName string, ifaces []string) error {
+	if len(ifaces) == 0 {
+		return fmt.Errorf("detach balancer: no interface given")
+	}
+	return l.detachLBKind(netnsName, ifaces, false)
+}
+
 // DetachDecap removes the decapsulator from ifaces (all of them when empty); the last one removes its
 // maps too. A gone namespace and foreign files are handled as by DetachLB.
 func (l *Loader) DetachDecap(netnsName string, ifaces []string) error {

@@ -79,11 +79,11 @@ func lbMAC(i int) net.HardwareAddr {
 	return net.HardwareAddr{0x02, 0x6d, 0x78, 0x00, byte(i >> 8), byte(i)}
 }
 
-// RunLB runs the capture at path through the balancer configured by spec (its VIPs, policy,
-// backends and hash seed, as `lb attach` takes them), one frame at a time in capture order, with
+// RunLB runs the capture at path through the balancer spec describes (its VIPs and their policy,
+// backends and hash seed: from lb attach's flags, Spec.Desired, or a config file, LoadConfig), one frame at a time in capture order, with
 // maps of its own: nothing is attached and nothing forwarded. Frames are grouped by connection as
 // with --per-connection, each subflow carrying the balancer's decision.
-func RunLB(path string, spec control.Spec) (*LBResult, error) {
+func RunLB(path string, spec *control.Desired) (*LBResult, error) {
 	if len(spec.VIPs) == 0 || len(spec.Backends) == 0 {
 		return nil, errors.New("replay --lb: give at least one --vip and one --backend, as to lb attach")
 	}
@@ -109,7 +109,7 @@ func RunLB(path string, spec control.Spec) (*LBResult, error) {
 			DstMAC: lbMAC(i), SrcAddr: src, State: "permanent"}
 		byMAC[lbMAC(i).String()] = b.Addr.Unmap()
 	}
-	off, err := control.NewOffline(spec, hops...)
+	off, err := control.NewOfflineConfig(spec, hops...)
 	if err != nil {
 		if errors.Is(err, os.ErrPermission) {
 			return nil, fmt.Errorf("replay --lb: %w", ErrNoPrivilege)

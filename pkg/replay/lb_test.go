@@ -59,7 +59,7 @@ func TestRunLB(t *testing.T) {
 		{"no-steering", control.PolicyUpdate{JoinSteering: ptr(false)}, "maglev", "forward/maglev", 7},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			r, err := RunLB(file, control.Spec{VIPs: []netip.AddrPort{vip}, Policy: tc.policy, Backends: backends})
+			r, err := RunLB(file, control.Spec{VIPs: []netip.AddrPort{vip}, Policy: tc.policy, Backends: backends}.Desired())
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -138,7 +138,7 @@ func TestRunLBBadConfig(t *testing.T) {
 		{control.Spec{VIPs: []netip.AddrPort{netip.MustParseAddrPort("10.0.0.10:80")}}, "--backend"},
 		{control.Spec{VIPs: []netip.AddrPort{netip.MustParseAddrPort("10.2.0.2:80")}, Backends: be}, "backend"},
 	} {
-		if _, err := RunLB(file, tc.spec); err == nil || !strings.Contains(err.Error(), tc.want) {
+		if _, err := RunLB(file, tc.spec.Desired()); err == nil || !strings.Contains(err.Error(), tc.want) {
 			t.Errorf("%+v: %v, want an error naming %s", tc.spec, err, tc.want)
 		}
 	}

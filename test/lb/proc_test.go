@@ -35,12 +35,12 @@ type controlPlane struct {
 	err  error
 }
 
-// startControlPlane starts `lb run` for the balancer of ns; the test's cleanup kills it if it is
-// still running.
-func startControlPlane(t *testing.T, ns string) *controlPlane {
+// startControlPlane starts `lb run` (with extra flags) for the balancer of ns; the test's cleanup
+// kills it if it is still running.
+func startControlPlane(t *testing.T, ns string, extra ...string) *controlPlane {
 	t.Helper()
 	cp := &controlPlane{logs: &lockedBuffer{}, done: make(chan struct{})}
-	cp.cmd = exec.Command(bin, "--netns", ns, "lb", "run", "--summary-interval", "5s", "--gc-interval", "5s")
+	cp.cmd = exec.Command(bin, append([]string{"--netns", ns, "lb", "run", "--summary-interval", "5s", "--gc-interval", "5s"}, extra...)...)
 	cp.cmd.Stderr = cp.logs
 	// Wait returns this long after the process exits even if something still holds its stderr.
 	cp.cmd.WaitDelay = 5 * time.Second
