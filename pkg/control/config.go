@@ -51,7 +51,8 @@ type ConfigBackend struct {
 type Desired struct {
 	Ifaces   []string
 	Mode     loader.XDPMode
-	Config   lb.Config // HashSeed read from HashSeedFile (0 without one)
+	Config   lb.Config // HashSeed read from SeedFile by LoadConfig (0 without one)
+	SeedFile string    // hash_seed_file
 	VIPs     []DesiredVIP
 	Backends []BackendSpec
 }
@@ -74,21 +75,29 @@ func (s Spec) Desired() *Desired {
 
 var unknownField = regexp.MustCompile(`field (\S+) not found in type \S+`)
 
-// LoadConfig reads and checks the config file at path. Every error is one line naming the file
-// and the field (with its line for a YAML error).
+// LoadConfig reads and checks the config file at path, and the hash seed file it names. Every
+// error is one line naming the file and the field (with its line for a YAML error).
 func LoadConfig(path string) (*Desired, error) {
 	b, err := os.ReadFile(path)
 	if err != nil {
 		return nil, fmt.Errorf("config: %w", err)
 	}
 	d, err := ParseConfig(b)
+	if err == nil && d.SeedFile != "" {
+		var seed lb.HashSeed
+		if seed, err = lb.ReadHashSeedFile(d.SeedFile); err != nil {
+			err = fmt.Errorf("hash_seed_file: %w", err)
+		} else {
+			d.Config.HashSeed = seed.Datapath()
+		}
+	}
 	if err != nil {
 		return nil, fmt.Errorf("config %s: %w", path, err)
 	}
 	return d, nil
 }
 
-// ParseConfig checks a config file's content. A hash_seed_file is read.
+// ParseConfig checks a config file's content; LoadConfig also reads its hash_seed_file.
 func ParseConfig(b []byte) (*Desired, error) {
 	var c FileConfig
 	dec := yaml.NewDecoder(bytes.NewReader(b))
@@ -129,13 +138,7 @@ func (c *FileConfig) check() (*Desired, error) {
 	default:
 		return nil, fmt.Errorf("mode: %q: want auto, native or generic", c.Mode)
 	}
-	if c.HashSeedFile != "" {
-		seed, err := lb.ReadHashSeedFile(c.HashSeedFile)
-		if err != nil {
-			return nil, fmt.Errorf("hash_seed_file: %w", err)
-		}
-		d.Config.HashSeed = seed.Datapath()
-	}
+	d.SeedFile = c.HashSeedFile
 	if len(c.VIPs) == 0 {
 		return nil, errors.New("vips: give at least one")
 	}

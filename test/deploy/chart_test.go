@@ -38,6 +38,8 @@ import (
 	"k8s.io/apimachinery/pkg/util/validation"
 	kjson "sigs.k8s.io/json"
 	"sigs.k8s.io/yaml"
+
+	"github.com/mptcp-xdp/mptcp-xdp/pkg/control"
 )
 
 var update = flag.Bool("update", false, "rewrite the committed renders (make manifests)")
@@ -81,6 +83,7 @@ var cases = []renderCase{
 	{name: "default", golden: "testdata/default.yaml"},
 	{name: "manifest", values: "ci/manifest-values.yaml", golden: "../../deploy/kubernetes/mptcp-xdp.yaml", header: header},
 	{name: "all", values: "ci/all-values.yaml", golden: "testdata/all.yaml"},
+	{name: "lbconfig", values: "ci/lbconfig-values.yaml", golden: "testdata/lbconfig.yaml"},
 }
 
 // render renders the chart as `helm template --namespace mptcp-xdp mptcp-xdp CHART -f values`
@@ -354,7 +357,15 @@ func checkObjects(t *testing.T, name string, objs []object) {
 		checkRules(t, o.source, o.obj.(*monitoringv1.PrometheusRule))
 	}
 	for _, o := range kinds["ConfigMap"] {
-		checkDashboard(t, o.source, o.obj.(*corev1.ConfigMap))
+		cm := o.obj.(*corev1.ConfigMap)
+		if strings.HasSuffix(cm.Name, "-lb-config") {
+			checkBalancerConfig(t, o.source, cm, kinds["DaemonSet"])
+			continue
+		}
+		checkDashboard(t, o.source, cm)
+	}
+	if name == "lbconfig" && len(kinds["ConfigMap"]) != 1 {
+		t.Errorf("balancer.config: %d ConfigMaps, want the balancer's config", len(kinds["ConfigMap"]))
 	}
 	if name == "all" {
 		for _, k := range []string{"Namespace", "Service", "ServiceMonitor", "PodMonitor", "PrometheusRule", "ConfigMap"} {
@@ -567,6 +578,74 @@ func TestChartRefuses(t *testing.T) {
 	_, err := renderErr(map[string]any{"balancer": map[string]any{"enabled": true}})
 	if err == nil || !strings.Contains(err.Error(), "balancer.interfaces") {
 		t.Errorf("balancer without interfaces: %v, want a failure naming balancer.interfaces", err)
+	}
+	_, err = renderErr(map[string]any{"balancer": map[string]any{"enabled": true, "interfaces": []any{"eth2"},
+		"config": map[string]any{"interfaces": []any{"eth2"}}}})
+	if err == nil || !strings.Contains(err.Error(), "balancer.config") {
+		t.Errorf("balancer.config and balancer.interfaces both: %v, want a failure naming balancer.config", err)
+	}
+	_, err = renderErr(map[string]any{"balancer": map[string]any{"enabled": true, "config": map[string]any{"vips": []any{}}}})
+	if err == nil || !strings.Contains(err.Error(), "balancer.config.interfaces") {
+		t.Errorf("balancer.config without interfaces: %v, want a failure naming balancer.config.interfaces", err)
+	}
+}
+
+// checkBalancerConfig: the balancer's ConfigMap holds a config file lb run --config accepts (the
+// binary's own parser), with the hash seed file where the Secret is mounted; the balancer's pods
+// run lb run --config on it with no lb attach init container, mount it and a writable /run/mptcp-xdp
+// for the pid file, and carry its checksum so that a change rolls them.
+func checkBalancerConfig(t *testing.T, where string, cm *corev1.ConfigMap, dss []object) {
+	t.Helper()
+	text, ok := cm.Data["lb.yaml"]
+	if !ok {
+		t.Fatalf("%s: no lb.yaml in %v", where, cm.Data)
+	}
+	d, err := control.ParseConfig([]byte(text))
+	if err != nil {
+		t.Fatalf("%s: lb run --config would refuse lb.yaml: %v\n%s", where, err, text)
+	}
+	if len(d.Ifaces) == 0 || len(d.VIPs) == 0 || len(d.Backends) == 0 || d.SeedFile != "/etc/mptcp-xdp/lb/seed" {
+		t.Errorf("%s: config %+v: want interfaces, VIPs, backends and the mounted seed file", where, d)
+	}
+	var pods *corev1.PodTemplateSpec
+	for _, o := range dss {
+		if ds := o.obj.(*appsv1.DaemonSet); ds.Spec.Template.Labels["app.kubernetes.io/component"] == "balancer" {
+			pods = &ds.Spec.Template
+		}
+	}
+	if pods == nil {
+		t.Fatalf("%s: no balancer DaemonSet", where)
+	}
+	if len(pods.Spec.InitContainers) != 0 {
+		t.Errorf("balancer with a config file: init containers %v, want none (lb run --config attaches)", pods.Spec.InitContainers)
+	}
+	if len(pods.Spec.Containers) != 1 {
+		t.Fatalf("balancer pods: %d containers", len(pods.Spec.Containers))
+	}
+	c := pods.Spec.Containers[0]
+	i := slices.Index(c.Args, "--config")
+	if i < 0 || i+1 >= len(c.Args) || c.Args[i+1] != "/etc/mptcp-xdp/lb-config/lb.yaml" || !slices.Equal(c.Args[:2], []string{"lb", "run"}) {
+		t.Errorf("lb-run args %v: want lb run --config /etc/mptcp-xdp/lb-config/lb.yaml", c.Args)
+	}
+	mounts := map[string]corev1.VolumeMount{}
+	for _, m := range c.VolumeMounts {
+		mounts[m.MountPath] = m
+	}
+	vols := map[string]corev1.Volume{}
+	for _, v := range pods.Spec.Volumes {
+		vols[v.Name] = v
+	}
+	if m, ok := mounts["/etc/mptcp-xdp/lb-config"]; !ok || vols[m.Name].ConfigMap == nil || vols[m.Name].ConfigMap.Name != cm.Name {
+		t.Errorf("the config is not mounted from ConfigMap %s at /etc/mptcp-xdp/lb-config: %v", cm.Name, c.VolumeMounts)
+	}
+	if m, ok := mounts["/run/mptcp-xdp"]; !ok || m.ReadOnly || vols[m.Name].EmptyDir == nil {
+		t.Errorf("no writable emptyDir at /run/mptcp-xdp for lb run's pid file: %v", c.VolumeMounts)
+	}
+	if m, ok := mounts["/etc/mptcp-xdp/lb"]; !ok || vols[m.Name].Secret == nil {
+		t.Errorf("the hash seed Secret is not mounted at /etc/mptcp-xdp/lb: %v", c.VolumeMounts)
+	}
+	if pods.Annotations["checksum/lb-config"] == "" {
+		t.Errorf("balancer pods carry no checksum/lb-config annotation: %v", pods.Annotations)
 	}
 }
 
