@@ -35,7 +35,7 @@ by its token to the backend that holds the connection. Everything is pinned unde
 adds event accounting, garbage collection and next-hop refresh. See docs/lb.md.`,
 	}
 	cmd.AddCommand(newLBAttachCmd(g), newLBDetachCmd(g), newLBBackendCmd(g), newLBStatusCmd(g),
-		newLBDecapCmd(g), newLBRunCmd(g), newLBReloadCmd(g))
+		newLBDecapCmd(g), newLBRunCmd(g), newLBReloadCmd(g), newLBBackendSetupCmd(g))
 	return cmd
 }
 
@@ -529,6 +529,67 @@ func runWithConfig(cmd *cobra.Command, g *globalFlags, cfg control.RunConfig, fi
 			b = nb
 		}
 	}
+}
+
+func newLBBackendSetupCmd(g *globalFlags) *cobra.Command {
+	var (
+		vip      string
+		joinPort uint16
+		undo     bool
+	)
+	cmd := &cobra.Command{
+		Use:   "backend-setup --vip ADDR:PORT --join-port P",
+		Short: "On a backend: send RFC 8684's C flag and announce the VIP with a join port of its own",
+		Long: `Backend-setup configures this host's kernel (run it on each backend, with --netns for a namespace)
+for joins that need no balancer state: net.mptcp.allow_join_initial_addr_port=0, so that its
+MP_CAPABLE SYN-ACK carries the C flag (clients must not open subflows to the VIP's own address and
+port), and an MPTCP signal endpoint for the VIP's address with port P, which the kernel announces
+(ADD_ADDR VIP:P) and on which it accepts joins. Give every backend its own P. The VIP must be an
+address of this host (a DSR backend has it on lo). It is idempotent; --undo deletes the endpoint
+and sets the sysctl back to 1. A kernel without the sysctl (5.14) or without port endpoints (5.12)
+is refused in one line. See docs/lb.md, "Join ports".`,
+		Example: `  mptcp-xdp lb backend-setup --vip 10.0.0.10:80 --join-port 20001
+  mptcp-xdp --netns be1 lb backend-setup --vip 10.0.0.10:80 --join-port 20001 --undo`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			v, err := netip.ParseAddrPort(vip)
+			if err != nil {
+				return fmt.Errorf("--vip %q: %w (want ADDR:PORT or [V6]:PORT)", vip, err)
+			}
+			if !cmd.Flags().Changed("join-port") {
+				return errors.New("--join-port: required (this backend's port for joins on the VIP's address)")
+			}
+			if err := loader.CheckPrivileges(g.netns != ""); err != nil {
+				return err
+			}
+			do := control.BackendSetup
+			if undo {
+				do = control.BackendUndo
+			}
+			r, err := do(g.netns, v, joinPort)
+			if err != nil {
+				return err
+			}
+			return render(cmd, g, r, func(w io.Writer) error {
+				fmt.Fprintf(w, "VIP\t%s\nJOIN PORT\t%d\nallow_join_initial_addr_port\t%s\n", r.VIP, r.JoinPort, r.Sysctl)
+				if r.Endpoint != nil {
+					fmt.Fprintf(w, "ENDPOINT\tid %d\t%s port %d\tsignal\n", r.Endpoint.ID, r.Endpoint.Addr, r.Endpoint.Port)
+				}
+				if len(r.Changed) == 0 {
+					fmt.Fprintln(w, "CHANGED\tnothing (already so)")
+				}
+				for _, c := range r.Changed {
+					fmt.Fprintf(w, "CHANGED\t%s\n", c)
+				}
+				return nil
+			})
+		},
+	}
+	cmd.Flags().StringVar(&vip, "vip", "", "the service address ADDR:PORT, an address of this host")
+	cmd.Flags().Uint16Var(&joinPort, "join-port", 0, "this backend's port for joins on the VIP's address (unique per backend)")
+	cmd.Flags().BoolVar(&undo, "undo", false, "delete the endpoint and set allow_join_initial_addr_port back to 1")
+	_ = cmd.MarkFlagRequired("vip")
+	return cmd
 }
 
 func newLBReloadCmd(g *globalFlags) *cobra.Command {

@@ -8,6 +8,7 @@ package features
 import (
 	"errors"
 	"fmt"
+	"net/netip"
 	"os"
 	"syscall"
 
@@ -19,6 +20,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/mptcp-xdp/mptcp-xdp/pkg/loader"
+	"github.com/mptcp-xdp/mptcp-xdp/pkg/mptcppm"
 	"github.com/mptcp-xdp/mptcp-xdp/pkg/netns"
 	"github.com/mptcp-xdp/mptcp-xdp/pkg/sockopt"
 	"github.com/mptcp-xdp/mptcp-xdp/pkg/stats"
@@ -181,7 +183,15 @@ func probePortEndpoint() error {
 	if err := netlink.AddrAdd(lo, a); err != nil {
 		return err
 	}
-	return addPortEndpoint("192.0.2.1", 10000)
+	const port = 10000
+	e, err := mptcppm.Add(mptcppm.Endpoint{Addr: netip.MustParseAddr("192.0.2.1"), Port: port, Flags: mptcppm.FlagSignal})
+	if err != nil {
+		return err
+	}
+	if e.Port != port {
+		return fmt.Errorf("endpoint %s added, but listed without its port %d", e.Addr, port)
+	}
+	return nil
 }
 
 // trivial loads a program of type t that returns ret.
