@@ -236,7 +236,8 @@ static __always_inline struct lb_backend *lb_backend_usable(__u32 id, int new_fl
 }
 
 /* Maglev: the backend of slot hash % LB_RING_SIZE of the VIP's table, or of the next slots when that
- * one's backend takes no new flows. */
+ * one's backend takes no new flows. A join port's table holds its owner only, which takes its joins
+ * while draining too. */
 static __always_inline struct lb_backend *lb_pick(const struct lb_vip *vip, __u32 hash, __u32 *id)
 {
 	if (vip->id >= LB_MAX_VIPS)
@@ -249,7 +250,7 @@ static __always_inline struct lb_backend *lb_pick(const struct lb_vip *vip, __u3
 		__u32 *b = bpf_map_lookup_elem(&mptcpx_ring, &idx);
 		if (!b)
 			return NULL;
-		struct lb_backend *be = lb_backend_usable(*b, 1);
+		struct lb_backend *be = lb_backend_usable(*b, !(vip->flags & LB_VIP_JOIN_PORT));
 		if (be) {
 			*id = *b;
 			return be;

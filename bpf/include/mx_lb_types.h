@@ -41,6 +41,10 @@ enum lb_unknown_join {
 
 enum lb_vip_flags {
 	LB_VIP_JOIN_STEERING = 1 << 0, /* steer MP_JOIN SYNs by token (off: plain 5-tuple balancing) */
+	/* A backend's join port (VIP address, port P): its ring holds that backend in every slot,
+	 * written alike on every balancer, so its joins need no state; a draining owner still takes
+	 * them (the joins of its existing connections). */
+	LB_VIP_JOIN_PORT = 1 << 1,
 };
 
 struct lb_vip_key {

@@ -301,8 +301,19 @@ func lbStatusTable(w io.Writer, st *control.Status) error {
 	}
 	fmt.Fprintf(w, "balancer in %s on %s; %d flows, %d tokens\n\n", st.Netns, orDash(strings.Join(ifs, ", ")), st.Flows, st.Tokens)
 	fmt.Fprintln(w, "VIP\tID\tFORWARD\tUNKNOWN JOIN\tJOIN STEERING\tTOKENS")
+	var joinPorts []control.VIPStatus
 	for _, v := range st.VIPs {
+		if v.JoinPortOf != "" {
+			joinPorts = append(joinPorts, v)
+			continue
+		}
 		fmt.Fprintf(w, "%s\t%d\t%s\t%s\t%v\t%d\n", v.Addr, v.ID, v.Forward, v.UnknownJoin, v.JoinSteering, v.Tokens)
+	}
+	if len(joinPorts) != 0 {
+		fmt.Fprintln(w, "\nJOIN PORT\tID\tFORWARD\tBACKEND")
+		for _, v := range joinPorts {
+			fmt.Fprintf(w, "%s\t%d\t%s\t%s\n", v.Addr, v.ID, v.Forward, v.JoinPortOf)
+		}
 	}
 	fmt.Fprintln(w, "\nBACKEND\tID\tWEIGHT\tSTATE\tIFACE\tMAC\tRING SLOTS\tFLOWS\tTOKENS")
 	for _, b := range st.Backends {

@@ -266,6 +266,9 @@ func (b *Balancer) writeRings(onlyDiffering bool) error {
 		return err
 	}
 	for _, v := range vips {
+		if v.JoinPort {
+			continue // its owner in every slot (PutJoinPort), whatever the set
+		}
 		if onlyDiffering {
 			ring, err := b.Maps.ReadRing(v.ID)
 			if err != nil {
@@ -362,8 +365,101 @@ func (b *Balancer) undoAdd(known bool, be Backend, err error) error {
 	return err
 }
 
-// purge deletes every flow and token that points at backend id.
+// PutJoinPort makes addr (a VIP's address with a backend's join port, `lb backend-setup` on that
+// backend) route every packet to backend owner, forwarded as forward: a VIP entry whose ring holds
+// owner in every slot, without join steering. Every balancer given the same join ports routes the
+// joins alike, with no state. The owner must be one of the backends.
+func (b *Balancer) PutJoinPort(addr netip.AddrPort, owner netip.Addr, forward lb.Forward) (v lb.VIP, err error) {
+	err = b.locked(func() error { v, err = b.putJoinPort(addr, owner, forward); return err })
+	return v, err
+}
+
+func (b *Balancer) putJoinPort(addr netip.AddrPort, owner netip.Addr, forward lb.Forward) (lb.VIP, error) {
+	addr = netip.AddrPortFrom(addr.Addr().Unmap(), addr.Port())
+	if err := b.checkVIP(addr); err != nil {
+		return lb.VIP{}, err
+	}
+	be, ok := b.set.Get(owner)
+	if !ok {
+		return lb.VIP{}, fmt.Errorf("join port %s: backend %s is not one of the balancer's", addr, owner)
+	}
+	vips, err := b.Maps.ListVIPs()
+	if err != nil {
+		return lb.VIP{}, err
+	}
+	used := map[uint32]bool{}
+	v := lb.VIP{Addr: addr, ID: lb.MaxVIPs, Forward: forward, UnknownJoin: lb.JoinPass, JoinPort: true}
+	for _, o := range vips {
+		used[o.ID] = true
+		if o.Addr == addr {
+			if !o.JoinPort {
+				return lb.VIP{}, fmt.Errorf("join port %s: a VIP of its own already", addr)
+			}
+			v.ID = o.ID
+		}
+	}
+	if v.ID == lb.MaxVIPs {
+		for id := uint32(0); id < b.Maps.Ring.MaxEntries()/lb.RingSize; id++ {
+			if !used[id] {
+				v.ID = id
+				break
+			}
+		}
+		if v.ID == lb.MaxVIPs {
+			return lb.VIP{}, fmt.Errorf("join port %s: the VIP table is full", addr)
+		}
+	}
+	ring := make([]uint32, lb.RingSize)
+	for i := range ring {
+		ring[i] = be.ID
+	}
+	if err := b.Maps.WriteRing(v.ID, ring); err != nil {
+		return lb.VIP{}, err
+	}
+	if err := b.Maps.PutVIP(v); err != nil {
+		return lb.VIP{}, err
+	}
+	slog.Debug("join port", "addr", v.Addr, "id", v.ID, "backend", owner, "forward", v.Forward)
+	return v, nil
+}
+
+// JoinPortOwner returns the backend id a join port's ring holds.
+func (b *Balancer) JoinPortOwner(v lb.VIP) (uint32, error) {
+	var id uint32
+	if err := b.Maps.Ring.Lookup(v.ID*lb.RingSize, &id); err != nil {
+		return 0, fmt.Errorf("join port %s: read its ring: %w", v.Addr, err)
+	}
+	return id, nil
+}
+
+// deleteJoinPorts deletes the join ports of backend id.
+func (b *Balancer) deleteJoinPorts(id uint32) error {
+	vips, err := b.Maps.ListVIPs()
+	if err != nil {
+		return err
+	}
+	for _, v := range vips {
+		if !v.JoinPort {
+			continue
+		}
+		owner, err := b.JoinPortOwner(v)
+		if err != nil {
+			return err
+		}
+		if owner == id {
+			if err := b.Maps.DeleteVIP(v.Addr); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+// purge deletes every flow and token that points at backend id, and its join ports.
 func (b *Balancer) purge(id uint32) error {
+	if err := b.deleteJoinPorts(id); err != nil {
+		return err
+	}
 	flows, err := b.Maps.ListFlows()
 	if err != nil {
 		return err
@@ -462,6 +558,9 @@ func (b *Balancer) remove(addr netip.Addr) (Backend, error) {
 		return be, err
 	}
 	if err := stepDone("remove: tables rebuilt"); err != nil {
+		return be, err
+	}
+	if err := b.deleteJoinPorts(be.ID); err != nil {
 		return be, err
 	}
 	if err := b.Maps.DeleteBackend(be.ID); err != nil {

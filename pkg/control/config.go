@@ -45,16 +45,28 @@ type ConfigVIP struct {
 type ConfigBackend struct {
 	Addr   string `yaml:"addr"`
 	Weight uint32 `yaml:"weight,omitempty"` // default DefaultWeight
+	// JoinPort: the port this backend announces on every VIP's address for its joins (lb
+	// backend-setup --join-port on it); the balancer sends every packet to VIP-address:JoinPort to
+	// it, statelessly. 0: none (joins are steered by token).
+	JoinPort uint16 `yaml:"join_port,omitempty"`
 }
 
 // Desired is a FileConfig checked and resolved into what the balancer is made of.
 type Desired struct {
-	Ifaces   []string
-	Mode     loader.XDPMode
-	Config   lb.Config // HashSeed read from SeedFile by LoadConfig (0 without one)
-	SeedFile string    // hash_seed_file
-	VIPs     []DesiredVIP
-	Backends []BackendSpec
+	Ifaces    []string
+	Mode      loader.XDPMode
+	Config    lb.Config // HashSeed read from SeedFile by LoadConfig (0 without one)
+	SeedFile  string    // hash_seed_file
+	VIPs      []DesiredVIP
+	Backends  []BackendSpec
+	JoinPorts []DesiredJoinPort
+}
+
+// DesiredJoinPort is one backend's join port on one VIP's address.
+type DesiredJoinPort struct {
+	Addr    netip.AddrPort // the VIP's address, the backend's port
+	Owner   netip.Addr
+	Forward lb.Forward // the VIP's
 }
 
 // DesiredVIP is one VIP with its whole policy.
@@ -196,6 +208,20 @@ func (c *FileConfig) check() (*Desired, error) {
 			}
 		}
 		d.Backends = append(d.Backends, BackendSpec{Addr: a, Weight: w})
+		if b.JoinPort != 0 {
+			for _, v := range d.VIPs {
+				jp := netip.AddrPortFrom(v.Addr.Addr(), b.JoinPort)
+				if vips[jp] {
+					return nil, fmt.Errorf("backends[%d].join_port: %d is a VIP's port on %s", i, b.JoinPort, v.Addr.Addr())
+				}
+				for _, o := range d.JoinPorts {
+					if o.Addr == jp {
+						return nil, fmt.Errorf("backends[%d].join_port: %d is %s's too", i, b.JoinPort, o.Owner)
+					}
+				}
+				d.JoinPorts = append(d.JoinPorts, DesiredJoinPort{Addr: jp, Owner: a, Forward: v.Policy.Forward})
+			}
+		}
 	}
 	// The order of the file changes nothing: the backend set and the tables are built from the
 	// addresses (Maglev sorts by name), so instances given the same backends in any order agree.

@@ -64,6 +64,11 @@ func NewOfflineConfig(d *Desired, hops ...NextHop) (_ *Offline, err error) {
 	if _, err := o.addBackends(context.Background(), d.Backends...); err != nil {
 		return nil, err
 	}
+	for _, jp := range d.JoinPorts {
+		if _, err := o.putJoinPort(jp.Addr, jp.Owner, jp.Forward); err != nil {
+			return nil, err
+		}
+	}
 	return o, nil
 }
 

@@ -84,6 +84,27 @@ func Reconcile(ctx context.Context, l *loader.Loader, netns string, d *Desired) 
 	if err != nil {
 		return nil, changes, err
 	}
+	for _, jp := range d.JoinPorts {
+		want[jp.Addr] = true
+		owner, _ := b.set.Get(jp.Owner)
+		same := false
+		for _, v := range vips {
+			if v.Addr == jp.Addr && v.JoinPort && v.Forward == jp.Forward {
+				id, err := b.JoinPortOwner(v)
+				same = err == nil && id == owner.ID
+			}
+		}
+		if same {
+			continue
+		}
+		if _, err := b.PutJoinPort(jp.Addr, jp.Owner, jp.Forward); err != nil {
+			return nil, changes, err
+		}
+		changes = append(changes, Change{"join_port", "put", jp.Addr.String() + " -> " + jp.Owner.String()})
+	}
+	if vips, err = b.Maps.ListVIPs(); err != nil {
+		return nil, changes, err
+	}
 	for _, v := range vips {
 		if !want[v.Addr] {
 			if err := b.DeleteVIP(v.Addr); err != nil {

@@ -1,6 +1,7 @@
 package control
 
 import (
+	"fmt"
 	"net/netip"
 	"sort"
 
@@ -30,6 +31,9 @@ type VIPStatus struct {
 	UnknownJoin  string `json:"unknown_join"`
 	JoinSteering bool   `json:"join_steering"`
 	Tokens       int    `json:"tokens"`
+	// JoinPortOf: for a backend's join port (lb backend-setup), the backend every packet to it
+	// goes to; empty for a service.
+	JoinPortOf string `json:"join_port_of,omitempty"`
 }
 
 // BackendStatus is one backend of a Status.
@@ -82,18 +86,35 @@ func (b *Balancer) Status() (*Status, error) {
 		flowPerBE[f.Backend]++
 	}
 	for _, v := range vips {
-		st.VIPs = append(st.VIPs, VIPStatus{Addr: v.Addr.String(), ID: v.ID, Forward: v.Forward.String(),
-			UnknownJoin: v.UnknownJoin.String(), JoinSteering: v.JoinSteering, Tokens: perVIP[v.ID]})
+		vs := VIPStatus{Addr: v.Addr.String(), ID: v.ID, Forward: v.Forward.String(),
+			UnknownJoin: v.UnknownJoin.String(), JoinSteering: v.JoinSteering, Tokens: perVIP[v.ID]}
+		if v.JoinPort {
+			owner, err := b.JoinPortOwner(v)
+			if err != nil {
+				return nil, err
+			}
+			vs.JoinPortOf = fmt.Sprintf("backend %d", owner)
+			for _, be := range b.List() {
+				if be.ID == owner {
+					vs.JoinPortOf = be.Addr.String()
+				}
+			}
+		}
+		st.VIPs = append(st.VIPs, vs)
 	}
 	slots := map[uint32]int{}
-	if len(vips) > 0 {
-		ring, err := b.Maps.ReadRing(vips[0].ID)
+	for _, v := range vips {
+		if v.JoinPort {
+			continue
+		}
+		ring, err := b.Maps.ReadRing(v.ID)
 		if err != nil {
 			return nil, err
 		}
 		for _, id := range ring {
 			slots[id]++
 		}
+		break // every service's ring is the set's one table
 	}
 	for _, be := range b.List() {
 		e, _, err := b.Maps.Backend(be.ID)

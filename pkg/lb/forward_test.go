@@ -273,7 +273,7 @@ func TestEnumsMatchHeader(t *testing.T) {
 		"LB_EV_JOIN_UNKNOWN": int(EventJoinUnknown), "LB_EV_COLLISION": int(EventCollision), "LB_EV_TOKEN_REPLACED": int(EventTokenReplaced)})
 	check("lb_forward", map[string]int{"LB_FWD_L2": int(ForwardL2), "LB_FWD_IPIP": int(ForwardIPIP)})
 	check("lb_unknown_join", map[string]int{"LB_JOIN_DROP": int(JoinDrop), "LB_JOIN_HASH": int(JoinHash), "LB_JOIN_PASS": int(JoinPass)})
-	check("lb_vip_flags", map[string]int{"LB_VIP_JOIN_STEERING": vipJoinSteering})
+	check("lb_vip_flags", map[string]int{"LB_VIP_JOIN_STEERING": vipJoinSteering, "LB_VIP_JOIN_PORT": vipJoinPort})
 	check("lb_backend_flags", map[string]int{"LB_BACKEND_ACTIVE": backendActive, "LB_BACKEND_DRAINING": backendDraining})
 
 	spec, err := Spec(Config{})

@@ -19,6 +19,9 @@ func (m *Maps) PutVIP(v VIP) error {
 	if v.JoinSteering {
 		val.Flags |= vipJoinSteering
 	}
+	if v.JoinPort {
+		val.Flags |= vipJoinPort
+	}
 	if err := m.VIPs.Put(vipKey(v.Addr), val); err != nil {
 		return fmt.Errorf("put vip %s: %w", v.Addr, err)
 	}
@@ -65,6 +68,7 @@ func (m *Maps) ListVIPs() ([]VIP, error) {
 			Addr:         netip.AddrPortFrom(addrFrom16(k.Addr), netOrder16(k.Port)),
 			ID:           v.Id,
 			JoinSteering: v.Flags&vipJoinSteering != 0,
+			JoinPort:     v.Flags&vipJoinPort != 0,
 			Forward:      Forward(v.Forward),
 			UnknownJoin:  UnknownJoin(v.UnknownJoin),
 		})

@@ -174,8 +174,9 @@ func (m *lbModel) usable(id uint32, newFlow bool) (lb.Backend, bool) {
 }
 
 // pick is Maglev: the backend of the slot hash % RingSize of the VIP's ring, or of one of the next
-// slots (LB_PICK_PROBES in all) when that one's backend takes no new flows.
-func (m *lbModel) pick(vipID, hash uint32) (uint32, lb.Backend, bool) {
+// slots (LB_PICK_PROBES in all) when that one's backend takes no new flows (a join port's owner
+// takes its joins while draining).
+func (m *lbModel) pick(vipID, hash uint32, joinPort bool) (uint32, lb.Backend, bool) {
 	if vipID >= lb.MaxVIPs {
 		return 0, lb.Backend{}, false
 	}
@@ -186,7 +187,7 @@ func (m *lbModel) pick(vipID, hash uint32) (uint32, lb.Backend, bool) {
 		if ring != nil {
 			id = ring[slot]
 		}
-		if b, ok := m.usable(id, true); ok {
+		if b, ok := m.usable(id, !joinPort); ok {
 			return id, b, true
 		}
 		slot = (slot + 1) % lb.RingSize
@@ -394,7 +395,7 @@ func (m *lbModel) decide(frame []byte, before tables, now uint64) outcome {
 				o.note("XDP_DROP")
 				return o
 			}
-			bid, be, have = m.pick(vip.ID, hash)
+			bid, be, have = m.pick(vip.ID, hash, vip.JoinPort)
 			insert = 1
 			if have {
 				o.note("placed by Maglev (slot %d) on backend %d", hash%lb.RingSize, bid)
@@ -405,7 +406,7 @@ func (m *lbModel) decide(frame []byte, before tables, now uint64) outcome {
 			insert = 0
 		}
 	default:
-		bid, be, have = m.pick(vip.ID, hash)
+		bid, be, have = m.pick(vip.ID, hash, vip.JoinPort)
 		if have && opening {
 			insert = 1
 			o.note("new flow, placed by Maglev (slot %d) on backend %d", hash%lb.RingSize, bid)

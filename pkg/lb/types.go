@@ -99,6 +99,7 @@ func ParseUnknownJoin(s string) (UnknownJoin, error) {
 
 const (
 	vipJoinSteering = 1 << 0 // LB_VIP_JOIN_STEERING
+	vipJoinPort     = 1 << 1 // LB_VIP_JOIN_PORT
 	backendActive   = 1 << 0 // LB_BACKEND_ACTIVE
 	backendDraining = 1 << 1 // LB_BACKEND_DRAINING
 	flowOpened      = 1 << 0 // LB_FLOW_OPENED
@@ -114,6 +115,9 @@ type VIP struct {
 	JoinSteering bool   // steer MP_JOIN SYNs by token (false: plain 5-tuple Maglev)
 	Forward      Forward
 	UnknownJoin  UnknownJoin
+	// JoinPort: a backend's join port (the VIP's address, the backend's port): its ring holds
+	// that backend in every slot, and a draining owner still takes its joins.
+	JoinPort bool
 }
 
 // Backend is one entry of the backend table. The control plane resolves MAC, SrcMAC and Ifindex

@@ -36,7 +36,7 @@ type Decision struct {
 	// unknown_token_pass (a join whose token the balancer does not hold, by policy), flow_table (a
 	// flow the balancer already held: the capture began after its SYN), maglev_unstored (a non-SYN
 	// frame of no known flow, placed by its slot and not stored), no_backend, mtu, icmp_too_big,
-	// fwd_error, malformed.
+	// fwd_error, malformed; join_port (to a backend's join port: its owner, statelessly).
 	Reason string `json:"reason"`
 	// Slot is the flow's slot in the VIP's Maglev table (reasons maglev, unknown_token_hash,
 	// maglev_unstored).
@@ -117,6 +117,10 @@ func RunLB(path string, spec *control.Desired) (*LBResult, error) {
 		return nil, fmt.Errorf("replay --lb: %w", err)
 	}
 	defer off.Close()
+	joinPorts := map[netip.AddrPort]bool{}
+	for _, jp := range spec.JoinPorts {
+		joinPorts[jp.Addr] = true
+	}
 	r := &LBResult{File: path}
 	track := newTracker()
 	prev, err := off.Maps.ReadStats()
@@ -189,6 +193,9 @@ func RunLB(path string, spec *control.Desired) (*LBResult, error) {
 		dec := sf.LB
 		if dec == nil {
 			dec = &Decision{Action: action, Reason: reason(d, action)}
+			if joinPorts[sf.Dst] && action == "forward" {
+				dec.Reason = "join_port" // the port's owner, whoever holds the token
+			}
 			if backend.IsValid() {
 				dec.Backend = backend.String()
 				if pb := perBackend[backend]; pb != nil {
