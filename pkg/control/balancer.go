@@ -309,6 +309,9 @@ func (b *Balancer) addBackends(ctx context.Context, specs ...BackendSpec) (out [
 	// Whatever fails, the tables are rebuilt from the set: the backends this call wrote before the
 	// failure are in them, the one that failed is not.
 	defer func() { err = errors.Join(err, b.rebuild()) }()
+	// In address order, so that the ids one call gives do not depend on the order of its flags.
+	specs = slices.Clone(specs)
+	slices.SortStableFunc(specs, func(x, y BackendSpec) int { return x.Addr.Unmap().Compare(y.Addr.Unmap()) })
 	for _, s := range specs {
 		for _, v := range vips {
 			if v.Addr.Addr() == s.Addr.Unmap() {
