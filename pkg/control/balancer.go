@@ -186,14 +186,9 @@ func (b *Balancer) putVIP(addr netip.AddrPort, u PolicyUpdate) (lb.VIP, error) {
 		}
 	}
 	if v.ID == lb.MaxVIPs {
-		for id := uint32(0); id < b.Maps.Ring.MaxEntries()/lb.RingSize; id++ {
-			if !used[id] {
-				v.ID = id
-				break
-			}
-		}
-		if v.ID == lb.MaxVIPs {
-			return lb.VIP{}, fmt.Errorf("vip %s: the VIP table is full", addr)
+		var err error
+		if v.ID, err = b.freeVIPID(used, "vip", addr); err != nil {
+			return lb.VIP{}, err
 		}
 	}
 	// The table first, so that the VIP never answers with an empty one.
@@ -402,14 +397,9 @@ func (b *Balancer) putJoinPort(addr netip.AddrPort, owner netip.Addr, forward lb
 		}
 	}
 	if v.ID == lb.MaxVIPs {
-		for id := uint32(0); id < b.Maps.Ring.MaxEntries()/lb.RingSize; id++ {
-			if !used[id] {
-				v.ID = id
-				break
-			}
-		}
-		if v.ID == lb.MaxVIPs {
-			return lb.VIP{}, fmt.Errorf("join port %s: the VIP table is full", addr)
+		var err error
+		if v.ID, err = b.freeVIPID(used, "join port", addr); err != nil {
+			return lb.VIP{}, err
 		}
 	}
 	ring := make([]uint32, lb.RingSize)
@@ -424,6 +414,16 @@ func (b *Balancer) putJoinPort(addr netip.AddrPort, owner netip.Addr, forward lb
 	}
 	slog.Debug("join port", "addr", v.Addr, "id", v.ID, "backend", owner, "forward", v.Forward)
 	return v, nil
+}
+
+// freeVIPID returns the lowest ring id not in used.
+func (b *Balancer) freeVIPID(used map[uint32]bool, what string, addr netip.AddrPort) (uint32, error) {
+	for id := uint32(0); id < b.Maps.Ring.MaxEntries()/lb.RingSize; id++ {
+		if !used[id] {
+			return id, nil
+		}
+	}
+	return 0, fmt.Errorf("%s %s: the VIP table is full", what, addr)
 }
 
 // JoinPortOwner returns the backend id a join port's ring holds.

@@ -15,6 +15,33 @@ import (
 	"github.com/mptcp-xdp/mptcp-xdp/pkg/loader"
 )
 
+// newConfigSetup is a balancer lab with MPTCP servers on the VIP in every backend and nothing
+// attached: the tests attach it with lb run --config.
+func newConfigSetup(ctx context.Context, t *testing.T, c lablb.Config) *setup {
+	t.Helper()
+	l := newLab(t, c)
+	srv, err := l.Serve(ctx, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { srv.Close() })
+	return &setup{Lab: l, opts: options{forward: "l2"}, srv: srv, vip: netip.AddrPortFrom(l.VIP4, uint16(srv.Port))}
+}
+
+// configInterfaces is the interfaces line of a config file: the balancer's client-facing links.
+func (s *setup) configInterfaces() string {
+	var b strings.Builder
+	b.WriteString("interfaces: [")
+	for i, p := range s.Paths {
+		if i > 0 {
+			b.WriteString(", ")
+		}
+		b.WriteString(p.LBIf)
+	}
+	b.WriteString("]\n")
+	return b.String()
+}
+
 // TestConfigReload: `lb run --config` attaches the balancer as its file says. A reload (`lb
 // reload`) that adds a third backend and changes the VIP's policy moves only the Maglev slots the
 // new backend takes, about a third of them, while the connections made before
@@ -23,27 +50,16 @@ import (
 // field, by `lb reload` before it signals and by `lb run` on a bare SIGHUP, and the balancer is
 // left as it was. SIGTERM stops lb run and removes its pid file.
 func TestConfigReload(t *testing.T) {
-	l := newLab(t, lablb.Config{})
 	ctx, cancel := context.WithTimeout(context.Background(), 120*time.Second)
 	defer cancel()
-	srv, err := l.Serve(ctx, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { srv.Close() })
-	s := &setup{Lab: l, opts: options{forward: "l2"}, srv: srv, vip: netip.AddrPortFrom(l.VIP4, uint16(srv.Port))}
+	s := newConfigSetup(ctx, t, lablb.Config{})
+	l := s.Lab
 	file := filepath.Join(t.TempDir(), "lb.yaml")
 	write := func(nb int, extra string) {
 		t.Helper()
 		var b strings.Builder
-		b.WriteString("interfaces: [")
-		for i, p := range l.Paths {
-			if i > 0 {
-				b.WriteString(", ")
-			}
-			b.WriteString(p.LBIf)
-		}
-		fmt.Fprintf(&b, "]\nvips:\n  - addr: %s\n    forward: l2\n%sbackends:\n", s.vip, extra)
+		b.WriteString(s.configInterfaces())
+		fmt.Fprintf(&b, "vips:\n  - addr: %s\n    forward: l2\n%sbackends:\n", s.vip, extra)
 		for _, be := range l.Backends[:nb] {
 			fmt.Fprintf(&b, "  - addr: %s\n", be.IP4)
 		}

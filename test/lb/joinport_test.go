@@ -3,7 +3,6 @@ package lb
 import (
 	"context"
 	"fmt"
-	"net/netip"
 	"os"
 	"path/filepath"
 	"strings"
@@ -21,28 +20,17 @@ import (
 // none without a token (MPJoinNoTokenFound); the balancer steered no join by token and learned
 // none; `lb status` lists the join ports; the data of every connection arrives.
 func TestJoinPorts(t *testing.T) {
-	l := newLab(t, lablb.Config{NoEndpoints: true})
 	ctx, cancel := context.WithTimeout(context.Background(), 120*time.Second)
 	defer cancel()
-	srv, err := l.Serve(ctx, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { srv.Close() })
-	s := &setup{Lab: l, opts: options{forward: "l2"}, srv: srv, vip: netip.AddrPortFrom(l.VIP4, uint16(srv.Port))}
+	s := newConfigSetup(ctx, t, lablb.Config{NoEndpoints: true})
+	l := s.Lab
 	// The client accepts one announced address: its only way to a second subflow.
 	if _, err := l.IP(l.Client, "mptcp", "limits", "set", "subflows", "1", "add_addr_accepted", "1"); err != nil {
 		t.Fatal(err)
 	}
 	var b strings.Builder
-	b.WriteString("interfaces: [")
-	for i, p := range l.Paths {
-		if i > 0 {
-			b.WriteString(", ")
-		}
-		b.WriteString(p.LBIf)
-	}
-	fmt.Fprintf(&b, "]\nvips:\n  - addr: %s\n    join_steering: false\nbackends:\n", s.vip)
+	b.WriteString(s.configInterfaces())
+	fmt.Fprintf(&b, "vips:\n  - addr: %s\n    join_steering: false\nbackends:\n", s.vip)
 	for j, be := range l.Backends {
 		port := 20000 + j
 		mx(t, "--netns", be.Netns, "lb", "backend-setup", "--vip", s.vip.String(), "--join-port", fmt.Sprint(port))
