@@ -145,3 +145,36 @@ func TestRunLBBadConfig(t *testing.T) {
 }
 
 func ptr[T any](v T) *T { return &v }
+
+// A join to a backend's join port goes to that backend, named join_port, whatever its token: the
+// balancer needs no state for it (and here has none: its connection's first subflow is not in the
+// capture).
+func TestRunLBJoinPort(t *testing.T) {
+	vip := netip.MustParseAddrPort("10.0.0.10:80")
+	owner := netip.MustParseAddr("10.2.1.2")
+	jp := netip.AddrPortFrom(vip.Addr(), 20001)
+	join := append(binary.BigEndian.AppendUint32([]byte{0x10, 1}, 0xdeadbeef), 0, 0, 0, 1)
+	src := netip.MustParseAddrPort("10.1.1.1:50000")
+	file := writePcap(t, layers.LinkTypeEthernet, [][]byte{
+		tcpFrame(t, src, jp, true, false, join),
+		tcpFrame(t, src, jp, false, true, []byte{0x20, 0x01, 0, 0, 0, 1}),
+	}, func(f []byte) []byte { return f })
+	d, err := control.ParseConfig([]byte("interfaces: [lo]\nvips:\n  - addr: 10.0.0.10:80\nbackends:\n  - addr: 10.2.0.2\n    join_port: 20000\n  - addr: 10.2.1.2\n    join_port: 20001\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	r, err := RunLB(file, d)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(r.Orphan) != 1 || r.Orphan[0].LB == nil {
+		t.Fatalf("subflows %+v, want the join with a decision", r.Orphan)
+	}
+	dec := r.Orphan[0].LB
+	if dec.Reason != "join_port" || dec.Backend != owner.String() || dec.Action != "forward" || dec.Frames != 2 || dec.Elsewhere != 0 {
+		t.Errorf("join to %s: %+v, want forward to %s by join_port, 2 frames", jp, *dec, owner)
+	}
+	if r.Stats["join_unknown"] != 0 || r.Stats["join_dropped"] != 0 {
+		t.Errorf("the join port's join was judged by token: %v", r.Stats)
+	}
+}
