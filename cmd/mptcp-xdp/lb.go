@@ -469,17 +469,45 @@ func runPidFile(netnsName string) (string, error) {
 // runDir holds the pid files of `lb run --config`.
 var runDir = "/run/mptcp-xdp"
 
+// runningLBRun reads a pid file of lb run --config and reports whether that process is still an
+// `lb run` (a pid file left by a killed process may name a process reused since: it must never get
+// the SIGHUP, whose default action ends it).
+func runningLBRun(pidFile string) (int, bool) {
+	b, err := os.ReadFile(pidFile)
+	if err != nil {
+		return 0, false
+	}
+	pid, err := strconv.Atoi(strings.TrimSpace(string(b)))
+	if err != nil || pid <= 0 {
+		return 0, false
+	}
+	cmdline, err := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
+	if err != nil {
+		return 0, false
+	}
+	args := strings.Split(strings.TrimRight(string(cmdline), "\x00"), "\x00")
+	for i := 0; i+1 < len(args); i++ {
+		if args[i] == "lb" && args[i+1] == "run" {
+			return pid, true
+		}
+	}
+	return 0, false
+}
+
 // runWithConfig is lb run --config: reconcile, loop, and on SIGHUP reconcile again.
 func runWithConfig(cmd *cobra.Command, g *globalFlags, cfg control.RunConfig, file string) error {
 	l, err := privilegedLoader(g)
 	if err != nil {
 		return err
 	}
-	d, err := control.LoadConfig(file)
+	pidFile, err := runPidFile(g.netns)
 	if err != nil {
 		return err
 	}
-	pidFile, err := runPidFile(g.netns)
+	if pid, ok := runningLBRun(pidFile); ok {
+		return fmt.Errorf("lb run --config is running already for this network namespace (pid %d, %s)", pid, pidFile)
+	}
+	d, err := control.LoadConfig(file)
 	if err != nil {
 		return err
 	}
@@ -622,13 +650,9 @@ invalid file is refused here with one line naming the field, and nothing is sign
 			if err != nil {
 				return err
 			}
-			b, err := os.ReadFile(pidFile)
-			if err != nil {
-				return fmt.Errorf("no lb run --config for this network namespace (%w)", err)
-			}
-			pid, err := strconv.Atoi(strings.TrimSpace(string(b)))
-			if err != nil || pid <= 0 {
-				return fmt.Errorf("%s: not a process id", pidFile)
+			pid, ok := runningLBRun(pidFile)
+			if !ok {
+				return fmt.Errorf("no lb run --config is running for this network namespace (%s)", pidFile)
 			}
 			if err := syscall.Kill(pid, syscall.SIGHUP); err != nil {
 				return fmt.Errorf("signal lb run (pid %d, %s): %w", pid, pidFile, err)

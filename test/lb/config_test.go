@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net/netip"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"syscall"
@@ -185,9 +186,30 @@ func TestConfigReload(t *testing.T) {
 	if r := ring(); fmt.Sprint(r[:64]) != fmt.Sprint(ring1[:64]) || len(lbStatus(t, l.LB).Backends) != 3 {
 		t.Errorf("a refused reload changed the balancer")
 	}
+	// A second lb run --config for the namespace is refused, naming the first.
+	if _, err := mxErr("--netns", l.LB, "lb", "run", "--config", file); err == nil || !strings.Contains(err.Error(), fmt.Sprintf("pid %d", cp.cmd.Process.Pid)) {
+		t.Errorf("a second lb run --config: %v, want a refusal naming pid %d", err, cp.cmd.Process.Pid)
+	}
 	cp.stop(t)
-	if _, err := os.Stat("/run/mptcp-xdp/lb-run-" + l.LB + ".pid"); !os.IsNotExist(err) {
+	pidFile := "/run/mptcp-xdp/lb-run-" + l.LB + ".pid"
+	if _, err := os.Stat(pidFile); !os.IsNotExist(err) {
 		t.Errorf("pid file after lb run stopped: %v", err)
+	}
+	// A pid file left by a killed lb run may name a process reused since: it is never signalled.
+	other := exec.Command("sleep", "30")
+	if err := other.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = other.Process.Kill(); _ = other.Wait() }()
+	if err := os.WriteFile(pidFile, []byte(fmt.Sprintln(other.Process.Pid)), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	defer os.Remove(pidFile)
+	if _, err := mxErr("--netns", l.LB, "lb", "reload"); err == nil || !strings.Contains(err.Error(), "no lb run --config is running") {
+		t.Errorf("lb reload with a stale pid file: %v, want a refusal", err)
+	}
+	if err := other.Process.Signal(syscall.Signal(0)); err != nil {
+		t.Errorf("the process a stale pid file named was signalled: %v", err)
 	}
 	t.Logf("lb run --config: reload added a backend, moved %d of %d slots (%.4f), %d of them between the old backends; connections before/after on backends %v / %v",
 		moved, len(ring0), share, elsewhere, perBackend(before, 3), perBackend(after, 3))
