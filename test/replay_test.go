@@ -8,13 +8,10 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
-	"regexp"
 	"sort"
-	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -23,14 +20,14 @@ import (
 	"github.com/google/gopacket"
 	"github.com/google/gopacket/layers"
 	"github.com/google/gopacket/pcapgo"
+
+	"github.com/mptcp-xdp/mptcp-xdp/internal/testutil"
 )
 
 // capture is a running tcpdump writing one interface's received frames.
 type capture struct {
-	cmd    *exec.Cmd
-	file   string
-	stderr strings.Builder // what tcpdump says after "listening on": its drop report at exit
-	done   chan struct{}
+	*testutil.Tcpdump
+	file string
 }
 
 // startCapture runs tcpdump on dev in ns, capturing the first 256 bytes (every header; replay counts
@@ -38,47 +35,13 @@ type capture struct {
 // into a file in dir, and returns once tcpdump captures.
 func startCapture(t *testing.T, ns, dev, dir string) *capture {
 	t.Helper()
-	c := &capture{file: filepath.Join(dir, ns+"-"+dev+".pcap"), done: make(chan struct{})}
-	c.cmd = exec.Command("ip", "netns", "exec", ns, "tcpdump", "-i", dev, "-Q", "in", "-n", "-s", "256", "-U", "--immediate-mode", "-B", "131072", "-w", c.file)
-	stderr, err := c.cmd.StderrPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := c.cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { c.stop() })
-	buf := make([]byte, 512)
-	var got strings.Builder
-	for !strings.Contains(got.String(), "listening on") {
-		k, err := stderr.Read(buf)
-		got.Write(buf[:k])
-		if err != nil {
-			t.Fatalf("tcpdump on %s in %s: %v: %s", dev, ns, err, got.String())
-		}
-	}
-	go func() {
-		_, _ = io.Copy(&c.stderr, stderr)
-		close(c.done)
-	}()
-	return c
+	file := filepath.Join(dir, ns+"-"+dev+".pcap")
+	return &capture{Tcpdump: testutil.StartTcpdump(t, ns, "-i", dev, "-Q", "in", "-n", "-s", "256", "-U", "--immediate-mode", "-B", "131072", "-w", file), file: file}
 }
 
 // stop ends the capture, flushing the file, and returns how many frames tcpdump says the kernel
 // dropped before it could read them (-1 when it does not say).
-func (c *capture) stop() int64 {
-	if c.cmd.Process != nil && c.cmd.ProcessState == nil {
-		_ = c.cmd.Process.Signal(os.Interrupt)
-		<-c.done
-		_ = c.cmd.Wait()
-	}
-	m := regexp.MustCompile(`(\d+) packets? dropped by kernel`).FindStringSubmatch(c.stderr.String())
-	if m == nil {
-		return -1
-	}
-	n, _ := strconv.ParseInt(m[1], 10, 64)
-	return n
-}
+func (c *capture) stop() int64 { return c.Dropped() }
 
 // replayCounts runs `mptcp-xdp replay -o json` with args and returns its counters as
 // "in.<class>" and "in.pkt.<counter>", as dpDelta names them.
@@ -123,7 +86,7 @@ func replayEqualsLive(t *testing.T, caps []*capture, live map[string]int64, oute
 	for _, c := range caps {
 		n := c.stop()
 		if n < 0 {
-			t.Fatalf("tcpdump said nothing of drops: %q", c.stderr.String())
+			t.Fatalf("tcpdump said nothing of drops: %q", c.Stop())
 		}
 		dropped += n
 	}

@@ -5,16 +5,13 @@ import (
 	"encoding/binary"
 	"flag"
 	"fmt"
-	"io"
 	"math"
 	"net"
 	"net/netip"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"slices"
 	"strconv"
-	"strings"
 	"sync"
 	"syscall"
 	"testing"
@@ -411,29 +408,7 @@ func startCaptures(t *testing.T, s *setup, dir string) {
 		t.Fatal(err)
 	}
 	for _, ns := range s.Namespaces() {
-		cmd := exec.Command("ip", "netns", "exec", ns, "tcpdump", "-i", "any", "-n", "-s", "200", "-U", "-w", filepath.Join(dir, ns+".pcap"), "tcp")
-		stderr, err := cmd.StderrPipe()
-		if err != nil {
-			t.Fatal(err)
-		}
-		if err := cmd.Start(); err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() {
-			_ = cmd.Process.Signal(os.Interrupt)
-			_ = cmd.Wait()
-		})
-		// tcpdump says "listening on" once it captures.
-		buf := make([]byte, 512)
-		var got strings.Builder
-		for !strings.Contains(got.String(), "listening on") {
-			k, err := stderr.Read(buf)
-			got.Write(buf[:k])
-			if err != nil {
-				t.Fatalf("tcpdump in %s: %v: %s", ns, err, got.String())
-			}
-		}
-		go func() { _, _ = io.Copy(io.Discard, stderr) }()
+		testutil.StartTcpdump(t, ns, "-i", "any", "-n", "-s", "200", "-U", "-w", filepath.Join(dir, ns+".pcap"), "tcp")
 	}
 }
 

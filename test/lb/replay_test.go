@@ -4,15 +4,12 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"io"
-	"os"
-	"os/exec"
 	"path/filepath"
-	"regexp"
 	"slices"
-	"strings"
 	"testing"
 	"time"
+
+	"github.com/mptcp-xdp/mptcp-xdp/internal/testutil"
 )
 
 // TestReplayLB: `replay --lb` of the frames the live balancer received, with the balancer's own
@@ -35,34 +32,7 @@ func replayLBRun(t *testing.T, o options) {
 	// What the client sends on its links is what the balancer receives (a veth pair); the
 	// balancer's own namespace would not show it (native XDP runs before tcpdump). Whole frames.
 	file := filepath.Join(t.TempDir(), "client-out.pcap")
-	cmd := exec.Command("ip", "netns", "exec", s.Client, "tcpdump", "-i", "any", "-Q", "out", "-n", "-s", "0", "-U", "--immediate-mode", "-B", "131072", "-w", file, "tcp")
-	stderr, err := cmd.StderrPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	var tcpdumpErr strings.Builder
-	stopped := false
-	stop := func() {
-		if !stopped {
-			stopped = true
-			_ = cmd.Process.Signal(os.Interrupt)
-			_ = cmd.Wait()
-		}
-	}
-	t.Cleanup(stop)
-	buf := make([]byte, 512)
-	for !strings.Contains(tcpdumpErr.String(), "listening on") {
-		k, err := stderr.Read(buf)
-		tcpdumpErr.Write(buf[:k])
-		if err != nil {
-			t.Fatalf("tcpdump: %v: %s", err, tcpdumpErr.String())
-		}
-	}
-	drained := make(chan struct{})
-	go func() { _, _ = io.Copy(&tcpdumpErr, stderr); close(drained) }()
+	dump := testutil.StartTcpdump(t, s.Client, "-i", "any", "-Q", "out", "-n", "-s", "0", "-U", "--immediate-mode", "-B", "131072", "-w", file, "tcp")
 
 	st0 := lbStatus(t, s.LB).Stats
 	base := s.mibs(t)
@@ -121,10 +91,8 @@ func replayLBRun(t *testing.T, o options) {
 		st1 = lbStatus(t, s.LB).Stats
 	}
 	time.Sleep(200 * time.Millisecond) // tcpdump -U writes each frame as it comes; let it
-	stop()
-	<-drained
-	if !regexp.MustCompile(`(?m)^0 packets dropped by kernel`).MatchString(tcpdumpErr.String()) {
-		t.Fatalf("tcpdump lost frames: %s", tcpdumpErr.String())
+	if n := dump.Dropped(); n != 0 {
+		t.Fatalf("tcpdump lost %d frames", n)
 	}
 
 	args := []string{"replay", file, "--lb", "-o", "json"}
