@@ -337,8 +337,8 @@ H=/host
 mount -t proc proc $H/proc || fatal "mount proc"
 mount -t sysfs sys $H/sys || fatal "mount sysfs"
 mount -t devtmpfs dev $H/dev || fatal "mount devtmpfs"
-mount -t tmpfs tmp $H/tmp || fatal "mount tmpfs /tmp"
 mount -t tmpfs run $H/run || fatal "mount tmpfs /run"
+@TMPMOUNT@
 mount -t bpf bpf $H/sys/fs/bpf || fatal "mount bpffs"
 mount -t debugfs debugfs $H/sys/kernel/debug || echo "@@VMTEST WARN no debugfs"
 mount -t tracefs tracefs $H/sys/kernel/tracing 2>/dev/null
@@ -351,7 +351,7 @@ uname -r > $H@RESULTS@/uname
 echo "@@VMTEST READY"
 run() { # name dir
 	echo "@@VMTEST BEGIN $1"
-	chroot $H /usr/bin/env -i PATH=/usr/local/go/bin:/usr/sbin:/usr/bin:/sbin:/bin HOME=/tmp TMPDIR=/tmp MPTCP_XDP_VMTEST=1 \
+	chroot $H /usr/bin/env -i PATH=/usr/local/go/bin:/usr/sbin:/usr/bin:/sbin:/bin HOME=@TMPDIR@ TMPDIR=@TMPDIR@ MPTCP_XDP_VMTEST=1 \
 		/bin/sh -c "cd @REPO@/$2 && exec timeout -k 10 @PKGTIMEOUT@ @BIN@/$1.test -test.v -test.count=1 -test.timeout=@TESTTIMEOUT@" \
 		> $H@RESULTS@/$1.log 2>&1
 	rc=$?
@@ -420,7 +420,16 @@ func writeInitramfs(c *config, out, kdir, kver string, pkgs []testPkg, binDir, r
 	if c.features {
 		fmt.Fprintf(&runs, "chroot $H %s/mptcp-xdp features -o json > $H%s/features.json 2> $H%s/features.err; echo \"@@VMTEST FEATURES $?\"\n", binDir, resDir, resDir)
 	}
+	// A tmpfs on the guest's /tmp would hide a repository (a CI clone) or results directory under
+	// the host's /tmp: the tests then get their temporary files in a tmpfs under /run.
+	tmpMount, tmpDir := `mount -t tmpfs tmp $H/tmp || fatal "mount tmpfs /tmp"`, "/tmp"
+	for _, d := range []string{c.repo, resDir, binDir} {
+		if d == "/tmp" || strings.HasPrefix(d, "/tmp/") {
+			tmpMount, tmpDir = "mkdir -p $H/run/tmp", "/run/tmp"
+		}
+	}
 	script := strings.NewReplacer(
+		"@TMPMOUNT@", tmpMount, "@TMPDIR@", tmpDir,
 		"@RESULTS@", resDir, "@REPO@", c.repo, "@BIN@", binDir,
 		"@PKGTIMEOUT@", fmt.Sprintf("%ds", int(c.pkgTimeout.Seconds())),
 		"@TESTTIMEOUT@", fmt.Sprintf("%ds", int(c.pkgTimeout.Seconds())-15),
