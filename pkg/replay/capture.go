@@ -201,3 +201,35 @@ func ipEtherType(b []byte) uint16 {
 	}
 	return 0
 }
+
+// FrameCounts are what every replay reports of a capture's frames.
+type FrameCounts struct {
+	Frames uint64 `json:"frames"` // frames in the file
+	Short  uint64 `json:"short"`  // frames under 14 bytes (no Ethernet header): not run
+	Cut    uint64 `json:"cut"`    // frames the capture holds only part of (snaplen): run as captured
+}
+
+// each reads every frame of c in order, counting it in n, and calls fn with those that hold an
+// Ethernet header; it stops at the end of the file or at the first error, fn's or the file's.
+func (c *Capture) each(n *FrameCounts, fn func(Frame) error) error {
+	for {
+		f, err := c.Next()
+		if errors.Is(err, io.EOF) {
+			return nil
+		}
+		if err != nil {
+			return err
+		}
+		n.Frames++
+		if f.Cut {
+			n.Cut++
+		}
+		if len(f.Data) < 14 {
+			n.Short++
+			continue
+		}
+		if err := fn(f); err != nil {
+			return err
+		}
+	}
+}

@@ -3,7 +3,6 @@ package replay
 import (
 	"errors"
 	"fmt"
-	"io"
 	"net"
 	"net/netip"
 	"os"
@@ -61,16 +60,14 @@ type LBBackend struct {
 
 // LBResult is a capture run through the balancer.
 type LBResult struct {
-	File      string            `json:"file"`
-	Frames    uint64            `json:"frames"`
-	Short     uint64            `json:"short"`
-	Cut       uint64            `json:"cut"`        // cut by the snaplen: the balancer saw less than the wire had
-	Aggregate uint64            `json:"aggregates"` // longer than LBFeedMax: not run (a live balancer passes them)
-	VIPFrames uint64            `json:"vip_frames"` // frames to a VIP
-	Stats     map[string]uint64 `json:"stats"`      // the balancer's counters over the whole capture, as `lb status` names them
-	Backends  []LBBackend       `json:"backends"`
-	Conns     []*Connection     `json:"connections"`
-	Orphan    []*Subflow        `json:"unmatched_subflows"`
+	File        string            `json:"file"`
+	FrameCounts                   // Cut: the balancer saw less than the wire had
+	Aggregate   uint64            `json:"aggregates"` // longer than LBFeedMax: not run (a live balancer passes them)
+	VIPFrames   uint64            `json:"vip_frames"` // frames to a VIP
+	Stats       map[string]uint64 `json:"stats"`      // the balancer's counters over the whole capture, as `lb status` names them
+	Backends    []LBBackend       `json:"backends"`
+	Conns       []*Connection     `json:"connections"`
+	Orphan      []*Subflow        `json:"unmatched_subflows"`
 }
 
 // lbMAC is the MAC address the replayed balancer writes for backend i: how a forwarded frame
@@ -134,45 +131,30 @@ func RunLB(path string, spec *control.Desired) (*LBResult, error) {
 	}
 	out := make([]byte, LBFeedMax+256)
 	opts := ebpf.RunOptions{Repeat: 1}
-	for {
-		f, err := c.Next()
-		if errors.Is(err, io.EOF) {
-			break
-		}
-		if err != nil {
-			return nil, err
-		}
-		r.Frames++
-		if f.Cut {
-			r.Cut++
-		}
-		if len(f.Data) < 14 {
-			r.Short++
-			continue
-		}
+	err = c.each(&r.FrameCounts, func(f Frame) error {
 		if len(f.Data) > LBFeedMax {
 			r.Aggregate++
 			track.frame(f)
-			continue
+			return nil
 		}
 		// The tracker reads the frame before the program sees it (the program works on a copy).
 		sf := track.frame(f)
 		opts.Data, opts.DataOut = f.Data, out
 		ret, err := off.Program.Run(&opts)
 		if err != nil {
-			return nil, fmt.Errorf("%s: frame %d: %w", path, r.Frames, err)
+			return fmt.Errorf("%s: frame %d: %w", path, r.Frames, err)
 		}
 		now, err := off.Maps.ReadStats()
 		if err != nil {
-			return nil, err
+			return err
 		}
 		d := now.Sub(prev)
 		prev = now
 		if d[lb.StatVIP] == 0 {
-			continue
+			return nil
 		}
 		r.VIPFrames++
-		backend, action := netip.Addr{}, "pass"
+		backend, action, to := netip.Addr{}, "pass", ""
 		switch ret {
 		case 1:
 			action = "drop"
@@ -186,9 +168,10 @@ func RunLB(path string, spec *control.Desired) (*LBResult, error) {
 		}
 		if pb := perBackend[backend]; pb != nil {
 			pb.Frames++
+			to = backend.String()
 		}
 		if sf == nil {
-			continue // a VIP frame the tracker could not read (the balancer counted it malformed)
+			return nil // a VIP frame the tracker could not read (the balancer counted it malformed)
 		}
 		dec := sf.LB
 		if dec == nil {
@@ -196,11 +179,9 @@ func RunLB(path string, spec *control.Desired) (*LBResult, error) {
 			if joinPorts[sf.Dst] && action == "forward" {
 				dec.Reason = "join_port" // the port's owner, whoever holds the token
 			}
-			if backend.IsValid() {
-				dec.Backend = backend.String()
-				if pb := perBackend[backend]; pb != nil {
-					pb.Subflows++
-				}
+			dec.Backend = to
+			if pb := perBackend[backend]; pb != nil {
+				pb.Subflows++
 			}
 			switch dec.Reason {
 			case "maglev", "unknown_token_hash", "maglev_unstored":
@@ -212,7 +193,7 @@ func RunLB(path string, spec *control.Desired) (*LBResult, error) {
 				dec.Token = &t
 			}
 			sf.LB = dec
-		} else if dec.Backend != backend.String() && !(dec.Backend == "" && !backend.IsValid()) || action != dec.Action {
+		} else if to != dec.Backend || action != dec.Action {
 			dec.Elsewhere++
 		}
 		dec.Frames++
@@ -222,6 +203,10 @@ func RunLB(path string, spec *control.Desired) (*LBResult, error) {
 				dec.Token = &t
 			}
 		}
+		return nil
+	})
+	if err != nil {
+		return nil, err
 	}
 	r.Stats = prev.Sub(start).Map()
 	r.Conns, r.Orphan = track.result()

@@ -3,7 +3,6 @@ package replay
 import (
 	"errors"
 	"fmt"
-	"io"
 	"os"
 
 	"github.com/cilium/ebpf"
@@ -42,12 +41,10 @@ type Options struct {
 
 // Result is a capture's counts.
 type Result struct {
-	File   string        `json:"file"`
-	Engine Engine        `json:"engine"`
-	Dir    string        `json:"iface_dir"`
-	Frames uint64        `json:"frames"`   // frames in the file
-	Short  uint64        `json:"short"`    // frames under 14 bytes (no Ethernet header): not counted
-	Cut    uint64        `json:"cut"`      // frames the capture holds only part of (snaplen): counted as captured
+	File   string `json:"file"`
+	Engine Engine `json:"engine"`
+	Dir    string `json:"iface_dir"`
+	FrameCounts
 	Counts maps.Counters `json:"counters"` // what the programs counted, as `stats` shows them
 	Conns  []*Connection `json:"connections,omitempty"`
 	Orphan []*Subflow    `json:"unmatched_subflows,omitempty"`
@@ -87,32 +84,21 @@ func Run(path string, o Options, perConnection bool) (*Result, error) {
 	if perConnection {
 		track = newTracker()
 	}
-	for {
-		f, err := c.Next()
-		if errors.Is(err, io.EOF) {
-			break
-		}
-		if err != nil {
-			return nil, err
-		}
-		r.Frames++
-		if f.Cut {
-			r.Cut++
-		}
-		if len(f.Data) < 14 {
-			r.Short++
-			continue
-		}
+	err = c.each(&r.FrameCounts, func(f Frame) error {
 		feed := f.Data
 		if len(feed) > FeedMax {
 			feed = feed[:FeedMax]
 		}
 		if err := e.count(feed); err != nil {
-			return nil, fmt.Errorf("%s: frame %d: %w", path, r.Frames, err)
+			return fmt.Errorf("%s: frame %d: %w", path, r.Frames, err)
 		}
 		if track != nil {
 			track.frame(f)
 		}
+		return nil
+	})
+	if err != nil {
+		return nil, err
 	}
 	if r.Counts, err = e.counters(); err != nil {
 		return nil, err
