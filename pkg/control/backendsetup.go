@@ -3,7 +3,6 @@ package control
 import (
 	"errors"
 	"fmt"
-	"net"
 	"net/netip"
 	"os"
 	"strings"
@@ -55,6 +54,20 @@ func backendSetup(ns string, vip netip.AddrPort, joinPort uint16, undo bool) (*B
 		return nil, fmt.Errorf("--join-port %d: want a port other than 0 and the VIP's own (%d)", joinPort, vip.Port())
 	}
 	a := vip.Addr().Unmap()
+	if !undo {
+		res, err := NewResolver(ns)
+		if err != nil {
+			return nil, err
+		}
+		local, err := res.IsLocal(a)
+		res.Close()
+		if err != nil {
+			return nil, err
+		}
+		if !local {
+			return nil, fmt.Errorf("--vip %s: not an address of this host; a backend of a DSR balancer has the VIP on lo (ip addr add %s dev lo)", a, hostPrefix(a))
+		}
+	}
 	r := &BackendSetupResult{Netns: ns, VIP: vip.String(), JoinPort: joinPort, Changed: []string{}}
 	err := netns.Do(ns, func() error {
 		cur, err := os.ReadFile(joinSysctl)
@@ -88,11 +101,6 @@ func backendSetup(ns string, vip netip.AddrPort, joinPort uint16, undo bool) (*B
 				r.Changed = append(r.Changed, fmt.Sprintf("deleted endpoint %d (%s port %d)", have.ID, a, joinPort))
 			}
 		} else {
-			if local, err := isLocal(a); err != nil {
-				return err
-			} else if !local {
-				return fmt.Errorf("--vip %s: not an address of this host; a backend of a DSR balancer has the VIP on lo (ip addr add %s dev lo)", a, hostPrefix(a))
-			}
 			if have == nil {
 				e, err := mptcppm.Add(mptcppm.Endpoint{Addr: a, Port: joinPort, Flags: mptcppm.FlagSignal})
 				if err != nil {
@@ -127,20 +135,4 @@ func hostPrefix(a netip.Addr) string {
 		return a.String() + "/32"
 	}
 	return a.String() + "/128"
-}
-
-// isLocal reports whether a is an address of the calling thread's network namespace.
-func isLocal(a netip.Addr) (bool, error) {
-	addrs, err := net.InterfaceAddrs()
-	if err != nil {
-		return false, err
-	}
-	for _, x := range addrs {
-		if n, ok := x.(*net.IPNet); ok {
-			if b, ok := netip.AddrFromSlice(n.IP); ok && b.Unmap() == a {
-				return true, nil
-			}
-		}
-	}
-	return false, nil
 }
