@@ -79,6 +79,9 @@ type lbSpecFlags struct {
 	seedFile         string
 }
 
+// lbSpecFlagNames are the flags lbSpecFlags adds.
+var lbSpecFlagNames = []string{"vip", "backend", "forward", "unknown-join", "join-steering", "hash-seed-file"}
+
 func (f *lbSpecFlags) add(cmd *cobra.Command) {
 	cmd.Flags().StringArrayVar(&f.vips, "vip", nil, "service address ADDR:PORT ([V6]:PORT), repeatable")
 	cmd.Flags().StringArrayVar(&f.backends, "backend", nil, "backend ADDR[,weight=N], repeatable")

@@ -64,7 +64,7 @@ Maglev slot, the token its MP_JOIN SYN names, the unknown-token policy, or a flo
 				}
 				var d *control.Desired
 				if configFile != "" {
-					for _, f := range []string{"vip", "backend", "forward", "unknown-join", "join-steering", "hash-seed-file"} {
+					for _, f := range lbSpecFlagNames {
 						if cmd.Flags().Changed(f) {
 							return fmt.Errorf("--%s and --config: the config file says it all", f)
 						}
@@ -85,7 +85,7 @@ Maglev slot, the token its MP_JOIN SYN names, the unknown-token policy, or a flo
 				}
 				return render(cmd, g, r, func(w io.Writer) error { return replayLBTable(w, r) })
 			}
-			for _, f := range []string{"vip", "backend", "forward", "unknown-join", "join-steering", "hash-seed-file", "config"} {
+			for _, f := range append(lbSpecFlagNames, "config") {
 				if cmd.Flags().Changed(f) {
 					return fmt.Errorf("--%s configures the balancer: it needs --lb", f)
 				}

@@ -47,38 +47,18 @@ func TestParseConfig(t *testing.T) {
 
 // Each error is one line naming the field (and its line, for what YAML itself refuses).
 func TestParseConfigErrors(t *testing.T) {
-	for _, tc := range []struct{ edit, want string }{
-		{"interfaces: [l0, l1]", "line 2: unknown field interface"},
-		{"  - addr: 10.0.0.10:80", "vips[0].addr"},
-		{"    forward: ipip", "vips[1].forward"},
-		{"    unknown_join: hash", "vips[1].unknown_join"},
-		{"    weight: 2", "backends[0].weight"},
-		{"  - addr: 10.2.0.2", "backends[1].addr: 10.2.1.2 is given twice"},
-		{"  - addr: 10.2.0.2", "backends[1].addr"},
-		{"interfaces: [l0, l1]", "interfaces: give at least one"},
-		{"    join_steering: false", "line 8"},
+	for _, tc := range []struct{ old, new, want string }{
+		{"interfaces: [l0, l1]", "interface: [l0]", "line 2: unknown field interface"},
+		{"  - addr: 10.0.0.10:80", "  - addr: 10.0.0.10", "vips[0].addr"},
+		{"    forward: ipip", "    forward: gre", "vips[1].forward"},
+		{"    unknown_join: hash", "    unknown_join: maybe", "vips[1].unknown_join"},
+		{"    weight: 2", "    weight: 100000", "backends[0].weight"},
+		{"  - addr: 10.2.0.2", "  - addr: 10.2.1.2", "backends[1].addr: 10.2.1.2 is given twice"},
+		{"  - addr: 10.2.0.2", "  - addr: 10.0.0.10", "backends[1].addr"}, // a VIP's address
+		{"interfaces: [l0, l1]", "interfaces: []", "interfaces: give at least one"},
+		{"    join_steering: false", "    join_steering: perhaps", "line 8"},
 	} {
-		var edited string
-		switch tc.want {
-		case "line 2: unknown field interface":
-			edited = strings.Replace(goodConfig, tc.edit, "interface: [l0]", 1)
-		case "vips[0].addr":
-			edited = strings.Replace(goodConfig, tc.edit, "  - addr: 10.0.0.10", 1)
-		case "vips[1].forward":
-			edited = strings.Replace(goodConfig, tc.edit, "    forward: gre", 1)
-		case "vips[1].unknown_join":
-			edited = strings.Replace(goodConfig, tc.edit, "    unknown_join: maybe", 1)
-		case "backends[0].weight":
-			edited = strings.Replace(goodConfig, tc.edit, "    weight: 100000", 1)
-		case "backends[1].addr: 10.2.1.2 is given twice":
-			edited = strings.Replace(goodConfig, tc.edit, "  - addr: 10.2.1.2", 1)
-		case "backends[1].addr":
-			edited = strings.Replace(goodConfig, tc.edit, "  - addr: 10.0.0.10", 1) // a VIP's address
-		case "interfaces: give at least one":
-			edited = strings.Replace(goodConfig, tc.edit, "interfaces: []", 1)
-		case "line 8":
-			edited = strings.Replace(goodConfig, tc.edit, "    join_steering: perhaps", 1)
-		}
+		edited := strings.Replace(goodConfig, tc.old, tc.new, 1)
 		if edited == goodConfig {
 			t.Fatalf("%s: the edit did not apply", tc.want)
 		}
