@@ -10,13 +10,11 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"strconv"
-	"strings"
-	"syscall"
 	"testing"
 	"time"
 
 	"github.com/mptcp-xdp/mptcp-xdp/internal/capgen"
+	"github.com/mptcp-xdp/mptcp-xdp/internal/testutil"
 	"github.com/mptcp-xdp/mptcp-xdp/pkg/maps"
 )
 
@@ -84,39 +82,23 @@ func jsonString(v any) string {
 	return string(b)
 }
 
-// largeReplay runs the binary with args and returns its stdout, its peak resident memory in KiB and
-// how long it ran. The peak comes from GNU time (/usr/bin/time -f %M), which forks: a child of this
-// process is started with vfork, and the kernel records the shared memory's peak, this test's own, as
-// the child's at exec, so Rusage.Maxrss is at least the test's peak. Without /usr/bin/time it is
-// that figure, which can only be too high.
+// largeReplay runs the binary with args and returns its stdout, its peak resident memory in KiB
+// (testutil.PeakRSS) and how long it ran.
 func largeReplay(t *testing.T, args ...string) (string, int64, time.Duration) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
-	var cmd *exec.Cmd
-	rssFile := ""
-	if _, err := os.Stat("/usr/bin/time"); err == nil {
-		rssFile = filepath.Join(t.TempDir(), "maxrss")
-		cmd = exec.CommandContext(ctx, "/usr/bin/time", append([]string{"-f", "%M", "-o", rssFile, bin}, args...)...)
-	} else {
-		cmd = exec.CommandContext(ctx, bin, args...)
-	}
+	argv, rss := testutil.WithPeakRSS(t.TempDir(), append([]string{bin}, args...))
+	cmd := exec.CommandContext(ctx, argv[0], argv[1:]...)
 	start := time.Now()
 	r := runCmd(t, cmd)
 	took := time.Since(start)
 	if r.code != 0 || r.stderr != "" {
 		t.Fatalf("%v", r)
 	}
-	if rssFile == "" {
-		return r.stdout, cmd.ProcessState.SysUsage().(*syscall.Rusage).Maxrss, took
-	}
-	b, err := os.ReadFile(rssFile)
+	kib, err := rss.KiB(cmd.ProcessState)
 	if err != nil {
 		t.Fatal(err)
-	}
-	kib, err := strconv.ParseInt(strings.TrimSpace(string(b)), 10, 64)
-	if err != nil {
-		t.Fatalf("/usr/bin/time -f %%M: %q: %v", b, err)
 	}
 	return r.stdout, kib, took
 }

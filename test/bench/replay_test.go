@@ -16,11 +16,11 @@ import (
 	"slices"
 	"strconv"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
 	"github.com/mptcp-xdp/mptcp-xdp/internal/capgen"
+	"github.com/mptcp-xdp/mptcp-xdp/internal/testutil"
 	"github.com/mptcp-xdp/mptcp-xdp/pkg/maps"
 )
 
@@ -141,17 +141,11 @@ func BenchmarkReplay(b *testing.B) {
 	b.ReportMetric(0, "ns/op")
 }
 
-// measureReplay runs tl once and checks its output. The peak resident memory is GNU time's (-f %M): a child
-// of this process starts with vfork, so the kernel records this process's peak as the child's at exec,
-// and Rusage.Maxrss is at least this process's peak. Without /usr/bin/time it is that upper bound.
+// measureReplay runs tl once and checks its output; the peak resident memory is testutil.PeakRSS's.
 func measureReplay(b *testing.B, tl *replayTool) (replayRun, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Minute)
 	defer cancel()
-	args, rssFile := tl.args, ""
-	if _, err := os.Stat("/usr/bin/time"); err == nil {
-		rssFile = filepath.Join(b.TempDir(), "maxrss")
-		args = append([]string{"/usr/bin/time", "-f", "%M", "-o", rssFile}, args...)
-	}
+	args, rss := testutil.WithPeakRSS(b.TempDir(), tl.args)
 	cmd := exec.CommandContext(ctx, args[0], args[1:]...)
 	var stdout, stderr strings.Builder
 	cmd.Stdout, cmd.Stderr = &stdout, &stderr
@@ -164,18 +158,8 @@ func measureReplay(b *testing.B, tl *replayTool) (replayRun, error) {
 	if err := tl.check(stdout.String()); err != nil {
 		return r, err
 	}
-	if rssFile == "" {
-		r.maxRSS = cmd.ProcessState.SysUsage().(*syscall.Rusage).Maxrss
-		return r, nil
-	}
-	out, err := os.ReadFile(rssFile)
-	if err != nil {
-		return r, err
-	}
-	if r.maxRSS, err = strconv.ParseInt(strings.TrimSpace(string(out)), 10, 64); err != nil {
-		return r, fmt.Errorf("/usr/bin/time -f %%M wrote %q", out)
-	}
-	return r, nil
+	r.maxRSS, err = rss.KiB(cmd.ProcessState)
+	return r, err
 }
 
 // ioStatFrames reads the frame count of `tshark -q -z io,stat,0`: the one interval's row,
