@@ -74,8 +74,6 @@ struct lb_mp {
 	__u32 kind;  /* enum lb_mp_kind */
 	__u32 token; /* MP_JOIN SYN: receiver's token, host order */
 	__u64 rkey;  /* MP_CAPABLE: receiver's (the server's) key */
-	int malformed;
-	int unwalked; /* the options were not walked to their end (LB_MAX_TCP_OPTIONS) */
 };
 
 static __always_inline __u64 lb_load_be64(const __u8 *p)
@@ -92,56 +90,75 @@ static __always_inline __u32 lb_load_be32(const __u8 *p)
 	return bpf_ntohl(v);
 }
 
-/* Find the MPTCP option that matters to the balancer in the TCP options opts[0:optlen]
- * (optlen <= 40, the header already checked to lie inside the frame). */
-static __always_inline void lb_scan_opts(__u8 *opts, __u32 optlen, void *data_end, int syn, int ack,
-					 struct lb_mp *mp, __u32 *scr)
+/* What lb_scan returns: the kind of MPTCP option found (enum lb_mp_kind) in bits 0-1, the malformed
+ * and unwalked flags, and the option's offset from the start of the TCP options in bits 8-13. */
+#define LB_SCAN_KIND 0x3
+#define LB_SCAN_MALFORMED (1 << 2)
+#define LB_SCAN_UNWALKED (1 << 3) /* the options were not walked to their end (LB_MAX_TCP_OPTIONS) */
+#define LB_SCAN_OFF_SHIFT 8
+#define LB_SCAN_OFF_MASK 0x3f
+#define LB_SCAN_SYN (1 << 0) /* lb_scan's flags */
+#define LB_SCAN_ACK (1 << 1)
+
+/* Find the MPTCP option that matters to the balancer among the TCP options of the header at th_off
+ * in the frame (th_off < 128, the header already checked to lie inside the frame); flags are
+ * LB_SCAN_SYN and LB_SCAN_ACK. Returns the LB_SCAN_* bits; the caller reads the option's fields.
+ *
+ * Global, so verified once, on its own: what the caller sees is one unknown return value, not one
+ * state per way out of the walk. Verifiers before 6.4 otherwise carry every exit of the walk
+ * through the rest of the balancer (Linux 6.1 gives up after a million instructions). */
+__attribute__((noinline)) int lb_scan(struct xdp_md *ctx, __u32 th_off, __u32 flags)
 {
+	void *data = (void *)(long)ctx->data;
+	void *data_end = (void *)(long)ctx->data_end;
+	__u32 zero = 0;
+	__u32 *scr = bpf_map_lookup_elem(&mptcpx_lb_scr, &zero);
+	struct tcphdr *th = data + (th_off & 0x7f);
+
+	if (!scr || (void *)(th + 1) > data_end)
+		return 0;
+	__u32 optlen = th->doff * 4;
+	if (optlen < sizeof(*th))
+		return 0;
+	optlen -= sizeof(*th);
+	__u8 *opts = (__u8 *)(th + 1);
+	int syn = flags & LB_SCAN_SYN, ack = flags & LB_SCAN_ACK;
 	__u32 off = 0;
 
 	for (int i = 0; i < LB_MAX_TCP_OPTIONS; i++) {
 		/* One range for off on every path into the next iteration, so the verifier prunes. */
 		off = lb_launder(scr, off) & 0x3f;
 		if (off >= optlen || off >= TCP_OPTIONS_MAX_LEN)
-			return;
+			return 0;
 		__u8 *p = opts + off;
 		if ((void *)(p + 1) > data_end)
-			return;
+			return 0;
 		__u8 kind = p[0];
 		if (kind == TCPOPT_EOL_)
-			return;
+			return 0;
 		if (kind == TCPOPT_NOP_) {
 			off++;
 			continue;
 		}
-		if (off + 2 > optlen || (void *)(p + 2) > data_end) {
-			mp->malformed = 1;
-			return;
-		}
+		if (off + 2 > optlen || (void *)(p + 2) > data_end)
+			return LB_SCAN_MALFORMED;
 		__u32 len = p[1];
-		if (len < 2 || off + len > optlen) {
-			mp->malformed = 1;
-			return;
-		}
+		if (len < 2 || off + len > optlen)
+			return LB_SCAN_MALFORMED;
 		__u32 next = off + len;
 		asm volatile("" : "+r"(next));
 		if (kind == TCPOPT_MPTCP && len >= 12) {
 			if ((void *)(p + 12) > data_end)
-				return;
+				return 0;
 			__u8 subtype = p[2] >> 4;
-			if (subtype == MPTCPOPT_MP_JOIN && syn && !ack && len == 12) {
-				mp->kind = LB_MP_JOIN;
-				mp->token = lb_load_be32(p + 4);
-				return;
-			}
+			if (subtype == MPTCPOPT_MP_JOIN && syn && !ack && len == 12)
+				return LB_MP_JOIN | off << LB_SCAN_OFF_SHIFT;
 			/* v1 MP_CAPABLE with both keys: sender's key, then receiver's key. */
 			if (subtype == MPTCPOPT_MP_CAPABLE && !syn && ack && (p[2] & 0x0f) == 1 &&
 			    (len == 20 || len == 22 || len == 24)) {
 				if ((void *)(p + 20) > data_end)
-					return;
-				mp->kind = LB_MP_KEYS;
-				mp->rkey = lb_load_be64(p + 12);
-				return;
+					return 0;
+				return LB_MP_KEYS | off << LB_SCAN_OFF_SHIFT;
 			}
 		}
 		off = next;
@@ -149,7 +166,44 @@ static __always_inline void lb_scan_opts(__u8 *opts, __u32 optlen, void *data_en
 	/* Out of iterations before the end of the options: what lies further is unknown. The last
 	 * iteration may have reached the end exactly (40 NOPs, say): then all was walked. */
 	if ((lb_launder(scr, off) & 0x3f) < optlen)
-		mp->unwalked = 1;
+		return LB_SCAN_UNWALKED;
+	return 0;
+}
+
+/* The MPTCP option that matters to the balancer in the TCP header th of the frame at ctx (the header
+ * checked to lie inside the frame, whose TCP options lb_scan walks), with its token or key. Options
+ * that are malformed, or not walked to their end, are counted as malformed; a SYN of the latter
+ * becomes a join of token 0 when join_unwalked (it may hide an MP_JOIN: never a new flow). */
+static __always_inline void lb_scan_opts(struct xdp_md *ctx, struct lb_stats *st, struct tcphdr *th, int syn,
+					 int ack, int join_unwalked, struct lb_mp *mp)
+{
+	void *data = (void *)(long)ctx->data;
+	void *data_end = (void *)(long)ctx->data_end;
+	int r = lb_scan(ctx, (void *)th - data, (syn ? LB_SCAN_SYN : 0) | (ack ? LB_SCAN_ACK : 0));
+
+	if (r & (LB_SCAN_MALFORMED | LB_SCAN_UNWALKED)) {
+		lb_count(st, LB_STAT_MALFORMED);
+		if ((r & LB_SCAN_UNWALKED) && join_unwalked) {
+			mp->kind = LB_MP_JOIN;
+			mp->token = 0;
+		}
+		return;
+	}
+	__u8 *p = (__u8 *)(th + 1) + ((r >> LB_SCAN_OFF_SHIFT) & LB_SCAN_OFF_MASK);
+	switch (r & LB_SCAN_KIND) {
+	case LB_MP_JOIN:
+		if ((void *)(p + 12) <= data_end) {
+			mp->kind = LB_MP_JOIN;
+			mp->token = lb_load_be32(p + 4);
+		}
+		break;
+	case LB_MP_KEYS:
+		if ((void *)(p + 20) <= data_end) {
+			mp->kind = LB_MP_KEYS;
+			mp->rkey = lb_load_be64(p + 12);
+		}
+		break;
+	}
 }
 
 /* Record token -> backend for the connection of flow fk, whose server key is rkey. Returns the
@@ -413,9 +467,10 @@ static __always_inline int lb_fwd_l2(struct xdp_md *ctx, struct lb_stats *st, st
 /* Send the frame to backend be inside an outer IPv4 or IPv6 header (the backend address's family)
  * to the backend's address. inner_len is the inner IP packet's length, tos its traffic class. */
 static __always_inline int lb_fwd_ipip(struct xdp_md *ctx, struct lb_stats *st, struct lb_vip_stats *vs,
-				       struct lb_backend_stats *bs, const struct lb_backend *be, __u32 vid, __u32 bid,
-				       int inner_v6, __u32 inner_len, __u8 tos, __u32 hash)
+				       struct lb_backend_stats *bs, const struct lb_backend *be, __u32 who,
+				       __u32 inner_len, __u8 tos, __u32 hash)
 {
+	int inner_v6 = who & LB_TB_V6;
 	int outer_v6 = !lb_is_v4mapped(be->addr);
 	int hdr = outer_v6 ? (int)sizeof(struct ipv6hdr) : (int)sizeof(struct iphdr);
 	__u8 proto = inner_v6 ? IPPROTO_IPV6_ : IPPROTO_IPIP_;
@@ -427,7 +482,7 @@ static __always_inline int lb_fwd_ipip(struct xdp_md *ctx, struct lb_stats *st, 
 	 * (the balancer fragments nothing, and its decapsulator reassembles nothing). An aggregate is
 	 * no packet of the sender's: an ICMP error would give it a wrong MTU. An unknown ifindex
 	 * (< 0) is left to the redirect, as before. */
-	int verdict = lb_ipip_mtu(ctx, be->ifindex, hdr, LB_TB_WHO(inner_v6, vid, bid));
+	int verdict = lb_ipip_mtu(ctx, be->ifindex, hdr, who);
 	if (verdict >= 0)
 		return verdict;
 	if (inner_len + hdr > 0xffff || bpf_xdp_adjust_head(ctx, -hdr)) {
@@ -480,6 +535,37 @@ static __always_inline int lb_fwd_ipip(struct xdp_md *ctx, struct lb_stats *st, 
 	if (be->ifindex == ctx->ingress_ifindex)
 		return XDP_TX;
 	return bpf_redirect(be->ifindex, 0);
+}
+
+/* lb_forward's who: LB_TB_WHO and the VIP's forwarding mode. */
+#define LB_FWD_WHO_IPIP (1U << 30)
+
+/* Send the frame to the backend, of the VIP, that who names (LB_TB_WHO, with LB_FWD_WHO_IPIP for an
+ * ipip VIP); inner_len is the IP packet's length, tos its traffic class, hash the 5-tuple's. Global,
+ * so verified once, not for every way the balancer decided (verifiers before 6.4 otherwise walk it
+ * for each). */
+__attribute__((noinline)) int lb_forward(struct xdp_md *ctx, __u32 who, __u32 inner_len, __u32 tos, __u32 hash)
+{
+	__u32 zero = 0, vid = (who >> 16) & 0xff, bid = who & 0xffff;
+	struct lb_stats *st = bpf_map_lookup_elem(&mptcpx_lb_stats, &zero);
+	struct lb_vip_stats *vs = bpf_map_lookup_elem(&mptcpx_lb_vstats, &vid);
+	struct lb_backend_stats *bs = bpf_map_lookup_elem(&mptcpx_lb_bstats, &bid);
+	struct lb_backend *be = bpf_map_lookup_elem(&mptcpx_backends, &bid);
+
+	if (!be) {
+		lb_count(st, LB_STAT_NO_BACKEND);
+		return XDP_PASS;
+	}
+	/* Generic XDP runs after GRO: an aggregate forwarded whole would be refused by the egress
+	 * device (longer than its MTU) or sent unsegmented. The stack gets it, counted. Native XDP
+	 * never sees one: a frame longer than LB_WIRE_FRAME_MAX is one of a larger MTU there. */
+	if ((long)ctx->data_end - (long)ctx->data > LB_WIRE_FRAME_MAX && lb_aggregate(ctx)) {
+		lb_count(st, LB_STAT_AGGREGATE);
+		return XDP_PASS;
+	}
+	if (who & LB_FWD_WHO_IPIP)
+		return lb_fwd_ipip(ctx, st, vs, bs, be, who & ~LB_FWD_WHO_IPIP, inner_len, (__u8)tos, hash);
+	return lb_fwd_l2(ctx, st, bs, be);
 }
 
 SEC("xdp")
@@ -572,12 +658,10 @@ int mptcpx_lb(struct xdp_md *ctx)
 	lb_count(st, LB_STAT_VIP);
 
 	int syn = th->syn, ack = th->ack;
+	int steering = vip->flags & LB_VIP_JOIN_STEERING;
+	int opening = syn && !ack;
 	struct lb_mp mp = {};
-	__u32 *scr = bpf_map_lookup_elem(&mptcpx_lb_scr, &zero);
-	if (scr)
-		lb_scan_opts((__u8 *)(th + 1), thl - sizeof(*th), data_end, syn, ack, &mp, scr);
-	if (mp.malformed)
-		lb_count(st, LB_STAT_MALFORMED);
+	lb_scan_opts(ctx, st, th, syn, ack, steering && opening, &mp);
 
 	/* Looked up after the option scan, and never NULL past here (the ids are below the maps'
 	 * sizes: PutVIP checks), so that the verifier does not walk the scan, or what follows,
@@ -590,20 +674,10 @@ int mptcpx_lb(struct xdp_md *ctx)
 	}
 	lb_count_vip(vs, LB_VSTAT_PACKETS);
 
-	int steering = vip->flags & LB_VIP_JOIN_STEERING;
 	__u64 now = bpf_ktime_get_ns();
 	struct lb_backend *be = NULL;
 	__u32 bid = 0, token = 0;
 	__u32 placed = LB_BSTAT_MAX; /* the per-backend counter of how it was placed, if any */
-	int opening = syn && !ack;
-	/* A SYN whose options were not walked to the end may hide an MP_JOIN: never a new flow. */
-	if (mp.unwalked) {
-		lb_count(st, LB_STAT_MALFORMED);
-		if (steering && opening) {
-			mp.kind = LB_MP_JOIN;
-			mp.token = 0;
-		}
-	}
 
 	/* The flow table (Maglev can find these again), then the protected one (steered joins, flows
 	 * of draining backends). */
@@ -751,16 +825,9 @@ int mptcpx_lb(struct xdp_md *ctx)
 			lb_count(st, LB_STAT_INSERT_FAILED);
 	}
 
-	/* Generic XDP runs after GRO: an aggregate forwarded whole would be refused by the egress
-	 * device (longer than its MTU) or sent unsegmented. The stack gets it, counted. Native XDP
-	 * never sees one: a frame longer than LB_WIRE_FRAME_MAX is one of a larger MTU there. */
-	if ((long)ctx->data_end - (long)ctx->data > LB_WIRE_FRAME_MAX && lb_aggregate(ctx)) {
-		lb_count(st, LB_STAT_AGGREGATE);
-		return XDP_PASS;
-	}
 	if (vip->forward == LB_FWD_IPIP)
-		return lb_fwd_ipip(ctx, st, vs, bs, be, vid, bid, v6, inner_len, tos, lb_flow_hash(&fk));
-	return lb_fwd_l2(ctx, st, bs, be);
+		return lb_forward(ctx, LB_TB_WHO(v6, vid, bid) | LB_FWD_WHO_IPIP, inner_len, tos, lb_flow_hash(&fk));
+	return lb_forward(ctx, LB_TB_WHO(v6, vid, bid), inner_len, tos, 0);
 
 malformed:
 	lb_count(st, LB_STAT_MALFORMED);

@@ -235,29 +235,38 @@ static __always_inline struct lb_backend *lb_backend_usable(__u32 id, int new_fl
 	return be;
 }
 
-/* Maglev: the backend of slot hash % LB_RING_SIZE of the VIP's table, or of the next slots when that
- * one's backend takes no new flows. A join port's table holds its owner only, which takes its joins
- * while draining too. */
-static __always_inline struct lb_backend *lb_pick(const struct lb_vip *vip, __u32 hash, __u32 *id)
+/* Maglev: the id of the backend of slot hash % LB_RING_SIZE of VIP vip_id's table, or of the next
+ * slots when that one's backend takes no new flows; -1 if none does. A join port's table
+ * (join_port) holds its owner only, which takes its joins while draining too. Global, so verified
+ * once, not at each of its callers' states (verifiers before 6.4 walk its probes for each). */
+__attribute__((noinline)) int lb_pick_id(__u32 vip_id, __u32 join_port, __u32 hash)
 {
-	if (vip->id >= LB_MAX_VIPS)
-		return NULL;
-	__u32 base = vip->id * LB_RING_SIZE;
+	if (vip_id >= LB_MAX_VIPS)
+		return -1;
+	__u32 base = vip_id * LB_RING_SIZE;
 	__u32 slot = hash % LB_RING_SIZE;
 
 	for (int i = 0; i < LB_PICK_PROBES; i++) {
 		__u32 idx = base + slot;
 		__u32 *b = bpf_map_lookup_elem(&mptcpx_ring, &idx);
 		if (!b)
-			return NULL;
-		struct lb_backend *be = lb_backend_usable(*b, !(vip->flags & LB_VIP_JOIN_PORT));
-		if (be) {
-			*id = *b;
-			return be;
-		}
+			return -1;
+		__u32 id = *b;
+		if (id < LB_MAX_BACKENDS && lb_backend_usable(id, !join_port))
+			return id;
 		slot = slot + 1 == LB_RING_SIZE ? 0 : slot + 1;
 	}
-	return NULL;
+	return -1;
+}
+
+/* lb_pick_id's backend, with its id in *id; NULL if none. */
+static __always_inline struct lb_backend *lb_pick(const struct lb_vip *vip, __u32 hash, __u32 *id)
+{
+	int b = lb_pick_id(vip->id, vip->flags & LB_VIP_JOIN_PORT, hash);
+	if (b < 0)
+		return NULL;
+	*id = b;
+	return lb_backend_usable(b, 0);
 }
 
 static __always_inline int lb_is_v4mapped(const __u8 *a)

@@ -107,6 +107,13 @@ func BenchmarkBalancer(b *testing.B) {
 		conn := segment{src: netip.MustParseAddrPort("192.0.2.1:40000"), dst: vip4}
 		rkey := r.Uint64()
 		token, _ := ServerToken(rkey)
+		// A token is learned only on a flow whose SYN the balancer placed.
+		connSYN := conn
+		connSYN.syn = true
+		connSYN.opts = []layers.TCPOption{optMPCapableSYN()}
+		if ret, _ := run(b, bal.Program, connSYN.frame(b)); ret != xdpTX {
+			b.Fatalf("SYN: verdict %d", ret)
+		}
 		mpcACK := conn
 		mpcACK.ack = true
 		mpcACK.opts = []layers.TCPOption{nop, nop, optMPCapableACK(r.Uint64(), rkey)}
