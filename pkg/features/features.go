@@ -43,6 +43,9 @@ type Feature struct {
 type Report struct {
 	Kernel   string    `json:"kernel"` // uname -r
 	Features []Feature `json:"features"`
+	// Programs is mptcp-xdp's own programs as this kernel's verifier sees them (ProbePrograms);
+	// absent when not probed (features --programs=false).
+	Programs []Program `json:"programs,omitempty"`
 }
 
 // Probe probes the running kernel. Probes that attach something do so in a network namespace made

@@ -59,3 +59,43 @@ func TestProbe(t *testing.T) {
 		}
 	}
 }
+
+// Every program of every object loads on the running kernel, and the verifier's statistics are
+// read from its log: a program the verifier refuses fails here, naming its reason.
+func TestProbePrograms(t *testing.T) {
+	progs, err := ProbePrograms()
+	if err != nil {
+		t.Fatal(err)
+	}
+	seen := map[string]bool{}
+	for _, p := range progs {
+		seen[p.Object] = true
+		t.Logf("%s/%s: loaded %v, %d of %d instructions, %d states, %d µs", p.Object, p.Program, p.Loaded,
+			p.InsnsProcessed, p.InsnsLimit, p.TotalStates, p.VerifyMicros)
+		if !p.Loaded {
+			t.Errorf("%s/%s refused by the verifier: %s", p.Object, p.Program, p.Error)
+		}
+		if p.InsnsProcessed <= 0 || p.InsnsLimit < p.InsnsProcessed || p.TotalStates <= 0 {
+			t.Errorf("%s/%s: statistics %+v: want the verifier's", p.Object, p.Program, p)
+		}
+	}
+	for _, o := range objects {
+		if !seen[o.name] {
+			t.Errorf("object %s: no program probed", o.name)
+		}
+	}
+}
+
+// A refused program's reason is the verifier's last line before its statistics.
+func TestRefusal(t *testing.T) {
+	log := []string{"0: (b7) r0 = 0", "BPF program is too large. Processed 1000001 insn",
+		"verification time 16272027 usec", "stack depth 288+4", "processed 1000001 insns (limit 1000000) max_states_per_insn 78 total_states 26355 peak_states 1868 mark_read 43", ""}
+	if got, want := refusal(log), "BPF program is too large. Processed 1000001 insn"; got != want {
+		t.Errorf("refusal = %q, want %q", got, want)
+	}
+	var p Program
+	parseStats(&p, log)
+	if p.InsnsProcessed != 1000001 || p.InsnsLimit != 1000000 || p.TotalStates != 26355 || p.PeakStates != 1868 || p.VerifyMicros != 16272027 {
+		t.Errorf("parseStats: %+v", p)
+	}
+}
