@@ -235,7 +235,7 @@ func progID(t testing.TB, p *ebpf.Program) uint32 {
 func inNetns(t testing.TB, ns string, fn func(h *netlink.Handle) error) {
 	t.Helper()
 	err := netns.Do(ns, func() error {
-		h, err := netlink.NewHandle()
+		h, err := netlink.NewHandle(unix.NETLINK_ROUTE)
 		if err != nil {
 			return err
 		}

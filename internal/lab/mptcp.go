@@ -8,6 +8,7 @@ import (
 	"strings"
 
 	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
 
 	"github.com/mptcp-xdp/mptcp-xdp/pkg/netns"
 )
@@ -199,13 +200,15 @@ func ReadLinkStats(ns string) (map[string]LinkStats, error) {
 func (l *Lab) Handle(ns string) (*netlink.Handle, error) { return handle(ns) }
 
 func handle(ns string) (*netlink.Handle, error) {
+	// Route netlink only: netlink.NewHandle() with no families also opens XFRM and netfilter
+	// sockets, which fail (EPROTONOSUPPORT) on a kernel whose xfrm_user is a module not loaded.
 	if ns == "" {
-		return netlink.NewHandle()
+		return netlink.NewHandle(unix.NETLINK_ROUTE)
 	}
 	var h *netlink.Handle
 	err := netns.Do(ns, func() error {
 		var err error
-		h, err = netlink.NewHandle()
+		h, err = netlink.NewHandle(unix.NETLINK_ROUTE)
 		return err
 	})
 	if err != nil {

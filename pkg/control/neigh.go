@@ -62,7 +62,9 @@ func NewResolver(netnsName string) (*Resolver, error) {
 	r := &Resolver{ns: netnsName}
 	err := netns.Do(netnsName, func() error {
 		var err error
-		r.h, err = netlink.NewHandle()
+		// Route netlink only: with no families the handle also opens XFRM and netfilter
+		// sockets, which fail on a kernel whose xfrm_user module is not loaded.
+		r.h, err = netlink.NewHandle(unix.NETLINK_ROUTE)
 		return err
 	})
 	if err != nil {

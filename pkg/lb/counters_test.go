@@ -13,7 +13,6 @@ import (
 	"strconv"
 	"strings"
 	"testing"
-	"time"
 
 	"github.com/cilium/ebpf"
 	"github.com/google/gopacket/layers"
@@ -278,10 +277,7 @@ func TestCollisionCountersPerBackend(t *testing.T) {
 
 	// Idle past the threshold: backend 2 takes the mapping over.
 	tk, _, _ := b.LookupToken(0, token)
-	tk.LastSeen = Monotonic() - 10*time.Minute
-	if tk.LastSeen < 0 {
-		t.Fatal("machine up for less than 10 minutes: cannot age the token")
-	}
+	tk.LastSeen = idleSince(testConfig.CollisionIdle)
 	if err := b.PutToken(tk); err != nil {
 		t.Fatal(err)
 	}

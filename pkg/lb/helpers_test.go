@@ -8,6 +8,7 @@ import (
 	"os"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/rlimit"
@@ -33,7 +34,19 @@ func TestMain(m *testing.M) {
 }
 
 // testConfig keeps the maps small so that every test loads its own balancer quickly.
-var testConfig = Config{MaxVIPs: 4, MaxFlows: 1 << 16, MaxTokens: 1 << 18}
+// testConfig's take-over threshold is shorter than the default 120 s, so that a just-booted
+// machine (a kernel-matrix guest) can date a mapping back past it (idleSince).
+var testConfig = Config{MaxVIPs: 4, MaxFlows: 1 << 16, MaxTokens: 1 << 18, CollisionIdle: 20 * time.Second}
+
+// idleSince is a CLOCK_MONOTONIC time a second older than the take-over threshold d ago; on a
+// machine up for less than that, it first waits until the clock has got there.
+func idleSince(d time.Duration) time.Duration {
+	want := d + time.Second
+	if up := Monotonic(); up < want {
+		time.Sleep(want - up)
+	}
+	return Monotonic() - want
+}
 
 func loadBalancer(tb testing.TB, cfg Config) *Balancer {
 	tb.Helper()

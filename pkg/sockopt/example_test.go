@@ -44,6 +44,13 @@ func Example() {
 	}
 	defer c.Close()
 
+	// The data sequence number acknowledged so far (every kernel since 5.9 has it; the byte
+	// counters such as mptcpi_bytes_acked came in 6.5).
+	before, err := sockopt.Info(c.(*net.TCPConn))
+	if err != nil {
+		log.Fatal(err)
+	}
+
 	// The transfer; the second subflow joins once the connection is fully established.
 	const size = 1 << 20
 	if _, err := c.Write(make([]byte, size)); err != nil {
@@ -54,16 +61,17 @@ func Example() {
 		if f, err = sockopt.FullInfo(c.(*net.TCPConn)); err != nil {
 			log.Fatal(err)
 		}
-		if len(f.Subflows) == 2 && f.Info.BytesAcked == size {
+		if len(f.Subflows) == 2 && f.Info.SndUna-before.SndUna == size {
 			break
 		}
 	}
 
 	// The per-subflow figures.
-	fmt.Printf("connection: %d subflows, %d bytes acked at the data level\n", f.Info.SubflowsTotal, f.Info.BytesAcked)
+	fmt.Printf("connection: %d subflows, %d bytes acked at the data level\n", len(f.Subflows), f.Info.SndUna-before.SndUna)
 	var carried uint64
-	for _, s := range f.Subflows {
-		fmt.Printf("subflow %d: %v -> %v %s mss %d\n", s.ID, s.Addr.Local.Addr(), s.Addr.Remote, s.TCP.StateName(), s.TCP.SndMSS)
+	for i, s := range f.Subflows {
+		// s.ID is the kernel's subflow id where MPTCP_FULL_INFO gives it (6.5+; f.IDs), else 0.
+		fmt.Printf("subflow %d: %v -> %v %s mss %d\n", i+1, s.Addr.Local.Addr(), s.Addr.Remote, s.TCP.StateName(), s.TCP.SndMSS)
 		carried += s.TCP.BytesSent - s.TCP.BytesRetrans
 	}
 	fmt.Println("the subflows carried every byte:", carried >= size)

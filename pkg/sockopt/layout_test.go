@@ -5,6 +5,7 @@ import (
 
 	"github.com/cilium/ebpf/btf"
 
+	"github.com/mptcp-xdp/mptcp-xdp/internal/testutil"
 	"github.com/mptcp-xdp/mptcp-xdp/pkg/sockopt"
 )
 
@@ -20,6 +21,17 @@ func kernelStruct(t testing.TB, name string) *btf.Struct {
 		t.Fatalf("kernel BTF: struct %s: %v", name, err)
 	}
 	return s
+}
+
+// kernelHasFullInfo reports whether the running kernel has MPTCP_FULL_INFO (6.5+), by its BTF: the
+// option's struct mptcp_full_info.
+func kernelHasFullInfo(t testing.TB) bool {
+	t.Helper()
+	ok, err := testutil.KernelHasStruct("mptcp_full_info")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return ok
 }
 
 // TestLayoutMatchesKernelBTF compares the hand-mirrored structs with the running kernel's own
@@ -64,7 +76,7 @@ func TestLayoutMatchesKernelBTF(t *testing.T) {
 				}
 			}
 			for name, got := range ours {
-				if !seen[name] && got[0]+got[1] <= int(ks.Size) {
+				if !seen[name] && sockopt.Present(tc.v, name, int(ks.Size)) {
 					t.Errorf("package field %s (offset %d) is inside the kernel's struct (%d bytes) but the kernel has no such field", name, got[0], ks.Size)
 				}
 			}

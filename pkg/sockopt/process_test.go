@@ -243,7 +243,7 @@ func TestProcess(t *testing.T) {
 			switch {
 			case s.Inode != st.Ino:
 				t.Errorf("fd %d: inode %d, fstat %d", fd, s.Inode, st.Ino)
-			case s.Err != nil || s.Fallback || s.Listening || s.Info == nil || !s.IDs:
+			case s.Err != nil || s.Fallback || s.Listening || s.Info == nil || s.IDs != kernelHasFullInfo(t):
 				t.Errorf("fd %d: %+v", fd, s)
 			case s.Family != wantFamily:
 				t.Errorf("fd %d: family %d, want %d", fd, s.Family, wantFamily)

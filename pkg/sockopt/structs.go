@@ -6,6 +6,7 @@ import (
 	"net/netip"
 	"reflect"
 	"slices"
+	"strconv"
 	"strings"
 	"unsafe"
 
@@ -33,13 +34,13 @@ type MPTCPInfo struct {
 	LocalAddrMax       uint8   `kernel:"mptcpi_local_addr_max"`  // subflow endpoints (in-kernel PM, 5.12+)
 	CsumEnabled        uint8   `kernel:"mptcpi_csum_enabled"`    // DSS checksums in use (5.14+)
 	_                  uint8   //
-	Retransmits        uint32  `kernel:"mptcpi_retransmits"`      // data-level retransmissions (6.5+)
-	BytesRetrans       uint64  `kernel:"mptcpi_bytes_retrans"`    // data-level bytes retransmitted (6.5+)
-	BytesSent          uint64  `kernel:"mptcpi_bytes_sent"`       // data-level bytes sent, retransmissions included (6.5+)
-	BytesReceived      uint64  `kernel:"mptcpi_bytes_received"`   // data-level bytes received (6.5+)
-	BytesAcked         uint64  `kernel:"mptcpi_bytes_acked"`      // data-level bytes acknowledged by the peer (6.5+)
-	SubflowsTotal      uint8   `kernel:"mptcpi_subflows_total"`   // all subflows, the initial one included (6.8+)
-	EndpLaminarMax     uint8   `kernel:"mptcpi_endp_laminar_max"` // laminar endpoints (6.18+; a reserved zero byte on 6.10–6.17)
+	Retransmits        uint32  `kernel:"mptcpi_retransmits" after:"48"` // data-level retransmissions (6.5+; padding of the 48-byte struct before)
+	BytesRetrans       uint64  `kernel:"mptcpi_bytes_retrans"`          // data-level bytes retransmitted (6.5+)
+	BytesSent          uint64  `kernel:"mptcpi_bytes_sent"`             // data-level bytes sent, retransmissions included (6.5+)
+	BytesReceived      uint64  `kernel:"mptcpi_bytes_received"`         // data-level bytes received (6.5+)
+	BytesAcked         uint64  `kernel:"mptcpi_bytes_acked"`            // data-level bytes acknowledged by the peer (6.5+)
+	SubflowsTotal      uint8   `kernel:"mptcpi_subflows_total"`         // all subflows, the initial one included (6.8+)
+	EndpLaminarMax     uint8   `kernel:"mptcpi_endp_laminar_max"`       // laminar endpoints (6.18+; a reserved zero byte on 6.10–6.17)
 	_                  [2]byte //
 	LastDataSent       uint32  `kernel:"mptcpi_last_data_sent"` // ms since data was last sent (6.10+)
 	LastDataRecv       uint32  `kernel:"mptcpi_last_data_recv"` // ms since data was last received (6.10+)
@@ -253,15 +254,19 @@ const (
 	subflowInfoSize     = subflowInfoAddrsOff + subflowAddrsSize
 )
 
-// fieldTable maps the C names of a mirrored struct's fields to their place in it.
+// fieldTable maps the C names of a mirrored struct's fields to their place in it. A field came with
+// the kernel whose struct first reached its end, unless it took the place of an older struct's
+// trailing padding: its tag `after:"N"` then says that a struct of N bytes lacks it (mptcp_info of
+// 5.16-6.4 is 48 bytes, its last 5 padding where mptcpi_retransmits went in 6.5).
 type fieldTable struct {
 	names []string
 	off   map[string]int // byte offset of the field
 	end   map[string]int // offset + size
+	after map[string]int // the field is present only when more than this many bytes came back
 }
 
 func newFieldTable(v any) fieldTable {
-	t := fieldTable{off: map[string]int{}, end: map[string]int{}}
+	t := fieldTable{off: map[string]int{}, end: map[string]int{}, after: map[string]int{}}
 	rt := reflect.TypeOf(v)
 	for i := range rt.NumField() {
 		f := rt.Field(i)
@@ -273,6 +278,13 @@ func newFieldTable(v any) fieldTable {
 			t.names = append(t.names, name)
 			t.off[name] = int(f.Offset)
 			t.end[name] = int(f.Offset + f.Type.Size())
+			if a := f.Tag.Get("after"); a != "" {
+				n, err := strconv.Atoi(a)
+				if err != nil {
+					panic(fmt.Sprintf("sockopt: field %s: after tag %q", name, a))
+				}
+				t.after[name] = n
+			}
 		}
 	}
 	return t
@@ -280,15 +292,15 @@ func newFieldTable(v any) fieldTable {
 
 func (t fieldTable) has(name string, n int) bool {
 	end, ok := t.end[name]
-	return ok && end <= n
+	return ok && end <= n && n > t.after[name]
 }
 
 func (t fieldTable) present(n int) []string {
-	return slices.DeleteFunc(slices.Clone(t.names), func(s string) bool { return t.end[s] > n })
+	return slices.DeleteFunc(slices.Clone(t.names), func(s string) bool { return !t.has(s, n) })
 }
 
 func (t fieldTable) missing(n int) []string {
-	return slices.DeleteFunc(slices.Clone(t.names), func(s string) bool { return t.end[s] <= n })
+	return slices.DeleteFunc(slices.Clone(t.names), func(s string) bool { return t.has(s, n) })
 }
 
 var (

@@ -29,6 +29,17 @@ func TestShortStructs(t *testing.T) {
 		t.Error("Has(unknown field) = true")
 	}
 
+	// 5.16–6.4 (Debian 12's 6.1): 48 bytes, up to mptcpi_csum_enabled and its padding, where 6.5
+	// later put mptcpi_retransmits.
+	m = sockopt.DecodeMPTCPInfo(make([]byte, 48))
+	if !m.Has("mptcpi_csum_enabled") || m.Has("mptcpi_retransmits") || m.Has("mptcpi_bytes_retrans") {
+		t.Errorf("48-byte mptcp_info: has csum_enabled %v, retransmits %v, bytes_retrans %v",
+			m.Has("mptcpi_csum_enabled"), m.Has("mptcpi_retransmits"), m.Has("mptcpi_bytes_retrans"))
+	}
+	if m = sockopt.DecodeMPTCPInfo(make([]byte, 56)); !m.Has("mptcpi_retransmits") || !m.Has("mptcpi_bytes_retrans") {
+		t.Errorf("56-byte mptcp_info: fields %v", m.Fields())
+	}
+
 	// tcp_info of a kernel before tcpi_bytes_sent (4.19): 192 bytes, up to tcpi_sndbuf_limited.
 	tb := make([]byte, 192)
 	tb[0], tb[6], tb[7] = 1, 0x7a, 0x05 // ESTABLISHED, snd_wscale 10 rcv_wscale 7, app limited + fastopen fail 2

@@ -289,8 +289,15 @@ func diffSS(r *stats.Reader, ns string) (string, error) {
 // getsockopt(MPTCP_FULL_INFO) on its socket returns, matched by subflow id and checked by address.
 // An iterator read, the getsockopt and a second iterator read are repeated until both iterator
 // reads agree (nothing moved in between); then every figure must be equal.
+//
+// Without MPTCP_FULL_INFO (before 6.5) FullInfo makes the three older calls, which give no ids: the
+// subflows are then matched by their addresses alone.
 func agreeTCPInfo(t *testing.T, r *stats.Reader, ns string, c *net.TCPConn, tok stats.Token, n int) {
 	t.Helper()
+	hasFullInfo, err := testutil.KernelHasStruct("mptcp_full_info")
+	if err != nil {
+		t.Fatal(err)
+	}
 	var last string
 	for range 50 {
 		a, err := subflowsOf(r, ns, tok)
@@ -305,8 +312,8 @@ func agreeTCPInfo(t *testing.T, r *stats.Reader, ns string, c *net.TCPConn, tok 
 		if err != nil {
 			t.Fatal(err)
 		}
-		if !full.IDs {
-			t.Fatal("MPTCP_FULL_INFO gave no subflow ids on a kernel that has them")
+		if full.IDs != hasFullInfo {
+			t.Fatalf("FullInfo gave subflow ids %v on a kernel whose MPTCP_FULL_INFO exists: %v (the separate calls give none)", full.IDs, hasFullInfo)
 		}
 		if stats.Token(full.Info.Token) != tok {
 			t.Fatalf("token: getsockopt %v, iterator %v", stats.Token(full.Info.Token), tok)
@@ -341,9 +348,14 @@ func diffTCPInfo(sfs []stats.Subflow, full *sockopt.Full, n int) string {
 		fmt.Fprintf(&d, "subflows: iterator %d, getsockopt %d, want %d\n", len(sfs), len(full.Subflows), n)
 	}
 	for _, k := range full.Subflows {
-		i := slices.IndexFunc(sfs, func(s stats.Subflow) bool { return s.ID == k.ID })
+		i := slices.IndexFunc(sfs, func(s stats.Subflow) bool {
+			if !full.IDs {
+				return s.Local == k.Addr.Local && s.Remote == k.Addr.Remote
+			}
+			return s.ID == k.ID
+		})
 		if i < 0 {
-			fmt.Fprintf(&d, "subflow id %d missing from the iterator\n", k.ID)
+			fmt.Fprintf(&d, "subflow id %d (%v -> %v) missing from the iterator\n", k.ID, k.Addr.Local, k.Addr.Remote)
 			continue
 		}
 		s, ti := sfs[i], k.TCP
