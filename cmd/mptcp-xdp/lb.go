@@ -303,14 +303,14 @@ func lbStatusTable(w io.Writer, st *control.Status) error {
 		ifs = append(ifs, s)
 	}
 	fmt.Fprintf(w, "balancer in %s on %s; %d flows, %d tokens\n\n", st.Netns, orDash(strings.Join(ifs, ", ")), st.Flows, st.Tokens)
-	fmt.Fprintln(w, "VIP\tID\tFORWARD\tUNKNOWN JOIN\tJOIN STEERING\tTOKENS")
+	fmt.Fprintln(w, "VIP\tID\tFORWARD\tUNKNOWN JOIN\tJOIN STEERING\tTOKENS\tIN TABLE")
 	var joinPorts []control.VIPStatus
 	for _, v := range st.VIPs {
 		if v.JoinPortOf != "" {
 			joinPorts = append(joinPorts, v)
 			continue
 		}
-		fmt.Fprintf(w, "%s\t%d\t%s\t%s\t%v\t%d\n", v.Addr, v.ID, v.Forward, v.UnknownJoin, v.JoinSteering, v.Tokens)
+		fmt.Fprintf(w, "%s\t%d\t%s\t%s\t%v\t%d\t%d\n", v.Addr, v.ID, v.Forward, v.UnknownJoin, v.JoinSteering, v.Tokens, v.BackendsInTable)
 	}
 	if len(joinPorts) != 0 {
 		fmt.Fprintln(w, "\nJOIN PORT\tID\tFORWARD\tBACKEND")
@@ -321,6 +321,16 @@ func lbStatusTable(w io.Writer, st *control.Status) error {
 	fmt.Fprintln(w, "\nBACKEND\tID\tWEIGHT\tSTATE\tIFACE\tMAC\tRING SLOTS\tFLOWS\tTOKENS")
 	for _, b := range st.Backends {
 		fmt.Fprintf(w, "%s\t%d\t%d\t%s\t%s\t%s\t%d\t%d\t%d\n", b.Addr, b.ID, b.Weight, b.State, orDash(b.Iface), b.MAC, b.RingSlots, b.Flows, b.Tokens)
+	}
+	header := false
+	for _, b := range st.Backends {
+		for _, h := range b.Health {
+			if !header {
+				fmt.Fprintln(w, "\nHEALTH OF\tVIP\tSTATE\tSINCE\tRING SLOTS\tREASON")
+				header = true
+			}
+			fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%d\t%s\n", b.Addr, h.VIP, h.State, h.Since.Format(time.RFC3339), h.RingSlots, orDash(h.Reason))
+		}
 	}
 	fmt.Fprintln(w, "\nCOUNTER\tVALUE")
 	names := make([]string, 0, len(st.Stats))
@@ -545,6 +555,7 @@ func runWithConfig(cmd *cobra.Command, g *globalFlags, cfg control.RunConfig, fi
 	for {
 		loopCtx, endLoop := context.WithCancel(ctx)
 		done := make(chan error, 1)
+		cfg.Health = d.HealthChecks()
 		go func() { done <- b.Run(loopCtx, cfg) }()
 		select {
 		case err := <-done:
@@ -568,7 +579,7 @@ func runWithConfig(cmd *cobra.Command, g *globalFlags, cfg control.RunConfig, fi
 				continue
 			}
 			b.Close()
-			b = nb
+			b, d = nb, nd
 		}
 	}
 }
