@@ -133,14 +133,18 @@ type healthChecker struct {
 	probes  map[loader.HealthKey]*healthProbe
 	results chan healthResult
 	wg      sync.WaitGroup
-	// dial connects to addr from the balancer's network namespace (tests may replace it).
+	// dial connects to addr from the balancer's network namespace.
 	dial func(ctx context.Context, addr netip.AddrPort, timeout time.Duration) error
 }
 
 func newHealthChecker(b *Balancer, checks map[netip.AddrPort]HealthCheck) *healthChecker {
 	h := &healthChecker{b: b, checks: checks, probes: map[loader.HealthKey]*healthProbe{}, results: make(chan healthResult, 64)}
+	ns := b.netns
+	if b.Resolver != nil {
+		ns = b.Resolver.ns // the namespace the balancer routes to its backends from
+	}
 	h.dial = func(ctx context.Context, addr netip.AddrPort, timeout time.Duration) error {
-		return dialIn(ctx, b.netns, addr, timeout)
+		return dialIn(ctx, ns, addr, timeout)
 	}
 	return h
 }
@@ -192,7 +196,7 @@ func (h *healthChecker) sync(ctx context.Context, now time.Time) error {
 		if err := h.b.clearHealth(func(k loader.HealthKey) bool { return slices.Contains(stale, k) }); err != nil {
 			return err
 		}
-		if err := h.b.writeRings(true); err != nil {
+		if err := h.b.rebuild(); err != nil {
 			return err
 		}
 	}
@@ -243,13 +247,13 @@ func (h *healthChecker) result(r healthResult) (state uint32, reason string, cha
 		p.ok, p.failed = 0, p.failed+1
 		reason = healthReason(r.err)
 		if state == loader.HealthUp && p.failed >= c.Fall {
-			return loader.HealthDown, fmt.Sprintf("%s (%d failures in a row)", reason, p.failed), true
+			return loader.HealthDown, fmt.Sprintf("%s (failed %d times in a row)", reason, p.failed), true
 		}
 	} else {
 		p.ok, p.failed = p.ok+1, 0
 		reason = ""
 		if state == loader.HealthDown && p.ok >= c.Rise {
-			return loader.HealthUp, fmt.Sprintf("connected (%d successes in a row)", p.ok), true
+			return loader.HealthUp, fmt.Sprintf("connected (%d times in a row)", p.ok), true
 		}
 	}
 	return state, reason, !known
@@ -275,7 +279,7 @@ func (h *healthChecker) apply(r healthResult, state uint32, reason string, now t
 		return fmt.Errorf("write health of backend %s for vip %s: %w", r.target.backend, r.target.vip, err)
 	}
 	h.b.health[k] = e
-	from := HealthStateUp
+	from := "unchecked"
 	if known {
 		from = healthStateName(old.State)
 	}

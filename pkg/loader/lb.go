@@ -263,7 +263,7 @@ func (l *Loader) attachLBKind(o LBAttachOptions, decap bool) (_ *LBMaps, err err
 				return fmt.Errorf("create the weights map: %w", err)
 			}
 			w.Close()
-			h, err := ebpf.NewMapWithOptions(healthSpec(spec.Maps[lb.MapBackends].MaxEntries), ebpf.MapOptions{PinPath: dir})
+			h, err := ebpf.NewMapWithOptions(LBHealthSpec(spec.Maps[lb.MapBackends].MaxEntries), ebpf.MapOptions{PinPath: dir})
 			if err != nil {
 				return fmt.Errorf("create the health map: %w", err)
 			}

@@ -58,8 +58,9 @@ func (e HealthEntry) ReasonString() string {
 	return strings.TrimRight(string(e.Reason[:]), "\x00")
 }
 
-// healthSpec is the health map: one entry per checked pair, allocated on update.
-func healthSpec(backends uint32) *ebpf.MapSpec {
+// LBHealthSpec is the health map of a balancer of that many backends: one entry per checked
+// pair, allocated on update.
+func LBHealthSpec(backends uint32) *ebpf.MapSpec {
 	return &ebpf.MapSpec{
 		Name: PinLBHealth, Type: ebpf.Hash, KeySize: 8, ValueSize: 64,
 		MaxEntries: lb.MaxVIPs * backends, Flags: unix.BPF_F_NO_PREALLOC, Pinning: ebpf.PinByName,
