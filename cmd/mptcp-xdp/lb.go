@@ -697,7 +697,7 @@ kernel's neighbour table so that a backend whose MAC changes keeps receiving. Th
 without it: stop and restart it at will. Logs go to stderr; SIGINT/SIGTERM stop it.
 
 --config FILE (YAML: interfaces, mode, hash_seed_file, vips with their policy, backends with their
-weights; docs/lb.md, "Config file") makes the balancer what the file says before the loop starts,
+weights, health_check; docs/lb.md, "Config file" and "Health checks") makes the balancer what the file says before the loop starts,
 attaching it on the first run, and again on SIGHUP or ` + "`lb reload`" + `: only what differs is changed,
 and steering is never interrupted. A file with an error is refused with one line naming the field,
 and the balancer is left as it was.`,
