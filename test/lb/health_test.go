@@ -56,7 +56,8 @@ func listenHealth(ctx context.Context, t *testing.T, b lablb.Backend, port uint1
 // are steered to it by token (every join accepted, none refused for want of a token, 2 subflows
 // on each as ss -M shows them), and their data arrives intact; new connections all go to the
 // others. lb status (JSON and text) shows it down with the connect error, and so does the log.
-// When its listener is back it returns within rise intervals, with the table it had before.
+// When its listener is back it returns within rise intervals, with the table it had before. lb
+// detach removes the health map with the other pins.
 func TestHealthCheck(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
 	defer cancel()
@@ -268,6 +269,12 @@ func TestHealthCheck(t *testing.T) {
 		t.Errorf("new connections per backend after backend 0 recovered: %v, none on it", n)
 	}
 	cp.stop(t)
+	// The health map is one of the balancer's own pins: lb detach leaves nothing.
+	mx(t, "--netns", l.LB, "lb", "detach")
+	if _, err := os.Stat(ld.LBDir(l.LB)); !os.IsNotExist(err) {
+		ents, _ := os.ReadDir(ld.LBDir(l.LB))
+		t.Errorf("pin directory after lb detach: %v %v", err, ents)
+	}
 	t.Logf("health check (interval %s, fall %d, rise %d): backend 0 (%d of %d connections) left the table in %v, returned in %v; slots %d/%d/%d",
 		interval, fall, rise, on0, len(before), tookDown.Round(time.Millisecond), tookUp.Round(time.Millisecond),
 		slots(ring0)[ids[l.Backends[0].IP4.String()]], slots(ring0)[ids[l.Backends[1].IP4.String()]], slots(ring0)[ids[l.Backends[2].IP4.String()]])
