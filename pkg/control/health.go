@@ -30,10 +30,8 @@ import (
 	"maps"
 	"net"
 	"net/netip"
-	"os"
 	"slices"
 	"sync"
-	"syscall"
 	"time"
 
 	"github.com/mptcp-xdp/mptcp-xdp/pkg/lb"
@@ -302,11 +300,7 @@ func (h *healthChecker) apply(r healthResult, state uint32, reason string, now t
 func healthReason(err error) string {
 	var op *net.OpError
 	if errors.As(err, &op) && op.Err != nil {
-		err = op.Err
-	}
-	var sc *os.SyscallError
-	if errors.As(err, &sc) && errors.Is(sc.Err, syscall.ECONNREFUSED) {
-		return "connect: connection refused"
+		return op.Err.Error()
 	}
 	return err.Error()
 }

@@ -263,11 +263,9 @@ func (l *Loader) attachLBKind(o LBAttachOptions, decap bool) (_ *LBMaps, err err
 				return fmt.Errorf("create the weights map: %w", err)
 			}
 			w.Close()
-			h, err := ebpf.NewMapWithOptions(LBHealthSpec(spec.Maps[lb.MapBackends].MaxEntries), ebpf.MapOptions{PinPath: dir})
-			if err != nil {
-				return fmt.Errorf("create the health map: %w", err)
+			if err := createLBHealth(dir, spec.Maps[lb.MapBackends].MaxEntries); err != nil {
+				return err
 			}
-			h.Close()
 		}
 		// Every interface already attached gets the new program in place; then the new ones.
 		ifaces := attachedIfaces(dir)

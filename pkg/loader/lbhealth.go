@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
+	"os"
 	"path/filepath"
 	"strings"
 
@@ -34,8 +35,8 @@ const (
 	HealthDown uint32 = 2
 )
 
-// HealthReasonLen bounds the reason a HealthEntry keeps (the last check's error, truncated).
-const HealthReasonLen = 48
+// HealthReasonLen bounds the reason a HealthEntry keeps (the check's error, truncated).
+const HealthReasonLen = 112
 
 // HealthEntry is the state of one pair: up or down, since when (Unix nanoseconds), and the result
 // of the check that made it so ("" for a success).
@@ -62,9 +63,27 @@ func (e HealthEntry) ReasonString() string {
 // pair, allocated on update.
 func LBHealthSpec(backends uint32) *ebpf.MapSpec {
 	return &ebpf.MapSpec{
-		Name: PinLBHealth, Type: ebpf.Hash, KeySize: 8, ValueSize: 64,
+		Name: PinLBHealth, Type: ebpf.Hash, KeySize: 8, ValueSize: 16 + HealthReasonLen,
 		MaxEntries: lb.MaxVIPs * backends, Flags: unix.BPF_F_NO_PREALLOC, Pinning: ebpf.PinByName,
 	}
+}
+
+// createLBHealth creates (or opens) the health map pinned in dir. A pinned one of another layout
+// (an older mptcp-xdp's) is replaced: its states are soft, the checks learn them again (every
+// backend counts as up meanwhile).
+func createLBHealth(dir string, backends uint32) error {
+	spec := LBHealthSpec(backends)
+	m, err := ebpf.NewMapWithOptions(spec, ebpf.MapOptions{PinPath: dir})
+	if errors.Is(err, ebpf.ErrMapIncompatible) {
+		if err := os.Remove(filepath.Join(dir, PinLBHealth)); err != nil {
+			return fmt.Errorf("replace the health map of another layout: %w", err)
+		}
+		m, err = ebpf.NewMapWithOptions(spec, ebpf.MapOptions{PinPath: dir})
+	}
+	if err != nil {
+		return fmt.Errorf("create the health map: %w", err)
+	}
+	return m.Close()
 }
 
 // OpenLBHealth opens the health map pinned in a balancer's directory, read-only if asked; a

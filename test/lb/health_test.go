@@ -204,7 +204,7 @@ func TestHealthCheck(t *testing.T) {
 			t.Errorf("status of backend %s: health %+v, want %s for %s", be.Addr, be.Health, want, s.vip)
 			continue
 		}
-		if be.Addr == down && (be.Health[0].RingSlots != 0 || !strings.Contains(be.Health[0].Reason, "connect: connection refused")) {
+		if be.Addr == down && (be.Health[0].RingSlots != 0 || be.Health[0].Reason != fmt.Sprintf("connect: connection refused (failed %d times in a row)", fall)) {
 			t.Errorf("status of the down backend: %+v", be.Health[0])
 		}
 	}
