@@ -210,7 +210,9 @@ func (h *healthChecker) sync(ctx context.Context, now time.Time) error {
 			h.probes[k] = p
 		}
 		p.target = t
-		if p.busy || now.Before(p.next) {
+		// Due within half a tick counts as due: the ticker and the checks share one period, and
+		// a check started a little after one tick must not wait for the tick after the next.
+		if p.busy || p.next.Sub(now) > h.tick()/2 {
 			continue
 		}
 		p.busy, p.next = true, now.Add(t.check.Interval)

@@ -208,6 +208,12 @@ func TestHealthCheck(t *testing.T) {
 			t.Errorf("status of the down backend: %+v", be.Health[0])
 		}
 	}
+	var downAt time.Duration // when lb run took it down, by the state's since
+	for _, be := range st.Backends {
+		if be.Addr == down && len(be.Health) == 1 {
+			downAt = be.Health[0].Since.Sub(t0)
+		}
+	}
 	if st.VIPs[0].BackendsInTable != 2 {
 		t.Errorf("status: %d backends in the table, want 2", st.VIPs[0].BackendsInTable)
 	}
@@ -255,7 +261,11 @@ func TestHealthCheck(t *testing.T) {
 		t.Fatalf("backend 0 has %d slots %v after its listener came back, the table is not the one before\n%s", slots(r)[id0], tookUp, cp.logs)
 	}
 	st = lbStatus(t, l.LB)
+	var upAt time.Duration
 	for _, be := range st.Backends {
+		if be.Addr == down && len(be.Health) == 1 {
+			upAt = be.Health[0].Since.Sub(t1)
+		}
 		if be.Addr == down && (len(be.Health) != 1 || be.Health[0].State != "up" || be.Health[0].RingSlots != slots(r)[id0]) {
 			t.Errorf("status of the recovered backend: %+v", be.Health)
 		}
@@ -275,7 +285,8 @@ func TestHealthCheck(t *testing.T) {
 		ents, _ := os.ReadDir(ld.LBDir(l.LB))
 		t.Errorf("pin directory after lb detach: %v %v", err, ents)
 	}
-	t.Logf("health check (interval %s, fall %d, rise %d): backend 0 (%d of %d connections) left the table in %v, returned in %v; slots %d/%d/%d",
-		interval, fall, rise, on0, len(before), tookDown.Round(time.Millisecond), tookUp.Round(time.Millisecond),
+	t.Logf("health check (interval %s, fall %d, rise %d): backend 0 (%d of %d connections) down after %v, out of the pinned table as the test saw it after %v; up after %v, seen %v; slots %d/%d/%d",
+		interval, fall, rise, on0, len(before), downAt.Round(time.Millisecond), tookDown.Round(time.Millisecond),
+		upAt.Round(time.Millisecond), tookUp.Round(time.Millisecond),
 		slots(ring0)[ids[l.Backends[0].IP4.String()]], slots(ring0)[ids[l.Backends[1].IP4.String()]], slots(ring0)[ids[l.Backends[2].IP4.String()]])
 }
