@@ -214,6 +214,11 @@ func TestHealthCheck(t *testing.T) {
 			downAt = be.Health[0].Since.Sub(t0)
 		}
 	}
+	// Fall checks in a row, the first within an interval of the stop; a second of slack for a
+	// shared machine.
+	if lim := (fall+1)*interval + timeout + time.Second; downAt <= 0 || downAt > lim {
+		t.Errorf("lb run took backend 0 down %v after its listener stopped, want within %v", downAt, lim)
+	}
 	if st.VIPs[0].BackendsInTable != 2 {
 		t.Errorf("status: %d backends in the table, want 2", st.VIPs[0].BackendsInTable)
 	}
