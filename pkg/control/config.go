@@ -42,6 +42,8 @@ type FileConfig struct {
 // bring a down backend up, Fall failures in a row take an up one down. An omitted field takes the
 // global section's value, else its default.
 type ConfigHealthCheck struct {
+	// Enabled false in a VIP's section: that VIP is not checked (default true).
+	Enabled  *bool   `yaml:"enabled,omitempty"`
 	Port     *int    `yaml:"port,omitempty"`     // default the VIP's port
 	Interval *string `yaml:"interval,omitempty"` // a Go duration; default DefaultHealthInterval
 	Timeout  *string `yaml:"timeout,omitempty"`  // default half the interval, at most DefaultHealthTimeout
@@ -270,6 +272,20 @@ const (
 func healthCheck(global, own *ConfigHealthCheck, vipPort uint16, path string) (*HealthCheck, error) {
 	if global == nil && own == nil {
 		return nil, nil
+	}
+	for _, sec := range []struct {
+		c    *ConfigHealthCheck
+		path string
+	}{{global, "health_check"}, {own, path}} {
+		if c := sec.c; c != nil && c.Enabled != nil && !*c.Enabled {
+			if *c != (ConfigHealthCheck{Enabled: c.Enabled}) {
+				return nil, fmt.Errorf("%s.enabled: false with other fields: give one or the other", sec.path)
+			}
+			if sec.c == global {
+				return nil, fmt.Errorf("health_check.enabled: false: omit the section instead (enabled: false is for a VIP's own)")
+			}
+			return nil, nil
+		}
 	}
 	hc := &HealthCheck{Port: vipPort, Interval: DefaultHealthInterval, Rise: DefaultHealthRise, Fall: DefaultHealthFall}
 	var timeout *time.Duration

@@ -119,6 +119,14 @@ func TestParseConfigHealth(t *testing.T) {
 	if d.VIPs[0].Health != nil || *d.VIPs[1].Health != (HealthCheck{Port: 8443, Interval: DefaultHealthInterval, Timeout: 300 * time.Millisecond, Rise: 4, Fall: DefaultHealthFall}) {
 		t.Errorf("a VIP's own section only: %+v %+v", d.VIPs[0].Health, d.VIPs[1].Health)
 	}
+	// A VIP opting out of the global section.
+	optOut := strings.Replace(healthConfig, "      port: 8443\n      timeout: 300ms\n      rise: 4\n", "      enabled: false\n", 1)
+	if d, err = ParseConfig([]byte(optOut)); err != nil {
+		t.Fatal(err)
+	}
+	if d.VIPs[0].Health == nil || d.VIPs[1].Health != nil {
+		t.Errorf("a VIP with enabled: false: %+v %+v, want the first checked and not the second", d.VIPs[0].Health, d.VIPs[1].Health)
+	}
 	if d, err = ParseConfig([]byte(goodConfig)); err != nil || len(d.HealthChecks()) != 0 {
 		t.Errorf("no section: %v checks, err %v", d.HealthChecks(), err)
 	}
@@ -142,6 +150,10 @@ func TestParseConfigHealthErrors(t *testing.T) {
 		{"  fall: 2", "  fall: 2\n  retries: 3", "unknown field retries"},
 		{"      port: 8443", "      prot: 8443", "unknown field prot"},
 		{"  fall: 2", "  fall: two", "line 5"},
+		{"      rise: 4", "      rise: 4\n      enabled: false", "vips[1].health_check.enabled: false with other fields"},
+		{"  fall: 2", "  fall: 2\n  enabled: false", "health_check.enabled: false with other fields"},
+		{"  interval: 1s\n  fall: 2", "  enabled: false", "health_check.enabled: false: omit the section instead"},
+		{"      rise: 4", "      rise: 4\n      enabled: maybe", "line 13"},
 	} {
 		edited := strings.Replace(healthConfig, tc.old, tc.new, 1)
 		if edited == healthConfig {
