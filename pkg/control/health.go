@@ -267,8 +267,8 @@ func (h *healthChecker) apply(r healthResult, state uint32, reason string, now t
 	if err != nil {
 		return err
 	}
-	if _, ok := h.targets(vips)[k]; !ok {
-		return nil // the VIP or the backend went meanwhile
+	if t, ok := h.targets(vips)[k]; !ok || t.addr != r.target.addr {
+		return nil // the VIP or the backend went meanwhile (or its id is another's now)
 	}
 	old, known := h.b.health[k]
 	if known && old.State == state {
