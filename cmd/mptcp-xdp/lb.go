@@ -552,6 +552,21 @@ func runWithConfig(cmd *cobra.Command, g *globalFlags, cfg control.RunConfig, fi
 	hup := make(chan os.Signal, 1)
 	signal.Notify(hup, syscall.SIGHUP)
 	defer signal.Stop(hup)
+	// Each VIP's backends in its table, logged when it changes (what a VIP announcement depends on).
+	var last map[netip.AddrPort]int
+	cfg.OnServing = func(n map[netip.AddrPort]int) {
+		for v, k := range n {
+			if old, ok := last[v]; ok && old == k {
+				continue
+			}
+			if k == 0 {
+				slog.Warn("vip has no backend in its table: new connections to it are passed to the stack", "vip", v)
+			} else {
+				slog.Info("vip backends in table", "vip", v, "backends", k)
+			}
+		}
+		last = n
+	}
 	for {
 		loopCtx, endLoop := context.WithCancel(ctx)
 		done := make(chan error, 1)

@@ -55,7 +55,8 @@ func listenHealth(ctx context.Context, t *testing.T, b lablb.Backend, port uint1
 // gives). Its established MPTCP connections keep working: their joins, opened after it went down,
 // are steered to it by token (every join accepted, none refused for want of a token, 2 subflows
 // on each as ss -M shows them), and their data arrives intact; new connections all go to the
-// others. lb status (JSON and text) shows it down with the connect error, and so does the log.
+// others. lb status (JSON and text) shows it down with the connect error, and so does the log,
+// with the VIP's backends in its table (OnServing) going from 3 to 2.
 // When its listener is back it returns within rise intervals, with the table it had before. lb
 // detach removes the health map with the other pins.
 func TestHealthCheck(t *testing.T) {
@@ -228,6 +229,12 @@ func TestHealthCheck(t *testing.T) {
 	if logs := cp.logs.String(); !strings.Contains(logs, "backend health: down") || !strings.Contains(logs, "backend="+down) ||
 		!strings.Contains(logs, "from=up to=down") || !strings.Contains(logs, "connection refused") {
 		t.Errorf("lb run logged no down event for %s:\n%s", down, logs)
+	}
+	// OnServing, what the VIP's announcement will follow, saw the VIP go from 3 backends to 2.
+	for _, n := range []int{3, 2} {
+		if line := fmt.Sprintf(`msg="vip backends in table" vip=%s backends=%d`, s.vip, n); !strings.Contains(cp.logs.String(), line) {
+			t.Errorf("lb run did not log %q:\n%s", line, cp.logs)
+		}
 	}
 
 	// Its established connections keep reaching it: their joins (opened now) are steered to it by
