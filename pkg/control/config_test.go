@@ -2,6 +2,7 @@ package control
 
 import (
 	"fmt"
+	"os"
 	"strings"
 	"testing"
 	"time"
@@ -163,5 +164,39 @@ func TestParseConfigHealthErrors(t *testing.T) {
 		if err == nil || !strings.Contains(err.Error(), tc.want) || strings.Contains(err.Error(), "\n") {
 			t.Errorf("%s: %v, want one line containing %q", tc.want, err, tc.want)
 		}
+	}
+}
+
+// docs/lb.md's config examples are files ParseConfig accepts ("Health checks" completed with an
+// interface and a backend), and say what they say.
+func TestDocsConfigExamples(t *testing.T) {
+	doc, err := os.ReadFile("../../docs/lb.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	example := func(heading string) string {
+		t.Helper()
+		_, rest, ok := strings.Cut(string(doc), heading)
+		_, rest, ok2 := strings.Cut(rest, "```yaml\n")
+		block, _, ok3 := strings.Cut(rest, "```")
+		if !ok || !ok2 || !ok3 {
+			t.Fatalf("docs/lb.md: no YAML example after %q", heading)
+		}
+		return block
+	}
+	d, err := ParseConfig([]byte(example("## Config file")))
+	if err != nil {
+		t.Fatalf("the Config file example: %v", err)
+	}
+	if hc := d.HealthChecks(); len(hc) != 2 {
+		t.Errorf("the Config file example checks %d VIPs, want both", len(hc))
+	}
+	d, err = ParseConfig([]byte("interfaces: [l0]\nbackends: [{addr: 10.2.0.2}]\n" + example("## Health checks")))
+	if err != nil {
+		t.Fatalf("the Health checks example: %v", err)
+	}
+	got := fmt.Sprint(d.VIPs[0].Health, d.VIPs[1].Health, d.VIPs[2].Health)
+	if want := "&{80 2s 1s 2 3} &{8443 2s 1s 2 2} <nil>"; got != want {
+		t.Errorf("the Health checks example: %s, want %s", got, want)
 	}
 }
