@@ -74,7 +74,10 @@ func (d *Desired) HealthChecks() map[netip.AddrPort]HealthCheck {
 
 // Serving counts, for every service VIP (join ports aside), the backends its table holds: active
 // (not draining, weight above 0) and not down for it. It is what an announcement of the VIP (BGP)
-// depends on: 0 means the VIP has no backend to send new connections to.
+// depends on: 0 means the VIP has no backend to send new connections to. It reads the set and the
+// health as the balancer last read them (its last change or loop step); like the other methods it
+// must not run concurrently with Run on the same Balancer: a caller beside Run uses
+// RunConfig.OnServing, which Run calls from its loop.
 func (b *Balancer) Serving() (map[netip.AddrPort]int, error) {
 	vips, err := b.Maps.ListVIPs()
 	if err != nil {
