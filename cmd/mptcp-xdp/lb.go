@@ -303,14 +303,14 @@ func lbStatusTable(w io.Writer, st *control.Status) error {
 		ifs = append(ifs, s)
 	}
 	fmt.Fprintf(w, "balancer in %s on %s; %d flows, %d tokens\n\n", st.Netns, orDash(strings.Join(ifs, ", ")), st.Flows, st.Tokens)
-	fmt.Fprintln(w, "VIP\tID\tFORWARD\tUNKNOWN JOIN\tJOIN STEERING\tTOKENS")
+	fmt.Fprintln(w, "VIP\tID\tFORWARD\tUNKNOWN JOIN\tJOIN STEERING\tTOKENS\tIN TABLE")
 	var joinPorts []control.VIPStatus
 	for _, v := range st.VIPs {
 		if v.JoinPortOf != "" {
 			joinPorts = append(joinPorts, v)
 			continue
 		}
-		fmt.Fprintf(w, "%s\t%d\t%s\t%s\t%v\t%d\n", v.Addr, v.ID, v.Forward, v.UnknownJoin, v.JoinSteering, v.Tokens)
+		fmt.Fprintf(w, "%s\t%d\t%s\t%s\t%v\t%d\t%d\n", v.Addr, v.ID, v.Forward, v.UnknownJoin, v.JoinSteering, v.Tokens, v.BackendsInTable)
 	}
 	if len(joinPorts) != 0 {
 		fmt.Fprintln(w, "\nJOIN PORT\tID\tFORWARD\tBACKEND")
@@ -321,6 +321,16 @@ func lbStatusTable(w io.Writer, st *control.Status) error {
 	fmt.Fprintln(w, "\nBACKEND\tID\tWEIGHT\tSTATE\tIFACE\tMAC\tRING SLOTS\tFLOWS\tTOKENS")
 	for _, b := range st.Backends {
 		fmt.Fprintf(w, "%s\t%d\t%d\t%s\t%s\t%s\t%d\t%d\t%d\n", b.Addr, b.ID, b.Weight, b.State, orDash(b.Iface), b.MAC, b.RingSlots, b.Flows, b.Tokens)
+	}
+	header := false
+	for _, b := range st.Backends {
+		for _, h := range b.Health {
+			if !header {
+				fmt.Fprintln(w, "\nHEALTH OF\tVIP\tSTATE\tSINCE\tRING SLOTS\tREASON")
+				header = true
+			}
+			fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%d\t%s\n", b.Addr, h.VIP, h.State, h.Since.Format(time.RFC3339), h.RingSlots, orDash(h.Reason))
+		}
 	}
 	fmt.Fprintln(w, "\nCOUNTER\tVALUE")
 	names := make([]string, 0, len(st.Stats))
@@ -542,9 +552,25 @@ func runWithConfig(cmd *cobra.Command, g *globalFlags, cfg control.RunConfig, fi
 	hup := make(chan os.Signal, 1)
 	signal.Notify(hup, syscall.SIGHUP)
 	defer signal.Stop(hup)
+	// Each VIP's backends in its table, logged when it changes (what a VIP announcement depends on).
+	var last map[netip.AddrPort]int
+	cfg.OnServing = func(n map[netip.AddrPort]int) {
+		for v, k := range n {
+			if old, ok := last[v]; ok && old == k {
+				continue
+			}
+			if k == 0 {
+				slog.Warn("vip has no backend in its table: new connections to it are passed to the stack", "vip", v)
+			} else {
+				slog.Info("vip backends in table", "vip", v, "backends", k)
+			}
+		}
+		last = n
+	}
 	for {
 		loopCtx, endLoop := context.WithCancel(ctx)
 		done := make(chan error, 1)
+		cfg.Health = d.HealthChecks()
 		go func() { done <- b.Run(loopCtx, cfg) }()
 		select {
 		case err := <-done:
@@ -568,7 +594,7 @@ func runWithConfig(cmd *cobra.Command, g *globalFlags, cfg control.RunConfig, fi
 				continue
 			}
 			b.Close()
-			b = nb
+			b, d = nb, nd
 		}
 	}
 }
@@ -686,7 +712,7 @@ kernel's neighbour table so that a backend whose MAC changes keeps receiving. Th
 without it: stop and restart it at will. Logs go to stderr; SIGINT/SIGTERM stop it.
 
 --config FILE (YAML: interfaces, mode, hash_seed_file, vips with their policy, backends with their
-weights; docs/lb.md, "Config file") makes the balancer what the file says before the loop starts,
+weights, health_check; docs/lb.md, "Config file" and "Health checks") makes the balancer what the file says before the loop starts,
 attaching it on the first run, and again on SIGHUP or ` + "`lb reload`" + `: only what differs is changed,
 and steering is never interrupted. A file with an error is refused with one line naming the field,
 and the balancer is left as it was.`,

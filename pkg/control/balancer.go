@@ -58,12 +58,16 @@ func (u PolicyUpdate) apply(p Policy) Policy {
 // balancer. A balancer from Open or Attach makes every change (PutVIP, DeleteVIP, AddBackends,
 // Drain, Remove) under the loader's lock, on the backend set re-read once the lock is held.
 type Balancer struct {
-	Maps     *lb.Maps
-	Weights  *ebpf.Map // backend id → weight, the control plane's own pinned map
+	Maps    *lb.Maps
+	Weights *ebpf.Map // backend id → weight, the control plane's own pinned map
+	// Health is the control plane's pinned map of (VIP, backend) health (loader.PinLBHealth): a
+	// backend down for a VIP takes no slot of that VIP's table. Nil: nothing is checked.
+	Health   *ebpf.Map
 	Resolver *Resolver
 
 	set      *BackendSet
-	removing []uint32 // ids whose removal was begun (weight 0) and not finished
+	health   map[loader.HealthKey]loader.HealthEntry // Health as read by the last reload
+	removing []uint32                                // ids whose removal was begun (weight 0) and not finished
 
 	// Set by Open and Attach.
 	loader *loader.Loader
@@ -77,7 +81,12 @@ type Balancer struct {
 // balancer loaded without pins. The resolver is used, and owned, by the balancer from then on
 // (Close closes it). Changes take no lock: the caller serialises them.
 func OpenBalancer(maps *lb.Maps, weights *ebpf.Map, res *Resolver) (*Balancer, error) {
-	b := &Balancer{Maps: maps, Weights: weights, Resolver: res, lock: func() (func(), error) { return func() {}, nil }}
+	return openBalancer(maps, weights, nil, res)
+}
+
+// openBalancer is OpenBalancer with a health map (nil: none).
+func openBalancer(maps *lb.Maps, weights, health *ebpf.Map, res *Resolver) (*Balancer, error) {
+	b := &Balancer{Maps: maps, Weights: weights, Health: health, Resolver: res, lock: func() (func(), error) { return func() {}, nil }}
 	if err := b.reload(); err != nil {
 		return nil, err
 	}
@@ -122,7 +131,11 @@ func (b *Balancer) reload() error {
 	if err != nil {
 		return fmt.Errorf("backend table: %w", err)
 	}
-	b.set = set
+	health, err := loader.ReadHealth(b.Health)
+	if err != nil {
+		return err
+	}
+	b.set, b.health = set, health
 	return nil
 }
 
@@ -190,6 +203,10 @@ func (b *Balancer) putVIP(addr netip.AddrPort, u PolicyUpdate) (lb.VIP, error) {
 		if v.ID, err = b.freeVIPID(used, "vip", addr); err != nil {
 			return lb.VIP{}, err
 		}
+		// A new VIP inherits nothing of a deleted one that had its id.
+		if err := b.clearHealth(func(k loader.HealthKey) bool { return k.VIP == v.ID }); err != nil {
+			return lb.VIP{}, err
+		}
 	}
 	// The table first, so that the VIP never answers with an empty one.
 	if err := b.writeRing(v.ID); err != nil {
@@ -233,36 +250,91 @@ func (b *Balancer) checkVIP(addr netip.AddrPort) error {
 	return nil
 }
 
-// DeleteVIP removes a VIP and its tokens; its traffic goes to the balancer's stack again.
+// DeleteVIP removes a VIP and its tokens, and its backends' health; its traffic goes to the
+// balancer's stack again.
 func (b *Balancer) DeleteVIP(addr netip.AddrPort) error {
-	return b.locked(func() error { return b.Maps.DeleteVIP(netip.AddrPortFrom(addr.Addr().Unmap(), addr.Port())) })
+	return b.locked(func() error {
+		addr = netip.AddrPortFrom(addr.Addr().Unmap(), addr.Port())
+		vips, err := b.Maps.ListVIPs()
+		if err != nil {
+			return err
+		}
+		if err := b.Maps.DeleteVIP(addr); err != nil {
+			return err
+		}
+		for _, v := range vips {
+			if v.Addr == addr {
+				return b.clearHealth(func(k loader.HealthKey) bool { return k.VIP == v.ID })
+			}
+		}
+		return nil
+	})
 }
 
 func (b *Balancer) writeRing(vipID uint32) error {
-	table, err := b.set.Table(nil)
+	table, err := b.vipTable(vipID, nil)
 	if err != nil {
 		return err
 	}
 	return b.Maps.WriteRing(vipID, table)
 }
 
+// vipTable is the Maglev table of VIP vipID: the set's active backends without those its health
+// checks hold down. all, if not nil, is the table of every active backend (reused when none is
+// down for this VIP). The table is a pure function of the backend set and the health map, so
+// every process (and every instance of a fleet that sees the same health) computes the same.
+func (b *Balancer) vipTable(vipID uint32, all []uint32) ([]uint32, error) {
+	down := map[uint32]bool{}
+	for k, e := range b.health {
+		if k.VIP == vipID && e.State == loader.HealthDown {
+			down[k.Backend] = true
+		}
+	}
+	if len(down) == 0 && all != nil {
+		return all, nil
+	}
+	return b.set.Table(func(be Backend) bool { return !down[be.ID] })
+}
+
+// clearHealth deletes the health entries that match (and their copy read by reload); the caller
+// holds the lock.
+func (b *Balancer) clearHealth(match func(loader.HealthKey) bool) error {
+	if b.Health == nil {
+		return nil
+	}
+	for k := range b.health {
+		if !match(k) {
+			continue
+		}
+		if err := b.Health.Delete(k); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+			return fmt.Errorf("clear health of backend %d for vip %d: %w", k.Backend, k.VIP, err)
+		}
+		delete(b.health, k)
+	}
+	return nil
+}
+
 // rebuild rewrites every VIP's table from the current set.
 func (b *Balancer) rebuild() error { return b.writeRings(false) }
 
-// writeRings writes the table the set computes into every VIP's ring; with onlyDiffering, only
-// into the rings that hold another one.
+// writeRings writes the table the set and the health map compute for each VIP (vipTable) into
+// its ring; with onlyDiffering, only into the rings that hold another one.
 func (b *Balancer) writeRings(onlyDiffering bool) error {
 	vips, err := b.Maps.ListVIPs()
 	if err != nil {
 		return err
 	}
-	table, err := b.set.Table(nil)
+	all, err := b.set.Table(nil)
 	if err != nil {
 		return err
 	}
 	for _, v := range vips {
 		if v.JoinPort {
 			continue // its owner in every slot (PutJoinPort), whatever the set
+		}
+		table, err := b.vipTable(v.ID, all)
+		if err != nil {
+			return err
 		}
 		if onlyDiffering {
 			ring, err := b.Maps.ReadRing(v.ID)
@@ -458,9 +530,12 @@ func (b *Balancer) deleteJoinPorts(id uint32) error {
 	return nil
 }
 
-// purge deletes every flow and token that points at backend id, and its join ports.
+// purge deletes every flow and token that points at backend id, its join ports and its health.
 func (b *Balancer) purge(id uint32) error {
 	if err := b.deleteJoinPorts(id); err != nil {
+		return err
+	}
+	if err := b.clearHealth(func(k loader.HealthKey) bool { return k.Backend == id }); err != nil {
 		return err
 	}
 	flows, err := b.Maps.ListFlows()
@@ -567,6 +642,9 @@ func (b *Balancer) remove(addr netip.Addr) (Backend, error) {
 		return be, err
 	}
 	if err := b.Maps.DeleteBackend(be.ID); err != nil {
+		return be, err
+	}
+	if err := b.clearHealth(func(k loader.HealthKey) bool { return k.Backend == be.ID }); err != nil {
 		return be, err
 	}
 	slog.Debug("backend removed", "addr", be.Addr, "id", be.ID)

@@ -10,6 +10,7 @@ import (
 	"regexp"
 	"sort"
 	"strings"
+	"time"
 
 	"gopkg.in/yaml.v3"
 
@@ -31,6 +32,23 @@ type FileConfig struct {
 	VIPs []ConfigVIP `yaml:"vips"`
 	// Backends serve every VIP.
 	Backends []ConfigBackend `yaml:"backends"`
+	// HealthCheck, if given, checks every VIP's backends (a VIP's own section overrides its
+	// fields); without it and without a VIP's own, nothing is checked.
+	HealthCheck *ConfigHealthCheck `yaml:"health_check,omitempty"`
+}
+
+// ConfigHealthCheck is a health_check section (docs/lb.md, "Health checks"): a TCP connect to
+// each backend's address at Port, every Interval, failing after Timeout; Rise successes in a row
+// bring a down backend up, Fall failures in a row take an up one down. An omitted field takes the
+// global section's value, else its default.
+type ConfigHealthCheck struct {
+	// Enabled false in a VIP's section: that VIP is not checked (default true).
+	Enabled  *bool   `yaml:"enabled,omitempty"`
+	Port     *int    `yaml:"port,omitempty"`     // default the VIP's port
+	Interval *string `yaml:"interval,omitempty"` // a Go duration; default DefaultHealthInterval
+	Timeout  *string `yaml:"timeout,omitempty"`  // default half the interval, at most DefaultHealthTimeout
+	Rise     *int    `yaml:"rise,omitempty"`     // default DefaultHealthRise
+	Fall     *int    `yaml:"fall,omitempty"`     // default DefaultHealthFall
 }
 
 // ConfigVIP is one service and its policy; an omitted policy field takes DefaultPolicy's value.
@@ -39,6 +57,9 @@ type ConfigVIP struct {
 	Forward      string `yaml:"forward,omitempty"`       // l2 or ipip
 	UnknownJoin  string `yaml:"unknown_join,omitempty"`  // drop, hash or pass
 	JoinSteering *bool  `yaml:"join_steering,omitempty"` // default true
+	// HealthCheck overrides the global section's fields for this VIP (or, without one, checks
+	// this VIP alone).
+	HealthCheck *ConfigHealthCheck `yaml:"health_check,omitempty"`
 }
 
 // ConfigBackend is one backend.
@@ -73,6 +94,7 @@ type DesiredJoinPort struct {
 type DesiredVIP struct {
 	Addr   netip.AddrPort
 	Policy Policy
+	Health *HealthCheck // nil: its backends are not checked
 }
 
 // Desired is what s describes: its VIPs each with s.Policy applied to DefaultPolicy (what a new
@@ -179,7 +201,11 @@ func (c *FileConfig) check() (*Desired, error) {
 		if v.JoinSteering != nil {
 			p.JoinSteering = *v.JoinSteering
 		}
-		d.VIPs = append(d.VIPs, DesiredVIP{Addr: a, Policy: p})
+		hc, err := healthCheck(c.HealthCheck, v.HealthCheck, a.Port(), fmt.Sprintf("vips[%d].health_check", i))
+		if err != nil {
+			return nil, err
+		}
+		d.VIPs = append(d.VIPs, DesiredVIP{Addr: a, Policy: p, Health: hc})
 	}
 	if len(c.Backends) == 0 {
 		return nil, errors.New("backends: give at least one")
@@ -227,4 +253,94 @@ func (c *FileConfig) check() (*Desired, error) {
 	// addresses (Maglev sorts by name), so instances given the same backends in any order agree.
 	sort.Slice(d.Backends, func(i, j int) bool { return d.Backends[i].Addr.Less(d.Backends[j].Addr) })
 	return d, nil
+}
+
+// Health check defaults (docs/lb.md, "Health checks").
+const (
+	DefaultHealthInterval = 2 * time.Second
+	DefaultHealthTimeout  = time.Second
+	DefaultHealthRise     = 2
+	DefaultHealthFall     = 3
+	// MinHealthInterval bounds how often a backend is connected to.
+	MinHealthInterval = 100 * time.Millisecond
+	// MaxHealthCount bounds rise and fall.
+	MaxHealthCount = 100
+)
+
+// healthCheck resolves a VIP's health check from the global section and the VIP's own (path names
+// the latter in errors); nil when neither is given.
+func healthCheck(global, own *ConfigHealthCheck, vipPort uint16, path string) (*HealthCheck, error) {
+	if global == nil && own == nil {
+		return nil, nil
+	}
+	for _, sec := range []struct {
+		c    *ConfigHealthCheck
+		path string
+	}{{global, "health_check"}, {own, path}} {
+		if c := sec.c; c != nil && c.Enabled != nil && !*c.Enabled {
+			if *c != (ConfigHealthCheck{Enabled: c.Enabled}) {
+				return nil, fmt.Errorf("%s.enabled: false with other fields: give one or the other", sec.path)
+			}
+			if sec.c == global {
+				return nil, fmt.Errorf("health_check.enabled: false: omit the section instead (enabled: false is for a VIP's own)")
+			}
+			return nil, nil
+		}
+	}
+	hc := &HealthCheck{Port: vipPort, Interval: DefaultHealthInterval, Rise: DefaultHealthRise, Fall: DefaultHealthFall}
+	var timeout *time.Duration
+	for _, sec := range []struct {
+		c    *ConfigHealthCheck
+		path string
+	}{{global, "health_check"}, {own, path}} {
+		c := sec.c
+		if c == nil {
+			continue
+		}
+		if c.Port != nil {
+			if *c.Port < 1 || *c.Port > 65535 {
+				return nil, fmt.Errorf("%s.port: %d: want 1 to 65535", sec.path, *c.Port)
+			}
+			hc.Port = uint16(*c.Port)
+		}
+		if c.Interval != nil {
+			d, err := time.ParseDuration(*c.Interval)
+			if err != nil || d < MinHealthInterval {
+				return nil, fmt.Errorf("%s.interval: %q: want a duration of at least %s (e.g. 2s)", sec.path, *c.Interval, MinHealthInterval)
+			}
+			hc.Interval = d
+		}
+		if c.Timeout != nil {
+			d, err := time.ParseDuration(*c.Timeout)
+			if err != nil || d <= 0 {
+				return nil, fmt.Errorf("%s.timeout: %q: want a positive duration (e.g. 1s)", sec.path, *c.Timeout)
+			}
+			timeout = &d
+		}
+		for _, n := range []struct {
+			name string
+			v    *int
+			out  *int
+		}{{"rise", c.Rise, &hc.Rise}, {"fall", c.Fall, &hc.Fall}} {
+			if n.v == nil {
+				continue
+			}
+			if *n.v < 1 || *n.v > MaxHealthCount {
+				return nil, fmt.Errorf("%s.%s: %d: want 1 to %d", sec.path, n.name, *n.v, MaxHealthCount)
+			}
+			*n.out = *n.v
+		}
+	}
+	hc.Timeout = min(DefaultHealthTimeout, hc.Interval/2)
+	if timeout != nil {
+		hc.Timeout = *timeout
+		if hc.Timeout >= hc.Interval {
+			field := "health_check.timeout"
+			if own != nil && own.Timeout != nil {
+				field = path + ".timeout"
+			}
+			return nil, fmt.Errorf("%s: %s: want less than the interval (%s)", field, hc.Timeout, hc.Interval)
+		}
+	}
+	return hc, nil
 }

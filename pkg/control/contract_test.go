@@ -93,7 +93,7 @@ func TestJSONContract(t *testing.T) {
 	st := control.Status{
 		Interfaces: []loader.LBLink{{Interface: "l0", Problem: "p"}},
 		VIPs:       []control.VIPStatus{{Addr: "10.0.0.10:80"}},
-		Backends:   []control.BackendStatus{{Addr: "10.2.0.2", SrcAddr: "10.2.0.1"}},
+		Backends:   []control.BackendStatus{{Addr: "10.2.0.2", SrcAddr: "10.2.0.1", Health: []control.BackendHealth{{VIP: "10.0.0.10:80"}}}},
 		Stats:      lb.Stats{}.Map(),
 	}
 	sameKeys(t, "lb status", docJSON(t, "## `lb status -o json`"), asJSON(t, st))

@@ -60,7 +60,7 @@ func openPinned(l *loader.Loader, netnsName string, m *loader.LBMaps) (*Balancer
 	if err != nil {
 		return nil, err
 	}
-	b, err := OpenBalancer(m.Maps, m.Weights, res)
+	b, err := openBalancer(m.Maps, m.Weights, m.Health, res)
 	if err != nil {
 		res.Close()
 		return nil, err

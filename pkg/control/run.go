@@ -3,6 +3,7 @@ package control
 import (
 	"context"
 	"log/slog"
+	"net/netip"
 	"sync"
 	"time"
 
@@ -23,14 +24,23 @@ type RunConfig struct {
 	Counts *EventCounts
 	// OnEvent, if set, sees every datapath event.
 	OnEvent func(lb.Event)
+	// Health is the health check of each VIP that has one (Desired.HealthChecks; health.go); the
+	// VIPs without one are not checked, and their entries in the health map are deleted.
+	Health map[netip.AddrPort]HealthCheck
+	// OnServing, if set, is called from the loop with Serving's counts (per VIP, the backends its
+	// table holds) once at the start and again whenever they change: a health change, a drain, a
+	// backend added or removed by this process or seen from another one at its next step.
+	OnServing func(map[netip.AddrPort]int)
 }
 
 // Run consumes the datapath's events, collects idle flows and tokens, and keeps every backend's
 // next hop in step with the kernel's neighbour table (on every change the kernel reports, and every
 // RefreshInterval), until ctx ends. Every cycle it checks that its maps are still the pinned ones
 // and stops with ErrDetached when they are not (the balancer was detached under it), and rewrites
-// any VIP table that differs from the one the backend set computes. The datapath does not need it to steer: everything it needs is
-// pinned, so the loop may stop and start again at any time.
+// any VIP table that differs from the one the backend set computes. With cfg.Health it checks the
+// backends of those VIPs and takes the ones that fail out of their tables (health.go). The datapath
+// does not need it to steer: everything it needs is pinned, so the loop may stop and start again at
+// any time.
 func (b *Balancer) Run(ctx context.Context, cfg RunConfig) error {
 	if cfg.GCInterval <= 0 {
 		cfg.GCInterval = 30 * time.Second
@@ -69,6 +79,21 @@ func (b *Balancer) Run(ctx context.Context, cfg RunConfig) error {
 		})
 	}()
 
+	serving := &servingNotifier{fn: cfg.OnServing}
+	// The health checker's connects end with ctx; Run waits for them too.
+	var health *healthChecker
+	var healthC <-chan time.Time
+	if len(cfg.Health) != 0 && b.Health == nil {
+		slog.Warn("health checks off: the balancer has no health map (attach it again with this version)")
+	} else {
+		health = newHealthChecker(b, cfg.Health)
+		defer func() { cancel(); health.wg.Wait() }()
+		if t := health.tick(); t > 0 {
+			hT := time.NewTicker(t)
+			defer hT.Stop()
+			healthC = hT.C
+		}
+	}
 	locked := func(what string, fn func() error) {
 		unlock, err := cfg.Lock()
 		if err != nil {
@@ -84,6 +109,7 @@ func (b *Balancer) Run(ctx context.Context, cfg RunConfig) error {
 		if err := fn(); err != nil {
 			slog.Warn("balancer loop", "step", what, "err", err)
 		}
+		serving.update(b)
 	}
 	refresh := func() {
 		locked("refresh next hops", func() error {
@@ -106,6 +132,12 @@ func (b *Balancer) Run(ctx context.Context, cfg RunConfig) error {
 		return err
 	}
 	refresh()
+	checkHealth := func() {
+		if health != nil {
+			locked("health checks", func() error { return health.sync(ctx, time.Now()) })
+		}
+	}
+	checkHealth() // also deletes the entries of VIPs no longer checked
 	gcT := time.NewTicker(cfg.GCInterval)
 	defer gcT.Stop()
 	refT := time.NewTicker(cfg.RefreshInterval)
@@ -125,6 +157,12 @@ func (b *Balancer) Run(ctx context.Context, cfg RunConfig) error {
 		case err := <-nDone:
 			if ctx.Err() == nil {
 				return err
+			}
+		case <-healthC:
+			checkHealth()
+		case r := <-health.resultsOrNil():
+			if state, reason, changed := health.result(r); changed {
+				locked("health", func() error { return health.apply(r, state, reason, time.Now()) })
 			}
 		case e := <-neigh:
 			if b.Watches(e) {

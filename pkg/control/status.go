@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"net/netip"
 	"sort"
+	"time"
 
 	"github.com/mptcp-xdp/mptcp-xdp/pkg/lb"
 	"github.com/mptcp-xdp/mptcp-xdp/pkg/loader"
@@ -31,6 +32,9 @@ type VIPStatus struct {
 	UnknownJoin  string `json:"unknown_join"`
 	JoinSteering bool   `json:"join_steering"`
 	Tokens       int    `json:"tokens"`
+	// BackendsInTable: the backends its Maglev table holds (slots of its pinned ring): for a
+	// service, the active ones not down for it; for a join port, its owner.
+	BackendsInTable int `json:"backends_in_table"`
 	// JoinPortOf: for a backend's join port (lb backend-setup), the backend every packet to it
 	// goes to; empty for a service.
 	JoinPortOf string `json:"join_port_of,omitempty"`
@@ -47,9 +51,20 @@ type BackendStatus struct {
 	MAC       string `json:"mac"`
 	SrcMAC    string `json:"src_mac"`
 	SrcAddr   string `json:"src_addr,omitempty"`
-	RingSlots int    `json:"ring_slots"` // slots of the first VIP's Maglev table
+	RingSlots int    `json:"ring_slots"` // slots of the first service VIP's Maglev table
 	Flows     int    `json:"flows"`
 	Tokens    int    `json:"tokens"`
+	// Health: the backend's health for each VIP that checks it (health.go); absent when none does.
+	Health []BackendHealth `json:"health,omitempty"`
+}
+
+// BackendHealth is a backend's health for one VIP, as the pinned health map holds it.
+type BackendHealth struct {
+	VIP       string    `json:"vip"`
+	State     string    `json:"state"`      // up or down
+	Since     time.Time `json:"since"`      // of the state
+	Reason    string    `json:"reason"`     // of the check that made it so ("" for the first success)
+	RingSlots int       `json:"ring_slots"` // of that VIP's table
 }
 
 // Status reads the balancer: the interfaces from its pinned links, everything else from its maps.
@@ -85,8 +100,31 @@ func (b *Balancer) Status() (*Status, error) {
 	for _, f := range flows {
 		flowPerBE[f.Backend]++
 	}
+	slots := map[uint32]map[uint32]int{} // VIP id → backend id → slots of its ring
 	for _, v := range vips {
-		vs := VIPStatus{Addr: v.Addr.String(), ID: v.ID, Forward: v.Forward.String(),
+		if _, ok := slots[v.ID]; ok {
+			continue
+		}
+		ring, err := b.Maps.ReadRing(v.ID)
+		if err != nil {
+			return nil, err
+		}
+		slots[v.ID] = map[uint32]int{}
+		for _, id := range ring {
+			if id != NoBackend {
+				slots[v.ID][id]++
+			}
+		}
+	}
+	first := map[uint32]int{} // the first service's
+	for _, v := range vips {
+		if !v.JoinPort {
+			first = slots[v.ID]
+			break
+		}
+	}
+	for _, v := range vips {
+		vs := VIPStatus{BackendsInTable: len(slots[v.ID]), Addr: v.Addr.String(), ID: v.ID, Forward: v.Forward.String(),
 			UnknownJoin: v.UnknownJoin.String(), JoinSteering: v.JoinSteering, Tokens: perVIP[v.ID]}
 		if v.JoinPort {
 			owner, err := b.JoinPortOwner(v)
@@ -102,19 +140,9 @@ func (b *Balancer) Status() (*Status, error) {
 		}
 		st.VIPs = append(st.VIPs, vs)
 	}
-	slots := map[uint32]int{}
+	vipAddr := map[uint32]string{}
 	for _, v := range vips {
-		if v.JoinPort {
-			continue
-		}
-		ring, err := b.Maps.ReadRing(v.ID)
-		if err != nil {
-			return nil, err
-		}
-		for _, id := range ring {
-			slots[id]++
-		}
-		break // every service's ring is the set's one table
+		vipAddr[v.ID] = v.Addr.String()
 	}
 	for _, be := range b.List() {
 		e, _, err := b.Maps.Backend(be.ID)
@@ -122,8 +150,16 @@ func (b *Balancer) Status() (*Status, error) {
 			return nil, err
 		}
 		row := BackendStatus{ID: be.ID, Addr: be.Addr.String(), Weight: be.Weight, State: string(be.State),
-			Ifindex: e.Ifindex, MAC: e.MAC.String(), SrcMAC: e.SrcMAC.String(), RingSlots: slots[be.ID],
+			Ifindex: e.Ifindex, MAC: e.MAC.String(), SrcMAC: e.SrcMAC.String(), RingSlots: first[be.ID],
 			Flows: flowPerBE[be.ID], Tokens: tokPerBE[be.ID]}
+		for k, h := range b.health {
+			if k.Backend != be.ID || vipAddr[k.VIP] == "" {
+				continue
+			}
+			row.Health = append(row.Health, BackendHealth{VIP: vipAddr[k.VIP], State: healthStateName(h.State),
+				Since: time.Unix(0, h.Since).UTC(), Reason: h.ReasonString(), RingSlots: slots[k.VIP][be.ID]})
+		}
+		sort.Slice(row.Health, func(i, j int) bool { return row.Health[i].VIP < row.Health[j].VIP })
 		if e.SrcAddr.IsValid() && !e.SrcAddr.IsUnspecified() {
 			row.SrcAddr = e.SrcAddr.String()
 		}

@@ -129,6 +129,7 @@ var (
 	descLBBackendTakeover = prometheus.NewDesc(name("lb_backend_token_takeovers_total"), "Idle token mappings of another backend that a backend's new connection took over.", backendLabels, nil)
 	descLBBackendFwd      = prometheus.NewDesc(name("lb_backend_forwarded_packets_total"), "Frames forwarded to a backend (l2 or ipip).", backendLabels, nil)
 	descLBBackendPassed   = prometheus.NewDesc(name("lb_backend_passed_packets_total"), "Frames for a backend passed to the balancer's stack instead, by reason: mtu (ipip: too long once encapsulated), fwd_error.", append(append([]string{}, backendLabels...), lReason), nil)
+	descLBBackendHealthy  = prometheus.NewDesc(name("lb_backend_healthy"), "Health of a backend for a VIP id that checks it (lb run --config health_check): 1 up, 0 down (out of that VIP's Maglev table; its connections still reach it). No series for a pair not checked.", append(append([]string{}, backendLabels...), lVIPID), nil)
 )
 
 // allDescs lists every descriptor, the per-connection and per-subflow ones with the token label
@@ -147,7 +148,7 @@ func descList(c *connDescs) []*prometheus.Desc {
 		descLBVIPCollisions, descLBVIPTakeovers, descLBVIPPassed,
 		descLBBackendState, descLBBackendFlows, descLBBackendTokens, descLBBackendNewFlows, descLBBackendLearned,
 		descLBBackendSteered, descLBBackendHashed, descLBBackendColl, descLBBackendTakeover, descLBBackendFwd,
-		descLBBackendPassed,
+		descLBBackendPassed, descLBBackendHealthy,
 	}, c.list()...)
 }
 

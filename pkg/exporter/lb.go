@@ -2,12 +2,14 @@ package exporter
 
 import (
 	"fmt"
+	"slices"
 	"sort"
 	"strconv"
 
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/mptcp-xdp/mptcp-xdp/pkg/lb"
+	"github.com/mptcp-xdp/mptcp-xdp/pkg/loader"
 )
 
 // collectBalancers exports every balancer pinned under the loader's LB root (one per network
@@ -65,6 +67,10 @@ func collectBalancer(ch chan<- prometheus.Metric, ns, dir string) error {
 		if vipStats[v.ID], err = m.ReadVIPStats(v.ID); err != nil {
 			return err
 		}
+	}
+	health, err := readHealth(dir)
+	if err != nil {
+		return err
 	}
 	beStats := make([]lb.BackendStats, len(backends))
 	for i, b := range backends {
@@ -147,5 +153,35 @@ func collectBalancer(ch chan<- prometheus.Metric, ns, dir string) error {
 		counter(descLBBackendPassed, s[lb.BackendStatMTU], append(l, "mtu")...)
 		counter(descLBBackendPassed, s[lb.BackendStatFwdError], append(l, "fwd_error")...)
 	}
+	ids = ids[:0]
+	for k := range health {
+		ids = append(ids, k.VIP)
+	}
+	slices.Sort(ids)
+	ids = slices.Compact(ids)
+	for _, b := range backends {
+		for _, vid := range ids {
+			h, ok := health[loader.HealthKey{VIP: vid, Backend: b.ID}]
+			if _, vip := vipStats[vid]; !ok || !vip {
+				continue
+			}
+			up := 0.0
+			if h.State == loader.HealthUp {
+				up = 1
+			}
+			gauge(descLBBackendHealthy, up, ns, b.Addr.String(), strconv.FormatUint(uint64(b.ID), 10), strconv.FormatUint(uint64(vid), 10))
+		}
+	}
 	return nil
+}
+
+// readHealth reads the health map pinned in a balancer's directory through a read-only fd (none:
+// nothing is checked there).
+func readHealth(dir string) (map[loader.HealthKey]loader.HealthEntry, error) {
+	m, err := loader.OpenLBHealth(dir, true)
+	if err != nil || m == nil {
+		return nil, err
+	}
+	defer m.Close()
+	return loader.ReadHealth(m)
 }

@@ -6,6 +6,7 @@ package loader
 //
 //	<Root>-lb/<netns>/balancer/mptcpx_*           the datapath's maps (lb.Spec pins them by name)
 //	<Root>-lb/<netns>/balancer/mptcpx_lb_weights  backend id → weight (the control plane's, for rebuilds)
+//	<Root>-lb/<netns>/balancer/mptcpx_lb_health   (VIP, backend) → health (the control plane's, lbhealth.go)
 //	<Root>-lb/<netns>/balancer/link_xdp@<iface>   the bpf_link of one interface, or
 //	<Root>-lb/<netns>/balancer/prog_xdp@<iface>   the program of a netlink attachment (xdp.go), and
 //	<Root>-lb/<netns>/balancer/replaced_xdp@<iface>  another tool's program --force replaced
@@ -76,6 +77,7 @@ type LBAttachOptions struct {
 type LBMaps struct {
 	*lb.Maps
 	Weights *ebpf.Map // backend id → weight (u32), control plane only
+	Health  *ebpf.Map // HealthKey → HealthEntry (lbhealth.go); nil for a balancer attached without it
 	Dir     string
 }
 
@@ -84,6 +86,9 @@ func (m *LBMaps) Close() {
 	_ = m.Maps.Close()
 	if m.Weights != nil {
 		m.Weights.Close()
+	}
+	if m.Health != nil {
+		m.Health.Close()
 	}
 }
 
@@ -118,7 +123,13 @@ func (l *Loader) OpenLB(netnsName string) (*LBMaps, error) {
 		maps.Close()
 		return nil, fmt.Errorf("open pinned map %s: %w", PinLBWeights, err)
 	}
-	m := &LBMaps{Maps: maps, Weights: w, Dir: dir}
+	h, err := OpenLBHealth(dir, false)
+	if err != nil {
+		maps.Close()
+		w.Close()
+		return nil, err
+	}
+	m := &LBMaps{Maps: maps, Weights: w, Health: h, Dir: dir}
 	return m, nil
 }
 
@@ -252,6 +263,9 @@ func (l *Loader) attachLBKind(o LBAttachOptions, decap bool) (_ *LBMaps, err err
 				return fmt.Errorf("create the weights map: %w", err)
 			}
 			w.Close()
+			if err := createLBHealth(dir, spec.Maps[lb.MapBackends].MaxEntries); err != nil {
+				return err
+			}
 		}
 		// Every interface already attached gets the new program in place; then the new ones.
 		ifaces := attachedIfaces(dir)

@@ -114,7 +114,7 @@ func (l *Loader) ifaceDir(nsDir, iface string) (string, error) {
 // directory, besides the per-interface hook pins of the last two (ownPinName): the datapath's pins,
 // and every map the embedded objects pin by name.
 var ownPinNames = sync.OnceValue(func() map[string]bool {
-	names := map[string]bool{PinLBWeights: true}
+	names := map[string]bool{PinLBWeights: true, PinLBHealth: true}
 	for _, d := range datapathPins() {
 		names[d.name] = true
 	}

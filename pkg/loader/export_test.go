@@ -1,0 +1,4 @@
+package loader
+
+// CreateLBHealth is createLBHealth, for the tests.
+var CreateLBHealth = createLBHealth
