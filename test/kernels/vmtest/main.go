@@ -17,6 +17,7 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
@@ -49,6 +50,7 @@ type config struct {
 	smp         int
 	pkgs        []string
 	features    bool
+	demo        bool
 }
 
 func main() {
@@ -61,6 +63,7 @@ func main() {
 	flag.StringVar(&c.mem, "m", "2G", "guest memory")
 	flag.IntVar(&c.smp, "smp", 2, "guest CPUs")
 	flag.BoolVar(&c.features, "features", true, "also run mptcp-xdp features -o json in the guest (saved to the results directory)")
+	flag.BoolVar(&c.demo, "demo", false, "also run mptcp-xdp demo -o json in the guest; the leg fails unless its transfer is intact and every datapath count equals the kernel's MPTcpExt counter")
 	flag.Parse()
 	c.pkgs = flag.Args()
 	if len(c.pkgs) == 0 {
@@ -247,13 +250,18 @@ type testPkg struct {
 	pkg  string // ./pkg/datapath
 	name string // pkg_datapath
 	dir  string // pkg/datapath
+	run  string // the tests to run (-test.run), from ./pkg:REGEXP; empty: all
 }
 
 func buildTests(c *config, binDir string) ([]testPkg, error) {
 	var pkgs []testPkg
 	for _, p := range c.pkgs {
+		p, run, _ := strings.Cut(p, ":")
+		if strings.ContainsAny(run, "'\n") {
+			return nil, fmt.Errorf("%s: the test pattern %q may not hold a quote or a newline", p, run)
+		}
 		dir := strings.TrimPrefix(filepath.Clean(p), "./")
-		tp := testPkg{pkg: "./" + dir, name: strings.ReplaceAll(dir, "/", "_"), dir: dir}
+		tp := testPkg{pkg: "./" + dir, name: strings.ReplaceAll(dir, "/", "_"), dir: dir, run: run}
 		bin := filepath.Join(binDir, tp.name+".test")
 		os.Remove(bin)
 		cmd := exec.Command("go", "test", "-c", "-o", bin, tp.pkg)
@@ -268,7 +276,7 @@ func buildTests(c *config, binDir string) ([]testPkg, error) {
 		}
 		pkgs = append(pkgs, tp)
 	}
-	if c.features {
+	if c.features || c.demo {
 		cmd := exec.Command("go", "build", "-o", filepath.Join(binDir, "mptcp-xdp"), "./cmd/mptcp-xdp")
 		cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
 		cmd.Stdout, cmd.Stderr = os.Stdout, os.Stderr
@@ -349,10 +357,10 @@ ip link set lo up
 echo 1 > /proc/sys/net/mptcp/enabled || echo "@@VMTEST WARN net.mptcp.enabled not set"
 uname -r > $H@RESULTS@/uname
 echo "@@VMTEST READY"
-run() { # name dir
+run() { # name dir [test pattern]
 	echo "@@VMTEST BEGIN $1"
 	chroot $H /usr/bin/env -i PATH=/usr/local/go/bin:/usr/sbin:/usr/bin:/sbin:/bin HOME=@TMPDIR@ TMPDIR=@TMPDIR@ MPTCP_XDP_VMTEST=1 \
-		/bin/sh -c "cd @REPO@/$2 && exec timeout -k 10 @PKGTIMEOUT@ @BIN@/$1.test -test.v -test.count=1 -test.timeout=@TESTTIMEOUT@" \
+		/bin/sh -c "cd @REPO@/$2 && exec timeout -k 10 @PKGTIMEOUT@ @BIN@/$1.test -test.v -test.count=1 -test.timeout=@TESTTIMEOUT@ ${3:+-test.run='$3'}" \
 		> $H@RESULTS@/$1.log 2>&1
 	rc=$?
 	grep -E '^(--- FAIL|FAIL|ok|PASS|panic:)' $H@RESULTS@/$1.log | head -40 | sed "s/^/@@VMTEST LOG $1 /"
@@ -415,10 +423,13 @@ func writeInitramfs(c *config, out, kdir, kver string, pkgs []testPkg, binDir, r
 	w.file("modules.order", 0o644, []byte(strings.Join(loaded, "\n")+"\n"))
 	var runs strings.Builder
 	for _, p := range pkgs {
-		fmt.Fprintf(&runs, "run %s %s\n", p.name, p.dir)
+		fmt.Fprintf(&runs, "run %s %s '%s'\n", p.name, p.dir, p.run)
 	}
 	if c.features {
 		fmt.Fprintf(&runs, "chroot $H %s/mptcp-xdp features -o json > $H%s/features.json 2> $H%s/features.err; echo \"@@VMTEST FEATURES $?\"\n", binDir, resDir, resDir)
+	}
+	if c.demo {
+		fmt.Fprintf(&runs, "echo \"@@VMTEST BEGIN demo\"; chroot $H /usr/bin/env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin TMPDIR=@TMPDIR@ timeout -k 10 300 %s/mptcp-xdp demo --duration 3s -o json > $H%s/demo.json 2> $H%s/demo.err; echo \"@@VMTEST DEMO $?\"\n", binDir, resDir, resDir)
 	}
 	// A tmpfs on the guest's /tmp would hide a repository (a CI clone) or results directory under
 	// the host's /tmp: the tests then get their temporary files in a tmpfs under /run.
@@ -537,6 +548,7 @@ func boot(c *config, vmlinuz, initrd, legDir, resDir string, pkgs []testPkg) err
 		results                       = map[string]*pkgResult{}
 		tail                          []string
 		features                      = -1
+		demo                          = -1
 	)
 	bootDeadline := time.Now().Add(c.bootTimeout)
 	tick := time.NewTicker(5 * time.Second)
@@ -596,6 +608,9 @@ loop:
 				current = ""
 			case "FEATURES":
 				fmt.Sscan(f[1], &features)
+			case "DEMO":
+				fmt.Sscan(f[1], &demo)
+				current = ""
 			case "DONE":
 				done = true
 			}
@@ -652,6 +667,14 @@ loop:
 	} else if features > 0 {
 		fmt.Printf("vmtest: mptcp-xdp features failed (exit %d): %s\n", features, filepath.Join(resDir, "features.err"))
 	}
+	var demoErr error
+	if c.demo {
+		if demoErr = checkDemo(resDir, demo); demoErr == nil {
+			fmt.Printf("vmtest: demo: every datapath count equals the guest kernel's MPTcpExt counter (%s)\n", filepath.Join(resDir, "demo.json"))
+		} else {
+			fmt.Printf("vmtest: demo FAIL: %v\n", demoErr)
+		}
+	}
 	fmt.Printf("vmtest: logs of each package in %s\n", resDir)
 	switch {
 	case panicLine != "":
@@ -672,9 +695,60 @@ loop:
 	if len(missing) > 0 {
 		return fmt.Errorf("no result from %s", strings.Join(missing, ", "))
 	}
+	if demoErr != nil {
+		failedPkgs = append(failedPkgs, "demo ("+demoErr.Error()+")")
+	}
 	if len(failedPkgs) > 0 {
 		return errors.New("failed on " + uname + ": " + strings.Join(failedPkgs, "; "))
 	}
 	fmt.Printf("vmtest: every package passed on %s\n", uname)
+	return nil
+}
+
+// demoResult is what checkDemo reads of `mptcp-xdp demo -o json` (internal/demo.Result).
+type demoResult struct {
+	ChecksumOK bool   `json:"checksum_ok"`
+	MPTCP      bool   `json:"mptcp"`
+	SentBytes  uint64 `json:"sent_bytes"`
+	RecvBytes  uint64 `json:"received_bytes"`
+	Kernel     []struct {
+		Class    string `json:"class"`
+		MIB      string `json:"mib"`
+		Datapath uint64 `json:"datapath"`
+		Kernel   int64  `json:"kernel"`
+	} `json:"kernel_check"`
+}
+
+// checkDemo checks the guest's demo run (its exit status rc, -1 if it never reported): exit 0, an
+// intact MPTCP transfer, and each datapath count equal to the kernel's counter of the same event.
+func checkDemo(resDir string, rc int) error {
+	if rc != 0 {
+		msg, _ := os.ReadFile(filepath.Join(resDir, "demo.err"))
+		return fmt.Errorf("exit %d: %s", rc, strings.TrimSpace(lastLines(string(msg), 5)))
+	}
+	b, err := os.ReadFile(filepath.Join(resDir, "demo.json"))
+	if err != nil {
+		return err
+	}
+	var r demoResult
+	if err := json.Unmarshal(b, &r); err != nil {
+		return fmt.Errorf("demo.json: %w", err)
+	}
+	if !r.MPTCP || !r.ChecksumOK || r.SentBytes == 0 || r.RecvBytes != r.SentBytes {
+		return fmt.Errorf("transfer: mptcp %v, checksum ok %v, %d bytes sent, %d received", r.MPTCP, r.ChecksumOK, r.SentBytes, r.RecvBytes)
+	}
+	if len(r.Kernel) == 0 {
+		return errors.New("demo.json has no kernel_check")
+	}
+	var bad []string
+	for _, k := range r.Kernel {
+		fmt.Printf("vmtest: demo: %-16s datapath %6d  MPTcpExt%-16s %6d\n", k.Class, k.Datapath, k.MIB, k.Kernel)
+		if int64(k.Datapath) != k.Kernel {
+			bad = append(bad, fmt.Sprintf("%s %d != MPTcpExt%s %d", k.Class, k.Datapath, k.MIB, k.Kernel))
+		}
+	}
+	if len(bad) > 0 {
+		return errors.New(strings.Join(bad, ", "))
+	}
 	return nil
 }
