@@ -38,9 +38,8 @@ func TestMain(m *testing.M) {
 		os.Exit(1)
 	}
 	bin = filepath.Join(dir, "mptcp-xdp")
-	build := exec.Command("go", "build", "-o", bin, "github.com/mptcp-xdp/mptcp-xdp/cmd/mptcp-xdp")
-	if out, err := build.CombinedOutput(); err != nil {
-		fmt.Fprintf(os.Stderr, "build mptcp-xdp: %v\n%s", err, out)
+	if err := testutil.BuildBinary(bin); err != nil {
+		fmt.Fprintf(os.Stderr, "build mptcp-xdp: %v\n", err)
 		os.RemoveAll(dir)
 		os.Exit(1)
 	}

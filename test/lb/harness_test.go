@@ -22,6 +22,9 @@ type options struct {
 	noSteering  bool   // --join-steering=false
 	unknown     string // --unknown-join; "" is the default (drop)
 	noEndpoints bool   // the client opens no second subflow until AddSubflowEndpoints
+	// kernelTunnel (ipip): the backends decapsulate with the kernel's own fallback tunnel device
+	// (tunl0 of the ipip module, ip6tnl0 of ip6_tunnel) instead of mptcp-xdp's decapsulator.
+	kernelTunnel bool
 }
 
 func (o options) String() string {
@@ -102,7 +105,11 @@ func attachSetup(t *testing.T, o options, l *lablb.Lab, extra ...string) *setup 
 		}
 		args = append(args, "--backend", a.String())
 	}
-	if o.forward == "ipip" {
+	if o.forward == "ipip" && o.kernelTunnel {
+		for _, b := range l.Backends {
+			kernelTunnelUp(t, l, b.Netns, o.v6)
+		}
+	} else if o.forward == "ipip" {
 		for _, b := range l.Backends {
 			mx(t, "--netns", b.Netns, "lb", "decap", b.If, "--balancer", b.LBIP4.String(), "--balancer", b.LBIP6.String(),
 				"--vip", s.vip.String())
@@ -286,4 +293,39 @@ func firstErrs(errs []error, n int) []error {
 		return errs[:n]
 	}
 	return errs
+}
+
+// kernelTunnelUp brings up, in namespace ns, the fallback tunnel device the kernel's ipip (IPv4) or
+// ip6_tunnel (IPv6) driver makes in every namespace, which decapsulates any tunnelled packet to a
+// local address; reverse-path filtering is turned off for the inner packets, whose source (the
+// client) is routed another way. A kernel without the driver fails the test with its name.
+func kernelTunnelUp(t testing.TB, l *lablb.Lab, ns string, v6 bool) {
+	t.Helper()
+	dev, driver := "tunl0", "ipip (CONFIG_NET_IPIP)"
+	if v6 {
+		dev, driver = "ip6tnl0", "ip6_tunnel (CONFIG_IPV6_TUNNEL)"
+	}
+	if _, err := l.IP(ns, "link", "show", dev); err != nil {
+		t.Fatalf("no %s in %s: this kernel has no %s driver: %v", dev, ns, driver, err)
+	}
+	if _, err := l.IP(ns, "link", "set", dev, "up"); err != nil {
+		t.Fatal(err)
+	}
+	if !v6 {
+		for _, k := range []string{"all", dev} {
+			if _, err := l.Exec(ns, "sysctl", "-qw", "net.ipv4.conf."+k+".rp_filter=0"); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+}
+
+// haveKernelTunnels reports whether the kernel has the ipip and ip6_tunnel drivers, by asking for
+// their fallback devices in a lab namespace (Linux 6.18 here is built without them; Debian's 6.1
+// of the kernel matrix has both).
+func haveKernelTunnels(t testing.TB, l *lablb.Lab) bool {
+	t.Helper()
+	_, e4 := l.IP(l.Backends[0].Netns, "link", "show", "tunl0")
+	_, e6 := l.IP(l.Backends[0].Netns, "link", "show", "ip6tnl0")
+	return e4 == nil && e6 == nil
 }

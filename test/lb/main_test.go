@@ -31,14 +31,8 @@ func TestMain(m *testing.M) {
 		os.Exit(1)
 	}
 	bin = filepath.Join(dir, "mptcp-xdp")
-	// Bounded: the test binary's -timeout alarm starts only in m.Run, so a stuck build would hang.
-	bctx, bcancel := context.WithTimeout(context.Background(), 10*time.Minute)
-	build := exec.CommandContext(bctx, "go", "build", "-o", bin, "github.com/mptcp-xdp/mptcp-xdp/cmd/mptcp-xdp")
-	build.WaitDelay = 10 * time.Second
-	out, err := build.CombinedOutput()
-	bcancel()
-	if err != nil {
-		fmt.Fprintf(os.Stderr, "build mptcp-xdp: %v\n%s", err, out)
+	if err := testutil.BuildBinary(bin); err != nil {
+		fmt.Fprintf(os.Stderr, "build mptcp-xdp: %v\n", err)
 		os.RemoveAll(dir)
 		os.Exit(1)
 	}

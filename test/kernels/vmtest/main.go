@@ -276,7 +276,7 @@ func buildTests(c *config, binDir string) ([]testPkg, error) {
 		}
 		pkgs = append(pkgs, tp)
 	}
-	if c.features || c.demo {
+	{ // for features, demo and the tests that run the binary (MPTCP_XDP_BIN: testutil.BuildBinary)
 		cmd := exec.Command("go", "build", "-o", filepath.Join(binDir, "mptcp-xdp"), "./cmd/mptcp-xdp")
 		cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
 		cmd.Stdout, cmd.Stderr = os.Stdout, os.Stderr
@@ -359,7 +359,7 @@ uname -r > $H@RESULTS@/uname
 echo "@@VMTEST READY"
 run() { # name dir [test pattern]
 	echo "@@VMTEST BEGIN $1"
-	chroot $H /usr/bin/env -i PATH=/usr/local/go/bin:/usr/sbin:/usr/bin:/sbin:/bin HOME=@TMPDIR@ TMPDIR=@TMPDIR@ MPTCP_XDP_VMTEST=1 \
+	chroot $H /usr/bin/env -i PATH=/usr/local/go/bin:/usr/sbin:/usr/bin:/sbin:/bin HOME=@TMPDIR@ TMPDIR=@TMPDIR@ MPTCP_XDP_VMTEST=1 MPTCP_XDP_BIN=@BIN@/mptcp-xdp \
 		/bin/sh -c "cd @REPO@/$2 && exec timeout -k 10 @PKGTIMEOUT@ @BIN@/$1.test -test.v -test.count=1 -test.timeout=@TESTTIMEOUT@ ${3:+-test.run='$3'}" \
 		> $H@RESULTS@/$1.log 2>&1
 	rc=$?
