@@ -491,6 +491,7 @@ func (c *cpioWriter) close() error {
 type pkgResult struct {
 	rc     int
 	failed []string
+	took   time.Duration
 }
 
 var failRe = regexp.MustCompile(`^\s*--- FAIL: (\S+)`)
@@ -595,7 +596,7 @@ loop:
 			case "RESULT":
 				rc := 1
 				fmt.Sscan(f[2], &rc)
-				r := &pkgResult{rc: rc}
+				r := &pkgResult{rc: rc, took: time.Since(currentSince)}
 				results[f[1]] = r
 				status := "ok"
 				if rc != 0 {
@@ -668,6 +669,7 @@ loop:
 		fmt.Printf("vmtest: mptcp-xdp features failed (exit %d): %s\n", features, filepath.Join(resDir, "features.err"))
 	}
 	var demoErr error
+	defer func() { writeSummary(c, legDir, uname, pkgs, results, demo, demoErr) }()
 	if c.demo {
 		if demoErr = checkDemo(resDir, demo); demoErr == nil {
 			fmt.Printf("vmtest: demo: every datapath count equals the guest kernel's MPTcpExt counter (%s)\n", filepath.Join(resDir, "demo.json"))
@@ -751,4 +753,55 @@ func checkDemo(resDir string, rc int) error {
 		return errors.New(strings.Join(bad, ", "))
 	}
 	return nil
+}
+
+// Summary is what a leg ran and how it ended (leg-<kernel>/summary.json), for the README's kernel
+// table (test/kernels/table). The names are stable.
+type Summary struct {
+	Kernel   string           `json:"kernel"`  // the series asked for: 6.1
+	Release  string           `json:"release"` // the guest's uname -r
+	Packages []PackageSummary `json:"packages"`
+	Demo     *DemoSummary     `json:"demo,omitempty"` // absent without -demo
+}
+
+// PackageSummary is one test binary's run in the guest.
+type PackageSummary struct {
+	Package string   `json:"package"`         // ./pkg/lb
+	Tests   string   `json:"tests,omitempty"` // the -test.run pattern, if any
+	Passed  bool     `json:"passed"`
+	Seconds float64  `json:"seconds"`
+	Failed  []string `json:"failed,omitempty"`  // the --- FAIL lines' test names
+	Missing bool     `json:"missing,omitempty"` // no result came back (the guest stopped first)
+}
+
+// DemoSummary is the guest's demo run.
+type DemoSummary struct {
+	Passed bool   `json:"passed"`
+	Error  string `json:"error,omitempty"`
+}
+
+func writeSummary(c *config, legDir, uname string, pkgs []testPkg, results map[string]*pkgResult, demoRC int, demoErr error) {
+	sum := Summary{Kernel: c.kernel, Release: uname}
+	for _, p := range pkgs {
+		ps := PackageSummary{Package: p.pkg, Tests: p.run}
+		if r := results[p.name]; r != nil {
+			ps.Passed, ps.Seconds, ps.Failed = r.rc == 0, r.took.Round(time.Second).Seconds(), r.failed
+		} else {
+			ps.Missing = true
+		}
+		sum.Packages = append(sum.Packages, ps)
+	}
+	if c.demo {
+		sum.Demo = &DemoSummary{Passed: demoErr == nil}
+		if demoErr != nil {
+			sum.Demo.Error = demoErr.Error()
+		}
+	}
+	b, err := json.MarshalIndent(sum, "", "  ")
+	if err == nil {
+		err = os.WriteFile(filepath.Join(legDir, "summary.json"), append(b, '\n'), 0o644)
+	}
+	if err != nil {
+		fmt.Printf("vmtest: summary: %v\n", err)
+	}
 }
