@@ -30,8 +30,8 @@ func TestKernelTunnelDecap(t *testing.T) {
 			wctx, wcancel := context.WithTimeout(ctx, 60*time.Second)
 			j := s.waitJoins(wctx, t, base, n)
 			wcancel()
-			okN, errs := transfer(ctx, conns, transferBytes)
 			v := s.view(t)
+			okN, errs := transfer(ctx, conns, transferBytes)
 			t.Logf("%d connections landed %v; backends: MPJoinSynRx %v MPJoinAckRx %v MPJoinNoTokenFound %v; ss -M: client %d with 2 subflows; transfers intact %d",
 				n, perBackend(conns, len(s.Backends)), j.SynRx, j.AckRx, j.NoToken, v.ClientTwo, okN)
 			if v.ClientTwo != n || lablb.Sum(v.BackendTwo) != n {
