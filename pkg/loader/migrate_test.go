@@ -85,12 +85,12 @@ func statsSum(t *testing.T, m *ebpf.Map, idx int) uint64 {
 // interface's link is updated (never detached), the pins hold the new maps, and no packet the
 // interface received goes uncounted across the two programs.
 //
-// A verifier older than 6.4 (Linux 6.1's) refuses the previous release's balancer: no such balancer
+// A verifier older than 6.18's (Linux 6.1's and 6.12's do) may refuse the previous release's balancer: no such balancer
 // can be pinned there, so there is nothing to upgrade, and the test asserts that refusal instead.
 func TestUpgradeInPlace(t *testing.T) {
 	if err := loadsHere(prevObject); err != nil {
 		var ve *ebpf.VerifierError
-		newer, kerr := testutil.KernelAtLeast(6, 4)
+		newer, kerr := testutil.KernelAtLeast(6, 18)
 		if kerr != nil || newer || !errors.As(err, &ve) {
 			t.Fatalf("the previous release's balancer does not load: %v", err)
 		}
