@@ -88,7 +88,7 @@ test-kernels: ## the kernel matrix: make test-kernel for every kernel of KERNELS
 	@rc=0; for k in $(KERNELS); do $(MAKE) --no-print-directory test-kernel KERNEL=$$k || rc=1; done; exit $$rc
 
 kernels-table: ## rewrite README.md's kernel table from the matrix's last legs (build/kernels/leg-*/summary.json)
-	$(GO) run ./test/kernels/table -readme README.md
+	$(GO) run ./test/kernels/table -readme README.md -benchmarks docs/benchmarks.md
 
 lint: ## gofmt and go vet
 	@test -z "$$(gofmt -l $$(git ls-files '*.go'))" || { gofmt -l $$(git ls-files '*.go'); exit 1; }

@@ -2,9 +2,11 @@
 // summary (build/kernels/leg-<kernel>/summary.json, written by vmtest) and the guest's
 // `mptcp-xdp features -o json` (leg-<kernel>/results/features.json). With -readme FILE it replaces
 // the lines between "<!-- kernels:begin -->" and "<!-- kernels:end -->" in FILE; else it prints
-// the table.
+// the table. With -benchmarks FILE it also writes, between "<!-- verifier:begin -->" and
+// "<!-- verifier:end -->", the verifier's statistics of every program on every leg's kernel and
+// on this machine's (loaded here with pkg/features, so it needs root).
 //
-//	go run ./test/kernels/table -readme README.md   (make kernels-table)
+//	go run ./test/kernels/table -readme README.md -benchmarks docs/benchmarks.md   (make kernels-table)
 package main
 
 import (
@@ -18,6 +20,10 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/mptcp-xdp/mptcp-xdp/pkg/features"
 )
 
 type summary struct {
@@ -37,31 +43,35 @@ type summary struct {
 	} `json:"demo"`
 }
 
-type features struct {
+type featureDoc struct {
 	Features []struct {
 		Name      string `json:"name"`
 		Kernel    string `json:"kernel"`
 		Available bool   `json:"available"`
 		Without   string `json:"without"`
 	} `json:"features"`
-	Programs []struct {
-		Program        string `json:"program"`
-		Loaded         bool   `json:"loaded"`
-		InsnsProcessed int    `json:"insns_processed"`
-	} `json:"programs"`
+	Programs []features.Program `json:"programs"`
 }
 
 const begin, end = "<!-- kernels:begin -->", "<!-- kernels:end -->"
+const vbegin, vend = "<!-- verifier:begin -->", "<!-- verifier:end -->"
 
 func main() {
 	cache := flag.String("cache", "build/kernels", "vmtest's cache and output directory")
 	readme := flag.String("readme", "", "rewrite the table between the markers in this file")
+	bench := flag.String("benchmarks", "", "rewrite the verifier table between its markers in this file")
 	flag.Parse()
 	table, err := render(*cache)
 	if err == nil && *readme != "" {
-		err = rewrite(*readme, table)
+		err = rewrite(*readme, begin, end, table)
 	} else if err == nil {
 		fmt.Print(table)
+	}
+	if err == nil && *bench != "" {
+		var vt string
+		if vt, err = verifierTable(*cache); err == nil {
+			err = rewrite(*bench, vbegin, vend, vt)
+		}
 	}
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "table:", err)
@@ -111,7 +121,7 @@ func render(cache string) (string, error) {
 				failed = append(failed, "`demo`: "+s.Demo.Error)
 			}
 		}
-		var f features
+		var f featureDoc
 		fallbacks := "none"
 		if err := readJSON(filepath.Join(cache, "leg-"+s.Kernel, "results", "features.json"), &f); err == nil {
 			var fb []string
@@ -139,7 +149,76 @@ func render(cache string) (string, error) {
 	return w.String(), nil
 }
 
-func rewrite(path, table string) error {
+// verifierTable is one row per program and one column per kernel: the legs' (from their
+// features.json), oldest first, and this machine's.
+func verifierTable(cache string) (string, error) {
+	paths, _ := filepath.Glob(filepath.Join(cache, "leg-*", "results", "features.json"))
+	type column struct {
+		kernel string
+		progs  []features.Program
+	}
+	var cols []column
+	for _, p := range paths {
+		var f featureDoc
+		if err := readJSON(p, &f); err != nil {
+			return "", err
+		}
+		leg := filepath.Base(filepath.Dir(filepath.Dir(p)))
+		kernel := strings.TrimPrefix(leg, "leg-")
+		if rel, err := os.ReadFile(filepath.Join(cache, leg, "uname")); err == nil {
+			kernel = strings.TrimSpace(string(rel))
+		}
+		cols = append(cols, column{kernel, f.Programs})
+	}
+	slices.SortFunc(cols, func(a, b column) int { return compareVersions(a.kernel, b.kernel) })
+	here, err := features.ProbePrograms()
+	if err != nil {
+		return "", fmt.Errorf("load the programs on this machine: %w", err)
+	}
+	var u unix.Utsname
+	if err := unix.Uname(&u); err != nil {
+		return "", err
+	}
+	cols = append(cols, column{unix.ByteSliceToString(u.Release[:]) + " (this machine)", here})
+
+	var w strings.Builder
+	fmt.Fprint(&w, "| program |")
+	for _, c := range cols {
+		fmt.Fprintf(&w, " %s |", c.kernel)
+	}
+	fmt.Fprint(&w, "\n|---|")
+	for range cols {
+		fmt.Fprint(&w, "---:|")
+	}
+	fmt.Fprintln(&w)
+	for _, p := range here {
+		fmt.Fprintf(&w, "| `%s` (%s) |", p.Program, p.Object)
+		for _, c := range cols {
+			i := slices.IndexFunc(c.progs, func(q features.Program) bool { return q.Object == p.Object && q.Program == p.Program })
+			switch {
+			case i < 0:
+				fmt.Fprint(&w, " not probed |")
+			case !c.progs[i].Loaded:
+				fmt.Fprintf(&w, " refused at %s: %s |", thousands(c.progs[i].InsnsProcessed), strings.ReplaceAll(c.progs[i].Error, "|", "/"))
+			default:
+				fmt.Fprintf(&w, " %s (%s states) |", thousands(c.progs[i].InsnsProcessed), thousands(c.progs[i].TotalStates))
+			}
+		}
+		fmt.Fprintln(&w)
+	}
+	return w.String(), nil
+}
+
+// thousands writes 201986 as 201,986.
+func thousands(n int) string {
+	s := strconv.Itoa(n)
+	for i := len(s) - 3; i > 0; i -= 3 {
+		s = s[:i] + "," + s[i:]
+	}
+	return s
+}
+
+func rewrite(path, begin, end, table string) error {
 	b, err := os.ReadFile(path)
 	if err != nil {
 		return err
