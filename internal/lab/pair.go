@@ -107,6 +107,10 @@ func (l *Lab) WaitMIB(ctx context.Context, ns string, base MIB, key string, delt
 		if err != nil {
 			return nil, err
 		}
+		if _, ok := m[key]; !ok {
+			// The kernel lists every counter it has, zero or not: this one it does not have.
+			return nil, fmt.Errorf("wait for %s +%d in %s: this kernel has no such counter", key, delta, ns)
+		}
 		d := m.Sub(base)
 		if d[key] >= delta {
 			return d, nil

@@ -41,6 +41,9 @@ type RunConfig struct {
 // backends of those VIPs and takes the ones that fail out of their tables (health.go). The datapath
 // does not need it to steer: everything it needs is pinned, so the loop may stop and start again at
 // any time.
+// slowStep is how long one step of the balancer loop may take before Run logs it.
+const slowStep = 250 * time.Millisecond
+
 func (b *Balancer) Run(ctx context.Context, cfg RunConfig) error {
 	if cfg.GCInterval <= 0 {
 		cfg.GCInterval = 30 * time.Second
@@ -95,12 +98,21 @@ func (b *Balancer) Run(ctx context.Context, cfg RunConfig) error {
 		}
 	}
 	locked := func(what string, fn func() error) {
+		t0 := time.Now()
 		unlock, err := cfg.Lock()
 		if err != nil {
 			slog.Warn("balancer loop: lock", "step", what, "err", err)
 			return
 		}
-		defer unlock()
+		waited := time.Since(t0)
+		defer func() {
+			unlock()
+			// Every step of the loop waits for the ones before it: a slow one delays health
+			// changes and next-hop refreshes, so say so.
+			if took := time.Since(t0); took > slowStep {
+				slog.Warn("balancer loop: slow step", "step", what, "took", took.Round(time.Millisecond), "lock_wait", waited.Round(time.Millisecond))
+			}
+		}()
 		// Another process may have changed the set since the last step, or stopped half way.
 		if err := b.resync(); err != nil {
 			slog.Warn("balancer loop: reload backends", "step", what, "err", err)

@@ -16,6 +16,7 @@ import (
 
 	"github.com/mptcp-xdp/mptcp-xdp/internal/lab"
 	"github.com/mptcp-xdp/mptcp-xdp/internal/lablb"
+	"github.com/mptcp-xdp/mptcp-xdp/internal/testutil"
 	"github.com/mptcp-xdp/mptcp-xdp/pkg/control"
 	"github.com/mptcp-xdp/mptcp-xdp/pkg/loader"
 )
@@ -73,7 +74,10 @@ func TestHealthCheck(t *testing.T) {
 	for j, b := range l.Backends {
 		hl[j] = listenHealth(ctx, t, b, port)
 	}
-	const interval, timeout, rise, fall = 200 * time.Millisecond, 100 * time.Millisecond, 2, 2
+	const rise, fall = 2, 2
+	// 200 ms and 100 ms; five times that in the emulated guest of the kernel matrix, where a
+	// connect within the namespaces can take longer than 100 ms.
+	interval, timeout := testutil.Scaled(200*time.Millisecond), testutil.Scaled(100*time.Millisecond)
 	var cfg strings.Builder
 	cfg.WriteString(s.configInterfaces())
 	fmt.Fprintf(&cfg, "health_check:\n  interval: %s\n  timeout: %s\n  rise: %d\n  fall: %d\n", interval, timeout, rise, fall)
