@@ -224,9 +224,12 @@ func TestAttachAgainUpdatesInPlace(t *testing.T) {
 	l := testutil.NewLab(t, lab.Config{Paths: 1})
 	srv := l.Paths[0].ServerIf
 	attach(t, l.Server, srv)
-	// auto picks generic on veth (native XDP there costs GRO and TSO; see loader.wantedModes).
+	// --ingress auto picks TC on a veth (its XDP costs GRO; loader.IngressAuto).
 	tc := autoTC(t)
-	a1 := requireAttached(t, l.Server, srv, want{xdp: "generic", xdpMech: "bpf_link", out: tc})
+	a1 := requireAttached(t, l.Server, srv, want{in: tc, out: tc})
+	if a1.IngressReason != "auto: a veth runs even native XDP on skbs already built, at the cost of GRO; tc ingress costs least" {
+		t.Errorf("ingress_reason %q, want auto's reason for a veth", a1.IngressReason)
+	}
 
 	// The CLI has exited: the pinned links keep the programs counting.
 	s0 := stats(t, l.Server)[srv]
@@ -237,7 +240,7 @@ func TestAttachAgainUpdatesInPlace(t *testing.T) {
 	})
 
 	mxOK(t, "--netns", l.Server, "attach", srv)
-	a2 := requireAttached(t, l.Server, srv, want{xdp: "generic", xdpMech: "bpf_link", out: tc})
+	a2 := requireAttached(t, l.Server, srv, want{in: tc, out: tc})
 	s2 := stats(t, l.Server)[srv]
 	notLess(t, "second attach", s1, s2)
 
@@ -250,10 +253,10 @@ func TestAttachAgainUpdatesInPlace(t *testing.T) {
 	}
 	h1, h2 := byHook(a1), byHook(a2)
 	var oldProgs []uint32
-	for _, hook := range []string{"xdp", "tc_egress"} {
+	for _, hook := range []string{"tc_ingress", "tc_egress"} {
 		// A clsact filter has no link: the second attach replaces the program in our one filter,
 		// which requireAttached found alone at its priority.
-		linked := hook != "tc_egress" || tc == "tcx"
+		linked := tc == "tcx"
 		if linked && (h1[hook][0] == 0 || h1[hook][0] != h2[hook][0]) {
 			t.Errorf("%s link %d became %d: want the same link updated in place", hook, h1[hook][0], h2[hook][0])
 		}
@@ -301,7 +304,7 @@ func TestHookChanges(t *testing.T) {
 		{[]string{"--ingress", "xdp", "--tc", "clsact"}, want{"generic", "bpf_link", "", "clsact", false}, false}, // auto on veth
 		{[]string{"--mode", "native", "--tc", "clsact"}, want{"native", "bpf_link", "", "clsact", false}, false},
 		{[]string{"--ingress", "tc", "--tc", "tcx"}, want{"", "", "tcx", "tcx", false}, false},
-		{[]string{"--no-egress"}, want{"generic", "bpf_link", "", "", false}, true}, // auto on veth
+		{[]string{"--no-egress"}, want{"", "", tc, "", false}, true}, // --ingress auto on a veth: TC
 		// Last, so that detach has a clsact qdisc of its own making to remove.
 		{[]string{"--ingress", "tc", "--tc", "clsact"}, want{"", "", "clsact", "clsact", false}, false},
 	} {
@@ -425,7 +428,8 @@ func TestForeignXDP(t *testing.T) {
 			// The netlink package's functions (not the handle's) act in the thread's namespace.
 			return netlink.LinkSetXdpFdWithFlags(lk, foreign.FD(), xdpFlagsDrvMode)
 		})
-		r := mx(t, "--netns", l.Server, "attach", srv)
+		// --ingress xdp: auto would count at TC on this veth and leave the XDP hook alone.
+		r := mx(t, "--netns", l.Server, "attach", srv, "--ingress", "xdp")
 		requireCleanError(t, r, fmt.Sprintf("XDP program %d (foreign_pass)", foreignID), "--force")
 		k := kernelState(t, l.Server, srv)
 		if k.XDPProg != foreignID || len(k.TCXEgress) != 0 {
@@ -433,10 +437,10 @@ func TestForeignXDP(t *testing.T) {
 		}
 		requireNoPins(t, l.Server, srv)
 
-		attach(t, l.Server, srv, "--force")
+		attach(t, l.Server, srv, "--ingress", "xdp", "--force")
 		a := requireAttached(t, l.Server, srv, want{xdp: "native", xdpMech: "netlink", out: autoTC(t), replaced: true})
 		// Attaching again replaces our own netlink program without --force.
-		mxOK(t, "--netns", l.Server, "attach", srv)
+		mxOK(t, "--netns", l.Server, "attach", srv, "--ingress", "xdp")
 		a2 := requireAttached(t, l.Server, srv, want{xdp: "native", xdpMech: "netlink", out: autoTC(t), replaced: true})
 		if a.Programs[0].ID == a2.Programs[0].ID {
 			t.Errorf("second attach left program %d in place", a.Programs[0].ID)
@@ -460,9 +464,9 @@ func TestForeignXDP(t *testing.T) {
 			return err
 		})
 		defer lk.Close()
-		for _, flags := range [][]string{nil, {"--force"}} {
+		for _, flags := range [][]string{{"--ingress", "xdp"}, {"--ingress", "xdp", "--force"}} {
 			r := mx(t, append([]string{"--netns", l.Server, "attach", srv}, flags...)...)
-			if flags == nil {
+			if len(flags) == 2 {
 				requireCleanError(t, r, "foreign_pass", "--force")
 			} else {
 				requireCleanError(t, r, "foreign_pass", "bpf_link")
@@ -577,13 +581,14 @@ func TestJSONContract(t *testing.T) {
 	if err := json.Unmarshal(doc["attachments"], &atts); err != nil || len(atts) != 1 {
 		t.Fatalf("attachments %s: %v, want one", doc["attachments"], err)
 	}
-	a := object("attachment", atts[0], "netns", "interface", "ifindex", "pin_dir", "ingress", "xdp_mode",
+	// xdp_mode is there with ingress xdp only; the default attach counts at TC on this veth.
+	a := object("attachment", atts[0], "netns", "interface", "ifindex", "pin_dir", "ingress", "ingress_reason",
 		"egress", "attached_at", "programs", "maps")
 	var progs, ms []json.RawMessage
 	json.Unmarshal(a["programs"], &progs)
 	json.Unmarshal(a["maps"], &ms)
 	if len(progs) != 2 || len(ms) == 0 {
-		t.Fatalf("programs %s maps %s: want xdp and tc_egress, and the maps", a["programs"], a["maps"])
+		t.Fatalf("programs %s maps %s: want tc_ingress and tc_egress, and the maps", a["programs"], a["maps"])
 	}
 	for _, p := range progs {
 		// link_id is there for a bpf_link or tcx attachment only (docs/cli.md).
@@ -601,4 +606,28 @@ func TestJSONContract(t *testing.T) {
 
 	// An interface that is not attached, in stats, is an error.
 	requireCleanError(t, mx(t, "--netns", l.Server, "-o", "json", "stats", l.Paths[1].ServerIf), l.Paths[1].ServerIf, "not attached")
+}
+
+// TestAutoIngress: --ingress auto (the default) counts at TC on a device whose driver refuses
+// native XDP (a bridge), saying why in status, and at XDP when an XDP mode is asked for.
+func TestAutoIngress(t *testing.T) {
+	t.Parallel()
+	l := testutil.NewLab(t, lab.Config{Paths: 1})
+	tc := autoTC(t)
+	const br = "mxbr0"
+	sh(t, "ip", "-n", l.Server, "link", "add", br, "type", "bridge")
+	sh(t, "ip", "-n", l.Server, "link", "set", br, "up")
+	attach(t, l.Server, br)
+	a := requireAttached(t, l.Server, br, want{in: tc, out: tc})
+	if a.IngressReason != "auto: the driver has no native XDP, and generic XDP costs more than the parser; tc ingress costs least" {
+		t.Errorf("bridge: ingress_reason %q, want auto's reason for a driver without native XDP", a.IngressReason)
+	}
+	mxOK(t, "--netns", l.Server, "detach", br)
+	requireDetached(t, l.Server, br, a, false)
+
+	srv := l.Paths[0].ServerIf
+	attach(t, l.Server, srv, "--mode", "native")
+	if a := requireAttached(t, l.Server, srv, want{xdp: "native", xdpMech: "bpf_link", out: tc}); a.IngressReason != "asked" {
+		t.Errorf("--mode native: ingress_reason %q, want asked", a.IngressReason)
+	}
 }

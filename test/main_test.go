@@ -181,15 +181,16 @@ func stats(t testing.TB, ns string) map[string]statsRow {
 
 // attachment is one entry of `status -o json`.
 type attachment struct {
-	Netns      string `json:"netns"`
-	Interface  string `json:"interface"`
-	Ifindex    int    `json:"ifindex"`
-	PinDir     string `json:"pin_dir"`
-	Ingress    string `json:"ingress"`
-	XDPMode    string `json:"xdp_mode"`
-	Egress     bool   `json:"egress"`
-	AttachedAt string `json:"attached_at"`
-	Programs   []struct {
+	Netns         string `json:"netns"`
+	Interface     string `json:"interface"`
+	Ifindex       int    `json:"ifindex"`
+	PinDir        string `json:"pin_dir"`
+	Ingress       string `json:"ingress"`
+	IngressReason string `json:"ingress_reason"`
+	XDPMode       string `json:"xdp_mode"`
+	Egress        bool   `json:"egress"`
+	AttachedAt    string `json:"attached_at"`
+	Programs      []struct {
 		Hook      string `json:"hook"`
 		Mechanism string `json:"mechanism"`
 		ID        uint32 `json:"id"`

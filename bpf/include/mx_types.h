@@ -65,6 +65,9 @@ enum mx_meta_flags {
 	MX_META_CLSACT_ADDED = 1 << 0, /* we created the clsact qdisc and must remove it */
 	MX_META_XDP_NETLINK = 1 << 1,  /* XDP attached through netlink, not a bpf_link */
 	MX_META_TC_NETLINK = 1 << 2,   /* TC attached as clsact filters, not tcx links */
+	MX_META_INGRESS_AUTO = 1 << 3, /* attach chose the ingress hook (--ingress auto) */
+	MX_META_AUTO_VETH = 1 << 4,    /* ... TC, because the device is a veth */
+	MX_META_AUTO_NO_NATIVE = 1 << 5, /* ... TC, because the driver refused native XDP */
 };
 
 /* How the XDP program is attached. */

@@ -62,7 +62,7 @@ func TestAttachWarnsPrivateBPFFS(t *testing.T) {
 			iface string
 			dir   string
 		}{
-			{[]string{"attach", "mxh2v0"}, "mxh2v0", root},
+			{[]string{"attach", "mxh2v0", "--ingress", "xdp"}, "mxh2v0", root},
 			{[]string{"lb", "attach", "mxh2v1"}, "mxh2v1", root + "-lb"},
 		} {
 			_, stderr, err := cliProcess(t, wrap, root, c.args...)
@@ -103,7 +103,7 @@ func TestAttachWarnsPrivateBPFFS(t *testing.T) {
 	t.Run("host bpffs", func(t *testing.T) {
 		root := filepath.Join(testutil.TempBPFFS(t, "mxh2-pv-"), "mptcp-xdp")
 		for _, c := range []struct{ attach, detach []string }{
-			{[]string{"--netns", ns, "attach", "mxh2v0"}, []string{"--netns", ns, "detach", "mxh2v0"}},
+			{[]string{"--netns", ns, "attach", "--ingress", "xdp", "mxh2v0"}, []string{"--netns", ns, "detach", "mxh2v0"}},
 			{[]string{"--netns", ns, "lb", "attach", "mxh2v1"}, []string{"--netns", ns, "lb", "detach"}},
 		} {
 			_, stderr, err := cliProcess(t, nil, root, c.attach...)

@@ -83,7 +83,12 @@ func newAttachCmd(g *globalFlags) *cobra.Command {
 		Short: "Attach the datapath to an interface (XDP ingress, TC egress) and pin it",
 		Long: `Attach loads the MPTCP counting programs, attaches them to IFACE and pins them under
 /sys/fs/bpf/mptcp-xdp/<netns>/<iface>/, so that they keep counting after the command exits.
-Attaching again updates the programs in place and keeps the counters.`,
+Attaching again updates the programs in place and keeps the counters.
+
+The ingress hook is, by default (--ingress auto), the one that costs least for counting: TC
+ingress on a veth (its XDP, even native, runs on skbs already built and costs GRO) and where the
+driver refuses native XDP (generic XDP costs more than the parser); native XDP elsewhere. An XDP
+mode asked for (--mode native or generic) means XDP. status says which was chosen and why.`,
 		Example: "  mptcp-xdp attach eth0\n  mptcp-xdp --netns lab attach veth1 --mode generic --ingress tc",
 		Args:    ifaceArgs(cobra.ExactArgs(1)),
 		RunE: func(cmd *cobra.Command, args []string) error {
@@ -106,11 +111,11 @@ Attaching again updates the programs in place and keeps the counters.`,
 		},
 	}
 	cmd.Flags().StringVar(&mode, "mode", "auto", "XDP mode: auto (native, else generic), native or generic")
-	cmd.Flags().StringVar(&ingress, "ingress", "xdp", "ingress hook: xdp, or tc where XDP cannot be used")
+	cmd.Flags().StringVar(&ingress, "ingress", "auto", "ingress hook: auto (the one that costs least here: tc on a veth or where the driver lacks native XDP, else native XDP), xdp or tc")
 	cmd.Flags().StringVar(&tc, "tc", "auto", "TC mechanism: auto (tcx, else clsact), tcx or clsact")
 	cmd.Flags().BoolVar(&noEgress, "no-egress", false, "do not count egress")
 	cmd.Flags().BoolVar(&force, "force", false, "replace another tool's XDP program attached through netlink (never one held by a bpf_link); detach puts it back")
-	for f, vals := range map[string][]string{"mode": {"auto", "native", "generic"}, "ingress": {"xdp", "tc"}, "tc": {"auto", "tcx", "clsact"}} {
+	for f, vals := range map[string][]string{"mode": {"auto", "native", "generic"}, "ingress": {"auto", "xdp", "tc"}, "tc": {"auto", "tcx", "clsact"}} {
 		_ = cmd.RegisterFlagCompletionFunc(f, fixedCompletion(vals))
 	}
 	return cmd
@@ -134,7 +139,11 @@ func describeHooks(a loader.Attachment) string {
 	if len(parts) == 0 {
 		return "nothing attached"
 	}
-	return strings.Join(parts, ", ")
+	s := strings.Join(parts, ", ")
+	if strings.HasPrefix(a.IngressReason, "auto: ") {
+		s += "; ingress " + a.IngressReason
+	}
+	return s
 }
 
 func newDetachCmd(g *globalFlags) *cobra.Command {

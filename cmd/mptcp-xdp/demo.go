@@ -85,7 +85,7 @@ MPTcpExt counters. Everything it creates is removed at the end, on failure and o
 	cmd.Flags().IntSliceVar(&rates, "rates", []int{200, 50}, "tbf rate of each path in Mbit/s (one per path, at least two)")
 	cmd.Flags().IntVar(&conns, "conns", 1, "parallel MPTCP connections")
 	cmd.Flags().StringVar(&mode, "mode", "auto", "XDP mode: auto, native or generic")
-	cmd.Flags().StringVar(&ingress, "ingress", "xdp", "ingress hook: xdp or tc")
+	cmd.Flags().StringVar(&ingress, "ingress", "auto", "ingress hook: auto (as attach: tc on the lab's veths), xdp or tc")
 	cmd.Flags().BoolVar(&lbDemo, "lb", false, "the load-balancer lab instead: a client with two paths, the balancer, three backends; the same MPTCP connections with join steering off, then on (--conns per phase, default 60)")
 	cmd.Flags().StringVar(&forward, "forward", "l2", "with --lb: l2 or ipip forwarding")
 	cmd.Flags().BoolVar(&keep, "keep", false, "after the summary, keep the lab and traffic running and serve its metrics until Ctrl-C")

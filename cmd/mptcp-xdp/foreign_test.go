@@ -62,7 +62,7 @@ func TestDetachLeavesForeignPins(t *testing.T) {
 	testutil.RequireRoot(t)
 	root := useTempRoot(t, "mxh1frgn-")
 	ns := vethNetns(t)
-	if _, err := cliRun("--netns", ns, "attach", "s1"); err != nil {
+	if _, err := cliRun("--netns", ns, "attach", "s1", "--ingress", "xdp"); err != nil {
 		t.Fatal(err)
 	}
 	if xdpProgIn(t, ns, "s1") == 0 {

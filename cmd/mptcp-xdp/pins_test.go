@@ -154,7 +154,7 @@ func TestPins(t *testing.T) {
 	l := testutil.NewLab(t, lab.Config{Prefix: fmt.Sprintf("mxpin%04x", rand.IntN(1<<16)), Paths: 3})
 	srv, cli := l.Server, l.Client
 
-	if _, err := cliRun("--netns", srv, "attach", "srv0"); err != nil {
+	if _, err := cliRun("--netns", srv, "attach", "srv0", "--ingress", "xdp"); err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() {

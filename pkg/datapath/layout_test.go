@@ -46,9 +46,12 @@ func TestLayout(t *testing.T) {
 		in   []string
 	}{
 		{"mx_meta_flags", map[string]uint64{
-			"MX_META_CLSACT_ADDED": uint64(XdpMxMetaFlagsMX_META_CLSACT_ADDED),
-			"MX_META_XDP_NETLINK":  uint64(XdpMxMetaFlagsMX_META_XDP_NETLINK),
-			"MX_META_TC_NETLINK":   uint64(XdpMxMetaFlagsMX_META_TC_NETLINK),
+			"MX_META_CLSACT_ADDED":   uint64(XdpMxMetaFlagsMX_META_CLSACT_ADDED),
+			"MX_META_INGRESS_AUTO":   uint64(XdpMxMetaFlagsMX_META_INGRESS_AUTO),
+			"MX_META_AUTO_VETH":      uint64(XdpMxMetaFlagsMX_META_AUTO_VETH),
+			"MX_META_AUTO_NO_NATIVE": uint64(XdpMxMetaFlagsMX_META_AUTO_NO_NATIVE),
+			"MX_META_XDP_NETLINK":    uint64(XdpMxMetaFlagsMX_META_XDP_NETLINK),
+			"MX_META_TC_NETLINK":     uint64(XdpMxMetaFlagsMX_META_TC_NETLINK),
 		}, counting},
 		{"mx_xdp_mode", map[string]uint64{
 			"MX_XDP_MODE_NONE":    uint64(MetaXDPModeNone),

@@ -44,9 +44,12 @@ type XdpMxMeta struct {
 type XdpMxMetaFlags uint32
 
 const (
-	XdpMxMetaFlagsMX_META_CLSACT_ADDED XdpMxMetaFlags = 1
-	XdpMxMetaFlagsMX_META_XDP_NETLINK  XdpMxMetaFlags = 2
-	XdpMxMetaFlagsMX_META_TC_NETLINK   XdpMxMetaFlags = 4
+	XdpMxMetaFlagsMX_META_CLSACT_ADDED   XdpMxMetaFlags = 1
+	XdpMxMetaFlagsMX_META_XDP_NETLINK    XdpMxMetaFlags = 2
+	XdpMxMetaFlagsMX_META_TC_NETLINK     XdpMxMetaFlags = 4
+	XdpMxMetaFlagsMX_META_INGRESS_AUTO   XdpMxMetaFlags = 8
+	XdpMxMetaFlagsMX_META_AUTO_VETH      XdpMxMetaFlags = 16
+	XdpMxMetaFlagsMX_META_AUTO_NO_NATIVE XdpMxMetaFlags = 32
 )
 
 // Names of all BPF objects in the ELF.

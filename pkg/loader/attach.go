@@ -10,6 +10,7 @@ import (
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/rlimit"
 	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
 
 	"github.com/mptcp-xdp/mptcp-xdp/pkg/netns"
 )
@@ -21,6 +22,13 @@ type IngressHook string
 const (
 	IngressXDP IngressHook = "xdp"
 	IngressTC  IngressHook = "tc"
+	// IngressAuto (the default) takes the hook that costs least for counting on this interface:
+	// TC ingress on a veth, whose XDP, even native, runs on skbs already built and costs GRO
+	// (docs/benchmarks.md, "Which ingress hook"); native XDP where the driver has it (it runs
+	// before the skb is built); TC ingress where the driver refuses native XDP, rather than
+	// generic XDP, which costs more than the parser. An XDP mode asked for (--mode native or
+	// generic) means XDP.
+	IngressAuto IngressHook = "auto"
 )
 
 // TCMechanism selects how TC programs are attached.
@@ -49,7 +57,7 @@ func (o *AttachOptions) validate() error {
 		o.Mode = ModeAuto
 	}
 	if o.Ingress == "" {
-		o.Ingress = IngressXDP
+		o.Ingress = IngressAuto
 	}
 	if o.TC == "" {
 		o.TC = TCAuto
@@ -58,9 +66,9 @@ func (o *AttachOptions) validate() error {
 		return err
 	}
 	switch o.Ingress {
-	case IngressXDP, IngressTC:
+	case IngressXDP, IngressTC, IngressAuto:
 	default:
-		return fmt.Errorf("unknown ingress hook %q: use xdp or tc", o.Ingress)
+		return fmt.Errorf("unknown ingress hook %q: use auto, xdp or tc", o.Ingress)
 	}
 	switch o.TC {
 	case TCAuto, TCX, TCClsact:
@@ -84,6 +92,9 @@ func (l *Loader) Attach(o AttachOptions) (*Attachment, error) {
 	}
 	if err := ProbeXDP(); err != nil && o.Ingress == IngressXDP {
 		return nil, err
+	}
+	if o.Ingress == IngressAuto && o.Mode != ModeAuto {
+		o.Ingress = IngressXDP // an XDP mode was asked for; meta records no choice
 	}
 	if err := rlimit.RemoveMemlock(); err != nil {
 		return nil, fmt.Errorf("raise memlock limit: %w", err)
@@ -135,7 +146,17 @@ func (l *Loader) Attach(o AttachOptions) (*Attachment, error) {
 			}()
 		}
 
-		objs, err := loadObjects(dir, o.Ingress == IngressXDP, o.Ingress == IngressTC, o.Egress)
+		// auto: TC on a veth; elsewhere native XDP, with TC ingress loaded too in case the driver
+		// refuses it (one more program verified, only on devices that are not veths).
+		ingressHook, why := o.Ingress, Meta{}.Flags
+		if o.Ingress == IngressAuto {
+			why = metaIngressAuto
+			ingressHook = IngressXDP
+			if lnk.Type() == "veth" {
+				ingressHook, why = IngressTC, why|metaAutoVeth
+			}
+		}
+		objs, err := loadObjects(dir, ingressHook == IngressXDP, ingressHook == IngressTC || o.Ingress == IngressAuto, o.Egress)
 		if err != nil {
 			return err
 		}
@@ -152,14 +173,21 @@ func (l *Loader) Attach(o AttachOptions) (*Attachment, error) {
 		// Record progress even when a later step fails, so that detach can undo it.
 		defer func() { _ = writeMeta(objs.meta, meta) }()
 
-		if o.Ingress == IngressXDP {
-			if err := attachXDP(dir, lnk, objs.xdp, o, &meta); err != nil {
+		if ingressHook == IngressXDP {
+			xo := o
+			if o.Ingress == IngressAuto {
+				xo.Mode = ModeNative
+			}
+			err := attachXDP(dir, lnk, objs.xdp, xo, &meta)
+			if err != nil && o.Ingress == IngressAuto && errors.Is(err, unix.EOPNOTSUPP) {
+				ingressHook, why = IngressTC, why|metaAutoNoNativ
+			} else if err != nil {
+				return err
+			} else if err := detachTC(dir, lnk, ingress, &meta); err != nil {
 				return err
 			}
-			if err := detachTC(dir, lnk, ingress, &meta); err != nil {
-				return err
-			}
-		} else {
+		}
+		if ingressHook == IngressTC {
 			if err := attachTC(dir, lnk, objs.tcIngress, ingress, o.TC, &meta); err != nil {
 				return err
 			}
@@ -167,7 +195,8 @@ func (l *Loader) Attach(o AttachOptions) (*Attachment, error) {
 				return err
 			}
 		}
-		meta.Ingress = map[IngressHook]uint32{IngressXDP: metaIngressXDP, IngressTC: metaIngressTC}[o.Ingress]
+		meta.Ingress = map[IngressHook]uint32{IngressXDP: metaIngressXDP, IngressTC: metaIngressTC}[ingressHook]
+		meta.Flags = meta.Flags&^(metaIngressAuto|metaAutoVeth|metaAutoNoNativ) | why
 		if o.Egress {
 			if err := attachTC(dir, lnk, objs.tcEgress, egress, o.TC, &meta); err != nil {
 				return err

@@ -100,7 +100,7 @@ func TestLBAttachSharesMapsAndDetachLeavesNothing(t *testing.T) {
 
 	// An interface with another XDP program (here the counting datapath) is refused and leaves the
 	// balancer as it was.
-	if _, err := ld.Attach(loader.AttachOptions{Iface: "srv2", Netns: ns}); err != nil {
+	if _, err := ld.Attach(loader.AttachOptions{Iface: "srv2", Netns: ns, Ingress: loader.IngressXDP}); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := ld.AttachLB(loader.LBAttachOptions{Netns: ns, Ifaces: []string{"srv2"}}); err == nil {

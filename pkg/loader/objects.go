@@ -93,6 +93,10 @@ const (
 	metaClsactAdded = datapath.XdpMxMetaFlagsMX_META_CLSACT_ADDED
 	metaXDPNetlink  = datapath.XdpMxMetaFlagsMX_META_XDP_NETLINK
 	metaTCNetlink   = datapath.XdpMxMetaFlagsMX_META_TC_NETLINK
+	// Why the ingress hook is what it is (IngressAuto): chosen by attach, and for TC the reason.
+	metaIngressAuto = datapath.XdpMxMetaFlagsMX_META_INGRESS_AUTO
+	metaAutoVeth    = datapath.XdpMxMetaFlagsMX_META_AUTO_VETH
+	metaAutoNoNativ = datapath.XdpMxMetaFlagsMX_META_AUTO_NO_NATIVE
 )
 
 // XDP modes as stored in Meta.XdpMode (enum mx_xdp_mode; the field stays a uint32, so the values are

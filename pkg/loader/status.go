@@ -14,17 +14,20 @@ import (
 // Attachment describes what mptcp-xdp has attached to one interface. Field names are the
 // `status -o json` contract (docs/cli.md).
 type Attachment struct {
-	Netns      string    `json:"netns"`
-	Interface  string    `json:"interface"`
-	Ifindex    int       `json:"ifindex"`
-	PinDir     string    `json:"pin_dir"`
-	Ingress    string    `json:"ingress"`            // xdp or tc
-	XDPMode    string    `json:"xdp_mode,omitempty"` // native or generic, with ingress xdp
-	Egress     bool      `json:"egress"`
-	AttachedAt time.Time `json:"attached_at"`
-	Programs   []Program `json:"programs"`
-	Maps       []MapInfo `json:"maps"`
-	Problems   []string  `json:"problems,omitempty"`
+	Netns     string `json:"netns"`
+	Interface string `json:"interface"`
+	Ifindex   int    `json:"ifindex"`
+	PinDir    string `json:"pin_dir"`
+	Ingress   string `json:"ingress"` // xdp or tc
+	// IngressReason says why ingress is on that hook: "asked" (--ingress xdp or tc, or an XDP
+	// mode asked for), or "auto: ..." with the rule that chose it (IngressAuto).
+	IngressReason string    `json:"ingress_reason"`
+	XDPMode       string    `json:"xdp_mode,omitempty"` // native or generic, with ingress xdp
+	Egress        bool      `json:"egress"`
+	AttachedAt    time.Time `json:"attached_at"`
+	Programs      []Program `json:"programs"`
+	Maps          []MapInfo `json:"maps"`
+	Problems      []string  `json:"problems,omitempty"`
 }
 
 // Program is one attached program.
@@ -94,6 +97,9 @@ func (l *Loader) describePins(nsDir, iface string, pins []Pin) Attachment {
 	}
 	a.Ifindex = int(meta.Ifindex)
 	a.Ingress = map[uint32]string{metaIngressXDP: "xdp", metaIngressTC: "tc"}[meta.Ingress]
+	if ok {
+		a.IngressReason = ingressReason(meta)
+	}
 	a.XDPMode = modeName(meta.XdpMode)
 	a.Egress = meta.Egress != 0
 	if meta.AttachedNs != 0 {
@@ -211,4 +217,17 @@ func describeMap(m *ebpf.Map, pin string, count bool) MapInfo {
 		}
 	}
 	return mi
+}
+
+// ingressReason explains the ingress hook meta records.
+func ingressReason(meta Meta) string {
+	switch {
+	case meta.Flags&metaIngressAuto == 0:
+		return "asked"
+	case meta.Flags&metaAutoVeth != 0:
+		return "auto: a veth runs even native XDP on skbs already built, at the cost of GRO; tc ingress costs least"
+	case meta.Flags&metaAutoNoNativ != 0:
+		return "auto: the driver has no native XDP, and generic XDP costs more than the parser; tc ingress costs least"
+	}
+	return "auto: native XDP, which the driver runs before it builds an skb"
 }
