@@ -35,6 +35,8 @@ import (
 var wantModules = []string{
 	"virtio_pci", "9pnet_virtio", "9p", "veth", "sch_ingress", "cls_bpf", "sch_tbf", "ipip",
 	"ip6_tunnel", "tunnel4", "tunnel6",
+	// A device without native XDP for the automatic ingress hook's test (TestAutoIngress).
+	"bridge",
 	// ss reads sockets through sock_diag: tcp, udp, raw and MPTCP (ss -M) are modules on Debian.
 	"inet_diag", "tcp_diag", "udp_diag", "raw_diag", "mptcp_diag",
 }
