@@ -288,6 +288,11 @@ func (c *FileConfig) check() (*Desired, error) {
 	// The order of the file changes nothing: the backend set and the tables are built from the
 	// addresses (Maglev sorts by name), so instances given the same backends in any order agree.
 	sort.Slice(d.Backends, func(i, j int) bool { return d.Backends[i].Addr.Less(d.Backends[j].Addr) })
+	// Join entries likewise, so that they get the same VIP ids on every instance.
+	sort.Slice(d.JoinPorts, func(i, j int) bool {
+		a, b := d.JoinPorts[i].Addr, d.JoinPorts[j].Addr
+		return a.Addr().Less(b.Addr()) || a.Addr() == b.Addr() && a.Port() < b.Port()
+	})
 	return d, nil
 }
 

@@ -35,10 +35,12 @@ func TestParseConfigJoinAddr(t *testing.T) {
 	for _, jp := range d.JoinPorts {
 		got = append(got, fmt.Sprintf("%s->%s/%s", jp.Addr, jp.Owner, jp.Forward))
 	}
-	want := "10.0.0.10:20001->10.2.1.2/ipip [fd00::10]:20001->10.2.1.2/ipip [fd00::11]:20001->10.2.1.2/l2 " +
-		"[fd00:1::2]:80->10.2.1.2/ipip [fd00:1::2]:443->10.2.1.2/l2 " +
-		"10.0.0.10:20000->10.2.0.2/ipip [fd00::10]:20000->10.2.0.2/ipip [fd00::11]:20000->10.2.0.2/l2 " +
-		"[fd00:1::1]:80->10.2.0.2/ipip [fd00:1::1]:443->10.2.0.2/l2"
+	// In address order, whatever the file's order, so that instances give them the same ids.
+	want := "10.0.0.10:20000->10.2.0.2/ipip 10.0.0.10:20001->10.2.1.2/ipip " +
+		"[fd00::10]:20000->10.2.0.2/ipip [fd00::10]:20001->10.2.1.2/ipip " +
+		"[fd00::11]:20000->10.2.0.2/l2 [fd00::11]:20001->10.2.1.2/l2 " +
+		"[fd00:1::1]:80->10.2.0.2/ipip [fd00:1::1]:443->10.2.0.2/l2 " +
+		"[fd00:1::2]:80->10.2.1.2/ipip [fd00:1::2]:443->10.2.1.2/l2"
 	if strings.Join(got, " ") != want {
 		t.Errorf("join entries\n%s\nwant\n%s", strings.Join(got, " "), want)
 	}
