@@ -94,7 +94,7 @@ func TestTokenSteeringFleet(t *testing.T) {
 	if bad != 0 {
 		t.Errorf("%d of %d transfers failed", bad, n)
 	}
-	t.Logf("token steering, 3 balancers behind ECMP, %d connections: first subflows per balancer %v; joins steered by token %v (%d), "+
+	t.Logf("token steering, 3 balancers behind ECMP, %d connections: first subflows placed per balancer (new_flow) %v; joins steered by token %v (%d), "+
 		"reaching an instance without the token %v (%d, %.1f%%); of those, placed on the right backend by chance %d, refused by the backend "+
 		"(MPJoinNoTokenFound %v) %d (%.1f%% of all joins): %d connections left on one subflow, %d on two; %d of %d transfers intact",
 		n, firsts, steered, s, unknown, u, 100*float64(u)/n, lucky, d.MPTCP("MPJoinNoTokenFound"), refused, 100*float64(refused)/n,
