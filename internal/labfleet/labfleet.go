@@ -1,7 +1,7 @@
 // Package labfleet builds the fleet lab: several mptcp-xdp balancers behind a router's ECMP, as
 // production L4 balancing runs (DESIGN.md, "Fleets of balancers"). A router namespace R connects a
 // client (two links, so that every MPTCP connection can open a second subflow over its second
-// path), N balancer namespaces (one link each: one-armed, the balancer sends its encapsulated
+// path; its second path's endpoint is `subflow fullmesh`), N balancer namespaces (one link each: one-armed, the balancer sends its encapsulated
 // frames back to R with XDP_TX) and backend namespaces (one link each). R routes the VIPs over the
 // balancers as one ECMP route (fib_multipath_hash_policy 1: the 5-tuple), so the first subflow of
 // a connection and its join reach instances chosen independently. Backends answer clients
@@ -242,12 +242,14 @@ func (l *Lab) setup() error {
 		l.Paths = append(l.Paths, p)
 	}
 	// The client opens one subflow beyond the first, from its second path: to the VIP itself, or,
-	// when the server forbids that (the C flag), to the first address it announces.
+	// when the server forbids that (the C flag), to the first address it announces. A plain
+	// `subflow` endpoint serves only the former: Linux 6.18 joins an announced address from the
+	// first subflow's source address (over path 0), unless the endpoint is also `fullmesh`.
 	if _, err := l.IP(l.Client, "mptcp", "limits", "set", "subflows", "1", "add_addr_accepted", "1"); err != nil {
 		return err
 	}
 	for _, a := range []netip.Addr{l.Paths[1].ClientIP4, l.Paths[1].ClientIP6} {
-		if _, err := l.IP(l.Client, "mptcp", "endpoint", "add", a.String(), "dev", l.Paths[1].ClientIf, "subflow"); err != nil {
+		if _, err := l.IP(l.Client, "mptcp", "endpoint", "add", a.String(), "dev", l.Paths[1].ClientIf, "subflow", "fullmesh"); err != nil {
 			return err
 		}
 	}

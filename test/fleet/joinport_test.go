@@ -112,6 +112,28 @@ func joinFleet(t *testing.T, form joinForm, v6 bool, n int) {
 			t.Errorf("backend %d (%d connections): ss -M %+v", j, per[j], b)
 		}
 	}
+	// Every join left by the client's second path: toward an announced address, Linux 6.18's
+	// path manager uses its `fullmesh` endpoints (a plain `subflow` endpoint joins from the
+	// first subflow's address, measured: 0 of 200 from the second path).
+	joins, fromSecond := 0, 0
+	for k := range f.Balancers {
+		fl, err := f.Flows(k)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, x := range fl {
+			if x.Dst == f.vip(v6) {
+				continue
+			}
+			joins++
+			if a := x.Src.Addr(); a == f.Paths[1].ClientIP4 || a == f.Paths[1].ClientIP6 {
+				fromSecond++
+			}
+		}
+	}
+	if joins != n || fromSecond != n {
+		t.Errorf("the balancers hold %d join flows, %d of them from the client's second path, want %d", joins, fromSecond, n)
+	}
 	st1, err := f.BalancerStats()
 	if err != nil {
 		t.Fatal(err)
