@@ -18,7 +18,7 @@ import (
 // written once per instance with the backends in a different order.
 type Service struct {
 	Port         int    // the VIPs' port
-	Forward      string // ipip (default)
+	Forward      string // ipip or l2; "" is the lab's (Config.Forward)
 	JoinSteering bool   // join_steering
 	UnknownJoin  string // unknown_join; "" is the default (drop)
 	// JoinPortBase: backend j gets join_port JoinPortBase+j (0: no join ports).
@@ -52,7 +52,7 @@ func SeedFile(dir string) (string, error) {
 func (l *Lab) ConfigFile(k int, s Service) string {
 	fwd := s.Forward
 	if fwd == "" {
-		fwd = "ipip"
+		fwd = l.Config.Forward
 	}
 	var b strings.Builder
 	fmt.Fprintf(&b, "interfaces: [%s]\nmode: native\n", l.Balancers[k].If)

@@ -15,6 +15,10 @@
 //	              └            ├─b1/eth0─ backend 1
 //	                           └─b2/eth0─ backend 2
 //
+// With Config.Forward "l2" the backends sit on a bridge in R (br0, 10.3.0.0/24) instead, and every
+// balancer has a second link onto it (eth1) through which it forwards by MAC rewrite
+// (XDP_REDIRECT from eth0); the backends need no decapsulator then.
+//
 // The route to the VIPs comes from a RouteSource: Static (multipath routes written by the lab) by
 // default; a routing daemon (BGP) can install it instead. R ignores routes through a link that is
 // down (ignore_routes_with_linkdown), so a balancer whose link fails leaves the ECMP set. R's
@@ -70,6 +74,11 @@ type Config struct {
 	Binary string
 	// Routes installs R's route to the VIPs; nil means Static{}.
 	Routes RouteSource
+	// Forward is how the balancers reach the backends: "ipip" (the default: one link per
+	// backend to R, the balancers one-armed, the backends decapsulating) or "l2" (the backends on
+	// a bridge in R, and every balancer with a second link onto that bridge, through which it
+	// forwards by MAC).
+	Forward string
 }
 
 // Path is one client–R link.
@@ -88,9 +97,22 @@ type Balancer struct {
 	If, RIf   string // "eth0" in the balancer, "l<k>" in R
 	IP4, RIP4 netip.Addr
 	IP6, RIP6 netip.Addr
+	// l2: the link onto the backends' bridge, "eth1" in the balancer, "s<k>" (a port of br0) in R.
+	SegIf, SegRIf string
+	SegIP4        netip.Addr
+	SegIP6        netip.Addr
 }
 
-// Backend is one backend namespace and its link to R.
+// Bridge is R's bridge of the backends' segment in l2 mode, and R's addresses on it.
+const Bridge = "br0"
+
+var (
+	bridgeIP4 = netip.MustParseAddr("10.3.0.1")
+	bridgeIP6 = netip.MustParseAddr("fd03::1")
+)
+
+// Backend is one backend namespace and its link to R (in l2 mode, to a port of R's bridge, and
+// RIP4/RIP6 are the bridge's addresses).
 type Backend struct {
 	Index     int
 	Netns     string
@@ -135,6 +157,13 @@ func New(cfg Config) (_ *Lab, err error) {
 	}
 	if cfg.Routes == nil {
 		cfg.Routes = Static{}
+	}
+	switch cfg.Forward {
+	case "":
+		cfg.Forward = "ipip"
+	case "ipip", "l2":
+	default:
+		return nil, fmt.Errorf("labfleet: forward %q: want ipip or l2", cfg.Forward)
 	}
 	if cfg.Prefix == "" {
 		var b [2]byte
@@ -254,6 +283,19 @@ func (l *Lab) setup() error {
 		}
 	}
 
+	l2 := cfg.Forward == "l2"
+	if l2 {
+		for _, r := range [][]string{
+			{"link", "add", Bridge, "type", "bridge"},
+			{"addr", "add", bridgeIP4.String() + "/24", "dev", Bridge},
+			{"addr", "add", bridgeIP6.String() + "/64", "dev", Bridge, "nodad"},
+			{"link", "set", Bridge, "up"},
+		} {
+			if _, err := l.IP(l.Router, r...); err != nil {
+				return err
+			}
+		}
+	}
 	for k := range cfg.Balancers {
 		b := Balancer{
 			Index: k, Netns: l.made[2+k], If: "eth0", RIf: "l" + strconv.Itoa(k),
@@ -280,11 +322,20 @@ func (l *Lab) setup() error {
 		if _, err := l.Exec("", l.Config.Binary, "--netns", l.Router, "attach", b.RIf, "--no-egress", "--mode", "native"); err != nil {
 			return fmt.Errorf("balancer %d: xdp on R's %s: %w", k, b.RIf, err)
 		}
-		rif := b.RIf
-		l.cleanup = append(l.cleanup, func() error {
-			_, err := l.Exec("", l.Config.Binary, "--netns", l.Router, "detach", rif)
-			return err
-		})
+		l.detachLater(b.RIf)
+		if l2 {
+			b.SegIf, b.SegRIf = "eth1", "s"+strconv.Itoa(k)
+			b.SegIP4 = netip.AddrFrom4([4]byte{10, 3, 0, byte(20 + k)})
+			b.SegIP6 = netip.MustParseAddr(fmt.Sprintf("fd03::%d", 20+k))
+			if err := l.link(b.Netns, b.SegIf, b.SegIP4, b.SegIP6, l.Router, b.SegRIf, netip.Addr{}, netip.Addr{}, LinkMTU); err != nil {
+				return fmt.Errorf("balancer %d: %w", k, err)
+			}
+			// The balancer redirects frames into eth1: R's end needs NAPI, as above.
+			if _, err := l.Exec("", l.Config.Binary, "--netns", l.Router, "attach", b.SegRIf, "--no-egress", "--mode", "native"); err != nil {
+				return fmt.Errorf("balancer %d: xdp on R's %s: %w", k, b.SegRIf, err)
+			}
+			l.detachLater(b.SegRIf)
+		}
 		l.Balancers = append(l.Balancers, b)
 	}
 
@@ -296,7 +347,14 @@ func (l *Lab) setup() error {
 			IP6:  netip.MustParseAddr(fmt.Sprintf("fd02:%d::2", j)),
 			RIP6: netip.MustParseAddr(fmt.Sprintf("fd02:%d::1", j)),
 		}
-		if err := l.link(b.Netns, b.If, b.IP4, b.IP6, l.Router, b.RIf, b.RIP4, b.RIP6, LinkMTU); err != nil {
+		rip4, rip6 := b.RIP4, b.RIP6
+		if l2 {
+			b.IP4 = netip.AddrFrom4([4]byte{10, 3, 0, byte(10 + j)})
+			b.IP6 = netip.MustParseAddr(fmt.Sprintf("fd03::%d", 10+j))
+			b.RIP4, b.RIP6 = bridgeIP4, bridgeIP6
+			rip4, rip6 = netip.Addr{}, netip.Addr{}
+		}
+		if err := l.link(b.Netns, b.If, b.IP4, b.IP6, l.Router, b.RIf, rip4, rip6, LinkMTU); err != nil {
 			return fmt.Errorf("backend %d: %w", j, err)
 		}
 		if err := lab.WriteSysctls(b.Netns, map[string]string{
@@ -316,6 +374,10 @@ func (l *Lab) setup() error {
 			if _, err := l.IP(b.Netns, r...); err != nil {
 				return fmt.Errorf("backend %d: %w", j, err)
 			}
+		}
+		if l2 {
+			l.Backends = append(l.Backends, b)
+			continue
 		}
 		args := []string{"--netns", b.Netns, "lb", "decap", b.If}
 		for _, lb := range l.Balancers {
@@ -337,8 +399,17 @@ func (l *Lab) setup() error {
 	return nil
 }
 
+// detachLater detaches the counting datapath from R's interface dev when the lab closes.
+func (l *Lab) detachLater(dev string) {
+	l.cleanup = append(l.cleanup, func() error {
+		_, err := l.Exec("", l.Config.Binary, "--netns", l.Router, "detach", dev)
+		return err
+	})
+}
+
 // link makes a veth pair from (ns1, if1) to (ns2, if2) with addresses (and MTU mtu unless 0), TX
-// checksum offload off and GRO on at both ends, and brings it up.
+// checksum offload off and GRO on at both ends, and brings it up. An end in R without addresses
+// is a port of R's bridge.
 func (l *Lab) link(ns1, if1 string, a4, a6 netip.Addr, ns2, if2 string, b4, b6 netip.Addr, mtu int) error {
 	if _, err := l.IP(ns1, "link", "add", if1, "type", "veth", "peer", "name", if2, "netns", ns2); err != nil {
 		return err
@@ -355,11 +426,17 @@ func (l *Lab) link(ns1, if1 string, a4, a6 netip.Addr, ns2, if2 string, b4, b6 n
 				return err
 			}
 		}
-		if _, err := l.IP(e.ns, "addr", "add", e.ip4.String()+"/24", "dev", e.dev); err != nil {
-			return err
-		}
-		if _, err := l.IP(e.ns, "addr", "add", e.ip6.String()+"/64", "dev", e.dev, "nodad"); err != nil {
-			return err
+		if !e.ip4.IsValid() {
+			if _, err := l.IP(e.ns, "link", "set", e.dev, "master", Bridge); err != nil {
+				return err
+			}
+		} else {
+			if _, err := l.IP(e.ns, "addr", "add", e.ip4.String()+"/24", "dev", e.dev); err != nil {
+				return err
+			}
+			if _, err := l.IP(e.ns, "addr", "add", e.ip6.String()+"/64", "dev", e.dev, "nodad"); err != nil {
+				return err
+			}
 		}
 		if _, err := l.IP(e.ns, "link", "set", e.dev, "up"); err != nil {
 			return err
@@ -380,7 +457,7 @@ func (l *Lab) link(ns1, if1 string, a4, a6 netip.Addr, ns2, if2 string, b4, b6 n
 	return nil
 }
 
-// SetBalancerLink brings balancer k's link up or down at both ends: down, R sees no carrier and
+// SetBalancerLink brings balancer k's links up or down at both ends: down, R sees no carrier and
 // leaves it out of the ECMP set (ignore_routes_with_linkdown).
 func (l *Lab) SetBalancerLink(k int, up bool) error {
 	state := "down"
@@ -388,15 +465,20 @@ func (l *Lab) SetBalancerLink(k int, up bool) error {
 		state = "up"
 	}
 	b := l.Balancers[k]
-	if _, err := l.IP(b.Netns, "link", "set", b.If, state); err != nil {
-		return err
-	}
-	if up {
-		if _, err := l.Exec(b.Netns, "ethtool", "-K", b.If, "gro", "off"); err != nil {
+	for _, dev := range []string{b.If, b.SegIf} {
+		if dev == "" {
+			continue
+		}
+		if _, err := l.IP(b.Netns, "link", "set", dev, state); err != nil {
 			return err
 		}
-		if _, err := l.Exec(b.Netns, "ethtool", "-K", b.If, "gro", "on"); err != nil {
-			return err
+		if up {
+			if _, err := l.Exec(b.Netns, "ethtool", "-K", dev, "gro", "off"); err != nil {
+				return err
+			}
+			if _, err := l.Exec(b.Netns, "ethtool", "-K", dev, "gro", "on"); err != nil {
+				return err
+			}
 		}
 	}
 	return nil

@@ -28,12 +28,17 @@ var resetCounters = []string{
 func TestBalancerDies(t *testing.T) {
 	t.Run("ipv4-port", func(t *testing.T) { balancerDies(t, portForm, false) })
 	t.Run("ipv6-addr", func(t *testing.T) { balancerDies(t, addrForm, true) })
+	t.Run("l2-ipv4-port", func(t *testing.T) { balancerDies(t, portForm, false, "l2") })
 }
 
-func balancerDies(t *testing.T, form joinForm, v6 bool) {
+// balancerDies runs the failover in a fleet forwarding by ipip, or as forward says.
+func balancerDies(t *testing.T, form joinForm, v6 bool, forward ...string) {
 	ctx, cancel := context.WithTimeout(context.Background(), 150*time.Second)
 	defer cancel()
 	svc := labfleet.Service{JoinSteering: false}
+	if len(forward) != 0 {
+		svc.Forward = forward[0]
+	}
 	if form == portForm {
 		svc.JoinPortBase = 20000
 	} else {
@@ -184,9 +189,9 @@ func balancerDies(t *testing.T, form joinForm, v6 bool) {
 	if len(moved) == 0 || miss[(dead+1)%3]+miss[(dead+2)%3] == 0 {
 		t.Errorf("no flow moved: %d connections had a subflow on balancer %d, survivors' non-SYN misses %v", len(moved), dead, miss)
 	}
-	t.Logf("%s: balancer %d (%d of %d flows) lost its link during %d paced 4 MiB transfers; R left it out of the ECMP set %v later; "+
+	t.Logf("%s, %s: balancer %d (%d of %d flows) lost its link during %d paced 4 MiB transfers; R left it out of the ECMP set %v later; "+
 		"%d subflows of %d connections (%.1f%%) had run through it and moved, the survivors placed %v non-SYN frames of unknown flows; "+
 		"%d of %d transfers intact, %d connections on two subflows after the failover, resets %v; retransmitted segments: client %d, backends %v",
-		f.vip(v6), dead, most, len(on), n, left.Round(time.Millisecond), movedSubs, len(moved), 100*float64(len(moved))/n, miss,
+		f.Config.Forward, f.vip(v6), dead, most, len(on), n, left.Round(time.Millisecond), movedSubs, len(moved), 100*float64(len(moved))/n, miss,
 		n-bad, n, two, resets, cd["Tcp.RetransSegs"], d.Get("Tcp.RetransSegs"))
 }

@@ -51,12 +51,17 @@ func TestJoinPortsFleet(t *testing.T) {
 	t.Run("ipv4-port", func(t *testing.T) { joinFleet(t, portForm, false, n) })
 	t.Run("ipv6-port", func(t *testing.T) { ipv6PortForm(t) })
 	t.Run("ipv6-addr", func(t *testing.T) { joinFleet(t, addrForm, true, n) })
+	t.Run("l2-ipv4-port", func(t *testing.T) { joinFleet(t, portForm, false, n, "l2") })
 }
 
-func joinFleet(t *testing.T, form joinForm, v6 bool, n int) {
+// joinFleet runs n connections through a fleet forwarding by ipip, or as forward says.
+func joinFleet(t *testing.T, form joinForm, v6 bool, n int, forward ...string) {
 	ctx, cancel := context.WithTimeout(context.Background(), 150*time.Second)
 	defer cancel()
 	svc := labfleet.Service{JoinSteering: false}
+	if len(forward) != 0 {
+		svc.Forward = forward[0]
+	}
 	if form == portForm {
 		svc.JoinPortBase = 20000
 	} else {
@@ -138,6 +143,11 @@ func joinFleet(t *testing.T, form joinForm, v6 bool, n int) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	// Every frame went the configured way: l2 by MAC rewrite through the bridge, ipip tunnelled.
+	l2, ipip := labfleet.Sum(labfleet.Stat(st1, st0, lb.StatFwdL2)), labfleet.Sum(labfleet.Stat(st1, st0, lb.StatFwdIPIP))
+	if (f.Config.Forward == "l2") != (l2 > 0 && ipip == 0) || (f.Config.Forward == "ipip") != (ipip > 0 && l2 == 0) {
+		t.Errorf("%s: the balancers forwarded %d frames by l2, %d by ipip", f.Config.Forward, l2, ipip)
+	}
 	for _, s := range []lb.Stat{lb.StatJoinSteered, lb.StatJoinUnknown, lb.StatTokenLearned} {
 		if v := labfleet.Stat(st1, st0, s); labfleet.Sum(v) != 0 {
 			t.Errorf("balancers counted %s %v, want none", s, v)
@@ -156,9 +166,9 @@ func joinFleet(t *testing.T, form joinForm, v6 bool, n int) {
 	if form == addrForm {
 		where = "the backend's own IPv6 join address at the VIP's port"
 	}
-	t.Logf("%d connections to %s on backends %v, joins to %s: %d on two subflows on their backend (ss -M), MPJoinAckRx %v, "+
+	t.Logf("%s: %d connections to %s on backends %v, joins to %s: %d on two subflows on their backend (ss -M), MPJoinAckRx %v, "+
 		"MPJoinNoTokenFound %v, flows placed per balancer (new_flow) %v, nothing steered or learned by token; %d of %d transfers intact",
-		n, f.vip(v6), per, where, two, d.MPTCP("MPJoinAckRx"), d.MPTCP("MPJoinNoTokenFound"),
+		f.Config.Forward, n, f.vip(v6), per, where, two, d.MPTCP("MPJoinAckRx"), d.MPTCP("MPJoinNoTokenFound"),
 		labfleet.Stat(st1, st0, lb.StatNewFlow), n-bad, n)
 }
 

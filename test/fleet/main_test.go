@@ -51,7 +51,7 @@ type fleet struct {
 func newFleet(t *testing.T, svc labfleet.Service) *fleet {
 	t.Helper()
 	testutil.RequireRoot(t)
-	l, err := labfleet.New(labfleet.Config{Binary: bin})
+	l, err := labfleet.New(labfleet.Config{Binary: bin, Forward: svc.Forward})
 	if err != nil {
 		t.Fatal(err)
 	}
