@@ -72,6 +72,15 @@ func (l *Lab) Route(p netip.Prefix) (hops []NextHop, proto string, err error) {
 	if err != nil {
 		return nil, "", err
 	}
+	hops, proto, err = parseRoute(out)
+	if err != nil {
+		return nil, "", fmt.Errorf("R's route to %s: %w", p, err)
+	}
+	return hops, proto, nil
+}
+
+// parseRoute reads the one route of `ip -j route show exact PREFIX`.
+func parseRoute(out string) (hops []NextHop, proto string, err error) {
 	type hop struct {
 		Gateway string   `json:"gateway"`
 		Dev     string   `json:"dev"`
@@ -83,10 +92,10 @@ func (l *Lab) Route(p netip.Prefix) (hops []NextHop, proto string, err error) {
 		Nexthops []hop  `json:"nexthops"`
 	}
 	if err := json.Unmarshal([]byte(out), &rs); err != nil {
-		return nil, "", fmt.Errorf("ip -j route show %s in %s: %w: %q", p, l.Router, err, out)
+		return nil, "", fmt.Errorf("ip -j route: %w: %q", err, out)
 	}
 	if len(rs) != 1 {
-		return nil, "", fmt.Errorf("R's routes to %s: %d, want 1: %q", p, len(rs), out)
+		return nil, "", fmt.Errorf("%d routes, want 1: %q", len(rs), out)
 	}
 	r := rs[0]
 	nh := r.Nexthops
@@ -96,7 +105,7 @@ func (l *Lab) Route(p netip.Prefix) (hops []NextHop, proto string, err error) {
 	for _, h := range nh {
 		gw, err := netip.ParseAddr(h.Gateway)
 		if err != nil {
-			return nil, "", fmt.Errorf("R's route to %s: gateway %q: %w", p, h.Gateway, err)
+			return nil, "", fmt.Errorf("gateway %q: %w", h.Gateway, err)
 		}
 		hops = append(hops, NextHop{Gateway: gw, Dev: h.Dev, Flags: h.Flags})
 	}
