@@ -240,6 +240,16 @@ func (l *Lab) setup() error {
 		return err
 	}
 
+	// R hashes a forwarded packet by its L4 hash when the skb has one (fib_multipath_hash,
+	// policy 1), and veth hands R the hash the client's socket put on the skb (sk_txhash): random
+	// per socket, and drawn again at every retransmission timeout. A router fed by a wire hashes
+	// the headers, so a flow keeps its instance; with rehashing on, a join SYN dropped by an
+	// instance without its token would find another one on its next try. The client keeps its
+	// sockets' hashes (net.core.txrehash=0): each flow keeps one random instance, as behind a
+	// real router.
+	if err := lab.WriteSysctls(l.Client, map[string]string{"net/core/txrehash": "0"}); err != nil {
+		return err
+	}
 	for i := range 2 {
 		p := Path{
 			Index: i, ClientIf: "p" + strconv.Itoa(i), RIf: "c" + strconv.Itoa(i), ClientNetns: l.Client,
@@ -443,9 +453,8 @@ func (l *Lab) link(ns1, if1 string, a4, a6 netip.Addr, ns2, if2 string, b4, b6 n
 		}
 		// TX checksum offload off: frames that leave through XDP lose the partial-checksum
 		// state. GRO on after up (veth sets up its NAPI only when GRO changes on an up device),
-		// but off in R: R forwards what it receives, and an aggregate longer than the MTU is no
-		// packet a balancer's XDP or a backend's decapsulator takes (the balancer passes it to its
-		// stack, counted in "aggregate"). R's balancer-facing ends get their NAPI from XDP.
+		// but off in R, which then forwards packets as it received them; R's balancer-facing
+		// ends get their NAPI from XDP instead.
 		gro := "on"
 		if e.ns == l.Router {
 			gro = "off"
