@@ -7,10 +7,13 @@ import (
 	"slices"
 )
 
-// RouteSource installs R's routes to the service prefixes (Lab.Prefixes) over the balancers. The
-// lab calls Install once R and the balancers' links are up, and Close when it is closed.
+// RouteSource installs R's routes to the service prefixes over the balancers. The lab calls
+// Install once R and the balancers' links are up (a routing daemon may install the routes later,
+// once the balancers announce them), and Close when it is closed. Routed lists the prefixes it
+// routes.
 type RouteSource interface {
 	Install(l *Lab) error
+	Routed(l *Lab) []netip.Prefix
 	Close() error
 }
 
@@ -41,6 +44,9 @@ func (Static) Install(l *Lab) error {
 
 // Close does nothing: the routes go with R.
 func (Static) Close() error { return nil }
+
+// Routed is every service prefix (Lab.Prefixes).
+func (Static) Routed(l *Lab) []netip.Prefix { return l.Prefixes() }
 
 // Prefixes are the service prefixes R routes over the balancers: the VIPs and the backends' IPv6
 // join addresses (JoinPrefix6).

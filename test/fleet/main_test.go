@@ -80,8 +80,14 @@ func newFleet(t *testing.T, svc labfleet.Service) *fleet {
 		}
 		f.procs = append(f.procs, p)
 	}
-	for _, p := range l.Prefixes() {
-		if got, err := l.UsableBalancers(p); err != nil || len(got) != len(l.Balancers) {
+	// R's FIB: every prefix the route source routes, over every balancer (a routing daemon
+	// installs its routes once the balancers announce them).
+	for _, p := range l.Config.Routes.Routed(l) {
+		var got []int
+		if !waitFor(30*time.Second, func() bool {
+			got, err = l.UsableBalancers(p)
+			return err == nil && len(got) == len(l.Balancers)
+		}) {
 			t.Fatalf("R routes %s over balancers %v (%v), want all %d", p, got, err, len(l.Balancers))
 		}
 	}
