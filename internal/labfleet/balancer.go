@@ -27,7 +27,19 @@ type Service struct {
 	JoinAddrs bool
 	// SeedFile is the fleet's hash_seed_file; empty: New's.
 	SeedFile string
+	// BGP: every instance announces the VIPs to R over BGP (a bgp section: AS BalancerASN, one
+	// session to R's address on its link, hold time BGPHoldTime, next hops its own addresses);
+	// R runs the BGP route source.
+	BGP bool
 }
+
+// The fleet's BGP: R's AS, the balancers' (one AS for the fleet, so their routes are equal), and
+// the sessions' hold time in seconds.
+const (
+	RouterASN   = 65000
+	BalancerASN = 65001
+	BGPHoldTime = 9
+)
 
 // JoinPort is backend j's join port, 0 without join ports.
 func (s Service) JoinPort(j int) int {
@@ -65,6 +77,11 @@ func (l *Lab) ConfigFile(k int, s Service) string {
 		if s.UnknownJoin != "" {
 			fmt.Fprintf(&b, "    unknown_join: %s\n", s.UnknownJoin)
 		}
+	}
+	if s.BGP {
+		lb := l.Balancers[k]
+		fmt.Fprintf(&b, "bgp:\n  local_asn: %d\n  router_id: %s\n  next_hop:\n    v4: %s\n    v6: %s\n  peers:\n"+
+			"    - address: %s\n      asn: %d\n      hold_time: %ds\n", BalancerASN, lb.IP4, lb.IP4, lb.IP6, lb.RIP4, RouterASN, BGPHoldTime)
 	}
 	b.WriteString("backends:\n")
 	n := len(l.Backends)

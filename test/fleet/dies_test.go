@@ -26,25 +26,34 @@ var resetCounters = []string{
 // misses) or the joins' single-owner join entries, on the same backends. Every connection must
 // complete intact with both its subflows, and no reset or abort may be counted anywhere.
 func TestBalancerDies(t *testing.T) {
-	t.Run("ipv4-port", func(t *testing.T) { balancerDies(t, portForm, false) })
-	t.Run("ipv6-addr", func(t *testing.T) { balancerDies(t, addrForm, true) })
-	t.Run("l2-ipv4-port", func(t *testing.T) { balancerDies(t, portForm, false, "l2") })
+	t.Run("ipv4-port", func(t *testing.T) { balancerDies(t, dieCase{form: portForm}) })
+	t.Run("ipv6-addr", func(t *testing.T) { balancerDies(t, dieCase{form: addrForm, v6: true}) })
+	t.Run("l2-ipv4-port", func(t *testing.T) { balancerDies(t, dieCase{form: portForm, forward: "l2"}) })
 }
 
-// balancerDies runs the failover in a fleet forwarding by ipip, or as forward says.
-func balancerDies(t *testing.T, form joinForm, v6 bool, forward ...string) {
+// dieCase is one failover: the joins' form, the family, the forwarding ("": ipip), and how the
+// instance dies (its links go down, or, with kill, its lb run is SIGKILLed and its datapath
+// stays), with R's routes from routes (nil: static) and the instances announcing over BGP.
+type dieCase struct {
+	form    joinForm
+	v6      bool
+	forward string
+	kill    bool
+	routes  labfleet.RouteSource
+	bgp     bool
+}
+
+func balancerDies(t *testing.T, c dieCase) {
 	ctx, cancel := context.WithTimeout(context.Background(), 150*time.Second)
 	defer cancel()
-	svc := labfleet.Service{JoinSteering: false}
-	if len(forward) != 0 {
-		svc.Forward = forward[0]
-	}
+	form, v6 := c.form, c.v6
+	svc := labfleet.Service{JoinSteering: false, Forward: c.forward, BGP: c.bgp}
 	if form == portForm {
 		svc.JoinPortBase = 20000
 	} else {
 		svc.JoinAddrs = true
 	}
-	f := newFleet(t, svc)
+	f := newFleet(t, svc, c.routes)
 	f.setupJoins(t, form, v6)
 	const n = 120
 	base, err := f.BackendMIBs()
@@ -94,12 +103,16 @@ func balancerDies(t *testing.T, form joinForm, v6 bool, forward ...string) {
 		}
 	}
 	down := time.Now()
-	if err := f.SetBalancerLink(dead, false); err != nil {
+	how := "lost its link"
+	if c.kill {
+		how = "had its lb run SIGKILLed"
+		f.procs[dead].Kill()
+	} else if err := f.SetBalancerLink(dead, false); err != nil {
 		t.Fatal(err)
 	}
 	var left time.Duration
-	if !waitFor(10*time.Second, func() bool {
-		for _, p := range f.Prefixes() {
+	if !waitFor(15*time.Second, func() bool {
+		for _, p := range f.Config.Routes.Routed(f.Lab) {
 			u, err := f.UsableBalancers(p)
 			if err != nil || slices.Contains(u, dead) || len(u) != len(f.Balancers)-1 {
 				return false
@@ -189,9 +202,18 @@ func balancerDies(t *testing.T, form joinForm, v6 bool, forward ...string) {
 	if len(moved) == 0 || miss[(dead+1)%3]+miss[(dead+2)%3] == 0 {
 		t.Errorf("no flow moved: %d connections had a subflow on balancer %d, survivors' non-SYN misses %v", len(moved), dead, miss)
 	}
-	t.Logf("%s, %s: balancer %d (%d of %d flows) lost its link during %d paced 4 MiB transfers; R left it out of the ECMP set %v later; "+
+	if c.kill {
+		// The datapath outlived its control plane: still pinned and attached.
+		m, err := f.OpenBalancer(dead)
+		if err != nil {
+			t.Errorf("balancer %d's datapath after lb run was killed: %v", dead, err)
+		} else {
+			m.Close()
+		}
+	}
+	t.Logf("%s, %s: balancer %d (%d of %d flows) %s during %d paced 4 MiB transfers; R left it out of the ECMP set %v later; "+
 		"%d subflows of %d connections (%.1f%%) had run through it and moved, the survivors placed %v non-SYN frames of unknown flows; "+
 		"%d of %d transfers intact, %d connections on two subflows after the failover, resets %v; retransmitted segments: client %d, backends %v",
-		f.Config.Forward, f.vip(v6), dead, most, len(on), n, left.Round(time.Millisecond), movedSubs, len(moved), 100*float64(len(moved))/n, miss,
+		f.Config.Forward, f.vip(v6), dead, most, len(on), how, n, left.Round(time.Millisecond), movedSubs, len(moved), 100*float64(len(moved))/n, miss,
 		n-bad, n, two, resets, cd["Tcp.RetransSegs"], d.Get("Tcp.RetransSegs"))
 }

@@ -45,13 +45,17 @@ type fleet struct {
 	dir   string
 }
 
-// newFleet builds the lab, starts the backends' servers and every balancer's lb run --config
+// newFleet builds the lab (R's routes from routes[0] if given, else static), starts the backends' servers and every balancer's lb run --config
 // with svc (a fresh seed file shared by all), and checks that R routes every service prefix
 // over all balancers; everything is undone when the test ends.
-func newFleet(t *testing.T, svc labfleet.Service) *fleet {
+func newFleet(t *testing.T, svc labfleet.Service, routes ...labfleet.RouteSource) *fleet {
 	t.Helper()
 	testutil.RequireRoot(t)
-	l, err := labfleet.New(labfleet.Config{Binary: bin, Forward: svc.Forward})
+	cfg := labfleet.Config{Binary: bin, Forward: svc.Forward}
+	if len(routes) != 0 {
+		cfg.Routes = routes[0]
+	}
+	l, err := labfleet.New(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
