@@ -3,8 +3,9 @@
 // client (two links, so that every MPTCP connection can open a second subflow over its second
 // path; its second path's endpoint is `subflow fullmesh`), N balancer namespaces (one link each: one-armed, the balancer sends its encapsulated
 // frames back to R with XDP_TX) and backend namespaces (one link each). R routes the VIPs over the
-// balancers as one ECMP route (fib_multipath_hash_policy 1: the 5-tuple), so the first subflow of
-// a connection and its join reach instances chosen independently. Backends answer clients
+// balancers as one ECMP route (fib_multipath_hash_policy 1: the 5-tuple; in this lab the hash the
+// client's socket put on the packet, which is fixed per flow and independent between flows, see
+// setup), so the first subflow of a connection and its join reach instances chosen independently. Backends answer clients
 // directly through R (direct server return: the VIP on lo, ARP/ND for it off) and decapsulate with
 // `mptcp-xdp lb decap` (the development kernel has no ipip driver).
 //
