@@ -315,4 +315,3 @@ func TestChildEndsWithItsPipe(t *testing.T) {
 		t.Fatal(err)
 	}
 }
-
