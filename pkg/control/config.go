@@ -14,6 +14,7 @@ import (
 
 	"gopkg.in/yaml.v3"
 
+	"github.com/mptcp-xdp/mptcp-xdp/pkg/bgp"
 	"github.com/mptcp-xdp/mptcp-xdp/pkg/lb"
 	"github.com/mptcp-xdp/mptcp-xdp/pkg/loader"
 )
@@ -35,6 +36,8 @@ type FileConfig struct {
 	// HealthCheck, if given, checks every VIP's backends (a VIP's own section overrides its
 	// fields); without it and without a VIP's own, nothing is checked.
 	HealthCheck *ConfigHealthCheck `yaml:"health_check,omitempty"`
+	// BGP, if given, announces the VIPs' addresses to routers (bgpconfig.go; docs/lb.md, "BGP").
+	BGP *ConfigBGP `yaml:"bgp,omitempty"`
 }
 
 // ConfigHealthCheck is a health_check section (docs/lb.md, "Health checks"): a TCP connect to
@@ -81,6 +84,7 @@ type Desired struct {
 	VIPs      []DesiredVIP
 	Backends  []BackendSpec
 	JoinPorts []DesiredJoinPort
+	BGP       *bgp.Config // nil: no bgp section, nothing announced
 }
 
 // DesiredJoinPort is one backend's join port on one VIP's address.
@@ -247,6 +251,12 @@ func (c *FileConfig) check() (*Desired, error) {
 				}
 				d.JoinPorts = append(d.JoinPorts, DesiredJoinPort{Addr: jp, Owner: a, Forward: v.Policy.Forward})
 			}
+		}
+	}
+	if c.BGP != nil {
+		var err error
+		if d.BGP, err = c.BGP.check(); err != nil {
+			return nil, err
 		}
 	}
 	// The order of the file changes nothing: the backend set and the tables are built from the
