@@ -1,0 +1,171 @@
+package lb
+
+import (
+	"context"
+	"fmt"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/mptcp-xdp/mptcp-xdp/internal/labbgp"
+	"github.com/mptcp-xdp/mptcp-xdp/internal/lablb"
+)
+
+// TestLBRunAnnounces: `lb run --config` with a bgp section, BIRD 2 in the client's namespace as
+// the router (a v4 and a v6 session to the balancer's first path), the router's kernel FIB as the
+// ground truth. The VIPs (v4, v6 over MP-BGP) appear there through the balancer's addresses once
+// it serves; `lb backend drain` of every backend withdraws them and `lb backend add` brings them
+// back; the health check failing for every backend withdraws them and its recovery brings them
+// back; lb status shows the sessions and the announcements; SIGTERM withdraws them before lb run
+// exits, leaving the datapath pinned; and `lb detach` under a running lb run withdraws them too.
+// Every latency is logged (docs/lb.md, "BGP", quotes them).
+func TestLBRunAnnounces(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 240*time.Second)
+	defer cancel()
+	s := newConfigSetup(ctx, t, lablb.Config{Prefix: fmt.Sprintf("bg%06x", time.Now().UnixNano()&0xffffff), NoEndpoints: true})
+	l := s.Lab
+	port := s.vip.Port()
+	var hl []*healthListener
+	for _, b := range l.Backends {
+		hl = append(hl, listenHealth(ctx, t, b, port))
+	}
+	p0 := l.Paths[0]
+	r, err := labbgp.New(l.Client, labbgp.Config{RouterID: p0.ClientIP4, ASN: 65000, Peers: []labbgp.Peer{
+		{Addr: p0.LBIP4, ASN: 65001}, {Addr: p0.LBIP6, ASN: 65001},
+	}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if t.Failed() {
+			t.Logf("bird log:\n%s", r.Log())
+		}
+		r.Close()
+	})
+	vip4 := netip.PrefixFrom(l.VIP4, 32)
+	vip6 := netip.PrefixFrom(l.VIP6, 128)
+	var cfg strings.Builder
+	cfg.WriteString(s.configInterfaces())
+	cfg.WriteString("health_check:\n  interval: 200ms\n  timeout: 100ms\n  rise: 2\n  fall: 2\n")
+	fmt.Fprintf(&cfg, "vips:\n  - addr: %s\n  - addr: \"[%s]:%d\"\nbackends:\n", s.vip, l.VIP6, port)
+	for _, b := range l.Backends {
+		fmt.Fprintf(&cfg, "  - addr: %s\n", b.IP4)
+	}
+	fmt.Fprintf(&cfg, "bgp:\n  local_asn: 65001\n  router_id: %s\n  peers:\n", p0.LBIP4)
+	fmt.Fprintf(&cfg, "    - address: %s\n      asn: 65000\n      hold_time: 9s\n", p0.ClientIP4)
+	fmt.Fprintf(&cfg, "    - address: %s\n      asn: 65000\n      hold_time: 9s\n", p0.ClientIP6)
+	file := filepath.Join(t.TempDir(), "lb.yaml")
+	if err := os.WriteFile(file, []byte(cfg.String()), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _, _ = mxErr("--netns", l.LB, "lb", "detach") })
+
+	wait := func(what string, since time.Time, hops4, hops6 []netip.Addr, cp *controlPlane) time.Duration {
+		t.Helper()
+		wctx, wcancel := context.WithTimeout(ctx, 60*time.Second)
+		defer wcancel()
+		for _, w := range []struct {
+			p    netip.Prefix
+			hops []netip.Addr
+		}{{vip4, hops4}, {vip6, hops6}} {
+			got, err := r.WaitNextHops(wctx, w.p, len(w.hops))
+			if err != nil {
+				t.Fatalf("%s: %v\nlb run:\n%s", what, err, cp.logs)
+			}
+			for i := range w.hops {
+				if got[i] != w.hops[i] {
+					t.Fatalf("%s: %s via %v, want %v", what, w.p, got, w.hops)
+				}
+			}
+		}
+		d := time.Since(since)
+		t.Logf("%s: %s", what, d.Round(time.Millisecond))
+		return d
+	}
+	up4, up6 := []netip.Addr{p0.LBIP4}, []netip.Addr{p0.LBIP6}
+
+	t0 := time.Now()
+	cp := startControlPlane(t, l.LB, "--config", file, "--refresh-interval", "1s")
+	wait("lb run start -> VIPs in the router's FIB", t0, up4, up6, cp)
+
+	st := lbStatus(t, l.LB)
+	if st.BGP == nil || st.BGP.LocalASN != 65001 || len(st.BGP.Peers) != 2 || len(st.BGP.VIPs) != 2 {
+		t.Fatalf("lb status bgp: %+v", st.BGP)
+	}
+	for _, p := range st.BGP.Peers {
+		if p.State != "established" || (p.Local != p0.LBIP4 && p.Local != p0.LBIP6) {
+			t.Fatalf("lb status peer %+v: want established from the balancer's namespace", p)
+		}
+	}
+	for _, v := range st.BGP.VIPs {
+		if !v.Announced || v.Reason != "serving" || v.Backends != 3 {
+			t.Fatalf("lb status vip %+v", v)
+		}
+	}
+	text := mx(t, "--netns", l.LB, "lb", "status")
+	if !strings.Contains(text, "VIP ADDRESS") || !strings.Contains(text, "established") {
+		t.Fatalf("lb status has no BGP table:\n%s", text)
+	}
+
+	// Drain every backend: withdrawn. Active again: announced.
+	var addrs []string
+	for _, b := range l.Backends {
+		addrs = append(addrs, b.IP4.String())
+	}
+	t0 = time.Now()
+	mx(t, append([]string{"--netns", l.LB, "lb", "backend", "drain"}, addrs...)...)
+	wait("lb backend drain of every backend -> VIPs gone from the FIB", t0, nil, nil, cp)
+	st = lbStatus(t, l.LB)
+	if st.BGP == nil || st.BGP.VIPs[0].Announced || st.BGP.VIPs[0].Reason != "no backend serves" {
+		t.Fatalf("lb status after the drain: %+v", st.BGP)
+	}
+	t0 = time.Now()
+	mx(t, append([]string{"--netns", l.LB, "lb", "backend", "add"}, addrs...)...)
+	wait("lb backend add (active again) -> VIPs back in the FIB", t0, up4, up6, cp)
+
+	// Every backend fails its health check: withdrawn (fall 2 x 200ms); back: announced.
+	t0 = time.Now()
+	for _, h := range hl {
+		h.ln.Close()
+	}
+	wait("health check failing on every backend (interval 200ms, fall 2) -> VIPs gone", t0, nil, nil, cp)
+	t0 = time.Now()
+	for _, b := range l.Backends {
+		listenHealth(ctx, t, b, port)
+	}
+	wait("health check passing again (rise 2) -> VIPs back", t0, up4, up6, cp)
+
+	// SIGTERM: withdrawn before lb run exits; the datapath stays pinned.
+	t0 = time.Now()
+	if err := cp.cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	wait("SIGTERM -> VIPs gone", t0, nil, nil, cp)
+	if !cp.waitExit(30 * time.Second) {
+		t.Fatalf("lb run still running after SIGTERM:\n%s", cp.logs)
+	}
+	t.Logf("SIGTERM -> lb run exited: %s", time.Since(t0).Round(time.Millisecond))
+	logs := cp.logs.String()
+	w, stopped := strings.Index(logs, "bgp: vip withdrawn"), strings.Index(logs, "balancer loop stopped")
+	if w < 0 || stopped < 0 || w > stopped {
+		t.Fatalf("want the withdrawal logged before the loop stops (at %d, %d):\n%s", w, stopped, logs)
+	}
+	if st := lbStatus(t, l.LB); len(st.VIPs) != 2 || st.BGP != nil {
+		t.Fatalf("after lb run's exit: the datapath should stay (and no bgp state): %+v", st)
+	}
+
+	// lb detach under a running lb run: withdrawn.
+	t0 = time.Now()
+	cp = startControlPlane(t, l.LB, "--config", file, "--refresh-interval", "1s")
+	wait("lb run restarted -> VIPs in the FIB", t0, up4, up6, cp)
+	t0 = time.Now()
+	mx(t, "--netns", l.LB, "lb", "detach")
+	wait("lb detach -> VIPs gone", t0, nil, nil, cp)
+	if !cp.waitExit(60 * time.Second) {
+		t.Fatalf("lb run still running after lb detach:\n%s", cp.logs)
+	}
+}
