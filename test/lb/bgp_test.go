@@ -20,8 +20,10 @@ import (
 // ground truth. The VIPs (v4, v6 over MP-BGP) appear there through the balancer's addresses once
 // it serves; `lb backend drain` of every backend withdraws them and `lb backend add` brings them
 // back; the health check failing for every backend withdraws them and its recovery brings them
-// back; lb status shows the sessions and the announcements; SIGTERM withdraws them before lb run
-// exits, leaving the datapath pinned; and `lb detach` under a running lb run withdraws them too.
+// back; lb status shows the sessions and the announcements; a reload that removes a peer takes
+// only what that session carried, the other route staying in the FIB throughout; SIGTERM
+// withdraws them before lb run exits, leaving the datapath pinned; a SIGKILLed lb run takes its
+// sessions with it; and `lb detach` under a running lb run withdraws them too.
 // Every latency is logged (docs/lb.md, "BGP", quotes them).
 func TestLBRunAnnounces(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 240*time.Second)
@@ -48,20 +50,26 @@ func TestLBRunAnnounces(t *testing.T) {
 	})
 	vip4 := netip.PrefixFrom(l.VIP4, 32)
 	vip6 := netip.PrefixFrom(l.VIP6, 128)
-	var cfg strings.Builder
-	cfg.WriteString(s.configInterfaces())
-	cfg.WriteString("health_check:\n  interval: 200ms\n  timeout: 100ms\n  rise: 2\n  fall: 2\n")
-	fmt.Fprintf(&cfg, "vips:\n  - addr: %s\n  - addr: \"[%s]:%d\"\nbackends:\n", s.vip, l.VIP6, port)
-	for _, b := range l.Backends {
-		fmt.Fprintf(&cfg, "  - addr: %s\n", b.IP4)
-	}
-	fmt.Fprintf(&cfg, "bgp:\n  local_asn: 65001\n  router_id: %s\n  peers:\n", p0.LBIP4)
-	fmt.Fprintf(&cfg, "    - address: %s\n      asn: 65000\n      hold_time: 9s\n", p0.ClientIP4)
-	fmt.Fprintf(&cfg, "    - address: %s\n      asn: 65000\n      hold_time: 9s\n", p0.ClientIP6)
 	file := filepath.Join(t.TempDir(), "lb.yaml")
-	if err := os.WriteFile(file, []byte(cfg.String()), 0o644); err != nil {
-		t.Fatal(err)
+	write := func(v6Peer bool) {
+		t.Helper()
+		var cfg strings.Builder
+		cfg.WriteString(s.configInterfaces())
+		cfg.WriteString("health_check:\n  interval: 200ms\n  timeout: 100ms\n  rise: 2\n  fall: 2\n")
+		fmt.Fprintf(&cfg, "vips:\n  - addr: %s\n  - addr: \"[%s]:%d\"\nbackends:\n", s.vip, l.VIP6, port)
+		for _, b := range l.Backends {
+			fmt.Fprintf(&cfg, "  - addr: %s\n", b.IP4)
+		}
+		fmt.Fprintf(&cfg, "bgp:\n  local_asn: 65001\n  router_id: %s\n  peers:\n", p0.LBIP4)
+		fmt.Fprintf(&cfg, "    - address: %s\n      asn: 65000\n      hold_time: 9s\n", p0.ClientIP4)
+		if v6Peer {
+			fmt.Fprintf(&cfg, "    - address: %s\n      asn: 65000\n      hold_time: 9s\n", p0.ClientIP6)
+		}
+		if err := os.WriteFile(file, []byte(cfg.String()), 0o644); err != nil {
+			t.Fatal(err)
+		}
 	}
+	write(true)
 	t.Cleanup(func() { _, _ = mxErr("--netns", l.LB, "lb", "detach") })
 
 	wait := func(what string, since time.Time, hops4, hops6 []netip.Addr, cp *controlPlane) time.Duration {
@@ -139,6 +147,33 @@ func TestLBRunAnnounces(t *testing.T) {
 	}
 	wait("health check passing again (rise 2) -> VIPs back", t0, up4, up6, cp)
 
+	// A reload that removes the v6 session takes the v6 route (only that session carries it) and
+	// leaves the v4 one, which stays in the FIB throughout; adding it back brings the v6 route back.
+	gaps := make(chan int, 1)
+	watchCtx, endWatch := context.WithCancel(ctx)
+	go func() {
+		n := 0
+		for watchCtx.Err() == nil {
+			if h, err := r.Routes(vip4); err != nil || len(h) != 1 {
+				n++
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
+		gaps <- n
+	}()
+	write(false)
+	t0 = time.Now()
+	mx(t, "--netns", l.LB, "lb", "reload", "--config", file)
+	wait("reload without the v6 peer -> v6 VIP gone, v4 stays", t0, up4, nil, cp)
+	write(true)
+	t0 = time.Now()
+	mx(t, "--netns", l.LB, "lb", "reload", "--config", file)
+	wait("reload with the v6 peer again -> v6 VIP back", t0, up4, up6, cp)
+	endWatch()
+	if n := <-gaps; n != 0 {
+		t.Fatalf("the v4 route was missing from the FIB at %d samples during the reloads\n%s", n, cp.logs)
+	}
+
 	// SIGTERM: withdrawn before lb run exits; the datapath stays pinned.
 	t0 = time.Now()
 	if err := cp.cmd.Process.Signal(syscall.SIGTERM); err != nil {
@@ -157,6 +192,14 @@ func TestLBRunAnnounces(t *testing.T) {
 	if st := lbStatus(t, l.LB); len(st.VIPs) != 2 || st.BGP != nil {
 		t.Fatalf("after lb run's exit: the datapath should stay (and no bgp state): %+v", st)
 	}
+
+	// SIGKILL of lb run: its speaker sees its stdin close, withdraws and closes the sessions.
+	t0 = time.Now()
+	cp = startControlPlane(t, l.LB, "--config", file, "--refresh-interval", "1s")
+	wait("lb run restarted -> VIPs in the FIB", t0, up4, up6, cp)
+	t0 = time.Now()
+	cp.kill(t)
+	wait("SIGKILL of lb run -> VIPs gone (its speaker child follows it)", t0, nil, nil, cp)
 
 	// lb detach under a running lb run: withdrawn.
 	t0 = time.Now()
