@@ -208,6 +208,7 @@ exists, the stale pins that namespace left. Only pins mptcp-xdp makes are remove
 			if err != nil {
 				return err
 			}
+			withdrawBeforeDetach(g)
 			if err := l.DetachLB(g.netns); err != nil {
 				return err
 			}
@@ -591,6 +592,10 @@ func runWithConfig(cmd *cobra.Command, g *globalFlags, cfg control.RunConfig, fi
 	hup := make(chan os.Signal, 1)
 	signal.Notify(hup, syscall.SIGHUP)
 	defer signal.Stop(hup)
+	// SIGUSR1: lb detach is about to remove the datapath (lbbgp.go, withdrawBeforeDetach).
+	usr1 := make(chan os.Signal, 1)
+	signal.Notify(usr1, syscall.SIGUSR1)
+	defer signal.Stop(usr1)
 	// Each VIP's backends in its table, logged when it changes (what a VIP announcement depends on).
 	var last map[netip.AddrPort]int
 	cfg.OnServing = func(n map[netip.AddrPort]int) {
@@ -628,6 +633,11 @@ func runWithConfig(cmd *cobra.Command, g *globalFlags, cfg control.RunConfig, fi
 			err := <-done
 			b.Close()
 			return err
+		case <-usr1:
+			if ann != nil {
+				ann.Hold(detachHold)
+			}
+			goto wait
 		case <-attT.C:
 			if ann != nil {
 				if err := b.CheckAttached(); err != nil {

@@ -100,3 +100,35 @@ func lbBGPTable(w io.Writer, st *control.BGPStatus) {
 		fmt.Fprintf(w, "%s\t%v\t%d\t%s\n", v.Addr, v.Announced, v.Backends, v.Reason)
 	}
 }
+
+// detachHold is how long lb run keeps its VIPs withdrawn for an lb detach that asked (SIGUSR1);
+// still attached after it (the detach failed), it announces them again.
+const detachHold = 10 * time.Second
+
+// withdrawBeforeDetach asks the namespace's lb run --config, if it announces VIPs, to withdraw them
+// (SIGUSR1) and waits up to 5 s until its state file says so: the router stops sending here
+// before the datapath goes. Without an answer the detach goes ahead (lb run withdraws within a
+// second of the pins' removal anyway).
+func withdrawBeforeDetach(g *globalFlags) {
+	st := lbBGPStatus(g)
+	if st == nil || !announcesAny(st) {
+		return
+	}
+	if err := syscall.Kill(st.Pid, syscall.SIGUSR1); err != nil {
+		return
+	}
+	for deadline := time.Now().Add(5 * time.Second); time.Now().Before(deadline); time.Sleep(20 * time.Millisecond) {
+		if st = lbBGPStatus(g); st == nil || !announcesAny(st) {
+			return
+		}
+	}
+}
+
+func announcesAny(st *control.BGPStatus) bool {
+	for _, v := range st.VIPs {
+		if v.Announced {
+			return true
+		}
+	}
+	return false
+}

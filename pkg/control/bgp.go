@@ -32,7 +32,8 @@ type BGPVIP struct {
 	Addr      string `json:"addr"` // the address (every VIP port on it shares the route)
 	Announced bool   `json:"announced"`
 	// Reason says why: "serving" (at least one VIP on the address has a backend in its table),
-	// "no backend serves", "datapath detached", "stopping", or the speaker's error.
+	// "no backend serves", "datapath detached", "detaching" (lb detach asked), "stopping", or the
+	// speaker's error.
 	Reason   string `json:"reason"`
 	Backends int    `json:"backends"` // the most backends any VIP on the address has in its table
 }
@@ -51,6 +52,7 @@ type VIPAnnouncer struct {
 	sp       bgp.Announcer
 	serving  map[netip.AddrPort]int // nil until the first report
 	detached bool
+	held     time.Time // withdrawn until then (Hold)
 	stopping bool
 	spErr    string
 	vips     map[netip.Addr]BGPVIP
@@ -83,6 +85,17 @@ func (a *VIPAnnouncer) Detached() {
 		slog.Warn("bgp: the balancer is detached: withdrawing every VIP")
 	}
 	a.detached = true
+	a.sync()
+}
+
+// Hold withdraws everything for d (an `lb detach` on its way: the router should stop sending
+// before the datapath goes); if the balancer is still attached after d, its VIPs are announced
+// again.
+func (a *VIPAnnouncer) Hold(d time.Duration) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	slog.Info("bgp: withdrawing every VIP before a detach", "for", d)
+	a.held = time.Now().Add(d)
 	a.sync()
 }
 
@@ -160,6 +173,8 @@ func (a *VIPAnnouncer) sync() {
 			v.Reason = "stopping"
 		case a.detached:
 			v.Reason = "datapath detached"
+		case time.Now().Before(a.held):
+			v.Reason = "detaching"
 		case v.Backends == 0:
 			v.Reason = "no backend serves"
 			if _, ok := backends[addr]; !ok {
@@ -200,10 +215,17 @@ func (a *VIPAnnouncer) sync() {
 	a.write()
 }
 
-// Refresh rewrites the state file with the sessions' current state.
+// Refresh announces again what a Hold that expired withdrew, and rewrites the state file with
+// the sessions' current state.
 func (a *VIPAnnouncer) Refresh() {
 	a.mu.Lock()
 	defer a.mu.Unlock()
+	if !a.held.IsZero() && !time.Now().Before(a.held) {
+		a.held = time.Time{}
+		slog.Info("bgp: still attached after the hold: announcing again")
+		a.sync()
+		return
+	}
 	a.write()
 }
 

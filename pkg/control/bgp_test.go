@@ -7,6 +7,7 @@ import (
 	"path/filepath"
 	"slices"
 	"testing"
+	"time"
 
 	"github.com/mptcp-xdp/mptcp-xdp/pkg/bgp"
 )
@@ -102,6 +103,16 @@ func TestVIPAnnouncer(t *testing.T) {
 		t.Fatalf("asn changed: %d speakers, old stopped %v, new announced %v", len(started), sp.stopped, started[1].Announced())
 	}
 	sp = started[1]
+	// A hold (lb detach on its way) withdraws; once it expires, still attached, it announces again.
+	a.Hold(50 * time.Millisecond)
+	if len(sp.announced) != 0 {
+		t.Fatalf("announced %v during a hold", sp.Announced())
+	}
+	time.Sleep(60 * time.Millisecond)
+	a.Refresh()
+	if !sp.announced[p6] {
+		t.Fatalf("announced %v after the hold expired", sp.Announced())
+	}
 	a.Detached()
 	if len(sp.announced) != 0 {
 		t.Fatalf("announced %v after the detach", sp.Announced())

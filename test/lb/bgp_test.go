@@ -23,7 +23,7 @@ import (
 // back; lb status shows the sessions and the announcements; a reload that removes a peer takes
 // only what that session carried, the other route staying in the FIB throughout; SIGTERM
 // withdraws them before lb run exits, leaving the datapath pinned; a SIGKILLed lb run takes its
-// sessions with it; and `lb detach` under a running lb run withdraws them too.
+// sessions with it; and `lb detach` under a running lb run has it withdraw them first.
 // Every latency is logged (docs/lb.md, "BGP", quotes them).
 func TestLBRunAnnounces(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 240*time.Second)
@@ -100,14 +100,25 @@ func TestLBRunAnnounces(t *testing.T) {
 	cp := startControlPlane(t, l.LB, "--config", file, "--refresh-interval", "1s")
 	wait("lb run start -> VIPs in the router's FIB", t0, up4, up6, cp)
 
+	// lb status: both sessions established (the state file is rewritten every second), from the
+	// balancer's addresses.
 	st := lbStatus(t, l.LB)
+	for deadline := time.Now().Add(30 * time.Second); time.Now().Before(deadline); st = lbStatus(t, l.LB) {
+		if st.BGP != nil && len(st.BGP.Peers) == 2 && st.BGP.Peers[0].State == "established" && st.BGP.Peers[1].State == "established" {
+			break
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
 	if st.BGP == nil || st.BGP.LocalASN != 65001 || len(st.BGP.Peers) != 2 || len(st.BGP.VIPs) != 2 {
 		t.Fatalf("lb status bgp: %+v", st.BGP)
 	}
 	for _, p := range st.BGP.Peers {
 		if p.State != "established" || (p.Local != p0.LBIP4 && p.Local != p0.LBIP6) {
-			t.Fatalf("lb status peer %+v: want established from the balancer's namespace", p)
+			t.Fatalf("lb status peer %+v: want established from the balancer's namespace\n%s", p, cp.logs)
 		}
+	}
+	if strings.Count(cp.logs.String(), "state=established") != 2 {
+		t.Logf("a session went down and up again after the first announcements:\n%s", cp.logs)
 	}
 	for _, v := range st.BGP.VIPs {
 		if !v.Announced || v.Reason != "serving" || v.Backends != 3 {
@@ -208,6 +219,11 @@ func TestLBRunAnnounces(t *testing.T) {
 	t0 = time.Now()
 	mx(t, "--netns", l.LB, "lb", "detach")
 	wait("lb detach -> VIPs gone", t0, nil, nil, cp)
+	// lb detach asked lb run first (SIGUSR1): the withdrawal came before the datapath went, not
+	// from lb run noticing the pins gone.
+	if !strings.Contains(cp.logs.String(), `msg="bgp: vip withdrawn" vip=`+l.VIP4.String()+` reason=detaching`) {
+		t.Fatalf("no withdrawal for the detach in lb run's log:\n%s", cp.logs)
+	}
 	if !cp.waitExit(60 * time.Second) {
 		t.Fatalf("lb run still running after lb detach:\n%s", cp.logs)
 	}
