@@ -1,6 +1,8 @@
 package control
 
 import (
+	"fmt"
+	"os"
 	"strings"
 	"testing"
 	"time"
@@ -69,5 +71,35 @@ func TestParseConfigBGPErrors(t *testing.T) {
 	}
 	if _, err := ParseConfig([]byte(goodConfig + "bgp:\n  local_asn: 1\n  router_id: 1.1.1.1\n")); err == nil || !strings.Contains(err.Error(), "bgp.peers: give at least one") {
 		t.Errorf("no peers: %v", err)
+	}
+}
+
+// docs/lb.md's BGP example (completed with an interface, a VIP and a backend) is a file
+// ParseConfig accepts, and says what it says; so is the Config file example's bgp section.
+func TestDocsBGPExample(t *testing.T) {
+	doc, err := os.ReadFile("../../docs/lb.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, rest, ok := strings.Cut(string(doc), "## BGP")
+	_, rest, ok2 := strings.Cut(rest, "```yaml\n")
+	block, _, ok3 := strings.Cut(rest, "```")
+	if !ok || !ok2 || !ok3 {
+		t.Fatal("docs/lb.md: no YAML example after ## BGP")
+	}
+	d, err := ParseConfig([]byte("interfaces: [l0]\nvips: [{addr: 10.0.0.10:80}]\nbackends: [{addr: 10.2.0.2}]\n" + block))
+	if err != nil {
+		t.Fatalf("the BGP example: %v", err)
+	}
+	b := d.BGP
+	got := fmt.Sprint(b.LocalASN, b.RouterID, b.NextHop4, b.NextHop6, b.ListenPort, b.Peers)
+	if want := "65001 10.1.0.2 10.1.0.2 fd01::2 179 [{10.1.0.1 65000 179 9s false} {fd01::1 65000 0 0s true}]"; got != want {
+		t.Errorf("the BGP example: %s, want %s", got, want)
+	}
+	_, rest, _ = strings.Cut(string(doc), "## Config file")
+	_, rest, _ = strings.Cut(rest, "```yaml\n")
+	block, _, _ = strings.Cut(rest, "```")
+	if d, err := ParseConfig([]byte(block)); err != nil || d.BGP == nil || len(d.BGP.Peers) != 1 {
+		t.Errorf("the Config file example's bgp section: %+v %v", d, err)
 	}
 }
