@@ -131,6 +131,16 @@ func StartChild(argv []string, ns string, cfg Config, stderr io.Writer) (*Child,
 	return c, nil
 }
 
+// Exited reports whether the child process has ended (killed, crashed, or stopped).
+func (c *Child) Exited() bool {
+	select {
+	case <-c.done:
+		return true
+	default:
+		return false
+	}
+}
+
 // Pid is the child's process id.
 func (c *Child) Pid() int { return c.cmd.Process.Pid }
 

@@ -220,6 +220,23 @@ func (a *VIPAnnouncer) sync() {
 func (a *VIPAnnouncer) Refresh() {
 	a.mu.Lock()
 	defer a.mu.Unlock()
+	// A speaker process that died (killed, crashed) is started again, and announces again.
+	e, ok := a.sp.(interface{ Exited() bool })
+	if !a.stopping && a.cfg != nil && (a.sp == nil || ok && e.Exited()) {
+		if a.sp != nil {
+			slog.Error("bgp: the speaker process exited: starting it again")
+		}
+		a.sp = nil
+		sp, err := a.start(a.cfg)
+		if err != nil {
+			a.spErr = err.Error()
+			slog.Error("bgp: start the speaker", "err", err)
+		} else {
+			a.sp = sp
+		}
+		a.sync()
+		return
+	}
 	if !a.held.IsZero() && !time.Now().Before(a.held) {
 		a.held = time.Time{}
 		slog.Info("bgp: still attached after the hold: announcing again")

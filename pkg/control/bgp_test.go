@@ -17,8 +17,11 @@ type fakeSpeaker struct {
 	announced map[netip.Prefix]bool
 	peers     []bgp.Peer
 	stopped   bool
+	exited    bool
 	ops       []string
 }
+
+func (f *fakeSpeaker) Exited() bool { return f.exited }
 
 func (f *fakeSpeaker) Announce(p netip.Prefix) error {
 	f.announced[p] = true
@@ -103,6 +106,13 @@ func TestVIPAnnouncer(t *testing.T) {
 		t.Fatalf("asn changed: %d speakers, old stopped %v, new announced %v", len(started), sp.stopped, started[1].Announced())
 	}
 	sp = started[1]
+	// A speaker process that died is started again and announces again.
+	sp.exited = true
+	a.Refresh()
+	if len(started) != 3 || !started[2].announced[p6] {
+		t.Fatalf("after the speaker's death: %d speakers, announced %v", len(started), started[len(started)-1].Announced())
+	}
+	sp = started[2]
 	// A hold (lb detach on its way) withdraws; once it expires, still attached, it announces again.
 	a.Hold(50 * time.Millisecond)
 	if len(sp.announced) != 0 {

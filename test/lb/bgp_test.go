@@ -6,6 +6,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -23,7 +24,7 @@ import (
 // back; lb status shows the sessions and the announcements; a reload that removes a peer takes
 // only what that session carried, the other route staying in the FIB throughout; SIGTERM
 // withdraws them before lb run exits, leaving the datapath pinned; a SIGKILLed lb run takes its
-// sessions with it; and `lb detach` under a running lb run has it withdraw them first.
+// sessions with it, and a killed speaker process is started again; and `lb detach` under a running lb run has it withdraw them first.
 // Every latency is logged (docs/lb.md, "BGP", quotes them).
 func TestLBRunAnnounces(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 240*time.Second)
@@ -185,6 +186,19 @@ func TestLBRunAnnounces(t *testing.T) {
 		t.Fatalf("the v4 route was missing from the FIB at %d samples during the reloads\n%s", n, cp.logs)
 	}
 
+	// The speaker process killed under lb run: its sessions close (routes gone), lb run starts it
+	// again within a second and it announces again.
+	child := speakerChild(t, cp.cmd.Process.Pid)
+	t0 = time.Now()
+	if err := syscall.Kill(child, syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	wait("SIGKILL of the speaker child -> VIPs gone", t0, nil, nil, cp)
+	wait("SIGKILL of the speaker child -> started again, VIPs back", t0, up4, up6, cp)
+	if n := speakerChild(t, cp.cmd.Process.Pid); n == child {
+		t.Fatalf("the speaker is still pid %d", n)
+	}
+
 	// SIGTERM: withdrawn before lb run exits; the datapath stays pinned.
 	t0 = time.Now()
 	if err := cp.cmd.Process.Signal(syscall.SIGTERM); err != nil {
@@ -227,4 +241,33 @@ func TestLBRunAnnounces(t *testing.T) {
 	if !cp.waitExit(60 * time.Second) {
 		t.Fatalf("lb run still running after lb detach:\n%s", cp.logs)
 	}
+}
+
+// speakerChild is the pid of lb run's speaker process (`mptcp-xdp lb bgp-speaker`, a child of
+// parent).
+func speakerChild(t *testing.T, parent int) int {
+	t.Helper()
+	dirs, err := os.ReadDir("/proc")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, d := range dirs {
+		pid, err := strconv.Atoi(d.Name())
+		if err != nil {
+			continue
+		}
+		stat, err := os.ReadFile(filepath.Join("/proc", d.Name(), "stat"))
+		cmdline, err2 := os.ReadFile(filepath.Join("/proc", d.Name(), "cmdline"))
+		if err != nil || err2 != nil {
+			continue
+		}
+		// pid (comm) state ppid ...: comm may hold spaces, the fields after its ')' do not.
+		_, rest, _ := strings.Cut(string(stat), ") ")
+		f := strings.Fields(rest)
+		if len(f) > 1 && f[1] == strconv.Itoa(parent) && strings.Contains(string(cmdline), "bgp-speaker") {
+			return pid
+		}
+	}
+	t.Fatalf("no bgp-speaker child of lb run (pid %d)", parent)
+	return 0
 }
