@@ -14,6 +14,7 @@ import (
 
 	"gopkg.in/yaml.v3"
 
+	"github.com/mptcp-xdp/mptcp-xdp/pkg/bgp"
 	"github.com/mptcp-xdp/mptcp-xdp/pkg/lb"
 	"github.com/mptcp-xdp/mptcp-xdp/pkg/loader"
 )
@@ -35,6 +36,8 @@ type FileConfig struct {
 	// HealthCheck, if given, checks every VIP's backends (a VIP's own section overrides its
 	// fields); without it and without a VIP's own, nothing is checked.
 	HealthCheck *ConfigHealthCheck `yaml:"health_check,omitempty"`
+	// BGP, if given, announces the VIPs' addresses to routers (bgpconfig.go; docs/lb.md, "BGP").
+	BGP *ConfigBGP `yaml:"bgp,omitempty"`
 }
 
 // ConfigHealthCheck is a health_check section (docs/lb.md, "Health checks"): a TCP connect to
@@ -86,6 +89,7 @@ type Desired struct {
 	VIPs      []DesiredVIP
 	Backends  []BackendSpec
 	JoinPorts []DesiredJoinPort
+	BGP       *bgp.Config // nil: no bgp section, nothing announced
 }
 
 // DesiredJoinPort is one backend's join port on one VIP's address.
@@ -283,6 +287,12 @@ func (c *FileConfig) check() (*Desired, error) {
 	for i, b := range c.Backends {
 		if a, err := netip.ParseAddr(b.Addr); err == nil && joinAddrs[a.Unmap()] {
 			return nil, fmt.Errorf("backends[%d].addr: %s is a join_addr", i, a.Unmap())
+		}
+	}
+	if c.BGP != nil {
+		var err error
+		if d.BGP, err = c.BGP.check(); err != nil {
+			return nil, err
 		}
 	}
 	// The order of the file changes nothing: the backend set and the tables are built from the
