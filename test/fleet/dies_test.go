@@ -29,6 +29,12 @@ func TestBalancerDies(t *testing.T) {
 	t.Run("ipv4-port", func(t *testing.T) { balancerDies(t, dieCase{form: portForm}) })
 	t.Run("ipv6-addr", func(t *testing.T) { balancerDies(t, dieCase{form: addrForm, v6: true}) })
 	t.Run("l2-ipv4-port", func(t *testing.T) { balancerDies(t, dieCase{form: portForm, forward: "l2"}) })
+	// BIRD in R learns the VIPs from every instance's lb run; one lb run is SIGKILLed while its
+	// datapath stays: its BGP speaker (a child of lb run) sees its pipe close and withdraws, so R
+	// drops it without waiting for the hold time.
+	t.Run("bgp-kill-ipv4-port", func(t *testing.T) {
+		balancerDies(t, dieCase{form: portForm, kill: true, routes: &labfleet.BGP{}, bgp: true})
+	})
 }
 
 // dieCase is one failover: the joins' form, the family, the forwarding ("": ipip), and how the
@@ -55,6 +61,15 @@ func balancerDies(t *testing.T, c dieCase) {
 	}
 	f := newFleet(t, svc, c.routes)
 	f.setupJoins(t, form, v6)
+	if c.bgp {
+		// R's FIB: the VIPs learned by BGP (BIRD's kernel protocol), one next hop per instance.
+		for _, p := range f.Config.Routes.Routed(f.Lab) {
+			hops, proto, err := f.Route(p)
+			if err != nil || proto != "bird" || len(hops) != len(f.Balancers) {
+				t.Fatalf("R's route to %s: %+v from %q (%v), want %d next hops from bird", p, hops, proto, err, len(f.Balancers))
+			}
+		}
+	}
 	const n = 120
 	base, err := f.BackendMIBs()
 	if err != nil {
@@ -201,6 +216,13 @@ func balancerDies(t *testing.T, c dieCase) {
 	miss := labfleet.Stat(st1, st0, lb.StatNonSYNMiss)
 	if len(moved) == 0 || miss[(dead+1)%3]+miss[(dead+2)%3] == 0 {
 		t.Errorf("no flow moved: %d connections had a subflow on balancer %d, survivors' non-SYN misses %v", len(moved), dead, miss)
+	}
+	if c.bgp {
+		st, err := c.routes.(*labfleet.BGP).Router().ProtocolState(dead)
+		if err != nil || st == "Established" {
+			t.Errorf("BIRD's session with balancer %d after the kill: %q (%v), want it closed", dead, st, err)
+		}
+		t.Logf("BIRD's session with balancer %d after the kill: %s", dead, st)
 	}
 	if c.kill {
 		// The datapath outlived its control plane: still pinned and attached.
