@@ -18,6 +18,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/mptcp-xdp/mptcp-xdp/pkg/bgp"
 	"github.com/mptcp-xdp/mptcp-xdp/pkg/control"
 	"github.com/mptcp-xdp/mptcp-xdp/pkg/lb"
 	"github.com/mptcp-xdp/mptcp-xdp/pkg/loader"
@@ -35,7 +36,7 @@ by its token to the backend that holds the connection. Everything is pinned unde
 adds event accounting, garbage collection and next-hop refresh. See docs/lb.md.`,
 	}
 	cmd.AddCommand(newLBAttachCmd(g), newLBDetachCmd(g), newLBBackendCmd(g), newLBStatusCmd(g),
-		newLBDecapCmd(g), newLBRunCmd(g), newLBReloadCmd(g), newLBBackendSetupCmd(g))
+		newLBDecapCmd(g), newLBRunCmd(g), newLBReloadCmd(g), newLBBackendSetupCmd(g), newLBBGPSpeakerCmd())
 	return cmd
 }
 
@@ -207,6 +208,7 @@ exists, the stale pins that namespace left. Only pins mptcp-xdp makes are remove
 			if err != nil {
 				return err
 			}
+			withdrawBeforeDetach(g)
 			if err := l.DetachLB(g.netns); err != nil {
 				return err
 			}
@@ -290,6 +292,7 @@ func renderLBStatus(cmd *cobra.Command, g *globalFlags, b *control.Balancer) err
 	if err != nil {
 		return err
 	}
+	st.BGP = lbBGPStatus(g)
 	return render(cmd, g, st, func(w io.Writer) error { return lbStatusTable(w, st) })
 }
 
@@ -340,6 +343,9 @@ func lbStatusTable(w io.Writer, st *control.Status) error {
 	sort.Slice(names, func(i, j int) bool { return statOrder(names[i]) < statOrder(names[j]) })
 	for _, k := range names {
 		fmt.Fprintf(w, "%s\t%d\n", k, st.Stats[k])
+	}
+	if st.BGP != nil {
+		lbBGPTable(w, st.BGP)
 	}
 	return nil
 }
@@ -547,11 +553,49 @@ func runWithConfig(cmd *cobra.Command, g *globalFlags, cfg control.RunConfig, fi
 	if err != nil {
 		return err
 	}
+	// The BGP announcer (a bgp section): started once the balancer is attached, stopped (every VIP
+	// withdrawn) before anything else on the way out.
+	stateFile, err := bgpStateFile(g.netns)
+	if err != nil {
+		b.Close()
+		return err
+	}
+	var ann *control.VIPAnnouncer
+	setBGP := func(c *bgp.Config) error {
+		if ann != nil {
+			return ann.Reconfigure(c)
+		}
+		if c == nil {
+			return nil
+		}
+		a, err := control.NewVIPAnnouncer(c, startSpeaker(g, cmd.ErrOrStderr()), stateFile)
+		if err == nil {
+			ann = a
+		}
+		return err
+	}
+	defer func() {
+		if ann != nil {
+			if err := ann.Stop(); err != nil {
+				slog.Warn("bgp: stop", "err", err)
+			}
+		}
+	}()
+	if err := setBGP(d.BGP); err != nil {
+		b.Close()
+		return err
+	}
+	attT := time.NewTicker(time.Second)
+	defer attT.Stop()
 	ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	hup := make(chan os.Signal, 1)
 	signal.Notify(hup, syscall.SIGHUP)
 	defer signal.Stop(hup)
+	// SIGUSR1: lb detach is about to remove the datapath (lbbgp.go, withdrawBeforeDetach).
+	usr1 := make(chan os.Signal, 1)
+	signal.Notify(usr1, syscall.SIGUSR1)
+	defer signal.Stop(usr1)
 	// Each VIP's backends in its table, logged when it changes (what a VIP announcement depends on).
 	var last map[netip.AddrPort]int
 	cfg.OnServing = func(n map[netip.AddrPort]int) {
@@ -566,13 +610,42 @@ func runWithConfig(cmd *cobra.Command, g *globalFlags, cfg control.RunConfig, fi
 			}
 		}
 		last = n
+		if ann != nil {
+			ann.Serving(n)
+		}
 	}
 	for {
-		loopCtx, endLoop := context.WithCancel(ctx)
+		// The loop ends after the withdrawals on a signal, not with it.
+		loopCtx, endLoop := context.WithCancel(context.WithoutCancel(ctx))
 		done := make(chan error, 1)
 		cfg.Health = d.HealthChecks()
 		go func() { done <- b.Run(loopCtx, cfg) }()
+	wait:
 		select {
+		case <-ctx.Done():
+			if ann != nil {
+				slog.Info("stopping: withdrawing every VIP first")
+				if err := ann.Stop(); err != nil {
+					slog.Warn("bgp: stop", "err", err)
+				}
+			}
+			endLoop()
+			err := <-done
+			b.Close()
+			return err
+		case <-usr1:
+			if ann != nil {
+				ann.Hold(detachHold)
+			}
+			goto wait
+		case <-attT.C:
+			if ann != nil {
+				if err := b.CheckAttached(); err != nil {
+					ann.Detached()
+				}
+				ann.Refresh()
+			}
+			goto wait
 		case err := <-done:
 			endLoop()
 			b.Close()
@@ -595,6 +668,9 @@ func runWithConfig(cmd *cobra.Command, g *globalFlags, cfg control.RunConfig, fi
 			}
 			b.Close()
 			b, d = nb, nd
+			if err := setBGP(d.BGP); err != nil {
+				slog.Error("reload: bgp", "err", err)
+			}
 		}
 	}
 }

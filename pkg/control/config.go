@@ -14,6 +14,7 @@ import (
 
 	"gopkg.in/yaml.v3"
 
+	"github.com/mptcp-xdp/mptcp-xdp/pkg/bgp"
 	"github.com/mptcp-xdp/mptcp-xdp/pkg/lb"
 	"github.com/mptcp-xdp/mptcp-xdp/pkg/loader"
 )
@@ -35,6 +36,8 @@ type FileConfig struct {
 	// HealthCheck, if given, checks every VIP's backends (a VIP's own section overrides its
 	// fields); without it and without a VIP's own, nothing is checked.
 	HealthCheck *ConfigHealthCheck `yaml:"health_check,omitempty"`
+	// BGP, if given, announces the VIPs' addresses to routers (bgpconfig.go; docs/lb.md, "BGP").
+	BGP *ConfigBGP `yaml:"bgp,omitempty"`
 }
 
 // ConfigHealthCheck is a health_check section (docs/lb.md, "Health checks"): a TCP connect to
@@ -70,6 +73,11 @@ type ConfigBackend struct {
 	// backend-setup --join-port on it); the balancer sends every packet to VIP-address:JoinPort to
 	// it, statelessly. 0: none (joins are steered by token).
 	JoinPort uint16 `yaml:"join_port,omitempty"`
+	// JoinAddr: an address of this backend's own that it announces (a signal endpoint without a
+	// port) for the joins of every VIP of its family; the balancer sends every packet to
+	// JoinAddr at a VIP's port to it, statelessly, as for a join port. For IPv6, where an ADD_ADDR
+	// with a port does not fit beside TCP timestamps. Empty: none.
+	JoinAddr string `yaml:"join_addr,omitempty"`
 }
 
 // Desired is a FileConfig checked and resolved into what the balancer is made of.
@@ -81,6 +89,7 @@ type Desired struct {
 	VIPs      []DesiredVIP
 	Backends  []BackendSpec
 	JoinPorts []DesiredJoinPort
+	BGP       *bgp.Config // nil: no bgp section, nothing announced
 }
 
 // DesiredJoinPort is one backend's join port on one VIP's address.
@@ -211,6 +220,7 @@ func (c *FileConfig) check() (*Desired, error) {
 		return nil, errors.New("backends: give at least one")
 	}
 	bes := map[netip.Addr]bool{}
+	joinAddrs := map[netip.Addr]bool{}
 	for i, b := range c.Backends {
 		a, err := netip.ParseAddr(b.Addr)
 		if err != nil {
@@ -248,10 +258,51 @@ func (c *FileConfig) check() (*Desired, error) {
 				d.JoinPorts = append(d.JoinPorts, DesiredJoinPort{Addr: jp, Owner: a, Forward: v.Policy.Forward})
 			}
 		}
+		if b.JoinAddr != "" {
+			ja, err := netip.ParseAddr(b.JoinAddr)
+			if err != nil {
+				return nil, fmt.Errorf("backends[%d].join_addr: %q: want an IPv4 or IPv6 address", i, b.JoinAddr)
+			}
+			ja = ja.Unmap()
+			if joinAddrs[ja] || bes[ja] {
+				return nil, fmt.Errorf("backends[%d].join_addr: %s is given twice", i, ja)
+			}
+			joinAddrs[ja] = true
+			n := 0
+			for _, v := range d.VIPs {
+				if v.Addr.Addr() == ja {
+					return nil, fmt.Errorf("backends[%d].join_addr: %s is a VIP's address", i, ja)
+				}
+				if v.Addr.Addr().Is4() != ja.Is4() {
+					continue
+				}
+				n++
+				d.JoinPorts = append(d.JoinPorts, DesiredJoinPort{Addr: netip.AddrPortFrom(ja, v.Addr.Port()), Owner: a, Forward: v.Policy.Forward})
+			}
+			if n == 0 {
+				return nil, fmt.Errorf("backends[%d].join_addr: %s: no VIP of its family", i, ja)
+			}
+		}
+	}
+	for i, b := range c.Backends {
+		if a, err := netip.ParseAddr(b.Addr); err == nil && joinAddrs[a.Unmap()] {
+			return nil, fmt.Errorf("backends[%d].addr: %s is a join_addr", i, a.Unmap())
+		}
+	}
+	if c.BGP != nil {
+		var err error
+		if d.BGP, err = c.BGP.check(); err != nil {
+			return nil, err
+		}
 	}
 	// The order of the file changes nothing: the backend set and the tables are built from the
 	// addresses (Maglev sorts by name), so instances given the same backends in any order agree.
 	sort.Slice(d.Backends, func(i, j int) bool { return d.Backends[i].Addr.Less(d.Backends[j].Addr) })
+	// Join entries likewise, so that they get the same VIP ids on every instance.
+	sort.Slice(d.JoinPorts, func(i, j int) bool {
+		a, b := d.JoinPorts[i].Addr, d.JoinPorts[j].Addr
+		return a.Addr().Less(b.Addr()) || a.Addr() == b.Addr() && a.Port() < b.Port()
+	})
 	return d, nil
 }
 

@@ -8,7 +8,9 @@ import (
 	"slices"
 	"strings"
 	"testing"
+	"time"
 
+	"github.com/mptcp-xdp/mptcp-xdp/pkg/bgp"
 	"github.com/mptcp-xdp/mptcp-xdp/pkg/control"
 	"github.com/mptcp-xdp/mptcp-xdp/pkg/lb"
 	"github.com/mptcp-xdp/mptcp-xdp/pkg/loader"
@@ -95,6 +97,10 @@ func TestJSONContract(t *testing.T) {
 		VIPs:       []control.VIPStatus{{Addr: "10.0.0.10:80"}},
 		Backends:   []control.BackendStatus{{Addr: "10.2.0.2", SrcAddr: "10.2.0.1", Health: []control.BackendHealth{{VIP: "10.0.0.10:80"}}}},
 		Stats:      lb.Stats{}.Map(),
+		BGP: &control.BGPStatus{
+			Peers: []bgp.PeerState{{State: "established", Local: netip.MustParseAddr("10.1.0.2"), Since: time.Unix(1, 0)}},
+			VIPs:  []control.BGPVIP{{Addr: "10.0.0.10"}},
+		},
 	}
 	sameKeys(t, "lb status", docJSON(t, "## `lb status -o json`"), asJSON(t, st))
 	conns := control.Connections{Connections: []control.Connection{{Flows: []control.FlowAddrs{{Src: netip.MustParseAddrPort("10.0.1.2:1").String()}}}}}

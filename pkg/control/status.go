@@ -22,6 +22,9 @@ type Status struct {
 	Flows      int               `json:"flows"`
 	Tokens     int               `json:"tokens"`
 	Stats      map[string]uint64 `json:"stats"`
+	// BGP is what the running lb run --config announces (bgp.go); absent without one or without
+	// a bgp section.
+	BGP *BGPStatus `json:"bgp,omitempty"`
 }
 
 // VIPStatus is one VIP of a Status.
