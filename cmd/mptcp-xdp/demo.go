@@ -27,6 +27,8 @@ func newDemoCmd(g *globalFlags) *cobra.Command {
 		listen   string
 		lbDemo   bool
 		forward  string
+		balancer int
+		static   bool
 	)
 	cmd := &cobra.Command{
 		Use:   "demo",
@@ -63,6 +65,28 @@ MPTcpExt counters. Everything it creates is removed at the end, on failure and o
 				}
 				return nil
 			}
+			if balancer != 1 && !lbDemo {
+				return fmt.Errorf("--balancers needs --lb")
+			}
+			if lbDemo && balancer > 1 {
+				bin, err := os.Executable()
+				if err != nil {
+					return err
+				}
+				n := conns
+				if !cmd.Flags().Changed("conns") {
+					n = 0
+				}
+				fwd := forward
+				if !cmd.Flags().Changed("forward") {
+					fwd = "ipip"
+				}
+				res, err := demo.RunFleet(ctx, demo.FleetOptions{Balancers: balancer, Conns: n, Forward: fwd, Binary: bin, Static: static}, live)
+				return finish(res, err)
+			}
+			if balancer < 1 {
+				return fmt.Errorf("--balancers %d: give 1 or more", balancer)
+			}
 			if lbDemo {
 				res, err := demo.RunLB(ctx, demo.LBOptions{Conns: conns, Forward: forward, Mode: loader.XDPMode(mode), Root: bpffsRoot}, live)
 				return finish(res, err)
@@ -87,7 +111,9 @@ MPTcpExt counters. Everything it creates is removed at the end, on failure and o
 	cmd.Flags().StringVar(&mode, "mode", "auto", "XDP mode: auto, native or generic")
 	cmd.Flags().StringVar(&ingress, "ingress", "auto", "ingress hook: auto (as attach: tc on the lab's veths), xdp or tc")
 	cmd.Flags().BoolVar(&lbDemo, "lb", false, "the load-balancer lab instead: a client with two paths, the balancer, three backends; the same MPTCP connections with join steering off, then on (--conns per phase, default 60)")
-	cmd.Flags().StringVar(&forward, "forward", "l2", "with --lb: l2 or ipip forwarding")
+	cmd.Flags().StringVar(&forward, "forward", "l2", "with --lb: l2 or ipip forwarding (with --balancers: ipip unless given)")
+	cmd.Flags().IntVar(&balancer, "balancers", 1, "with --lb: balancer instances behind a router's ECMP (the fleet lab: BGP from BIRD when installed, token steering then join ports; --conns per phase, default 60)")
+	cmd.Flags().BoolVar(&static, "static-routes", false, "with --balancers: the router's ECMP route is static, no BGP")
 	cmd.Flags().BoolVar(&keep, "keep", false, "after the summary, keep the lab and traffic running and serve its metrics until Ctrl-C")
 	cmd.Flags().StringVar(&listen, "listen", "127.0.0.1:9464", "with --keep: where to serve /metrics")
 	return cmd
