@@ -19,8 +19,11 @@ import (
 )
 
 // The service protocol: on accept the server writes one byte, its backend's index; the client
-// writes data and half-closes; the server reads to EOF and answers with the byte count (8 bytes,
-// big-endian) and CRC-32C (4 bytes) of what it read, which the client compares with its own.
+// writes the length of its data (8 bytes, big-endian), then the data; the server reads that much
+// and answers with the byte count (8 bytes) and CRC-32C (4 bytes) of what it read, which the client
+// compares with its own. The server then waits for the client to close first, so that a
+// connection whose transfer is done stays established until the test closes it: counters read
+// meanwhile (resets, aborts) cannot include a close's.
 
 var castagnoli = crc32.MakeTable(crc32.Castagnoli)
 
@@ -84,16 +87,18 @@ func serveOne(ctx context.Context, c net.Conn, idx int) error {
 	if _, err := c.Write([]byte{byte(idx)}); err != nil {
 		return err
 	}
+	var hdr [8]byte
+	if _, err := io.ReadFull(c, hdr[:]); err != nil {
+		return err
+	}
+	want := binary.BigEndian.Uint64(hdr[:])
 	buf := make([]byte, 64<<10)
 	var n uint64
 	var crc uint32
-	for {
-		k, err := c.Read(buf)
+	for n < want {
+		k, err := c.Read(buf[:min(uint64(len(buf)), want-n)])
 		crc = crc32.Update(crc, castagnoli, buf[:k])
 		n += uint64(k)
-		if err == io.EOF {
-			break
-		}
 		if err != nil {
 			return err
 		}
@@ -101,7 +106,10 @@ func serveOne(ctx context.Context, c net.Conn, idx int) error {
 	var ans [12]byte
 	binary.BigEndian.PutUint64(ans[:8], n)
 	binary.BigEndian.PutUint32(ans[8:], crc)
-	_, err := c.Write(ans[:])
+	if _, err := c.Write(ans[:]); err != nil {
+		return err
+	}
+	_, err := io.Copy(io.Discard, c) // until the client closes (or ctx ends)
 	return err
 }
 
@@ -150,8 +158,8 @@ func (l *Lab) Dial(ctx context.Context, addr netip.AddrPort) (*Conn, error) {
 var ErrCorrupt = errors.New("data corrupted in transit")
 
 // Transfer sends n bytes of random data in chunks of chunk bytes, pausing pace between chunks
-// (0: none), half-closes and checks the server's count and CRC-32C against its own. It does not
-// close the connection.
+// (0: none), and checks the server's count and CRC-32C against its own. It does not close the
+// connection (nor does the server until it is closed), so it runs once per connection.
 func (c *Conn) Transfer(ctx context.Context, n, chunk int, pace time.Duration) error {
 	stop := context.AfterFunc(ctx, func() { c.SetDeadline(time.Now()) })
 	defer stop()
@@ -159,6 +167,11 @@ func (c *Conn) Transfer(ctx context.Context, n, chunk int, pace time.Duration) e
 		chunk = 64 << 10
 	}
 	buf := make([]byte, chunk)
+	var hdr [8]byte
+	binary.BigEndian.PutUint64(hdr[:], uint64(n))
+	if _, err := c.Write(hdr[:]); err != nil {
+		return fmt.Errorf("write length: %w", err)
+	}
 	var crc uint32
 	sent := 0
 	for sent < n {
@@ -179,9 +192,6 @@ func (c *Conn) Transfer(ctx context.Context, n, chunk int, pace time.Duration) e
 				return ctx.Err()
 			}
 		}
-	}
-	if err := c.Conn.(*net.TCPConn).CloseWrite(); err != nil {
-		return fmt.Errorf("close write: %w", err)
 	}
 	var ans [12]byte
 	if _, err := io.ReadFull(c, ans[:]); err != nil {
