@@ -12,7 +12,10 @@ import (
 // into ECMP routes in R's FIB. Only the VIPs are announced (lb run announces VIP addresses), so
 // the backends' IPv6 join addresses have no route: use join ports with it.
 type BGP struct {
-	r *labbgp.Router
+	// JoinAddrs: the instances also announce the backends' IPv6 join addresses (their config has
+	// join_addr), each a /128 that R must route over every instance.
+	JoinAddrs bool
+	r         *labbgp.Router
 }
 
 // Install starts BIRD in R with one session per balancer (AS RouterASN to BalancerASN, hold
@@ -32,7 +35,13 @@ func (b *BGP) Install(l *Lab) error {
 
 // Routed is the VIPs.
 func (b *BGP) Routed(l *Lab) []netip.Prefix {
-	return []netip.Prefix{netip.PrefixFrom(l.VIP4, 32), netip.PrefixFrom(l.VIP6, 128)}
+	out := []netip.Prefix{netip.PrefixFrom(l.VIP4, 32), netip.PrefixFrom(l.VIP6, 128)}
+	if b.JoinAddrs {
+		for j := range l.Backends {
+			out = append(out, netip.PrefixFrom(JoinAddr6(j), 128))
+		}
+	}
+	return out
 }
 
 // Router is the running BIRD (nil before Install).

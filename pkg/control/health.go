@@ -88,8 +88,21 @@ func (b *Balancer) Serving() (map[netip.AddrPort]int, error) {
 
 func (b *Balancer) serving(vips []lb.VIP) map[netip.AddrPort]int {
 	out := map[netip.AddrPort]int{}
+	service := map[netip.Addr]bool{}
+	for _, v := range vips {
+		if !v.JoinPort {
+			service[v.Addr.Addr()] = true
+		}
+	}
 	for _, v := range vips {
 		if v.JoinPort {
+			// A join address (a backend's join_addr, not a VIP's address at a join port) serves
+			// while its entry exists: its owner takes the joins of its own connections whatever
+			// its state, so the address stays routed (and announced over BGP) until the backend
+			// is removed.
+			if !service[v.Addr.Addr()] {
+				out[v.Addr] = 1
+			}
 			continue
 		}
 		n := 0

@@ -35,6 +35,10 @@ func TestBalancerDies(t *testing.T) {
 	t.Run("bgp-kill-ipv4-port", func(t *testing.T) {
 		balancerDies(t, dieCase{form: portForm, kill: true, routes: &labfleet.BGP{}, bgp: true})
 	})
+	// The same with IPv6 and join addresses, which every lb run announces beside the VIPs.
+	t.Run("bgp-kill-ipv6-addr", func(t *testing.T) {
+		balancerDies(t, dieCase{form: addrForm, v6: true, kill: true, routes: &labfleet.BGP{JoinAddrs: true}, bgp: true})
+	})
 }
 
 // dieCase is one failover: the joins' form, the family, the forwarding ("": ipip), and how the
