@@ -173,6 +173,25 @@ func (l *Lab) StartBalancer(k int, s Service, dir string) (*Process, error) {
 	return p, nil
 }
 
+// Term stops the process with SIGTERM, as an operator's graceful stop does (lb run withdraws its
+// BGP announcements first; the datapath stays), and waits for it to exit.
+func (p *Process) Term() error {
+	select {
+	case <-p.done:
+		return nil
+	default:
+	}
+	if err := p.Cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		return err
+	}
+	select {
+	case <-p.done:
+		return nil
+	case <-time.After(30 * time.Second):
+		return fmt.Errorf("balancer %d: lb run still running 30 s after SIGTERM", p.Balancer)
+	}
+}
+
 // Kill ends the process with SIGKILL, as a crash would, and waits for it (the datapath stays).
 func (p *Process) Kill() {
 	select {

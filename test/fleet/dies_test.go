@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net/netip"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 
@@ -35,6 +36,11 @@ func TestBalancerDies(t *testing.T) {
 	t.Run("bgp-kill-ipv4-port", func(t *testing.T) {
 		balancerDies(t, dieCase{form: portForm, kill: true, routes: &labfleet.BGP{}, bgp: true})
 	})
+	// A graceful stop: SIGTERM to one lb run, which withdraws its announcements first and leaves
+	// its datapath; R drops it and no connection breaks.
+	t.Run("bgp-term-ipv4-port", func(t *testing.T) {
+		balancerDies(t, dieCase{form: portForm, term: true, routes: &labfleet.BGP{}, bgp: true})
+	})
 	// The same with IPv6 and join addresses, which every lb run announces beside the VIPs.
 	t.Run("bgp-kill-ipv6-addr", func(t *testing.T) {
 		balancerDies(t, dieCase{form: addrForm, v6: true, kill: true, routes: &labfleet.BGP{JoinAddrs: true}, bgp: true})
@@ -49,6 +55,7 @@ type dieCase struct {
 	v6      bool
 	forward string
 	kill    bool
+	term    bool // SIGTERM instead of SIGKILL
 	routes  labfleet.RouteSource
 	bgp     bool
 }
@@ -126,6 +133,14 @@ func balancerDies(t *testing.T, c dieCase) {
 	if c.kill {
 		how = "had its lb run SIGKILLed"
 		f.procs[dead].Kill()
+	} else if c.term {
+		how = "had its lb run stopped with SIGTERM"
+		if err := f.procs[dead].Term(); err != nil {
+			t.Fatal(err)
+		}
+		if logs := f.procs[dead].Logs(); !strings.Contains(logs, "withdrawn") {
+			t.Errorf("lb run's log after SIGTERM says nothing withdrawn:\n%s", logs)
+		}
 	} else if err := f.SetBalancerLink(dead, false); err != nil {
 		t.Fatal(err)
 	}
@@ -228,7 +243,7 @@ func balancerDies(t *testing.T, c dieCase) {
 		}
 		t.Logf("BIRD's session with balancer %d after the kill: %s", dead, st)
 	}
-	if c.kill {
+	if c.kill || c.term {
 		// The datapath outlived its control plane: still pinned and attached.
 		m, err := f.OpenBalancer(dead)
 		if err != nil {
