@@ -658,9 +658,20 @@ loop:
 				}
 			}
 			sort.Strings(r.failed)
+			// The top-level tests that failed (summary.json keeps every subtest too).
 			desc := n
-			if len(r.failed) > 0 {
-				desc += " (" + strings.Join(r.failed, ", ") + ")"
+			var top []string
+			for _, f := range r.failed {
+				if !strings.Contains(f, "/") {
+					top = append(top, f)
+				}
+			}
+			if len(top) > 0 {
+				desc += " (" + strings.Join(top, ", ")
+				if sub := len(r.failed) - len(top); sub > 0 {
+					desc += fmt.Sprintf("; %d of their subtests", sub)
+				}
+				desc += ")"
 			}
 			failedPkgs = append(failedPkgs, desc)
 		}
