@@ -61,7 +61,7 @@ func listenHealth(ctx context.Context, t *testing.T, b lablb.Backend, port uint1
 // When its listener is back it returns within rise intervals, with the table it had before. lb
 // detach removes the health map with the other pins.
 func TestHealthCheck(t *testing.T) {
-	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), testutil.Scaled(90*time.Second))
 	defer cancel()
 	var rb [3]byte
 	if _, err := rand.Read(rb[:]); err != nil {
@@ -177,7 +177,7 @@ func TestHealthCheck(t *testing.T) {
 	// Backend 0's listener stops: it leaves the table.
 	hl[0].ln.Close()
 	t0 := time.Now()
-	bound := fall*interval + timeout + 3*time.Second
+	bound := fall*interval + timeout + testutil.Scaled(3*time.Second)
 	var r []uint32
 	for r = ring(); slots(r)[id0] != 0 && time.Since(t0) < bound; r = ring() {
 		time.Sleep(20 * time.Millisecond)
@@ -221,7 +221,7 @@ func TestHealthCheck(t *testing.T) {
 	}
 	// Fall checks in a row, the first within an interval of the stop; a second of slack for a
 	// shared machine.
-	if lim := (fall+1)*interval + timeout + time.Second; downAt <= 0 || downAt > lim {
+	if lim := (fall+1)*interval + timeout + testutil.Scaled(time.Second); downAt <= 0 || downAt > lim {
 		t.Errorf("lb run took backend 0 down %v after its listener stopped, want within %v", downAt, lim)
 	}
 	if st.VIPs[0].BackendsInTable != 2 {
@@ -269,7 +269,7 @@ func TestHealthCheck(t *testing.T) {
 	// Its listener is back: it returns, with the table it had.
 	hl[0] = listenHealth(ctx, t, l.Backends[0], port)
 	t1 := time.Now()
-	for r = ring(); !slices.Equal(r, ring0) && time.Since(t1) < rise*interval+3*time.Second; r = ring() {
+	for r = ring(); !slices.Equal(r, ring0) && time.Since(t1) < rise*interval+testutil.Scaled(3*time.Second); r = ring() {
 		time.Sleep(20 * time.Millisecond)
 	}
 	tookUp := time.Since(t1)
