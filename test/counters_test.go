@@ -271,8 +271,16 @@ func countersEqualKernel(t *testing.T, v6 bool, attachFlags []string, ingress st
 	var rows []string
 	for _, p := range rxPairs {
 		rows = append(rows, fmt.Sprintf("%s=%d/%s=%d", p.class, got["in."+p.class], p.mib, kern.MPTCP(p.mib)))
-		if got["in."+p.class] != kern.MPTCP(p.mib) {
-			t.Errorf("ingress %s = %d, server MPTcpExt.%s = %d", p.class, got["in."+p.class], p.mib, kern.MPTCP(p.mib))
+		dp, k := got["in."+p.class], kern.MPTCP(p.mib)
+		// The abort: the client sends an MP_FASTCLOSE RST on each of the connection's subflows.
+		// A kernel may process the first and close the connection before the others arrive,
+		// which then meet no MPTCP socket and are not counted (seen on 6.1 at TC ingress, once
+		// in three runs). The datapath must then have seen exactly one per subflow.
+		abortRace := (p.class == "mp_fastclose" || p.class == "mp_tcprst") && k >= 1 && dp == int64(conn.Subflows+1)
+		if dp != k && !abortRace {
+			t.Errorf("ingress %s = %d, server MPTcpExt.%s = %d", p.class, dp, p.mib, k)
+		} else if dp != k {
+			t.Logf("ingress %s = %d, one per subflow of the aborted connection; the server's kernel counted %d (MPTcpExt.%s): the rest reached it after the connection was gone", p.class, dp, k, p.mib)
 		}
 	}
 	t.Logf("ingress vs kernel: %s", strings.Join(rows, " "))
