@@ -10,6 +10,9 @@ import (
 	"github.com/mptcp-xdp/mptcp-xdp/pkg/lb"
 )
 
+// slowStep is how long one step of the balancer loop may take before Run logs it.
+const slowStep = 250 * time.Millisecond
+
 // RunConfig configures the balancer's long-running loop.
 type RunConfig struct {
 	GC              GCConfig
@@ -41,9 +44,6 @@ type RunConfig struct {
 // backends of those VIPs and takes the ones that fail out of their tables (health.go). The datapath
 // does not need it to steer: everything it needs is pinned, so the loop may stop and start again at
 // any time.
-// slowStep is how long one step of the balancer loop may take before Run logs it.
-const slowStep = 250 * time.Millisecond
-
 func (b *Balancer) Run(ctx context.Context, cfg RunConfig) error {
 	if cfg.GCInterval <= 0 {
 		cfg.GCInterval = 30 * time.Second

@@ -24,7 +24,7 @@ const (
 	IngressTC  IngressHook = "tc"
 	// IngressAuto (the default) takes the hook that costs least for counting on this interface:
 	// TC ingress on a veth, whose XDP, even native, runs on skbs already built and costs GRO
-	// (docs/benchmarks.md, "Which ingress hook"); native XDP where the driver has it (it runs
+	// (docs/benchmarks.md, "What attach does by default"); native XDP where the driver has it (it runs
 	// before the skb is built); TC ingress where the driver refuses native XDP, rather than
 	// generic XDP, which costs more than the parser. An XDP mode asked for (--mode native or
 	// generic) means XDP.
