@@ -17,12 +17,11 @@ int mptcpx_xdp_in(struct xdp_md *ctx)
 	struct mx_counters *c = mx_counters_for(MX_DIR_INGRESS);
 	if (!c)
 		return XDP_PASS;
-	struct mx_result *r = &c->scratch;
-	r->mptcp = 0; /* the one field direct mode reads back */
 	c->packets[MX_PKT_TOTAL]++;
-	if (mx_parse(data, data_end, r) == MX_PARSE_TRUNCATED)
+	int st = mx_parse(data, data_end, &c->scratch);
+	if (st & MX_PARSE_TRUNCATED)
 		c->options[MX_MALFORMED]++;
-	if (r->mptcp)
+	if (st & MX_PARSE_MPTCP)
 		c->packets[MX_PKT_MPTCP]++;
 	return XDP_PASS;
 }

@@ -426,6 +426,22 @@ func optionCases() []optCase {
 		{"mp_fastclose_rst", "RA", []layers.TCPOption{optFastclose, optTCPRst}, want(mp, mptcp.MPFastclose, mptcp.MPTCPRst)},
 		{"mp_tcprst", "R", []layers.TCPOption{optTCPRst}, want(mp, mptcp.MPTCPRst)},
 
+		// The DSS layouts Linux sends after NOP, NOP, timestamps (mptcp_write_options), which XDP
+		// recognizes without a walk (mx_dss_layout), and shapes next to them that it must not.
+		{"linux_dss_ack64", fACK, []layers.TCPOption{optNOP, optNOP, optTimestamp, dss(0x03, 0)}, want(mp, mptcp.DSS)},
+		{"linux_dss_map64_nop_nop", fPSH, []layers.TCPOption{optNOP, optNOP, optTimestamp, dss(0x0f, 0), optNOP, optNOP}, want(mp, mptcp.DSS)},
+		{"linux_dss_map64_nop_eol", fPSH, []layers.TCPOption{optNOP, optNOP, optTimestamp, dss(0x0f, 0), optNOP, optEOL}, want(mp, mptcp.DSS)},
+		{"linux_dss_fin_map64", fPSH, []layers.TCPOption{optNOP, optNOP, optTimestamp, dss(0x1f, 0), optNOP, optNOP}, want(mp, mptcp.DSS)},
+		{"linux_dss_map64_csum", fPSH, []layers.TCPOption{optNOP, optNOP, optTimestamp, dss(0x0f, 2)}, want(mp, mptcp.DSS)},
+		{"linux_dss_fin_map64_csum", fPSH, []layers.TCPOption{optNOP, optNOP, optTimestamp, dss(0x1f, 2)}, want(mp, mptcp.DSS)},
+		{"dss_map64_then_short_mptcp", fPSH, []layers.TCPOption{optNOP, optNOP, optTimestamp, dss(0x0f, 0), {OptionType: 30, OptionLength: 2}}, want(mp, mptcp.DSS, mptcp.Malformed)},
+		{"dss_map64_then_sack_perm", fPSH, []layers.TCPOption{optNOP, optNOP, optTimestamp, dss(0x0f, 0), optSACKPerm}, want(mp, mptcp.DSS)},
+		{"dss_map64_then_prio", fPSH, []layers.TCPOption{optNOP, optNOP, optTimestamp, dss(0x0c, 0), optMPPrio}, want(mp, mptcp.DSS, mptcp.MPPrio)},
+		{"dss_ack64_then_nop_prio", fACK, []layers.TCPOption{optNOP, optNOP, optTimestamp, dss(0x03, 0), optNOP, optMPPrio}, want(mp, mptcp.DSS, mptcp.MPPrio)},
+		{"dss_ack64_bad_len", fACK, []layers.TCPOption{optNOP, optNOP, optTimestamp, withLen(dss(0x03, 0), 11), optNOP}, want(mp, mptcp.Malformed, mptcp.Malformed)},
+		{"ts_then_mp_fail", fACK, []layers.TCPOption{optNOP, optNOP, optTimestamp, optMPFail}, want(mp, mptcp.MPFail)},
+		{"ts_then_dss_reserved_bits", fPSH, []layers.TCPOption{optNOP, optNOP, optTimestamp, mpOpt(2, 0x3, cat([]byte{0x0f}, seq(22, 1))...), optNOP, optNOP}, want(mp, mptcp.DSS)},
+
 		// Plain TCP and non-MPTCP shapes.
 		{"plain_tcp", fACK, []layers.TCPOption{optNOP, optNOP, optTimestamp}, want(isTCP)},
 		{"plain_syn", fSYN, []layers.TCPOption{optMSS, optSACKPerm, optTimestamp, optNOP, optWScale}, want(isTCP)},
