@@ -13,7 +13,7 @@ LBFUZZTIME ?= 250000x
 FUZZTIMEOUT ?= 60m
 BENCHTIME ?= 1s
 
-.PHONY: help build image manifests generate check-generated test demo bench fuzz lint clean test-kernel test-kernels kernels-table
+.PHONY: help build image manifests generate check-generated test demo bench bench-smoke fuzz lint clean test-kernel test-kernels kernels-table
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-18s %s\n", $$1, $$2}'
@@ -49,6 +49,14 @@ demo: build ## the lab: two namespaces, two paths, real MPTCP traffic, datapath 
 
 bench: ## benchmarks (per-packet cost as ratios to a trivial program, throughput)
 	$(GO) test -run '^$$' -bench . -benchtime $(BENCHTIME) -benchmem ./...
+
+# make bench-smoke: the per-packet benchmarks of the counting datapath and of the balancer, briefly
+# (a few seconds each), so that CI catches a change that breaks them. Their ratios are printed, not
+# asserted: CI shares its two cores with nothing, but a figure from seconds of one run is no result
+# (docs/benchmarks.md holds those, each with its command).
+SMOKE_RUNS ?= 2000000x
+bench-smoke: ## the per-packet benchmarks, briefly (CI): ratios printed, not asserted
+	$(GO) test -count=1 -run '^$$' -bench '^(BenchmarkXDP|BenchmarkBalancer)$$' -benchtime $(SMOKE_RUNS) ./pkg/datapath/ ./pkg/lb/
 
 # make bench-replay: REPLAY_BYTES is the size of the generated capture (internal/capgen), written to
 # REPLAY_DIR and removed after the runs; REPLAY_RUNS runs of each tool, interleaved.

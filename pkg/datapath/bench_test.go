@@ -46,9 +46,11 @@ func BenchmarkXDP(b *testing.B) {
 		frames[tc.name] = tc.frame
 	}
 	for _, bc := range []struct{ name, frame string }{
-		{"plain_tcp", "v4/untagged/plain_tcp"},     // ACK with NOP, NOP, timestamps
-		{"dss", "v4/untagged/dss_ack64_map64"},     // timestamps + DSS (64-bit ack, 64-bit mapping)
-		{"mp_join_syn", "v4/untagged/mp_join_syn"}, // MSS, SACK-permitted, timestamps, wscale, MP_JOIN
+		{"plain_tcp", "v4/untagged/plain_tcp"},               // ACK with NOP, NOP, timestamps
+		{"dss", "v4/untagged/dss_ack64_map64"},               // timestamps + DSS (64-bit ack, 64-bit mapping)
+		{"dss_linux", "v4/untagged/linux_dss_map64_nop_nop"}, // as dss, padded with two NOPs as Linux pads it
+		{"dss_ack_linux", "v4/untagged/linux_dss_ack64"},     // timestamps + DSS with a 64-bit data ACK only (Linux's pure ACK)
+		{"mp_join_syn", "v4/untagged/mp_join_syn"},           // MSS, SACK-permitted, timestamps, wscale, MP_JOIN
 		{"plain_tcp_v6", "v6/untagged/plain_tcp"},
 		{"dss_v6", "v6/untagged/dss_ack64_map64"},
 	} {

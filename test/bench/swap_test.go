@@ -35,6 +35,10 @@ type swapCase struct {
 	mode    loader.XDPMode
 	ingress loader.IngressHook
 	control bool // B is another trivial program: the figure shows the method's own noise
+	// nothing: side A has no program on either hook (what users compare against: not running the
+	// tool); side B attaches the datapath's links (or, for a control, trivial ones) and A removes
+	// them again. Only for tcx ingress, which is what the default attach picks on veth.
+	nothing bool
 }
 
 var swapCases = []swapCase{
@@ -44,6 +48,11 @@ var swapCases = []swapCase{
 	{name: "control-xdp-native", mode: loader.ModeNative, ingress: loader.IngressXDP, control: true},
 	{name: "control-xdp-generic", mode: loader.ModeGeneric, ingress: loader.IngressXDP, control: true},
 	{name: "control-tc-ingress", ingress: loader.IngressTC, control: true},
+	// The default attach (`mptcp-xdp attach` with no hook flags: --ingress auto, which takes tcx
+	// ingress on veth) against nothing attached at all; the control swaps trivial tcx programs on
+	// both hooks against nothing.
+	{name: "default-vs-nothing", ingress: loader.IngressAuto, nothing: true},
+	{name: "control-nothing", ingress: loader.IngressAuto, nothing: true, control: true},
 }
 
 // BenchmarkThroughputSwap compares MPTCP throughput with the datapath attached against a trivial
@@ -92,9 +101,14 @@ func BenchmarkThroughputSwap(b *testing.B) {
 				a, bb, ratios = append(a, r.aMbps), append(bb, r.bMbps), append(ratios, r.bMbps/r.aMbps)
 			}
 			gm, lo, hi := ratioCI(ratios)
+			// Side A is a trivial program, or nothing at all.
+			baseline := "trivial"
+			if c.nothing {
+				baseline = "nothing"
+			}
 			b.ReportMetric(sum(bb)/float64(len(bb)), "Mbit/s")
-			b.ReportMetric(sum(a)/float64(len(a)), "trivial-Mbit/s")
-			b.ReportMetric(gm, "x-trivial")
+			b.ReportMetric(sum(a)/float64(len(a)), baseline+"-Mbit/s")
+			b.ReportMetric(gm, "x-"+baseline)
 			if len(ratios) > 1 {
 				b.ReportMetric(lo, "ci95-lo")
 				b.ReportMetric(hi, "ci95-hi")
@@ -157,10 +171,14 @@ type swapper struct {
 	trivial *ebpf.Program
 	second  *ebpf.Program // a control's side B
 	err     error         // of a swap during the transfer (OnTick runs on one goroutine, done when Transfer returns)
+	nothing bool          // side A has no program at all: s.ingress holds tcx links while B runs
 }
 
 // set puts side B (datapath) or side A (trivial) in place on every interface.
 func (s *swapper) set(datapath bool) error {
+	if s.nothing {
+		return s.setLinks(datapath)
+	}
 	for i, lk := range s.ingress {
 		prog := s.trivial
 		if datapath {
@@ -197,6 +215,39 @@ func (s *swapper) set(datapath bool) error {
 	})
 }
 
+// setLinks, for a nothing case: side B attaches tcx ingress and egress links running dpIn and dpOut
+// on every interface; side A closes them, leaving both hooks empty.
+func (s *swapper) setLinks(datapath bool) error {
+	if !datapath {
+		for _, lk := range slices.Concat(s.ingress, s.egress) {
+			if err := lk.Close(); err != nil {
+				return fmt.Errorf("remove tcx link: %w", err)
+			}
+		}
+		s.ingress, s.egress = nil, nil
+		return nil
+	}
+	if len(s.ingress) > 0 {
+		return nil
+	}
+	return netns.Do(s.ns, func() error {
+		for i, ifc := range s.ifaces {
+			for _, h := range []struct {
+				prog   *ebpf.Program
+				attach ebpf.AttachType
+				dst    *[]link.Link
+			}{{s.dpIn[i], ebpf.AttachTCXIngress, &s.ingress}, {s.dpOut[i], ebpf.AttachTCXEgress, &s.egress}} {
+				lk, err := link.AttachTCX(link.TCXOptions{Program: h.prog, Interface: ifc, Attach: h.attach})
+				if err != nil {
+					return fmt.Errorf("attach tcx %s to ifindex %d: %w", h.attach, ifc, err)
+				}
+				*h.dst = append(*h.dst, lk)
+			}
+		}
+		return nil
+	})
+}
+
 func (s *swapper) close() {
 	for _, lk := range s.egress {
 		lk.Close()
@@ -222,7 +273,7 @@ func runSwap(tb testing.TB, l *lab.Lab, root string, c swapCase) (res swapResult
 	if err != nil {
 		return res, err
 	}
-	s := &swapper{ns: l.Server}
+	s := &swapper{ns: l.Server, nothing: c.nothing}
 	defer s.close()
 	for _, p := range l.Paths {
 		att, err := ld.Attach(loader.AttachOptions{Iface: p.ServerIf, Netns: l.Server, Mode: c.mode, Ingress: c.ingress, Egress: true})
@@ -240,7 +291,19 @@ func runSwap(tb testing.TB, l *lab.Lab, root string, c swapCase) (res swapResult
 			return res, err
 		}
 	}
-	if c.control {
+	if c.control && c.nothing {
+		// Side B: trivial tcx programs on both hooks.
+		if s.second, err = trivialTC(0); err != nil {
+			return res, err
+		}
+		for _, p := range slices.Concat(s.dpIn, s.dpOut) {
+			p.Close()
+		}
+		s.dpIn, s.dpOut = nil, nil
+		for range s.ifaces {
+			s.dpIn, s.dpOut = append(s.dpIn, s.second), append(s.dpOut, s.second)
+		}
+	} else if c.control {
 		// Side B: a second trivial program on every interface, and no egress program.
 		if s.second, err = s.trivialFor(c); err != nil {
 			return res, err
@@ -350,6 +413,12 @@ func (s *swapper) take(att *loader.Attachment, c swapCase) error {
 	for _, p := range att.Programs {
 		ids[p.Hook] = p
 	}
+	if c.nothing {
+		if _, ok := ids["tc_ingress"]; !ok {
+			return fmt.Errorf("%s: the default attach did not take tcx ingress (%+v): this case measures that path", att.Interface, att.Programs)
+		}
+		ingress = "tc_ingress"
+	}
 	in, eg := ids[ingress], ids["tc_egress"]
 	if in.LinkID == 0 || eg.LinkID == 0 {
 		return fmt.Errorf("%s: no %s or tc_egress bpf_link among %+v", att.Interface, ingress, att.Programs)
@@ -358,7 +427,16 @@ func (s *swapper) take(att *loader.Attachment, c swapCase) error {
 	if err != nil {
 		return fmt.Errorf("open ingress link %d: %w", in.LinkID, err)
 	}
-	s.ingress = append(s.ingress, lk)
+	if c.nothing {
+		// Side A has no ingress program either: the link goes, as the egress one below.
+		err = lk.Detach()
+		lk.Close()
+		if err != nil {
+			return fmt.Errorf("detach ingress link %d: %w", in.LinkID, err)
+		}
+	} else {
+		s.ingress = append(s.ingress, lk)
+	}
 	for _, p := range []struct {
 		id   uint32
 		dst  *[]*ebpf.Program
