@@ -429,7 +429,7 @@ static __always_inline int mx_parse(void *data, void *data_end, struct mx_result
 {
 #ifdef MX_COUNT_DIRECT
 	/* Untagged IPv4 without IP options, TCP, no fragment: the common frame, recognized with one
-	 * bounds check and four loads (the general path below reaches the same walk after a dozen
+	 * bounds check and two loads (the general path below reaches the same walk after a dozen
 	 * tests). Its TCP header sits at a constant offset, which the verifier follows without
 	 * laundering, so the walk does not wait on a round trip through map memory either. The walk is
 	 * verified once more for it. Any other frame, a shorter one included, takes the general path,
