@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"net/netip"
 	"testing"
+	"time"
 
 	"github.com/cilium/ebpf"
 	"github.com/mptcp-xdp/mptcp-xdp/pkg/lb"
@@ -54,8 +55,8 @@ var cases = []kase{
 			toks := make([]uint32, n)
 			now := lb.Monotonic()
 			for i, s := range srcs {
-				rkey := e.rng.Uint64()
-				toks[i], _ = lb.ServerToken(rkey)
+				var rkey uint64
+				rkey, toks[i], _ = e.serverKey()
 				frames[i] = seg{src: s, dst: m.vip, ack: true, opts: optsMPCACK(e.rng.Uint64(), rkey)}.frame(tb)
 				be[i] = e.hashBackend(m, s)
 				flows[i] = lb.Flow{FlowKey: lb.FlowKey{Src: s, Dst: m.vip}, Backend: be[i], LastSeen: now, Opened: true}
@@ -101,8 +102,7 @@ var cases = []kase{
 // the token's backend (and keeps the subflow in its protected table, emptied after each round so
 // that it never fills), the reference to the ring's.
 func prepareJoin(tb testing.TB, e *env, m mode, n int) func() round {
-	rkey := e.rng.Uint64()
-	tok, kh := lb.ServerToken(rkey)
+	_, tok, kh := e.serverKey()
 	owner := m.backends[1]
 	if err := e.mx.PutToken(lb.Token{VIPID: m.id, Token: tok, Backend: owner, KeyHash: kh, LastSeen: lb.Monotonic()}); err != nil {
 		tb.Fatal(err)
@@ -147,7 +147,7 @@ func runRounds(tb testing.TB, e *env, m mode, c kase, rounds, n int) []pairResul
 	next := c.prepare(tb, e, m, n)
 	var evCounts interface{ Snapshot() map[string]uint64 }
 	if c.consume {
-		counts, stop := consumeEvents(e)
+		counts, stop := consumeEvents(tb, e)
 		evCounts = counts
 		defer func() {
 			if err := stop(); err != nil {
@@ -155,6 +155,7 @@ func runRounds(tb testing.TB, e *env, m mode, c kase, rounds, n int) []pairResul
 			}
 		}()
 	}
+	caseStart := readStats(tb, e)
 	progs := [2]*ebpf.Program{e.ref.RbRefLb, e.mx.Program}
 	out := make([]pairResult, 0, rounds)
 	for r := 0; r < rounds; r++ {
@@ -189,8 +190,22 @@ func runRounds(tb testing.TB, e *env, m mode, c kase, rounds, n int) []pairResul
 		}
 		out = append(out, res)
 	}
-	if evCounts != nil && evCounts.Snapshot()[lb.EventJoinSteered.String()]+evCounts.Snapshot()[lb.EventConnLearned.String()] == 0 {
-		tb.Errorf("%s %s: the event consumer read no event", m.name, c.name)
+	if evCounts != nil {
+		// Every steered join and learned token queued one event: the consumer read it, or the
+		// ring was full and the datapath counted it lost.
+		wantEv := uint64(rounds * n)
+		var read, lost uint64
+		for deadline := time.Now().Add(3 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+			snap := evCounts.Snapshot()
+			read = snap[lb.EventJoinSteered.String()] + snap[lb.EventConnLearned.String()]
+			lost = readStats(tb, e).Sub(caseStart)[lb.StatEventLost]
+			if read+lost >= wantEv || time.Now().After(deadline) {
+				break
+			}
+		}
+		if read == 0 || read+lost != wantEv {
+			tb.Errorf("%s %s: the event consumer read %d events, %d were lost, want %d in all", m.name, c.name, read, lost, wantEv)
+		}
 	}
 	return out
 }

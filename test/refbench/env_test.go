@@ -7,6 +7,7 @@ import (
 	"math/rand/v2"
 	"net"
 	"net/netip"
+	"os"
 	"sync"
 	"testing"
 	"time"
@@ -100,11 +101,26 @@ type env struct {
 	rings map[uint32][]uint32
 	next  uint32 // the next unused client number
 	rng   *rand.Rand
+	// tokens ever given out by serverKey: no two connections of a run share one (a collision
+	// would keep mptcp-xdp from learning the newer token, and change the case's work).
+	tokens map[uint32]bool
+}
+
+// serverKey returns a random server key whose token no earlier key of the run had.
+func (e *env) serverKey() (key uint64, token uint32, keyHash uint64) {
+	for {
+		key = e.rng.Uint64()
+		token, keyHash = lb.ServerToken(key)
+		if token != 0 && !e.tokens[token] {
+			e.tokens[token] = true
+			return key, token, keyHash
+		}
+	}
 }
 
 func newEnv(tb testing.TB, maxFlows uint32) *env {
 	tb.Helper()
-	e := &env{seed: 0x5eed1234, rings: map[uint32][]uint32{}, rng: rand.New(rand.NewPCG(11, 12))}
+	e := &env{seed: 0x5eed1234, rings: map[uint32][]uint32{}, tokens: map[uint32]bool{}, rng: rand.New(rand.NewPCG(11, 12))}
 	spec, err := LoadRef()
 	if err != nil {
 		tb.Fatal(err)
@@ -357,8 +373,7 @@ func tracked(tb testing.TB, e *env, m mode, opts []layers.TCPOption, mptcp bool)
 		be[i] = m.backends[i%len(m.backends)]
 		flows[i] = lb.Flow{FlowKey: lb.FlowKey{Src: s, Dst: m.vip}, Backend: be[i], LastSeen: now, Opened: true}
 		if mptcp {
-			rkey := e.rng.Uint64()
-			tok, kh := lb.ServerToken(rkey)
+			_, tok, kh := e.serverKey()
 			flows[i].Token, flows[i].Learned = tok, true
 			if err := e.mx.PutToken(lb.Token{VIPID: m.id, Token: tok, Backend: be[i], KeyHash: kh, LastSeen: now}); err != nil {
 				tb.Fatal(err)
@@ -377,11 +392,27 @@ func tracked(tb testing.TB, e *env, m mode, opts []layers.TCPOption, mptcp bool)
 
 // consumeEvents runs pkg/control's event consumer (the one `mptcp-xdp lb run` runs) until the
 // returned stop is called.
-func consumeEvents(e *env) (*control.EventCounts, func() error) {
+func consumeEvents(tb testing.TB, e *env) (*control.EventCounts, func() error) {
+	tb.Helper()
+	// First the events left from cases that ran without a consumer, so that only this case's
+	// are counted.
+	r, err := lb.NewEventReader(e.mx.Maps)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	for {
+		r.SetDeadline(time.Now())
+		if _, err := r.Read(); err != nil {
+			if !errors.Is(err, os.ErrDeadlineExceeded) {
+				tb.Fatalf("drain events: %v", err)
+			}
+			break
+		}
+	}
+	r.Close()
 	ctx, cancel := context.WithCancel(context.Background())
 	counts := &control.EventCounts{}
 	var wg sync.WaitGroup
-	var err error
 	wg.Add(1)
 	go func() { defer wg.Done(); err = control.ConsumeEvents(ctx, e.mx.Maps, counts, nil) }()
 	return counts, func() error { cancel(); wg.Wait(); return err }
