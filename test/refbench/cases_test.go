@@ -242,6 +242,7 @@ func TestForwarding(t *testing.T) {
 // the expected one, and one whose frame never comes back (a frame to no VIP, passed to the stack).
 func TestMeasureCatchesMisforwarding(t *testing.T) {
 	e := newEnv(t, 1<<16)
+	e.wait = 500 * time.Millisecond // a lost frame is what this test expects
 	m := modes[0]
 	src := e.clients(m, 1)[0]
 	fr := [][]byte{seg{src: src, dst: m.vip, syn: true, opts: optsSYN}.frame(t)}

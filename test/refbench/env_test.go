@@ -104,6 +104,8 @@ type env struct {
 	// tokens ever given out by serverKey: no two connections of a run share one (a collision
 	// would keep mptcp-xdp from learning the newer token, and change the case's work).
 	tokens map[uint32]bool
+	// wait: how long measure waits for the sink to count every frame.
+	wait time.Duration
 }
 
 // serverKey returns a random server key whose token no earlier key of the run had.
@@ -120,7 +122,7 @@ func (e *env) serverKey() (key uint64, token uint32, keyHash uint64) {
 
 func newEnv(tb testing.TB, maxFlows uint32) *env {
 	tb.Helper()
-	e := &env{seed: 0x5eed1234, rings: map[uint32][]uint32{}, tokens: map[uint32]bool{}, rng: rand.New(rand.NewPCG(11, 12))}
+	e := &env{seed: 0x5eed1234, rings: map[uint32][]uint32{}, tokens: map[uint32]bool{}, wait: 5 * time.Second, rng: rand.New(rand.NewPCG(11, 12))}
 	spec, err := LoadRef()
 	if err != nil {
 		tb.Fatal(err)
@@ -286,7 +288,7 @@ func (e *env) measure(prog *ebpf.Program, frames [][]byte, want map[RefRbSinkKey
 	}
 	var after map[RefRbSinkKey]uint64
 	var other uint64
-	for deadline := time.Now().Add(5 * time.Second); ; {
+	for deadline := time.Now().Add(e.wait); ; {
 		if after, other, err = e.readSink(); err != nil {
 			return 0, err
 		}
