@@ -12,6 +12,9 @@ import (
 var (
 	benchFrames = flag.Int("refbench.frames", 8192, "frames per program per round")
 	benchFlows  = flag.Uint("refbench.flows", 1<<20, "flow-table size of both balancers")
+	// Diagnostics (docs/benchmarks.md): where mptcp_dss's cost goes.
+	benchTokens     = flag.Uint("refbench.tokens", 0, "mptcp-xdp's token-table size (0: its default, 1<<20)")
+	benchNoSteering = flag.Bool("refbench.no-steering", false, "turn join steering off on mptcp-xdp's VIPs (the join cases then fail: use with -bench '/(flow_hit|mptcp_dss)$')")
 )
 
 // tQuantile975 is Student's t distribution's 97.5% quantile for df degrees of freedom.
@@ -74,7 +77,7 @@ var (
 // and through mptcp-xdp's, in alternating order. ns/pkt are the kernel's (bpf_stats run time over
 // run count); x-ref is the geometric mean of the rounds' ratios, x-ref-lo95/-hi95 its interval.
 func BenchmarkVsReference(b *testing.B) {
-	e := newEnv(b, uint32(*benchFlows))
+	e := newEnv(b, envConfig{maxFlows: uint32(*benchFlows), maxTokens: uint32(*benchTokens), noSteering: *benchNoSteering})
 	for _, m := range modes {
 		for _, c := range cases {
 			b.Run(m.name+"/"+c.name, func(b *testing.B) {

@@ -223,7 +223,7 @@ func readStats(tb testing.TB, e *env) lb.Stats {
 // the sink from the backend it must go to (the sink's counts per backend equal the expected ones,
 // nothing unattributed), the program ran once per frame, and mptcp-xdp counted what it did.
 func TestForwarding(t *testing.T) {
-	e := newEnv(t, 1<<16)
+	e := newEnv(t, envConfig{maxFlows: 1 << 16})
 	for _, m := range modes {
 		for _, c := range cases {
 			t.Run(m.name+"/"+c.name, func(t *testing.T) {
@@ -241,7 +241,7 @@ func TestForwarding(t *testing.T) {
 // TestMeasureCatchesMisforwarding: measure fails a round whose frame reaches another backend than
 // the expected one, and one whose frame never comes back (a frame to no VIP, passed to the stack).
 func TestMeasureCatchesMisforwarding(t *testing.T) {
-	e := newEnv(t, 1<<16)
+	e := newEnv(t, envConfig{maxFlows: 1 << 16})
 	e.wait = 500 * time.Millisecond // a lost frame is what this test expects
 	m := modes[0]
 	src := e.clients(m, 1)[0]

@@ -120,7 +120,14 @@ func (e *env) serverKey() (key uint64, token uint32, keyHash uint64) {
 	}
 }
 
-func newEnv(tb testing.TB, maxFlows uint32) *env {
+// envConfig: the flow-table size of both balancers; mptcp-xdp's token-table size (0: its default);
+// noSteering turns join steering off on mptcp-xdp's VIPs (a diagnostic: the join cases then fail).
+type envConfig struct {
+	maxFlows, maxTokens uint32
+	noSteering          bool
+}
+
+func newEnv(tb testing.TB, cfg envConfig) *env {
 	tb.Helper()
 	e := &env{seed: 0x5eed1234, rings: map[uint32][]uint32{}, tokens: map[uint32]bool{}, wait: 5 * time.Second, rng: rand.New(rand.NewPCG(11, 12))}
 	spec, err := LoadRef()
@@ -130,12 +137,12 @@ func newEnv(tb testing.TB, maxFlows uint32) *env {
 	if err := spec.Variables["rb_hash_seed"].Set(e.seed); err != nil {
 		tb.Fatal(err)
 	}
-	spec.Maps["rb_flows"].MaxEntries = maxFlows
+	spec.Maps["rb_flows"].MaxEntries = cfg.maxFlows
 	if err := spec.LoadAndAssign(&e.ref, nil); err != nil {
 		tb.Fatalf("load reference balancer: %v", err)
 	}
 	tb.Cleanup(func() { e.ref.Close() })
-	if e.mx, err = lb.Load(lb.Config{HashSeed: e.seed, MaxVIPs: 4, MaxFlows: maxFlows}); err != nil {
+	if e.mx, err = lb.Load(lb.Config{HashSeed: e.seed, MaxVIPs: 4, MaxFlows: cfg.maxFlows, MaxTokens: cfg.maxTokens}); err != nil {
 		tb.Fatal(err)
 	}
 	tb.Cleanup(func() { e.mx.Close() })
@@ -165,7 +172,7 @@ func newEnv(tb testing.TB, maxFlows uint32) *env {
 		}
 	}
 	for _, m := range modes {
-		if err := e.mx.PutVIP(lb.VIP{Addr: m.vip, ID: m.id, JoinSteering: true, Forward: m.fwd, UnknownJoin: lb.JoinDrop}); err != nil {
+		if err := e.mx.PutVIP(lb.VIP{Addr: m.vip, ID: m.id, JoinSteering: !cfg.noSteering, Forward: m.fwd, UnknownJoin: lb.JoinDrop}); err != nil {
 			tb.Fatal(err)
 		}
 		vk := RefRbVipKey{Addr: addr16(m.vip.Addr()), Port: htons(m.vip.Port()), Proto: 6}
