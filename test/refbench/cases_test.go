@@ -210,6 +210,26 @@ func runRounds(tb testing.TB, e *env, m mode, c kase, rounds, n int) []pairResul
 	return out
 }
 
+// runFloor measures rb_floor for rounds rounds of n tracked-flow ACKs, all of which it must send
+// to backend 1.
+func runFloor(tb testing.TB, e *env, rounds, n int) []float64 {
+	tb.Helper()
+	m := modes[0]
+	fr, _ := tracked(tb, e, m, optsACK, false)
+	frames, _ := cycle(fr, []uint32{1}, n)
+	w := counts(m, []uint32{1})
+	w[sinkKey(m, 1)] = uint64(n)
+	var out []float64
+	for r := 0; r < rounds; r++ {
+		d, err := e.measure(e.ref.RbFloor, frames, w)
+		if err != nil {
+			tb.Fatalf("floor round %d: %v", r, err)
+		}
+		out = append(out, float64(d.Nanoseconds()))
+	}
+	return out
+}
+
 func readStats(tb testing.TB, e *env) lb.Stats {
 	tb.Helper()
 	s, err := e.mx.ReadStats()
@@ -224,6 +244,7 @@ func readStats(tb testing.TB, e *env) lb.Stats {
 // nothing unattributed), the program ran once per frame, and mptcp-xdp counted what it did.
 func TestForwarding(t *testing.T) {
 	e := newEnv(t, envConfig{maxFlows: 1 << 16})
+	t.Run("floor", func(t *testing.T) { runFloor(t, e, 2, 256) })
 	for _, m := range modes {
 		for _, c := range cases {
 			t.Run(m.name+"/"+c.name, func(t *testing.T) {

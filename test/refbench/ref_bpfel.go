@@ -63,6 +63,7 @@ const (
 	RefMapRbSinkCounts = "rb_sink_counts"
 	RefMapRbSinkOther  = "rb_sink_other"
 	RefMapRbVips       = "rb_vips"
+	RefProgRbFloor     = "rb_floor"
 	RefProgRbRefLb     = "rb_ref_lb"
 	RefProgRbSink      = "rb_sink"
 	RefVarRbHashSeed   = "rb_hash_seed"
@@ -110,6 +111,7 @@ type RefSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type RefProgramSpecs struct {
+	RbFloor *ebpf.ProgramSpec `ebpf:"rb_floor"`
 	RbRefLb *ebpf.ProgramSpec `ebpf:"rb_ref_lb"`
 	RbSink  *ebpf.ProgramSpec `ebpf:"rb_sink"`
 }
@@ -183,12 +185,14 @@ type RefVariables struct {
 //
 // It can be passed to LoadRefObjects or ebpf.CollectionSpec.LoadAndAssign.
 type RefPrograms struct {
+	RbFloor *ebpf.Program `ebpf:"rb_floor"`
 	RbRefLb *ebpf.Program `ebpf:"rb_ref_lb"`
 	RbSink  *ebpf.Program `ebpf:"rb_sink"`
 }
 
 func (p *RefPrograms) Close() error {
 	return _RefClose(
+		p.RbFloor,
 		p.RbRefLb,
 		p.RbSink,
 	)
