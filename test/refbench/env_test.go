@@ -78,12 +78,8 @@ func sinkKey(m mode, i uint32) RefRbSinkKey {
 	return k
 }
 
-func addr16(a netip.Addr) [16]byte {
-	if a.Is4() {
-		return netip.AddrFrom16(a.As16()).As16() // v4-mapped
-	}
-	return a.As16()
-}
+// addr16 is a as the datapaths hold it: IPv4 v4-mapped.
+func addr16(a netip.Addr) [16]byte { return a.As16() }
 
 func refFlowKey(src, dst netip.AddrPort) RefRbFlowKey {
 	return RefRbFlowKey{Src: addr16(src.Addr()), Dst: addr16(dst.Addr()), Sport: htons(src.Port()), Dport: htons(dst.Port()), Proto: 6}
