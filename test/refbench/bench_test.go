@@ -12,6 +12,7 @@ import (
 var (
 	benchFrames = flag.Int("refbench.frames", 8192, "frames per program per round")
 	benchFlows  = flag.Uint("refbench.flows", 1<<20, "flow-table size of both balancers")
+	benchFill   = flag.Bool("refbench.fill", true, "fill both flow tables to capacity first (new flows evict); false: keep them near empty (SYNs' flows removed after each round)")
 	// Diagnostics (docs/benchmarks.md): where mptcp_dss's cost goes.
 	benchTokens     = flag.Uint("refbench.tokens", 0, "mptcp-xdp's token-table size (0: its default, 1<<20)")
 	benchNoSteering = flag.Bool("refbench.no-steering", false, "turn join steering off on mptcp-xdp's VIPs (the join cases then fail: use with -bench '/(flow_hit|mptcp_dss)$')")
@@ -78,7 +79,7 @@ var (
 // and through mptcp-xdp's, in alternating order. ns/pkt are the kernel's (bpf_stats run time over
 // run count); x-ref is the geometric mean of the rounds' ratios, x-ref-lo95/-hi95 its interval.
 func BenchmarkVsReference(b *testing.B) {
-	e := newEnv(b, envConfig{maxFlows: uint32(*benchFlows), maxTokens: uint32(*benchTokens), noSteering: *benchNoSteering})
+	e := newEnv(b, envConfig{maxFlows: uint32(*benchFlows), maxTokens: uint32(*benchTokens), noSteering: *benchNoSteering, fill: *benchFill})
 	b.Run("floor", func(b *testing.B) {
 		var sum float64
 		res := runFloor(b, e, max(b.N, 2), *benchFrames)

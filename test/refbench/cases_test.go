@@ -39,7 +39,18 @@ var cases = []kase{
 			}
 			w := counts(m, be)
 			return round{frames: frames, want: [2]map[RefRbSinkKey]uint64{w, w},
-				check: func(d lb.Stats) error { return want(d, lb.StatNewFlow, n) }}
+				check: func(d lb.Stats) error { return want(d, lb.StatNewFlow, n) },
+				teardown: func() error {
+					if e.full {
+						return nil
+					}
+					for _, s := range srcs {
+						if err := e.mx.DeleteFlow(lb.FlowKey{Src: s, Dst: m.vip}); err != nil {
+							return err
+						}
+					}
+					return e.deleteRefFlows(m, srcs)
+				}}
 		}
 	}},
 	{name: "join_syn", target: 1.2, prepare: prepareJoin},
@@ -125,7 +136,10 @@ func prepareJoin(tb testing.TB, e *env, m mode, n int) func() round {
 						return err
 					}
 				}
-				return nil
+				if e.full {
+					return nil
+				}
+				return e.deleteRefFlows(m, srcs)
 			}}
 	}
 }

@@ -102,6 +102,9 @@ type env struct {
 	tokens map[uint32]bool
 	// wait: how long measure waits for the sink to count every frame.
 	wait time.Duration
+	// full: the flow tables were filled (envConfig.fill); else the cases remove the flows
+	// their SYNs stored after each round, so that the tables stay as empty as they began.
+	full bool
 }
 
 // serverKey returns a random server key whose token no earlier key of the run had.
@@ -121,6 +124,10 @@ func (e *env) serverKey() (key uint64, token uint32, keyHash uint64) {
 type envConfig struct {
 	maxFlows, maxTokens uint32
 	noSteering          bool
+	// fill: both flow tables are filled to capacity before the first case, as a busy balancer's
+	// are, so that both insert into a full LRU (evicting) from the start, whatever the cases
+	// inserted before (the reference stores joins in its LRU, mptcp-xdp in its protected table).
+	fill bool
 }
 
 func newEnv(tb testing.TB, cfg envConfig) *env {
@@ -199,7 +206,37 @@ func newEnv(tb testing.TB, cfg envConfig) *env {
 			}
 		}
 	}
+	e.full = cfg.fill
+	if cfg.fill {
+		if err := e.fillFlows(cfg.maxFlows); err != nil {
+			tb.Fatal(err)
+		}
+	}
 	return e
+}
+
+// fillFlows writes n flows to an address no VIP has into both flow tables.
+func (e *env) fillFlows(n uint32) error {
+	dst := netip.MustParseAddrPort("192.0.2.1:80")
+	keys := make([]RefRbFlowKey, n)
+	vals := make([]uint32, n)
+	flows := make([]lb.Flow, n)
+	now := lb.Monotonic()
+	for i := range keys {
+		src := clientAddr(1<<31+uint32(i), false)
+		keys[i], vals[i] = refFlowKey(src, dst), 1
+		flows[i] = lb.Flow{FlowKey: lb.FlowKey{Src: src, Dst: dst}, Backend: 1, LastSeen: now}
+	}
+	for off := 0; off < len(keys); off += 65536 {
+		end := min(off+65536, len(keys))
+		if _, err := e.ref.RbFlows.BatchUpdate(keys[off:end], vals[off:end], nil); err != nil {
+			return fmt.Errorf("fill the reference's flow table: %w", err)
+		}
+	}
+	if err := e.mx.PutFlows(flows); err != nil {
+		return fmt.Errorf("fill mptcp-xdp's flow table: %w", err)
+	}
+	return nil
 }
 
 // hashBackend is the backend that both balancers' rings give a new flow src -> m.vip.
