@@ -36,10 +36,10 @@ manifests: ## render deploy/kubernetes/mptcp-xdp.yaml (and test/deploy's renders
 	$(GO) test -count=1 -run '^TestChartRenders$$' ./test/deploy -update
 
 generate: ## rebuild the eBPF objects and their Go bindings with clang (-O2 -g -Wall -Werror)
-	$(GO) generate ./pkg/datapath/...
+	$(GO) generate ./pkg/datapath/... ./test/refbench/...
 
 check-generated: generate ## fail when the committed eBPF objects are stale
-	@git diff --exit-code --stat -- pkg/datapath || { echo "committed eBPF objects are stale: run 'make generate' and commit"; exit 1; }
+	@git diff --exit-code --stat -- pkg/datapath test/refbench || { echo "committed eBPF objects are stale: run 'make generate' and commit"; exit 1; }
 
 test: ## run every test against the real kernel (root, network namespaces)
 	$(GO) test $(TESTFLAGS) ./...
