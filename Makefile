@@ -57,6 +57,7 @@ bench: ## benchmarks (per-packet cost as ratios to a trivial program, throughput
 SMOKE_RUNS ?= 2000000x
 bench-smoke: ## the per-packet benchmarks, briefly (CI): ratios printed, not asserted
 	$(GO) test -count=1 -run '^$$' -bench '^(BenchmarkXDP|BenchmarkBalancer)$$' -benchtime $(SMOKE_RUNS) ./pkg/datapath/ ./pkg/lb/
+	$(GO) test -count=1 -run '^$$' -bench '^BenchmarkVsReference$$' -benchtime 2x ./test/refbench/
 
 # make bench-replay: REPLAY_BYTES is the size of the generated capture (internal/capgen), written to
 # REPLAY_DIR and removed after the runs; REPLAY_RUNS runs of each tool, interleaved.
