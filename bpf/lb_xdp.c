@@ -717,11 +717,20 @@ int mptcpx_lb(struct xdp_md *ctx)
 		lb_count(st, LB_STAT_FLOW_HIT);
 		f->last_ns = now;
 		token = f->token;
-		if (token && steering && mp.kind != LB_MP_KEYS) {
+		/* The token table is read only when the flow cannot tell that the token is fresh: its
+		 * tok_seen is the token's last_ns when this flow last read it, and last_ns only grows,
+		 * so a token stale now was seen at least as long ago (see LB_TOK_SEEN_SHIFT): what is
+		 * refreshed, and when, is as if the table were read on every packet. */
+		if (token && steering && mp.kind != LB_MP_KEYS &&
+		    (__u32)(now >> LB_TOK_SEEN_SHIFT) - f->tok_seen >=
+			    (__u32)(lb_token_refresh_ns >> LB_TOK_SEEN_SHIFT)) {
 			struct lb_token_key tk = {.vip_id = vip->id, .token = token};
 			struct lb_token *t = bpf_map_lookup_elem(&mptcpx_tokens, &tk);
-			if (t && t->backend == bid && now - t->last_ns > lb_token_refresh_ns)
-				t->last_ns = now;
+			if (t && t->backend == bid) {
+				if (now - t->last_ns > lb_token_refresh_ns)
+					t->last_ns = now;
+				f->tok_seen = t->last_ns >> LB_TOK_SEEN_SHIFT;
+			}
 		}
 		/* A draining backend's flow cannot be found by Maglev again: protect it. */
 		if (!prot && (be->flags & LB_BACKEND_DRAINING)) {

@@ -94,8 +94,14 @@ struct lb_flow {
 	__u32 token;    /* the server's token once learned (0 before); host order */
 	__u64 last_ns;  /* bpf_ktime_get_ns of the last packet */
 	__u32 flags;    /* enum lb_flow_flags */
-	__u32 pad;
+	__u32 tok_seen; /* the token's last_ns >> LB_TOK_SEEN_SHIFT when this flow last read it (0: never) */
 };
+
+/* lb_flow.tok_seen's unit: 2^20 ns (about 1 ms), so that 32 bits span 52 days. A flow reads the
+ * token table when now, in that unit, is at least lb_token_refresh_ns (in that unit, rounded down)
+ * past tok_seen: never later than the token turns stale, since floor(a) - floor(b) >= floor(a - b).
+ * Flows idle for 52 days (the flow table's GC removes them long before) could wrap. */
+#define LB_TOK_SEEN_SHIFT 20
 
 struct lb_token_key {
 	__u32 vip_id;

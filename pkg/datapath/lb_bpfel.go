@@ -44,7 +44,7 @@ type LbLbFlow struct {
 	Token   uint32
 	LastNs  uint64
 	Flags   uint32
-	Pad     uint32
+	TokSeen uint32
 }
 
 type LbLbFlowKey struct {

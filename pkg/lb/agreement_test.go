@@ -584,19 +584,22 @@ func bytesDiff(want, got []byte) string {
 
 const stamped = ^uint64(0) // a last_ns the model set to the time of the run
 
-// canonical replaces the model's timestamps "now" by stamped.
+// stampedSeen is a flow's tok_seen the model set from the time of the run (a token refreshed or
+// learned now).
+const stampedSeen = ^uint32(0)
+
+// canonical replaces the model's timestamps "now" by stamped (stampedSeen for tok_seen).
 func canonical(t tables, now uint64) tables {
 	c := t.clone()
-	for k, v := range c.flows {
-		if v.LastNs == now {
-			v.LastNs = stamped
-			c.flows[k] = v
-		}
-	}
-	for k, v := range c.pflows {
-		if v.LastNs == now {
-			v.LastNs = stamped
-			c.pflows[k] = v
+	for _, flows := range []map[datapath.LbLbFlowKey]datapath.LbLbFlow{c.flows, c.pflows} {
+		for k, v := range flows {
+			if v.LastNs == now {
+				v.LastNs = stamped
+			}
+			if v.TokSeen == uint32(now>>tokSeenShift) {
+				v.TokSeen = stampedSeen
+			}
+			flows[k] = v
 		}
 	}
 	for k, v := range c.tokens {
@@ -644,6 +647,21 @@ func diffTable[K comparable, V any](name string, want, got map[K]V, last func(V)
 	return out
 }
 
+// matchTokSeen gives each flow of want whose tok_seen the model stamped the program's, when that
+// lies in [lo, hi] in tok_seen's unit.
+func matchTokSeen(want, got map[datapath.LbLbFlowKey]datapath.LbLbFlow, lo, hi uint64) {
+	for k, w := range want {
+		g, ok := got[k]
+		if w.TokSeen != stampedSeen || !ok {
+			continue
+		}
+		if g.TokSeen >= uint32(lo>>tokSeenShift) && g.TokSeen <= uint32(hi>>tokSeenShift) {
+			w.TokSeen = g.TokSeen
+			want[k] = w
+		}
+	}
+}
+
 func valueString(v any) string {
 	at := func(ns uint64) string {
 		if ns == stamped {
@@ -653,7 +671,7 @@ func valueString(v any) string {
 	}
 	switch v := v.(type) {
 	case datapath.LbLbFlow:
-		return fmt.Sprintf("{backend %d, token %08x, last_ns %s, flags %#x}", v.Backend, v.Token, at(v.LastNs), v.Flags)
+		return fmt.Sprintf("{backend %d, token %08x, last_ns %s, flags %#x, tok_seen %d}", v.Backend, v.Token, at(v.LastNs), v.Flags, v.TokSeen)
 	case datapath.LbLbToken:
 		return fmt.Sprintf("{backend %d, key_hash %016x, last_ns %s}", v.Backend, v.KeyHash, at(v.LastNs))
 	}
@@ -735,6 +753,8 @@ func (h *harness) check(frame []byte, model *lbModel) (divergence, error) {
 	flowSet := func(v datapath.LbLbFlow, t uint64) datapath.LbLbFlow { v.LastNs = t; return v }
 	tokLast := func(v datapath.LbLbToken) uint64 { return v.LastNs }
 	tokSet := func(v datapath.LbLbToken, t uint64) datapath.LbLbToken { v.LastNs = t; return v }
+	matchTokSeen(d.want.after.flows, after.flows, lo, hi)
+	matchTokSeen(d.want.after.pflows, after.pflows, lo, hi)
 	d.tableDiffs = append(d.tableDiffs, diffTable("flows", d.want.after.flows, after.flows, flowLast, flowSet, lo, hi)...)
 	d.tableDiffs = append(d.tableDiffs, diffTable("protected flows", d.want.after.pflows, after.pflows, flowLast, flowSet, lo, hi)...)
 	d.tableDiffs = append(d.tableDiffs, diffTable("tokens", d.want.after.tokens, after.tokens, tokLast, tokSet, lo, hi)...)

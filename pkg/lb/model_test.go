@@ -54,6 +54,8 @@ func verdictName(v uint32) string {
 const (
 	flowOpened  = 1 << 0 // LB_FLOW_OPENED
 	flowLearned = 1 << 1 // LB_FLOW_LEARNED
+	// tokSeenShift is LB_TOK_SEEN_SHIFT: lb_flow.tok_seen's unit, 2^20 ns.
+	tokSeenShift = 20
 )
 
 const (
@@ -352,12 +354,17 @@ func (m *lbModel) decide(frame []byte, before tables, now uint64) outcome {
 		o.note("follows its flow to backend %d", bid)
 		f.LastNs = now
 		token = f.Token
-		if token != 0 && steering && !mp.keys {
+		// The token table is read only when the flow's tok_seen cannot vouch for the token
+		// (lb_xdp.c, LB_TOK_SEEN_SHIFT).
+		if token != 0 && steering && !mp.keys && uint32(now>>tokSeenShift)-f.TokSeen >= uint32(m.tokenRefresh>>tokSeenShift) {
 			tk := datapath.LbLbTokenKey{VipId: vip.ID, Token: token}
-			if tv, ok := t.tokens[tk]; ok && tv.Backend == bid && now-tv.LastNs > m.tokenRefresh {
-				tv.LastNs = now
-				t.tokens[tk] = tv
-				o.note("refreshes token %08x", token)
+			if tv, ok := t.tokens[tk]; ok && tv.Backend == bid {
+				if now-tv.LastNs > m.tokenRefresh {
+					tv.LastNs = now
+					t.tokens[tk] = tv
+					o.note("refreshes token %08x", token)
+				}
+				f.TokSeen = uint32(tv.LastNs >> tokSeenShift)
 			}
 		}
 		store(fk, f, inProt)
