@@ -50,6 +50,15 @@ const volatile __u64 lb_collision_idle_ns = 120ULL * 1000000000ULL;
 /* How stale a token's last_ns may get before a packet of one of its flows refreshes it. */
 const volatile __u64 lb_token_refresh_ns = 1000000000ULL;
 
+/* The new-flow rate guard: at most this many new flows stored per CPU per LB_GUARD_WINDOW_NS (one
+ * second); a new flow over it is still forwarded by Maglev, but not stored (LB_STAT_GUARDED). 0: no
+ * guard, every new flow is stored. Katran's default (MAX_CONN_RATE). */
+const volatile __u32 lb_new_flow_rate = 125000;
+
+#ifndef LB_GUARD_WINDOW_NS
+#define LB_GUARD_WINDOW_NS 1000000000ULL
+#endif
+
 /* --- maps --- */
 
 struct {
@@ -124,6 +133,14 @@ struct {
 	__uint(type, BPF_MAP_TYPE_RINGBUF);
 	__uint(max_entries, LB_EVENTS_BYTES);
 } mptcpx_lb_evts SEC(".maps");
+
+/* The rate guard's window (struct lb_guard), per CPU: no lock, no shared cache line. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct lb_guard);
+} mptcpx_lb_guard SEC(".maps");
 
 /* Per-CPU scratch word: a value written and read back through map memory is unknown to the
  * verifier (see mx_launder in mx_parse.h), which lets it prune the TCP options loop. */

@@ -57,9 +57,17 @@ type LbLbFlowKey struct {
 	Pad   [3]uint8
 }
 
+type LbLbGuard struct {
+	_      structs.HostLayout
+	WinNs  uint64
+	OverNs uint64
+	Flows  uint32
+	Late   uint32
+}
+
 type LbLbStats struct {
 	_     structs.HostLayout
-	Count [22]uint64
+	Count [24]uint64
 }
 
 type LbLbToken struct {
@@ -94,7 +102,7 @@ type LbLbVipKey struct {
 
 type LbLbVipStats struct {
 	_     structs.HostLayout
-	Count [12]uint64
+	Count [13]uint64
 }
 
 // Names of all BPF objects in the ELF.
@@ -105,6 +113,7 @@ const (
 	LbMapMptcpxFlows       = "mptcpx_flows"
 	LbMapMptcpxLbBstats    = "mptcpx_lb_bstats"
 	LbMapMptcpxLbEvts      = "mptcpx_lb_evts"
+	LbMapMptcpxLbGuard     = "mptcpx_lb_guard"
 	LbMapMptcpxLbScr       = "mptcpx_lb_scr"
 	LbMapMptcpxLbStats     = "mptcpx_lb_stats"
 	LbMapMptcpxLbVstats    = "mptcpx_lb_vstats"
@@ -116,6 +125,7 @@ const (
 	LbVarLbCollisionIdleNs = "lb_collision_idle_ns"
 	LbVarLbEventBtf        = "lb_event_btf"
 	LbVarLbHashSeed        = "lb_hash_seed"
+	LbVarLbNewFlowRate     = "lb_new_flow_rate"
 	LbVarLbTokenRefreshNs  = "lb_token_refresh_ns"
 )
 
@@ -172,6 +182,7 @@ type LbMapSpecs struct {
 	MptcpxFlows    *ebpf.MapSpec `ebpf:"mptcpx_flows"`
 	MptcpxLbBstats *ebpf.MapSpec `ebpf:"mptcpx_lb_bstats"`
 	MptcpxLbEvts   *ebpf.MapSpec `ebpf:"mptcpx_lb_evts"`
+	MptcpxLbGuard  *ebpf.MapSpec `ebpf:"mptcpx_lb_guard"`
 	MptcpxLbScr    *ebpf.MapSpec `ebpf:"mptcpx_lb_scr"`
 	MptcpxLbStats  *ebpf.MapSpec `ebpf:"mptcpx_lb_stats"`
 	MptcpxLbVstats *ebpf.MapSpec `ebpf:"mptcpx_lb_vstats"`
@@ -188,6 +199,7 @@ type LbVariableSpecs struct {
 	LbCollisionIdleNs *ebpf.VariableSpec `ebpf:"lb_collision_idle_ns"`
 	LbEventBtf        *ebpf.VariableSpec `ebpf:"lb_event_btf"`
 	LbHashSeed        *ebpf.VariableSpec `ebpf:"lb_hash_seed"`
+	LbNewFlowRate     *ebpf.VariableSpec `ebpf:"lb_new_flow_rate"`
 	LbTokenRefreshNs  *ebpf.VariableSpec `ebpf:"lb_token_refresh_ns"`
 }
 
@@ -215,6 +227,7 @@ type LbMaps struct {
 	MptcpxFlows    *ebpf.Map `ebpf:"mptcpx_flows"`
 	MptcpxLbBstats *ebpf.Map `ebpf:"mptcpx_lb_bstats"`
 	MptcpxLbEvts   *ebpf.Map `ebpf:"mptcpx_lb_evts"`
+	MptcpxLbGuard  *ebpf.Map `ebpf:"mptcpx_lb_guard"`
 	MptcpxLbScr    *ebpf.Map `ebpf:"mptcpx_lb_scr"`
 	MptcpxLbStats  *ebpf.Map `ebpf:"mptcpx_lb_stats"`
 	MptcpxLbVstats *ebpf.Map `ebpf:"mptcpx_lb_vstats"`
@@ -230,6 +243,7 @@ func (m *LbMaps) Close() error {
 		m.MptcpxFlows,
 		m.MptcpxLbBstats,
 		m.MptcpxLbEvts,
+		m.MptcpxLbGuard,
 		m.MptcpxLbScr,
 		m.MptcpxLbStats,
 		m.MptcpxLbVstats,
@@ -247,6 +261,7 @@ type LbVariables struct {
 	LbCollisionIdleNs *ebpf.Variable `ebpf:"lb_collision_idle_ns"`
 	LbEventBtf        *ebpf.Variable `ebpf:"lb_event_btf"`
 	LbHashSeed        *ebpf.Variable `ebpf:"lb_hash_seed"`
+	LbNewFlowRate     *ebpf.Variable `ebpf:"lb_new_flow_rate"`
 	LbTokenRefreshNs  *ebpf.Variable `ebpf:"lb_token_refresh_ns"`
 }
 
