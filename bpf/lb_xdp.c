@@ -66,7 +66,8 @@ struct lb_icmp6 {
  * MP_CAPABLE third ACK of a flow that is not in the table be placed now (its token learned, the flow
  * stored)? Only while the guard is engaged (its SYN was most likely refused: its joins need the
  * token), within a budget of its own of lb_new_flow_rate per window, so that neither a SYN flood
- * starves the learning nor forged third ACKs flood the tables. With no guard (rate 0), every new
+ * starves the learning nor forged third ACKs flood the tables. Engaged: any CPU refused a flow in
+ * the last two windows (mptcpx_lb_guard_on). With no guard (rate 0), every new
  * flow is stored and nothing is learned late. Global: verified once. */
 __attribute__((noinline)) int lb_guard_admit(__u64 now, __u32 late)
 {
@@ -74,7 +75,8 @@ __attribute__((noinline)) int lb_guard_admit(__u64 now, __u32 late)
 	if (!rate)
 		return !late;
 	struct lb_guard *g = bpf_map_lookup_elem(&mptcpx_lb_guard, &zero);
-	if (!g)
+	__u64 *on = bpf_map_lookup_elem(&mptcpx_lb_guard_on, &zero);
+	if (!g || !on)
 		return !late;
 	if (now - g->win_ns >= LB_GUARD_WINDOW_NS) {
 		g->win_ns = now;
@@ -82,13 +84,15 @@ __attribute__((noinline)) int lb_guard_admit(__u64 now, __u32 late)
 		g->late = 0;
 	}
 	if (late) {
-		if (!g->over_ns || now - g->over_ns > 2 * LB_GUARD_WINDOW_NS || g->late >= rate)
+		__u64 over = *on;
+		if (!over || now - over > 2 * LB_GUARD_WINDOW_NS || g->late >= rate)
 			return 0;
 		g->late++;
 		return 1;
 	}
 	if (g->flows >= rate) {
-		g->over_ns = now;
+		if (now - *on >= LB_GUARD_WINDOW_NS / 8)
+			*on = now;
 		return 0;
 	}
 	g->flows++;

@@ -142,6 +142,16 @@ struct {
 	__type(value, struct lb_guard);
 } mptcpx_lb_guard SEC(".maps");
 
+/* When any CPU's guard last refused a new flow (bpf_ktime_get_ns, 0: never), one entry shared by
+ * every CPU: the guard is engaged for two windows after that. Written at most eight times a window
+ * (a SYN and its third ACK may meet different CPUs: veth, no RSS). */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u64);
+} mptcpx_lb_guard_on SEC(".maps");
+
 /* Per-CPU scratch word: a value written and read back through map memory is unknown to the
  * verifier (see mx_launder in mx_parse.h), which lets it prune the TCP options loop. */
 struct {

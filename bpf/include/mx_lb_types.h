@@ -112,11 +112,9 @@ struct lb_token {
 
 /* The new-flow rate guard's state on one CPU (the value of mptcpx_lb_guard, per-CPU): a window of
  * LB_GUARD_WINDOW_NS from win_ns in which at most lb_new_flow_rate new flows are stored (flows), and
- * as many tokens learned late (late, see lb_guard in lb_xdp.c). over_ns is when the window last
- * refused a flow: the guard is engaged for two windows after that. */
+ * as many tokens learned late (late; see lb_guard_admit in lb_xdp.c). */
 struct lb_guard {
 	__u64 win_ns;
-	__u64 over_ns;
 	__u32 flows;
 	__u32 late;
 };

@@ -58,11 +58,10 @@ type LbLbFlowKey struct {
 }
 
 type LbLbGuard struct {
-	_      structs.HostLayout
-	WinNs  uint64
-	OverNs uint64
-	Flows  uint32
-	Late   uint32
+	_     structs.HostLayout
+	WinNs uint64
+	Flows uint32
+	Late  uint32
 }
 
 type LbLbStats struct {
@@ -114,6 +113,7 @@ const (
 	LbMapMptcpxLbBstats    = "mptcpx_lb_bstats"
 	LbMapMptcpxLbEvts      = "mptcpx_lb_evts"
 	LbMapMptcpxLbGuard     = "mptcpx_lb_guard"
+	LbMapMptcpxLbGuardOn   = "mptcpx_lb_guard_on"
 	LbMapMptcpxLbScr       = "mptcpx_lb_scr"
 	LbMapMptcpxLbStats     = "mptcpx_lb_stats"
 	LbMapMptcpxLbVstats    = "mptcpx_lb_vstats"
@@ -178,18 +178,19 @@ type LbProgramSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type LbMapSpecs struct {
-	MptcpxBackends *ebpf.MapSpec `ebpf:"mptcpx_backends"`
-	MptcpxFlows    *ebpf.MapSpec `ebpf:"mptcpx_flows"`
-	MptcpxLbBstats *ebpf.MapSpec `ebpf:"mptcpx_lb_bstats"`
-	MptcpxLbEvts   *ebpf.MapSpec `ebpf:"mptcpx_lb_evts"`
-	MptcpxLbGuard  *ebpf.MapSpec `ebpf:"mptcpx_lb_guard"`
-	MptcpxLbScr    *ebpf.MapSpec `ebpf:"mptcpx_lb_scr"`
-	MptcpxLbStats  *ebpf.MapSpec `ebpf:"mptcpx_lb_stats"`
-	MptcpxLbVstats *ebpf.MapSpec `ebpf:"mptcpx_lb_vstats"`
-	MptcpxPflows   *ebpf.MapSpec `ebpf:"mptcpx_pflows"`
-	MptcpxRing     *ebpf.MapSpec `ebpf:"mptcpx_ring"`
-	MptcpxTokens   *ebpf.MapSpec `ebpf:"mptcpx_tokens"`
-	MptcpxVips     *ebpf.MapSpec `ebpf:"mptcpx_vips"`
+	MptcpxBackends  *ebpf.MapSpec `ebpf:"mptcpx_backends"`
+	MptcpxFlows     *ebpf.MapSpec `ebpf:"mptcpx_flows"`
+	MptcpxLbBstats  *ebpf.MapSpec `ebpf:"mptcpx_lb_bstats"`
+	MptcpxLbEvts    *ebpf.MapSpec `ebpf:"mptcpx_lb_evts"`
+	MptcpxLbGuard   *ebpf.MapSpec `ebpf:"mptcpx_lb_guard"`
+	MptcpxLbGuardOn *ebpf.MapSpec `ebpf:"mptcpx_lb_guard_on"`
+	MptcpxLbScr     *ebpf.MapSpec `ebpf:"mptcpx_lb_scr"`
+	MptcpxLbStats   *ebpf.MapSpec `ebpf:"mptcpx_lb_stats"`
+	MptcpxLbVstats  *ebpf.MapSpec `ebpf:"mptcpx_lb_vstats"`
+	MptcpxPflows    *ebpf.MapSpec `ebpf:"mptcpx_pflows"`
+	MptcpxRing      *ebpf.MapSpec `ebpf:"mptcpx_ring"`
+	MptcpxTokens    *ebpf.MapSpec `ebpf:"mptcpx_tokens"`
+	MptcpxVips      *ebpf.MapSpec `ebpf:"mptcpx_vips"`
 }
 
 // LbVariableSpecs contains global variables before they are loaded into the kernel.
@@ -223,18 +224,19 @@ func (o *LbObjects) Close() error {
 //
 // It can be passed to LoadLbObjects or ebpf.CollectionSpec.LoadAndAssign.
 type LbMaps struct {
-	MptcpxBackends *ebpf.Map `ebpf:"mptcpx_backends"`
-	MptcpxFlows    *ebpf.Map `ebpf:"mptcpx_flows"`
-	MptcpxLbBstats *ebpf.Map `ebpf:"mptcpx_lb_bstats"`
-	MptcpxLbEvts   *ebpf.Map `ebpf:"mptcpx_lb_evts"`
-	MptcpxLbGuard  *ebpf.Map `ebpf:"mptcpx_lb_guard"`
-	MptcpxLbScr    *ebpf.Map `ebpf:"mptcpx_lb_scr"`
-	MptcpxLbStats  *ebpf.Map `ebpf:"mptcpx_lb_stats"`
-	MptcpxLbVstats *ebpf.Map `ebpf:"mptcpx_lb_vstats"`
-	MptcpxPflows   *ebpf.Map `ebpf:"mptcpx_pflows"`
-	MptcpxRing     *ebpf.Map `ebpf:"mptcpx_ring"`
-	MptcpxTokens   *ebpf.Map `ebpf:"mptcpx_tokens"`
-	MptcpxVips     *ebpf.Map `ebpf:"mptcpx_vips"`
+	MptcpxBackends  *ebpf.Map `ebpf:"mptcpx_backends"`
+	MptcpxFlows     *ebpf.Map `ebpf:"mptcpx_flows"`
+	MptcpxLbBstats  *ebpf.Map `ebpf:"mptcpx_lb_bstats"`
+	MptcpxLbEvts    *ebpf.Map `ebpf:"mptcpx_lb_evts"`
+	MptcpxLbGuard   *ebpf.Map `ebpf:"mptcpx_lb_guard"`
+	MptcpxLbGuardOn *ebpf.Map `ebpf:"mptcpx_lb_guard_on"`
+	MptcpxLbScr     *ebpf.Map `ebpf:"mptcpx_lb_scr"`
+	MptcpxLbStats   *ebpf.Map `ebpf:"mptcpx_lb_stats"`
+	MptcpxLbVstats  *ebpf.Map `ebpf:"mptcpx_lb_vstats"`
+	MptcpxPflows    *ebpf.Map `ebpf:"mptcpx_pflows"`
+	MptcpxRing      *ebpf.Map `ebpf:"mptcpx_ring"`
+	MptcpxTokens    *ebpf.Map `ebpf:"mptcpx_tokens"`
+	MptcpxVips      *ebpf.Map `ebpf:"mptcpx_vips"`
 }
 
 func (m *LbMaps) Close() error {
@@ -244,6 +246,7 @@ func (m *LbMaps) Close() error {
 		m.MptcpxLbBstats,
 		m.MptcpxLbEvts,
 		m.MptcpxLbGuard,
+		m.MptcpxLbGuardOn,
 		m.MptcpxLbScr,
 		m.MptcpxLbStats,
 		m.MptcpxLbVstats,

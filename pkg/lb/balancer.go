@@ -23,6 +23,8 @@ type Balancer struct {
 	// guard is the new-flow rate guard's per-CPU window (struct lb_guard), the program's own too:
 	// not pinned, so a program loaded again starts a fresh window.
 	guard *ebpf.Map
+	// guardOn is when any CPU's guard last refused a flow (the program's own, not pinned).
+	guardOn *ebpf.Map
 }
 
 // Load loads the balancer's program and creates (or, with cfg.PinPath, reuses) its maps.
@@ -50,11 +52,12 @@ func Load(cfg Config) (*Balancer, error) {
 		},
 		scratch: objs.MptcpxLbScr,
 		guard:   objs.MptcpxLbGuard,
+		guardOn: objs.MptcpxLbGuardOn,
 	}, nil
 }
 
 // Close releases the program and every map Load opened (pinned maps stay pinned).
 func (b *Balancer) Close() error {
 	err := b.Program.Close()
-	return errors.Join(err, b.Maps.Close(), b.scratch.Close(), b.guard.Close())
+	return errors.Join(err, b.Maps.Close(), b.scratch.Close(), b.guard.Close(), b.guardOn.Close())
 }
