@@ -187,7 +187,16 @@ static __always_inline void lb_count_be(struct lb_backend_stats *bs, __u32 stat)
 		bs->count[stat]++;
 }
 
-/* A full ring buffer costs the event, never the packet. */
+/* A full ring buffer costs the event, never the packet (counted in LB_STAT_EVENT_LOST). No event
+ * wakes the consumer while the ring holds less than LB_EVENTS_WAKE_BYTES (BPF_RB_NO_WAKEUP): the
+ * consumer reads on a short timer (pkg/control's ConsumeEvents), so an event waits at most that
+ * long, and a burst wakes it once the ring is a quarter full. The counters that operators need
+ * (per backend: joins steered, tokens learned, collisions; per VIP: unknown joins by outcome) do
+ * not depend on events. */
+#ifndef LB_EVENTS_WAKE_BYTES
+#define LB_EVENTS_WAKE_BYTES (LB_EVENTS_BYTES / 4)
+#endif
+
 static __always_inline void lb_emit(struct lb_stats *st, __u32 type, __u32 token, __u32 backend, __u32 other,
 				    const struct lb_flow_key *fk, __u64 now)
 {
@@ -202,7 +211,9 @@ static __always_inline void lb_emit(struct lb_stats *st, __u32 type, __u32 token
 	e->other = other;
 	__builtin_memcpy(&e->flow, fk, sizeof(e->flow));
 	e->ts_ns = now;
-	bpf_ringbuf_submit(e, 0);
+	/* The pending data counts this record too (reserved, not yet submitted). */
+	__u64 pending = bpf_ringbuf_query(&mptcpx_lb_evts, BPF_RB_AVAIL_DATA);
+	bpf_ringbuf_submit(e, pending >= LB_EVENTS_WAKE_BYTES ? BPF_RB_FORCE_WAKEUP : BPF_RB_NO_WAKEUP);
 }
 
 static __always_inline __u32 lb_rol32(__u32 w, __u32 s)
