@@ -77,6 +77,9 @@ func rateGuardRun(t *testing.T, o options) {
 		t.Fatal(err)
 	}
 	defer maps.Close()
+	if st := lbStatus(t, s.LB); st.NewFlowRate == nil || *st.NewFlowRate != guardRate {
+		t.Fatalf("lb status new_flow_rate %v, want %d", st.NewFlowRate, guardRate)
+	}
 	base := s.mibs(t)
 	st0, err := maps.ReadStats()
 	if err != nil {
