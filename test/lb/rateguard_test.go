@@ -2,9 +2,13 @@ package lb
 
 import (
 	"context"
+	"fmt"
 	"math"
 	"net/netip"
+	"os"
+	"path/filepath"
 	"runtime"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -225,4 +229,51 @@ func rateGuardRun(t *testing.T, o options) {
 	if okN != floodConns {
 		t.Errorf("%d of %d transfers intact; first errors: %v", okN, floodConns, firstErrs(errs, 3))
 	}
+}
+
+// `lb run --config` gives the program the file's new_flow_rate, and `lb reload` a new one: lb
+// status shows the rate the attached program runs with (0 after new_flow_rate: 0, no guard), and
+// the default without the field.
+func TestConfigNewFlowRate(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	s := newConfigSetup(ctx, t, lablb.Config{Prefix: "rgc"})
+	l := s.Lab
+	file := filepath.Join(t.TempDir(), "lb.yaml")
+	write := func(rate string) {
+		t.Helper()
+		var b strings.Builder
+		b.WriteString(s.configInterfaces())
+		b.WriteString(rate)
+		fmt.Fprintf(&b, "vips:\n  - addr: %s\nbackends:\n  - addr: %s\n", s.vip, l.Backends[0].IP4)
+		if err := os.WriteFile(file, []byte(b.String()), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	want := func(what string, rate uint32) {
+		t.Helper()
+		deadline := time.Now().Add(20 * time.Second)
+		st := lbStatus(t, l.LB)
+		for ; (st.NewFlowRate == nil || *st.NewFlowRate != rate) && time.Now().Before(deadline); st = lbStatus(t, l.LB) {
+			time.Sleep(100 * time.Millisecond)
+		}
+		if st.NewFlowRate == nil || *st.NewFlowRate != rate {
+			t.Fatalf("%s: lb status new_flow_rate %v, want %d", what, st.NewFlowRate, rate)
+		}
+	}
+	write("new_flow_rate: 5000\n")
+	startControlPlane(t, l.LB, "--config", file)
+	t.Cleanup(func() { _, _ = mxErr("--netns", l.LB, "lb", "detach") })
+	want("lb run", 5000)
+	write("new_flow_rate: 0\n")
+	mx(t, "--netns", l.LB, "lb", "reload", "--config", file)
+	want("reload with new_flow_rate 0", 0)
+	write("")
+	mx(t, "--netns", l.LB, "lb", "reload", "--config", file)
+	want("reload without new_flow_rate", lb.DefaultNewFlowRate)
+	write("new_flow_rate: -3\n")
+	if _, err := mxErr("--netns", l.LB, "lb", "reload", "--config", file); err == nil || !strings.Contains(err.Error(), "new_flow_rate: -3") {
+		t.Errorf("lb reload with new_flow_rate -3: %v, want a refusal naming the field", err)
+	}
+	want("after the refused reload", lb.DefaultNewFlowRate)
 }
