@@ -61,6 +61,44 @@ struct lb_icmp6 {
 #define LB_ICMP4_QUOTE (576 - sizeof(struct iphdr) - sizeof(struct lb_icmp4))
 #define LB_ICMP6_QUOTE (1280 - sizeof(struct ipv6hdr) - sizeof(struct lb_icmp6))
 
+/* The new-flow rate guard. late 0: may a new flow be stored? Yes while this CPU's window has stored
+ * fewer than lb_new_flow_rate; else no, and the guard is engaged (over_ns). late 1: may the
+ * MP_CAPABLE third ACK of a flow that is not in the table be placed now (its token learned, the flow
+ * stored)? Only while the guard is engaged (its SYN was most likely refused: its joins need the
+ * token), within a budget of its own of lb_new_flow_rate per window, so that neither a SYN flood
+ * starves the learning nor forged third ACKs flood the tables. Engaged: any CPU refused a flow in
+ * the last two windows (mptcpx_lb_guard_on). With no guard (rate 0), every new
+ * flow is stored and nothing is learned late. Global: verified once. */
+__attribute__((noinline)) int lb_guard_admit(__u64 now, __u32 late)
+{
+	__u32 zero = 0, rate = lb_new_flow_rate;
+	if (!rate)
+		return !late;
+	struct lb_guard *g = bpf_map_lookup_elem(&mptcpx_lb_guard, &zero);
+	__u64 *on = bpf_map_lookup_elem(&mptcpx_lb_guard_on, &zero);
+	if (!g || !on)
+		return !late;
+	if (now - g->win_ns >= LB_GUARD_WINDOW_NS) {
+		g->win_ns = now;
+		g->flows = 0;
+		g->late = 0;
+	}
+	if (late) {
+		__u64 over = *on;
+		if (!over || now - over > 2 * LB_GUARD_WINDOW_NS || g->late >= rate)
+			return 0;
+		g->late++;
+		return 1;
+	}
+	if (g->flows >= rate) {
+		if (now - *on >= LB_GUARD_WINDOW_NS / 8)
+			*on = now;
+		return 0;
+	}
+	g->flows++;
+	return 1;
+}
+
 /* Puts struct lb_event in the object's BTF for bpf2go (-type lb_event); never used. */
 const struct lb_event *lb_event_btf __attribute__((unused));
 
@@ -710,6 +748,7 @@ int mptcpx_lb(struct xdp_md *ctx)
 	}
 
 	int insert = 0; /* 1: a new flow for the flow table, 2: for the protected table */
+	int late = 0;   /* a third ACK placed late: its token is learned, its flow stored */
 	int hit = be != NULL;
 	__u32 nflags = LB_FLOW_OPENED;
 	if (hit) {
@@ -790,8 +829,15 @@ int mptcpx_lb(struct xdp_md *ctx)
 			insert = 1;
 		} else if (be) {
 			/* A non-SYN miss (a flow lost or never seen, or a spoofed packet): forwarded by
-			 * Maglev, nothing stored, so that no flood of them evicts anything. */
+			 * Maglev, nothing stored, so that no flood of them evicts anything; but for the
+			 * third ACK of a flow the rate guard did not store, placed late (lb_guard_admit). */
 			lb_count(st, LB_STAT_NONSYN_MISS);
+			if (steering && mp.kind == LB_MP_KEYS && lb_guard_admit(now, 1)) {
+				lb_count(st, LB_STAT_LATE_LEARN);
+				late = 1;
+				insert = 1;
+				nflags |= LB_FLOW_LEARNED;
+			}
 		}
 	}
 	if (!be) {
@@ -808,12 +854,29 @@ int mptcpx_lb(struct xdp_md *ctx)
 	}
 	lb_count_be(bs, placed);
 
-	/* A token is learned on a flow whose SYN the balancer placed, once. */
+	/* A new flow over the rate guard's limit is forwarded, not stored; a stale entry of its 5-tuple
+	 * goes, so that its packets follow Maglev as the SYN did. */
+	if (insert == 1 && !late && !lb_guard_admit(now, 0)) {
+		lb_count(st, LB_STAT_GUARDED);
+		lb_count_vip(vs, LB_VSTAT_GUARDED);
+		insert = 0;
+		if (f)
+			bpf_map_delete_elem(prot ? (void *)&mptcpx_pflows : (void *)&mptcpx_flows, &fk);
+	}
+
+	/* A token is learned on a flow whose SYN the balancer placed, once; or on a third ACK placed
+	 * late (the rate guard did not store its SYN). */
+	int learn = late;
 	if (hit && steering && mp.kind == LB_MP_KEYS && (f->flags & LB_FLOW_OPENED) &&
 	    !(f->flags & LB_FLOW_LEARNED) && !f->token) {
 		f->flags |= LB_FLOW_LEARNED;
+		learn = 1;
+	}
+	if (learn) {
 		__u32 learned = lb_learn(st, vs, bs, vip, mp.rkey, bid, &fk, now);
-		if (learned)
+		if (late)
+			token = learned;
+		else if (learned)
 			f->token = learned;
 	}
 	if (insert) {

@@ -50,6 +50,15 @@ const volatile __u64 lb_collision_idle_ns = 120ULL * 1000000000ULL;
 /* How stale a token's last_ns may get before a packet of one of its flows refreshes it. */
 const volatile __u64 lb_token_refresh_ns = 1000000000ULL;
 
+/* The new-flow rate guard: at most this many new flows stored per CPU per LB_GUARD_WINDOW_NS (one
+ * second); a new flow over it is still forwarded by Maglev, but not stored (LB_STAT_GUARDED). 0: no
+ * guard, every new flow is stored. Katran's default (MAX_CONN_RATE). */
+const volatile __u32 lb_new_flow_rate = 125000;
+
+#ifndef LB_GUARD_WINDOW_NS
+#define LB_GUARD_WINDOW_NS 1000000000ULL
+#endif
+
 /* --- maps --- */
 
 struct {
@@ -125,6 +134,24 @@ struct {
 	__uint(max_entries, LB_EVENTS_BYTES);
 } mptcpx_lb_evts SEC(".maps");
 
+/* The rate guard's window (struct lb_guard), per CPU: no lock, no shared cache line. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct lb_guard);
+} mptcpx_lb_guard SEC(".maps");
+
+/* When any CPU's guard last refused a new flow (bpf_ktime_get_ns, 0: never), one entry shared by
+ * every CPU: the guard is engaged for two windows after that. Written at most eight times a window
+ * (a SYN and its third ACK may meet different CPUs: veth, no RSS). */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u64);
+} mptcpx_lb_guard_on SEC(".maps");
+
 /* Per-CPU scratch word: a value written and read back through map memory is unknown to the
  * verifier (see mx_launder in mx_parse.h), which lets it prune the TCP options loop. */
 struct {
@@ -160,7 +187,16 @@ static __always_inline void lb_count_be(struct lb_backend_stats *bs, __u32 stat)
 		bs->count[stat]++;
 }
 
-/* A full ring buffer costs the event, never the packet. */
+/* A full ring buffer costs the event, never the packet (counted in LB_STAT_EVENT_LOST). No event
+ * wakes the consumer while the ring holds less than LB_EVENTS_WAKE_BYTES (BPF_RB_NO_WAKEUP): the
+ * consumer reads on a short timer (pkg/control's ConsumeEvents), so an event waits at most that
+ * long, and a burst wakes it once the ring is a quarter full. The counters that operators need
+ * (per backend: joins steered, tokens learned, collisions; per VIP: unknown joins by outcome) do
+ * not depend on events. */
+#ifndef LB_EVENTS_WAKE_BYTES
+#define LB_EVENTS_WAKE_BYTES (LB_EVENTS_BYTES / 4)
+#endif
+
 static __always_inline void lb_emit(struct lb_stats *st, __u32 type, __u32 token, __u32 backend, __u32 other,
 				    const struct lb_flow_key *fk, __u64 now)
 {
@@ -175,7 +211,9 @@ static __always_inline void lb_emit(struct lb_stats *st, __u32 type, __u32 token
 	e->other = other;
 	__builtin_memcpy(&e->flow, fk, sizeof(e->flow));
 	e->ts_ns = now;
-	bpf_ringbuf_submit(e, 0);
+	/* The pending data counts this record too (reserved, not yet submitted). */
+	__u64 pending = bpf_ringbuf_query(&mptcpx_lb_evts, BPF_RB_AVAIL_DATA);
+	bpf_ringbuf_submit(e, pending >= LB_EVENTS_WAKE_BYTES ? BPF_RB_FORCE_WAKEUP : BPF_RB_NO_WAKEUP);
 }
 
 static __always_inline __u32 lb_rol32(__u32 w, __u32 s)

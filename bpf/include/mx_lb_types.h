@@ -116,6 +116,15 @@ struct lb_token {
 	__u64 last_ns;
 };
 
+/* The new-flow rate guard's state on one CPU (the value of mptcpx_lb_guard, per-CPU): a window of
+ * LB_GUARD_WINDOW_NS from win_ns in which at most lb_new_flow_rate new flows are stored (flows), and
+ * as many tokens learned late (late; see lb_guard_admit in lb_xdp.c). */
+struct lb_guard {
+	__u64 win_ns;
+	__u32 flows;
+	__u32 late;
+};
+
 /* Per-CPU counters of the balancer, one slot per enum value. */
 enum lb_stat {
 	LB_STAT_PACKETS = 0,       /* every frame seen */
@@ -143,7 +152,11 @@ enum lb_stat {
 				      * answered with ICMP fragmentation needed / ICMPv6 packet too big */
 	LB_STAT_AGGREGATE = 21,      /* longer than the ingress MTU: a GRO/GSO aggregate (generic XDP), never a
 				      * wire frame: passed to the stack, neither forwarded nor answered */
-	LB_STAT_MAX = 22,
+	LB_STAT_GUARDED = 22,        /* new flows over the rate guard's limit (lb_new_flow_rate): forwarded by
+				      * Maglev, not stored */
+	LB_STAT_LATE_LEARN = 23,   /* third ACKs of flows not in the table, seen while the guard is engaged,
+				      * whose connection was placed then (token learned, flow stored) */
+	LB_STAT_MAX = 24,
 };
 
 /* Value of the per-CPU stats map (one entry): one counter per enum lb_stat. */
@@ -166,7 +179,8 @@ enum lb_vip_stat {
 	LB_VSTAT_NO_BACKEND = 9,     /* frames with no usable backend: passed */
 	LB_VSTAT_MTU = 10,           /* ipip: too long for the egress MTU once encapsulated: passed (LB_STAT_MTU) */
 	LB_VSTAT_FWD_ERROR = 11,     /* encapsulation failed: passed */
-	LB_VSTAT_MAX = 12,
+	LB_VSTAT_GUARDED = 12,       /* new flows over the rate guard's limit (LB_STAT_GUARDED) */
+	LB_VSTAT_MAX = 13,
 };
 
 struct lb_vip_stats {

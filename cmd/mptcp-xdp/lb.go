@@ -305,7 +305,15 @@ func lbStatusTable(w io.Writer, st *control.Status) error {
 		}
 		ifs = append(ifs, s)
 	}
-	fmt.Fprintf(w, "balancer in %s on %s; %d flows, %d tokens\n\n", st.Netns, orDash(strings.Join(ifs, ", ")), st.Flows, st.Tokens)
+	guard := ""
+	switch {
+	case st.NewFlowRate == nil:
+	case *st.NewFlowRate == 0:
+		guard = "; no new-flow rate guard"
+	default:
+		guard = fmt.Sprintf("; new flows stored at most %d/s per CPU", *st.NewFlowRate)
+	}
+	fmt.Fprintf(w, "balancer in %s on %s; %d flows, %d tokens%s\n\n", st.Netns, orDash(strings.Join(ifs, ", ")), st.Flows, st.Tokens, guard)
 	fmt.Fprintln(w, "VIP\tID\tFORWARD\tUNKNOWN JOIN\tJOIN STEERING\tTOKENS\tIN TABLE")
 	var joinPorts []control.VIPStatus
 	for _, v := range st.VIPs {

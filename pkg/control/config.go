@@ -29,6 +29,10 @@ type FileConfig struct {
 	Mode string `yaml:"mode,omitempty"`
 	// HashSeedFile: the fleet's secret seed of the 5-tuple hash (lb attach --hash-seed-file).
 	HashSeedFile string `yaml:"hash_seed_file,omitempty"`
+	// NewFlowRate is the new-flow rate guard (docs/lb.md, "New-flow rate guard"): at most this many
+	// new flows per second per CPU are stored in the flow table, the rest forwarded by Maglev
+	// unstored. Omitted: lb.DefaultNewFlowRate (125,000, Katran's); 0: no guard.
+	NewFlowRate *int64 `yaml:"new_flow_rate,omitempty"`
 	// VIPs are the services, each with its policy.
 	VIPs []ConfigVIP `yaml:"vips"`
 	// Backends serve every VIP.
@@ -182,6 +186,15 @@ func (c *FileConfig) check() (*Desired, error) {
 		return nil, fmt.Errorf("mode: %q: want auto, native or generic", c.Mode)
 	}
 	d.SeedFile = c.HashSeedFile
+	if r := c.NewFlowRate; r != nil {
+		if *r < 0 || *r >= int64(lb.NewFlowRateUnlimited) {
+			return nil, fmt.Errorf("new_flow_rate: %d: want 0 (no guard) to %d new flows per second per CPU", *r, int64(lb.NewFlowRateUnlimited)-1)
+		}
+		d.Config.NewFlowRate = uint32(*r)
+		if *r == 0 {
+			d.Config.NewFlowRate = lb.NewFlowRateUnlimited
+		}
+	}
 	if len(c.VIPs) == 0 {
 		return nil, errors.New("vips: give at least one")
 	}

@@ -6,6 +6,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/mptcp-xdp/mptcp-xdp/pkg/lb"
 )
 
 const goodConfig = `
@@ -47,6 +49,28 @@ func TestParseConfig(t *testing.T) {
 	}
 }
 
+// new_flow_rate: omitted keeps the datapath's default (lb.Config 0), 0 turns the guard off
+// (lb.NewFlowRateUnlimited), any other value is the limit.
+func TestParseConfigNewFlowRate(t *testing.T) {
+	for _, tc := range []struct {
+		line string
+		want uint32
+	}{
+		{"", 0},
+		{"new_flow_rate: 0\n", lb.NewFlowRateUnlimited},
+		{"new_flow_rate: 500\n", 500},
+		{"new_flow_rate: 4294967294\n", 4294967294},
+	} {
+		d, err := ParseConfig([]byte(tc.line + goodConfig))
+		if err != nil {
+			t.Fatalf("%q: %v", tc.line, err)
+		}
+		if d.Config.NewFlowRate != tc.want {
+			t.Errorf("%q: NewFlowRate %d, want %d", tc.line, d.Config.NewFlowRate, tc.want)
+		}
+	}
+}
+
 // Each error is one line naming the field (and its line, for what YAML itself refuses).
 func TestParseConfigErrors(t *testing.T) {
 	for _, tc := range []struct{ old, new, want string }{
@@ -59,6 +83,9 @@ func TestParseConfigErrors(t *testing.T) {
 		{"  - addr: 10.2.0.2", "  - addr: 10.0.0.10", "backends[1].addr"}, // a VIP's address
 		{"interfaces: [l0, l1]", "interfaces: []", "interfaces: give at least one"},
 		{"    join_steering: false", "    join_steering: perhaps", "line 8"},
+		{"interfaces: [l0, l1]", "interfaces: [l0, l1]\nnew_flow_rate: -1", "new_flow_rate: -1: want 0 (no guard) to 4294967294"},
+		{"interfaces: [l0, l1]", "interfaces: [l0, l1]\nnew_flow_rate: 4294967295", "new_flow_rate: 4294967295: want 0 (no guard)"},
+		{"interfaces: [l0, l1]", "interfaces: [l0, l1]\nnew_flow_rate: fast", "line 3"},
 	} {
 		edited := strings.Replace(goodConfig, tc.old, tc.new, 1)
 		if edited == goodConfig {

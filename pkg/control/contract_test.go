@@ -93,10 +93,11 @@ func sameKeys(t *testing.T, path string, doc, got any) {
 // The JSON of `lb status` and `conn list --lb` is what docs/lb.md documents, field for field.
 func TestJSONContract(t *testing.T) {
 	st := control.Status{
-		Interfaces: []loader.LBLink{{Interface: "l0", Problem: "p"}},
-		VIPs:       []control.VIPStatus{{Addr: "10.0.0.10:80"}},
-		Backends:   []control.BackendStatus{{Addr: "10.2.0.2", SrcAddr: "10.2.0.1", Health: []control.BackendHealth{{VIP: "10.0.0.10:80"}}}},
-		Stats:      lb.Stats{}.Map(),
+		Interfaces:  []loader.LBLink{{Interface: "l0", Problem: "p"}},
+		VIPs:        []control.VIPStatus{{Addr: "10.0.0.10:80"}},
+		Backends:    []control.BackendStatus{{Addr: "10.2.0.2", SrcAddr: "10.2.0.1", Health: []control.BackendHealth{{VIP: "10.0.0.10:80"}}}},
+		Stats:       lb.Stats{}.Map(),
+		NewFlowRate: new(uint32),
 		BGP: &control.BGPStatus{
 			Peers: []bgp.PeerState{{State: "established", Local: netip.MustParseAddr("10.1.0.2"), Since: time.Unix(1, 0)}},
 			VIPs:  []control.BGPVIP{{Addr: "10.0.0.10"}},

@@ -52,6 +52,11 @@ func (c *EventCounts) count(t lb.EventType) {
 	}
 }
 
+// EventPoll is how often ConsumeEvents reads the ring buffer without being woken: the datapath
+// submits events without waking the consumer until the ring is a quarter full
+// (LB_EVENTS_WAKE_BYTES), so an event waits at most this long.
+const EventPoll = 100 * time.Millisecond
+
 // ConsumeEvents reads the balancer's ring buffer until ctx ends, counting every event in counts
 // and logging it: collisions and take-overs at warning level (they cost a connection its joins),
 // the rest at debug level (a flood of forged joins must not flood the log; the counts show it).
@@ -63,7 +68,7 @@ func ConsumeEvents(ctx context.Context, maps *lb.Maps, counts *EventCounts, onEv
 	}
 	defer r.Close()
 	for ctx.Err() == nil {
-		r.SetDeadline(time.Now().Add(200 * time.Millisecond))
+		r.SetDeadline(time.Now().Add(EventPoll))
 		ev, err := r.Read()
 		if errors.Is(err, os.ErrDeadlineExceeded) {
 			continue

@@ -6,6 +6,8 @@ import (
 	"sort"
 	"time"
 
+	"github.com/cilium/ebpf"
+
 	"github.com/mptcp-xdp/mptcp-xdp/pkg/lb"
 	"github.com/mptcp-xdp/mptcp-xdp/pkg/loader"
 	"github.com/mptcp-xdp/mptcp-xdp/pkg/stats"
@@ -22,6 +24,10 @@ type Status struct {
 	Flows      int               `json:"flows"`
 	Tokens     int               `json:"tokens"`
 	Stats      map[string]uint64 `json:"stats"`
+	// NewFlowRate is the new-flow rate guard's limit the attached program runs with: new flows
+	// stored per second per CPU, 0 for no guard (docs/lb.md, "New-flow rate guard"); absent when no
+	// program is attached or it predates the guard.
+	NewFlowRate *uint32 `json:"new_flow_rate,omitempty"`
 	// BGP is what the running lb run --config announces (bgp.go); absent without one or without
 	// a bgp section.
 	BGP *BGPStatus `json:"bgp,omitempty"`
@@ -79,6 +85,21 @@ func (b *Balancer) Status() (*Status, error) {
 			return nil, err
 		}
 		st.Interfaces = append(st.Interfaces, links...)
+		for _, ln := range links {
+			if ln.ProgID == 0 {
+				continue
+			}
+			prog, err := ebpf.NewProgramFromID(ebpf.ProgramID(ln.ProgID))
+			if err != nil {
+				continue // gone since the listing
+			}
+			rate, err := lb.ProgramNewFlowRate(prog)
+			prog.Close()
+			if err == nil {
+				st.NewFlowRate = &rate
+				break
+			}
+		}
 	}
 	vips, err := b.Maps.ListVIPs()
 	if err != nil {

@@ -57,9 +57,16 @@ type LbLbFlowKey struct {
 	Pad   [3]uint8
 }
 
+type LbLbGuard struct {
+	_     structs.HostLayout
+	WinNs uint64
+	Flows uint32
+	Late  uint32
+}
+
 type LbLbStats struct {
 	_     structs.HostLayout
-	Count [22]uint64
+	Count [24]uint64
 }
 
 type LbLbToken struct {
@@ -94,7 +101,7 @@ type LbLbVipKey struct {
 
 type LbLbVipStats struct {
 	_     structs.HostLayout
-	Count [12]uint64
+	Count [13]uint64
 }
 
 // Names of all BPF objects in the ELF.
@@ -105,6 +112,8 @@ const (
 	LbMapMptcpxFlows       = "mptcpx_flows"
 	LbMapMptcpxLbBstats    = "mptcpx_lb_bstats"
 	LbMapMptcpxLbEvts      = "mptcpx_lb_evts"
+	LbMapMptcpxLbGuard     = "mptcpx_lb_guard"
+	LbMapMptcpxLbGuardOn   = "mptcpx_lb_guard_on"
 	LbMapMptcpxLbScr       = "mptcpx_lb_scr"
 	LbMapMptcpxLbStats     = "mptcpx_lb_stats"
 	LbMapMptcpxLbVstats    = "mptcpx_lb_vstats"
@@ -116,6 +125,7 @@ const (
 	LbVarLbCollisionIdleNs = "lb_collision_idle_ns"
 	LbVarLbEventBtf        = "lb_event_btf"
 	LbVarLbHashSeed        = "lb_hash_seed"
+	LbVarLbNewFlowRate     = "lb_new_flow_rate"
 	LbVarLbTokenRefreshNs  = "lb_token_refresh_ns"
 )
 
@@ -168,17 +178,19 @@ type LbProgramSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type LbMapSpecs struct {
-	MptcpxBackends *ebpf.MapSpec `ebpf:"mptcpx_backends"`
-	MptcpxFlows    *ebpf.MapSpec `ebpf:"mptcpx_flows"`
-	MptcpxLbBstats *ebpf.MapSpec `ebpf:"mptcpx_lb_bstats"`
-	MptcpxLbEvts   *ebpf.MapSpec `ebpf:"mptcpx_lb_evts"`
-	MptcpxLbScr    *ebpf.MapSpec `ebpf:"mptcpx_lb_scr"`
-	MptcpxLbStats  *ebpf.MapSpec `ebpf:"mptcpx_lb_stats"`
-	MptcpxLbVstats *ebpf.MapSpec `ebpf:"mptcpx_lb_vstats"`
-	MptcpxPflows   *ebpf.MapSpec `ebpf:"mptcpx_pflows"`
-	MptcpxRing     *ebpf.MapSpec `ebpf:"mptcpx_ring"`
-	MptcpxTokens   *ebpf.MapSpec `ebpf:"mptcpx_tokens"`
-	MptcpxVips     *ebpf.MapSpec `ebpf:"mptcpx_vips"`
+	MptcpxBackends  *ebpf.MapSpec `ebpf:"mptcpx_backends"`
+	MptcpxFlows     *ebpf.MapSpec `ebpf:"mptcpx_flows"`
+	MptcpxLbBstats  *ebpf.MapSpec `ebpf:"mptcpx_lb_bstats"`
+	MptcpxLbEvts    *ebpf.MapSpec `ebpf:"mptcpx_lb_evts"`
+	MptcpxLbGuard   *ebpf.MapSpec `ebpf:"mptcpx_lb_guard"`
+	MptcpxLbGuardOn *ebpf.MapSpec `ebpf:"mptcpx_lb_guard_on"`
+	MptcpxLbScr     *ebpf.MapSpec `ebpf:"mptcpx_lb_scr"`
+	MptcpxLbStats   *ebpf.MapSpec `ebpf:"mptcpx_lb_stats"`
+	MptcpxLbVstats  *ebpf.MapSpec `ebpf:"mptcpx_lb_vstats"`
+	MptcpxPflows    *ebpf.MapSpec `ebpf:"mptcpx_pflows"`
+	MptcpxRing      *ebpf.MapSpec `ebpf:"mptcpx_ring"`
+	MptcpxTokens    *ebpf.MapSpec `ebpf:"mptcpx_tokens"`
+	MptcpxVips      *ebpf.MapSpec `ebpf:"mptcpx_vips"`
 }
 
 // LbVariableSpecs contains global variables before they are loaded into the kernel.
@@ -188,6 +200,7 @@ type LbVariableSpecs struct {
 	LbCollisionIdleNs *ebpf.VariableSpec `ebpf:"lb_collision_idle_ns"`
 	LbEventBtf        *ebpf.VariableSpec `ebpf:"lb_event_btf"`
 	LbHashSeed        *ebpf.VariableSpec `ebpf:"lb_hash_seed"`
+	LbNewFlowRate     *ebpf.VariableSpec `ebpf:"lb_new_flow_rate"`
 	LbTokenRefreshNs  *ebpf.VariableSpec `ebpf:"lb_token_refresh_ns"`
 }
 
@@ -211,17 +224,19 @@ func (o *LbObjects) Close() error {
 //
 // It can be passed to LoadLbObjects or ebpf.CollectionSpec.LoadAndAssign.
 type LbMaps struct {
-	MptcpxBackends *ebpf.Map `ebpf:"mptcpx_backends"`
-	MptcpxFlows    *ebpf.Map `ebpf:"mptcpx_flows"`
-	MptcpxLbBstats *ebpf.Map `ebpf:"mptcpx_lb_bstats"`
-	MptcpxLbEvts   *ebpf.Map `ebpf:"mptcpx_lb_evts"`
-	MptcpxLbScr    *ebpf.Map `ebpf:"mptcpx_lb_scr"`
-	MptcpxLbStats  *ebpf.Map `ebpf:"mptcpx_lb_stats"`
-	MptcpxLbVstats *ebpf.Map `ebpf:"mptcpx_lb_vstats"`
-	MptcpxPflows   *ebpf.Map `ebpf:"mptcpx_pflows"`
-	MptcpxRing     *ebpf.Map `ebpf:"mptcpx_ring"`
-	MptcpxTokens   *ebpf.Map `ebpf:"mptcpx_tokens"`
-	MptcpxVips     *ebpf.Map `ebpf:"mptcpx_vips"`
+	MptcpxBackends  *ebpf.Map `ebpf:"mptcpx_backends"`
+	MptcpxFlows     *ebpf.Map `ebpf:"mptcpx_flows"`
+	MptcpxLbBstats  *ebpf.Map `ebpf:"mptcpx_lb_bstats"`
+	MptcpxLbEvts    *ebpf.Map `ebpf:"mptcpx_lb_evts"`
+	MptcpxLbGuard   *ebpf.Map `ebpf:"mptcpx_lb_guard"`
+	MptcpxLbGuardOn *ebpf.Map `ebpf:"mptcpx_lb_guard_on"`
+	MptcpxLbScr     *ebpf.Map `ebpf:"mptcpx_lb_scr"`
+	MptcpxLbStats   *ebpf.Map `ebpf:"mptcpx_lb_stats"`
+	MptcpxLbVstats  *ebpf.Map `ebpf:"mptcpx_lb_vstats"`
+	MptcpxPflows    *ebpf.Map `ebpf:"mptcpx_pflows"`
+	MptcpxRing      *ebpf.Map `ebpf:"mptcpx_ring"`
+	MptcpxTokens    *ebpf.Map `ebpf:"mptcpx_tokens"`
+	MptcpxVips      *ebpf.Map `ebpf:"mptcpx_vips"`
 }
 
 func (m *LbMaps) Close() error {
@@ -230,6 +245,8 @@ func (m *LbMaps) Close() error {
 		m.MptcpxFlows,
 		m.MptcpxLbBstats,
 		m.MptcpxLbEvts,
+		m.MptcpxLbGuard,
+		m.MptcpxLbGuardOn,
 		m.MptcpxLbScr,
 		m.MptcpxLbStats,
 		m.MptcpxLbVstats,
@@ -247,6 +264,7 @@ type LbVariables struct {
 	LbCollisionIdleNs *ebpf.Variable `ebpf:"lb_collision_idle_ns"`
 	LbEventBtf        *ebpf.Variable `ebpf:"lb_event_btf"`
 	LbHashSeed        *ebpf.Variable `ebpf:"lb_hash_seed"`
+	LbNewFlowRate     *ebpf.Variable `ebpf:"lb_new_flow_rate"`
 	LbTokenRefreshNs  *ebpf.Variable `ebpf:"lb_token_refresh_ns"`
 }
 

@@ -112,6 +112,7 @@ var (
 		[]string{lNetns, lVIPID, "vip", "forward", "unknown_join", "join_steering"}, nil)
 	descLBVIPPackets      = prometheus.NewDesc(name("lb_vip_packets_total"), "Frames to the VIPs of a VIP id.", vipLabels, nil)
 	descLBVIPNewFlows     = prometheus.NewDesc(name("lb_vip_new_flows_total"), "New flows (connections, and the first packets of flows the table does not know) placed by Maglev for a VIP id.", vipLabels, nil)
+	descLBVIPGuarded      = prometheus.NewDesc(name("lb_vip_guarded_flows_total"), "New flows of a VIP id over the new-flow rate guard's limit: forwarded by Maglev, not stored in the flow table.", vipLabels, nil)
 	descLBVIPLearned      = prometheus.NewDesc(name("lb_vip_tokens_learned_total"), "MPTCP server tokens learned for a VIP id's connections.", vipLabels, nil)
 	descLBVIPSteered      = prometheus.NewDesc(name("lb_vip_joins_steered_total"), "MP_JOIN SYNs to a VIP id steered by token to the backend holding their connection.", vipLabels, nil)
 	descLBVIPUnknown      = prometheus.NewDesc(name("lb_vip_unknown_joins_total"), "MP_JOIN SYNs to a VIP id whose token no usable backend holds, by what the VIP's policy did: drop, hash (placed by Maglev) or pass (to the balancer's stack).", append(append([]string{}, vipLabels...), lOutcome), nil)
@@ -144,7 +145,7 @@ func descList(c *connDescs) []*prometheus.Desc {
 		descMPTCPExt, descMPCurrEstab,
 		descConnections, descSubflows, descSRTTHist, descSubflowsPerConn, descSubflowOmitted, descConnOmitted,
 		descLBCounter, descLBTableEntries, descLBTableCapacity,
-		descLBVIPInfo, descLBVIPPackets, descLBVIPNewFlows, descLBVIPLearned, descLBVIPSteered, descLBVIPUnknown,
+		descLBVIPInfo, descLBVIPPackets, descLBVIPNewFlows, descLBVIPGuarded, descLBVIPLearned, descLBVIPSteered, descLBVIPUnknown,
 		descLBVIPCollisions, descLBVIPTakeovers, descLBVIPPassed,
 		descLBBackendState, descLBBackendFlows, descLBBackendTokens, descLBBackendNewFlows, descLBBackendLearned,
 		descLBBackendSteered, descLBBackendHashed, descLBBackendColl, descLBBackendTakeover, descLBBackendFwd,

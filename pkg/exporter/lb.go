@@ -115,6 +115,7 @@ func collectBalancer(ch chan<- prometheus.Metric, ns, dir string) error {
 		s, l := vipStats[id], []string{ns, strconv.FormatUint(uint64(id), 10)}
 		counter(descLBVIPPackets, s[lb.VIPStatPackets], l...)
 		counter(descLBVIPNewFlows, s[lb.VIPStatNewFlow], l...)
+		counter(descLBVIPGuarded, s[lb.VIPStatGuarded], l...)
 		counter(descLBVIPLearned, s[lb.VIPStatTokenLearned], l...)
 		counter(descLBVIPSteered, s[lb.VIPStatJoinSteered], l...)
 		for _, o := range []struct {

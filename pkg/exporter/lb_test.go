@@ -245,7 +245,7 @@ func TestBalancerMetrics(t *testing.T) {
 		want["vip_steered/"+id] = steered
 		want["vip_unknown/"+id+"/drop"] = float64(vs[lb.VIPStatJoinUnknownDrop])
 		want["vip_unknown/"+id+"/hash"], want["vip_unknown/"+id+"/pass"] = 0, 0
-		want["vip_collisions/"+id], want["vip_takeovers/"+id] = 0, 0
+		want["vip_collisions/"+id], want["vip_takeovers/"+id], want["vip_guarded/"+id] = 0, 0, 0
 		for _, r := range []string{"no_backend", "mtu", "fwd_error"} {
 			want["vip_passed/"+id+"/"+r] = 0
 		}
@@ -274,6 +274,7 @@ func TestBalancerMetrics(t *testing.T) {
 			{"state", "lb_backend_state", []string{"backend", "state"}},
 			{"vip_packets", "lb_vip_packets_total", []string{"vip_id"}},
 			{"vip_new_flows", "lb_vip_new_flows_total", []string{"vip_id"}},
+			{"vip_guarded", "lb_vip_guarded_flows_total", []string{"vip_id"}},
 			{"vip_learned", "lb_vip_tokens_learned_total", []string{"vip_id"}},
 			{"vip_steered", "lb_vip_joins_steered_total", []string{"vip_id"}},
 			{"vip_unknown", "lb_vip_unknown_joins_total", []string{"vip_id", "outcome"}},

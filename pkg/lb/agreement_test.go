@@ -48,8 +48,11 @@ const clockSlack = uint64(time.Millisecond)
 const (
 	hashSeed      = 0x5eed0b1e // not the default, so that the seed visibly matters
 	collisionIdle = 5 * time.Second
-	tokenRefresh  = time.Second
-	staleAge      = 2 * time.Second // refreshed on a hit, yet live for collisions
+	// flowRate is the rate guard's limit: small, so that baseline's guard states reach each of its
+	// branches.
+	flowRate     = 2
+	tokenRefresh = time.Second
+	staleAge     = 2 * time.Second // refreshed on a hit, yet live for collisions
 	// freshAge is the age of fresh tokens: older than the run's window reaches back (clockSlack),
 	// so that no age is negative.
 	freshAge = 10 * time.Millisecond
@@ -108,6 +111,10 @@ func TestBalancerAgreementCatchesWrongModel(t *testing.T) {
 			func(d divergence) bool { return d.tables && !d.verdict && !d.output }},
 		{"hash seed", func(m *lbModel) { m.seed = lb.DefaultHashSeed },
 			func(d divergence) bool { return d.backend }},
+		{"rate guard off", func(m *lbModel) { m.flowRate = 0 },
+			func(d divergence) bool { return d.tables && !d.verdict && !d.output }},
+		{"rate guard's limit", func(m *lbModel) { m.flowRate = 3 },
+			func(d divergence) bool { return d.tables && !d.verdict && !d.output }},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			wrong := h.model.clone()
@@ -267,6 +274,8 @@ type harness struct {
 	// not read them again; only the program and the harness write them.
 	last     *tables
 	lastCtrs *counters
+	// guard and guardOn are the rate guard's maps, which restore writes on every CPU alike.
+	guard, guardOn *ebpf.Map
 }
 
 func newHarness(tb testing.TB) *harness {
@@ -286,7 +295,7 @@ func newHarness(tb testing.TB) *harness {
 	}
 
 	spec, err := lb.Spec(lb.Config{HashSeed: hashSeed, CollisionIdle: collisionIdle, TokenRefresh: tokenRefresh,
-		MaxVIPs: 4, MaxFlows: 4096, MaxTokens: 4096})
+		MaxVIPs: 4, MaxFlows: 4096, MaxTokens: 4096, NewFlowRate: flowRate})
 	if err != nil {
 		tb.Fatal(err)
 	}
@@ -306,9 +315,10 @@ func newHarness(tb testing.TB) *harness {
 		Flows: objs.MptcpxFlows, Tokens: objs.MptcpxTokens, Stats: objs.MptcpxLbStats,
 		Events: objs.MptcpxLbEvts, VIPStats: objs.MptcpxLbVstats, BackendStats: objs.MptcpxLbBstats,
 		PFlows: objs.MptcpxPflows,
-	}}
+	}, guard: objs.MptcpxLbGuard, guardOn: objs.MptcpxLbGuardOn}
 	model := &lbModel{vips: map[vipKey]lb.VIP{}, backends: map[uint32]lb.Backend{}, rings: map[uint32][]uint32{},
-		seed: hashSeed, collisionIdle: uint64(collisionIdle), tokenRefresh: uint64(tokenRefresh), ingress: lo.Index}
+		seed: hashSeed, collisionIdle: uint64(collisionIdle), tokenRefresh: uint64(tokenRefresh), ingress: lo.Index,
+		flowRate: flowRate}
 
 	backends := []lb.Backend{
 		backendOf(1, false, lo.Index, false),
@@ -391,10 +401,29 @@ func hostOrder(port uint16) uint16 {
 	return binary.NativeEndian.Uint16(binary.BigEndian.AppendUint16(nil, port))
 }
 
-// baseline is the tables as restore writes them, at time now.
-func baseline(now uint64) tables {
+// guardStates are the rate guard's states restore writes, chosen by the frame's length (so that
+// the fuzzer reaches each): times are ages before the run, far from the guard's thresholds (1 s
+// window, engaged for 2 s, guard_on written at most every 125 ms).
+var guardStates = []struct {
+	winAge      time.Duration
+	flows, late uint32
+	onAge       time.Duration // 0: never engaged
+}{
+	{500 * time.Millisecond, 0, 0, 0},                                   // room in the window, never engaged
+	{500 * time.Millisecond, flowRate, 0, 500 * time.Millisecond},       // window full, engaged: late budget left
+	{2 * time.Second, flowRate, flowRate, 3 * time.Second},              // window over (starts afresh), engagement over
+	{500 * time.Millisecond, flowRate, flowRate, 50 * time.Millisecond}, // window and late budget full, engaged just now
+}
+
+// baseline is the tables as restore writes them, at time now, for a frame of n bytes.
+func baseline(now uint64, n int) tables {
 	t := tables{flows: map[datapath.LbLbFlowKey]datapath.LbLbFlow{}, pflows: map[datapath.LbLbFlowKey]datapath.LbLbFlow{},
 		tokens: map[datapath.LbLbTokenKey]datapath.LbLbToken{}}
+	g := guardStates[n%len(guardStates)]
+	t.guard = guardState{win: now - uint64(g.winAge), flows: g.flows, late: g.late}
+	if g.onAge != 0 {
+		t.guard.on = now - uint64(g.onAge)
+	}
 	for _, f := range baseFlows {
 		v := datapath.LbLbFlow{Backend: f.backend, Token: f.token, LastNs: now - uint64(time.Second), Flags: f.flags}
 		if f.prot {
@@ -467,8 +496,8 @@ func put[K comparable, V any](m *ebpf.Map, have, want map[K]V) error {
 	return nil
 }
 
-// restore puts the baseline back in the maps and returns it.
-func (h *harness) restore() (tables, error) {
+// restore puts the baseline for a frame of n bytes back in the maps and returns it.
+func (h *harness) restore(n int) (tables, error) {
 	var have tables
 	if h.last != nil {
 		have, h.last = *h.last, nil
@@ -478,9 +507,20 @@ func (h *harness) restore() (tables, error) {
 			return tables{}, err
 		}
 	}
-	want := baseline(monotonic())
+	want := baseline(monotonic(), n)
 	if err := put(h.m.Flows, have.flows, want.flows); err != nil {
 		return tables{}, err
+	}
+	g := want.guard
+	cpus := make([]datapath.LbLbGuard, ebpf.MustPossibleCPU())
+	for i := range cpus {
+		cpus[i] = datapath.LbLbGuard{WinNs: g.win, Flows: g.flows, Late: g.late}
+	}
+	if err := h.guard.Put(uint32(0), cpus); err != nil {
+		return tables{}, fmt.Errorf("restore guard: %w", err)
+	}
+	if err := h.guardOn.Put(uint32(0), g.on); err != nil {
+		return tables{}, fmt.Errorf("restore guard_on: %w", err)
 	}
 	if err := put(h.m.PFlows, have.pflows, want.pflows); err != nil {
 		return tables{}, err
@@ -608,12 +648,18 @@ func canonical(t tables, now uint64) tables {
 			c.tokens[k] = v
 		}
 	}
+	if c.guard.win == now {
+		c.guard.win = stamped
+	}
+	if c.guard.on == now {
+		c.guard.on = stamped
+	}
 	return c
 }
 
 func sameOutcome(a, b outcome) bool {
 	return a.verdict == b.verdict && string(a.out) == string(b.out) && a.backend == b.backend && a.malformed == b.malformed &&
-		maps.Equal(a.after.flows, b.after.flows) && maps.Equal(a.after.pflows, b.after.pflows) && maps.Equal(a.after.tokens, b.after.tokens)
+		maps.Equal(a.after.flows, b.after.flows) && maps.Equal(a.after.pflows, b.after.pflows) && maps.Equal(a.after.tokens, b.after.tokens) && a.after.guard == b.after.guard
 }
 
 // diffTable lists the entries where got differs from want (a stamped want matches a time in
@@ -694,7 +740,7 @@ func keyString(k any) string {
 // how they differ.
 func (h *harness) check(frame []byte, model *lbModel) (divergence, error) {
 	d := divergence{frame: frame}
-	before, err := h.restore()
+	before, err := h.restore(len(frame))
 	if err != nil {
 		return d, err
 	}
@@ -758,8 +804,50 @@ func (h *harness) check(frame []byte, model *lbModel) (divergence, error) {
 	d.tableDiffs = append(d.tableDiffs, diffTable("flows", d.want.after.flows, after.flows, flowLast, flowSet, lo, hi)...)
 	d.tableDiffs = append(d.tableDiffs, diffTable("protected flows", d.want.after.pflows, after.pflows, flowLast, flowSet, lo, hi)...)
 	d.tableDiffs = append(d.tableDiffs, diffTable("tokens", d.want.after.tokens, after.tokens, tokLast, tokSet, lo, hi)...)
+	got, err := h.readGuard(before.guard)
+	if err != nil {
+		return d, err
+	}
+	d.tableDiffs = append(d.tableDiffs, diffGuard(d.want.after.guard, got, lo, hi)...)
 	d.tables = len(d.tableDiffs) > 0
 	return d, nil
+}
+
+// readGuard is the rate guard's state after a run: that of the CPU whose window changed from what
+// restore wrote (was), else was; with guard_on.
+func (h *harness) readGuard(was guardState) (guardState, error) {
+	var cpus []datapath.LbLbGuard
+	if err := h.guard.Lookup(uint32(0), &cpus); err != nil {
+		return guardState{}, fmt.Errorf("read guard: %w", err)
+	}
+	got, changed := was, 0
+	for _, c := range cpus {
+		if c.WinNs != was.win || c.Flows != was.flows || c.Late != was.late {
+			got.win, got.flows, got.late = c.WinNs, c.Flows, c.Late
+			changed++
+		}
+	}
+	if changed > 1 {
+		return guardState{}, fmt.Errorf("the guard's window changed on %d CPUs for one frame", changed)
+	}
+	if err := h.guardOn.Lookup(uint32(0), &got.on); err != nil {
+		return guardState{}, fmt.Errorf("read guard_on: %w", err)
+	}
+	return got, nil
+}
+
+// diffGuard lists how the guard's state got differs from want (a stamped time matches one in
+// [lo, hi]).
+func diffGuard(want, got guardState, lo, hi uint64) []string {
+	same := func(w, g uint64) bool { return w == g || w == stamped && g >= lo && g <= hi }
+	if same(want.win, got.win) && same(want.on, got.on) && want.flows == got.flows && want.late == got.late {
+		return nil
+	}
+	return []string{fmt.Sprintf("guard: model %s, program %s", guardString(want), guardString(got))}
+}
+
+func guardString(g guardState) string {
+	return fmt.Sprintf("{window %s, flows %d, late %d, guard_on %s}", valueString(g.win), g.flows, g.late, valueString(g.on))
 }
 
 // seed is a named frame of the seed corpus.
@@ -868,6 +956,20 @@ func seedFrames(tb testing.TB) []seed {
 		addP(fmt.Sprintf("SYN %d to C", i), pkt{src: netip.AddrPortFrom(cNew.Addr(), uint16(52000+i)), dst: vipC, flags: "S"})
 	}
 	addP("SYN with payload to B", pkt{src: cNw6, dst: vipB, flags: "S", opts: linuxSYN, payload: []byte("fast open")})
+	// The rate guard: restore's guard state follows the frame's length (guardStates), so 0-3
+	// payload bytes meet each state: a SYN stored or not, a third ACK of a flow not in the table
+	// placed late or not, a SYN over the limit on a known 5-tuple (its stale entry goes).
+	for i := range len(guardStates) {
+		pad := []byte("xyz")[:i]
+		addP(fmt.Sprintf("guard %d: SYN to A", i), pkt{src: cNew, dst: vipA, flags: "S", opts: linuxSYN, payload: pad})
+		addP(fmt.Sprintf("guard %d: third ACK of no flow to A", i), pkt{src: cNew, dst: vipA, flags: "A",
+			opts: []layers.TCPOption{nop, nop, optCapableACK(keyFresh)}, payload: pad})
+		addP(fmt.Sprintf("guard %d: third ACK of no flow to D (no steering)", i), pkt{src: cNw6, dst: vipD, flags: "A",
+			opts: []layers.TCPOption{nop, nop, optCapableACK(keyFresh)}, payload: pad})
+		addP(fmt.Sprintf("guard %d: SYN on a1's 5-tuple", i), pkt{src: cA1, dst: vipA, flags: "S", opts: linuxSYN, payload: pad})
+		addP(fmt.Sprintf("guard %d: unknown join (hash) to B", i), pkt{src: cNw6, dst: vipB, flags: "S",
+			opts: []layers.TCPOption{nop, nop, optJoin(0xdeadbeef)}, payload: pad})
+	}
 
 	// Packets of known flows.
 	for _, c := range []struct {

@@ -20,6 +20,11 @@ type Balancer struct {
 	// scratch is the program's own per-CPU scratch map (option-scan state), which nothing outside
 	// the program reads; Close closes it with the rest.
 	scratch *ebpf.Map
+	// guard is the new-flow rate guard's per-CPU window (struct lb_guard), the program's own too:
+	// not pinned, so a program loaded again starts a fresh window.
+	guard *ebpf.Map
+	// guardOn is when any CPU's guard last refused a flow (the program's own, not pinned).
+	guardOn *ebpf.Map
 }
 
 // Load loads the balancer's program and creates (or, with cfg.PinPath, reuses) its maps.
@@ -46,11 +51,13 @@ func Load(cfg Config) (*Balancer, error) {
 			PFlows: objs.MptcpxPflows,
 		},
 		scratch: objs.MptcpxLbScr,
+		guard:   objs.MptcpxLbGuard,
+		guardOn: objs.MptcpxLbGuardOn,
 	}, nil
 }
 
 // Close releases the program and every map Load opened (pinned maps stay pinned).
 func (b *Balancer) Close() error {
 	err := b.Program.Close()
-	return errors.Join(err, b.Maps.Close(), b.scratch.Close())
+	return errors.Join(err, b.Maps.Close(), b.scratch.Close(), b.guard.Close(), b.guardOn.Close())
 }

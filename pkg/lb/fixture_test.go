@@ -8,6 +8,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/cilium/ebpf"
+
 	"github.com/mptcp-xdp/mptcp-xdp/pkg/datapath"
 )
 
@@ -100,6 +102,14 @@ func balancer(t *testing.T) *Balancer {
 		}
 		return keys, it.Err()
 	}, func(k any) error { return m.Tokens.Delete(k) })
+	// The rate guard starts afresh too: a test's SYN flood engages it (it lets a third ACK of no
+	// flow teach a token for two seconds), which the next test must not inherit.
+	if err := shared.guardOn.Put(uint32(0), uint64(0)); err != nil {
+		t.Fatal(err)
+	}
+	if err := shared.guard.Put(uint32(0), make([]datapath.LbLbGuard, ebpf.MustPossibleCPU())); err != nil {
+		t.Fatal(err)
+	}
 	drainEvents(t)
 	return shared
 }

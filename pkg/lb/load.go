@@ -23,6 +23,10 @@ type Config struct {
 	// TokenRefresh: how stale a token's LastSeen may get before a packet of one of its flows
 	// refreshes it. 0 keeps 1 s.
 	TokenRefresh time.Duration
+	// NewFlowRate is the new-flow rate guard: at most this many new flows per second per CPU are
+	// stored in the flow table; the rest are forwarded by Maglev, not stored (StatGuarded). 0 keeps
+	// DefaultNewFlowRate; NewFlowRateUnlimited turns the guard off (every new flow stored).
+	NewFlowRate uint32
 	// Table sizes; 0 keeps the compiled-in size. MaxVIPs sizes the ring map (MaxVIPs * RingSize
 	// slots); VIP IDs must stay below it.
 	MaxVIPs, MaxFlows, MaxTokens uint32
@@ -31,6 +35,14 @@ type Config struct {
 	// one balancer state.
 	PinPath string
 }
+
+// The new-flow rate guard's settings (Config.NewFlowRate).
+const (
+	// DefaultNewFlowRate is Katran's MAX_CONN_RATE: new flows stored per second per CPU.
+	DefaultNewFlowRate = 125000
+	// NewFlowRateUnlimited turns the guard off.
+	NewFlowRateUnlimited = ^uint32(0)
+)
 
 // Maps are the balancer's maps.
 type Maps struct {
@@ -66,6 +78,17 @@ func Spec(cfg Config) (*ebpf.CollectionSpec, error) {
 	}
 	if cfg.TokenRefresh != 0 {
 		if err := set(datapath.LbVarLbTokenRefreshNs, uint64(cfg.TokenRefresh)); err != nil {
+			return nil, err
+		}
+	}
+	switch cfg.NewFlowRate {
+	case 0:
+	case NewFlowRateUnlimited:
+		if err := set(datapath.LbVarLbNewFlowRate, uint32(0)); err != nil {
+			return nil, err
+		}
+	default:
+		if err := set(datapath.LbVarLbNewFlowRate, cfg.NewFlowRate); err != nil {
 			return nil, err
 		}
 	}

@@ -27,6 +27,7 @@ import (
 	"fmt"
 	"maps"
 	"net/netip"
+	"time"
 
 	"github.com/mptcp-xdp/mptcp-xdp/pkg/datapath"
 	"github.com/mptcp-xdp/mptcp-xdp/pkg/lb"
@@ -91,16 +92,60 @@ type lbModel struct {
 	// collisionIdle and tokenRefresh are the loaded lb_collision_idle_ns and lb_token_refresh_ns.
 	collisionIdle, tokenRefresh uint64
 	ingress                     int // ingress ifindex of BPF_PROG_TEST_RUN (the netns's lo)
+	// flowRate is the loaded lb_new_flow_rate (0: no guard).
+	flowRate uint32
+}
+
+// guardWindow is LB_GUARD_WINDOW_NS.
+const guardWindow = uint64(time.Second)
+
+// guardState is the rate guard's state as the frame's CPU sees it: its window (mptcpx_lb_guard
+// on that CPU) and when any CPU last refused a flow (mptcpx_lb_guard_on).
+type guardState struct {
+	win         uint64
+	flows, late uint32
+	on          uint64
+}
+
+// admit is the rate guard (lb_guard_admit): may a new flow be stored (late false), may a third
+// ACK of a flow not in the table be placed late (late true)? It updates t's guard state.
+func (m *lbModel) admit(o *outcome, t *tables, now uint64, late bool) bool {
+	if m.flowRate == 0 {
+		return !late
+	}
+	g := &t.guard
+	if now-g.win >= guardWindow {
+		g.win, g.flows, g.late = now, 0, 0
+	}
+	if late {
+		if g.on == 0 || now-g.on > 2*guardWindow || g.late >= m.flowRate {
+			o.note("guard: not engaged, or its late budget spent: nothing placed late")
+			return false
+		}
+		g.late++
+		o.note("guard engaged: the third ACK is placed late (%d of %d this window)", g.late, m.flowRate)
+		return true
+	}
+	if g.flows >= m.flowRate {
+		if now-g.on >= guardWindow/8 {
+			g.on = now
+		}
+		o.note("guard: %d new flows stored this window already: not stored", g.flows)
+		return false
+	}
+	g.flows++
+	return true
 }
 
 // tables are the flow table, the protected flow table and the token table.
 type tables struct {
 	flows, pflows map[datapath.LbLbFlowKey]datapath.LbLbFlow
 	tokens        map[datapath.LbLbTokenKey]datapath.LbLbToken
+	guard         guardState // the rate guard's, as the frame's CPU sees it
 }
 
 func (s tables) clone() tables {
-	return tables{flows: maps.Clone(s.flows), pflows: maps.Clone(s.pflows), tokens: maps.Clone(s.tokens)}
+	return tables{flows: maps.Clone(s.flows), pflows: maps.Clone(s.pflows), tokens: maps.Clone(s.tokens), guard: s.guard}
 }
 
 // outcome is what the model predicts for one frame.
@@ -331,7 +376,8 @@ func (m *lbModel) decide(frame []byte, before tables, now uint64) outcome {
 		be     lb.Backend
 		have   bool
 		token  uint32
-		insert int // 1: a new flow for the flow table, 2: for the protected one
+		insert int  // 1: a new flow for the flow table, 2: for the protected one
+		late   bool // a third ACK placed late by the rate guard
 		nflags = uint32(flowOpened)
 	)
 	if follow {
@@ -418,7 +464,11 @@ func (m *lbModel) decide(frame []byte, before tables, now uint64) outcome {
 			insert = 1
 			o.note("new flow, placed by Maglev (slot %d) on backend %d", hash%lb.RingSize, bid)
 		} else if have {
-			o.note("no flow: forwarded by Maglev (slot %d) to backend %d, nothing stored", hash%lb.RingSize, bid)
+			o.note("no flow: forwarded by Maglev (slot %d) to backend %d", hash%lb.RingSize, bid)
+			if steering && mp.keys && m.admit(&o, t, now, true) {
+				late, insert = true, 1
+				nflags |= flowLearned
+			}
 		}
 	}
 	if !have {
@@ -427,8 +477,22 @@ func (m *lbModel) decide(frame []byte, before tables, now uint64) outcome {
 		return o
 	}
 
-	// A token is learned on a flow opened by a SYN the balancer placed, once.
-	if hit && steering && mp.keys && f.Flags&flowOpened != 0 && f.Flags&flowLearned == 0 && f.Token == 0 {
+	// Over the rate guard's limit a new flow is not stored, and a stale entry of its 5-tuple goes.
+	if insert == 1 && !late && !m.admit(&o, t, now, false) {
+		insert = 0
+		if known {
+			if prot {
+				delete(t.pflows, fk)
+			} else {
+				delete(t.flows, fk)
+			}
+		}
+	}
+	// A token is learned on a flow opened by a SYN the balancer placed, once; or on a third ACK
+	// placed late.
+	if late {
+		token = m.learn(&o, vip.ID, mp.rkey, bid, now)
+	} else if hit && steering && mp.keys && f.Flags&flowOpened != 0 && f.Flags&flowLearned == 0 && f.Token == 0 {
 		f.Flags |= flowLearned
 		if learned := m.learn(&o, vip.ID, mp.rkey, bid, now); learned != 0 {
 			f.Token = learned

@@ -120,6 +120,17 @@ func (HashSeed) MarshalText() ([]byte, error) {
 // read-only data (the .rodata map the verifier made constant) at the offset of lb_hash_seed that
 // the map's own BTF gives, so that a program of another mptcp-xdp version is read right too.
 func ProgramHashSeed(prog *ebpf.Program) (uint32, error) {
+	return programU32(prog, datapath.LbVarLbHashSeed)
+}
+
+// ProgramNewFlowRate reads the new-flow rate guard's limit (lb_new_flow_rate: new flows stored per
+// second per CPU, 0 no guard) a loaded balancer program runs with, as ProgramHashSeed.
+func ProgramNewFlowRate(prog *ebpf.Program) (uint32, error) {
+	return programU32(prog, datapath.LbVarLbNewFlowRate)
+}
+
+// programU32 reads the 32-bit read-only variable name of a loaded balancer program.
+func programU32(prog *ebpf.Program, name string) (uint32, error) {
 	info, err := prog.Info()
 	if err != nil {
 		return 0, fmt.Errorf("program info: %w", err)
@@ -129,19 +140,20 @@ func ProgramHashSeed(prog *ebpf.Program) (uint32, error) {
 		return 0, errors.New("program info: the kernel gives no map ids")
 	}
 	for _, id := range ids {
-		seed, found, err := rodataHashSeed(id)
+		v, found, err := rodataU32(id, name)
 		if err != nil {
 			return 0, err
 		}
 		if found {
-			return seed, nil
+			return v, nil
 		}
 	}
-	return 0, fmt.Errorf("program %s has no %s variable: not a balancer program", info.Name, datapath.LbVarLbHashSeed)
+	return 0, fmt.Errorf("program %s has no %s variable: not a balancer program (or one older than it)", info.Name, name)
 }
 
-// rodataHashSeed reads lb_hash_seed from map id when it is a read-only data map that holds it.
-func rodataHashSeed(id ebpf.MapID) (uint32, bool, error) {
+// rodataU32 reads the 32-bit variable name from map id when it is a read-only data map that holds
+// it.
+func rodataU32(id ebpf.MapID, name string) (uint32, bool, error) {
 	mp, err := ebpf.NewMapFromID(id)
 	if err != nil {
 		return 0, false, fmt.Errorf("open map %d: %w", id, err)
@@ -156,7 +168,7 @@ func rodataHashSeed(id ebpf.MapID) (uint32, bool, error) {
 	}
 	btfID, ok := mi.BTFID()
 	if !ok {
-		return 0, false, fmt.Errorf("map %d (%s) has no BTF: cannot find %s in it", id, mi.Name, datapath.LbVarLbHashSeed)
+		return 0, false, fmt.Errorf("map %d (%s) has no BTF: cannot find %s in it", id, mi.Name, name)
 	}
 	h, err := btf.NewHandleFromID(btfID)
 	if err != nil {
@@ -172,11 +184,11 @@ func rodataHashSeed(id ebpf.MapID) (uint32, bool, error) {
 		return 0, false, nil
 	}
 	for _, v := range ds.Vars {
-		if v.Type.TypeName() != datapath.LbVarLbHashSeed {
+		if v.Type.TypeName() != name {
 			continue
 		}
 		if v.Size != 4 || v.Offset+4 > mp.ValueSize() {
-			return 0, false, fmt.Errorf("map %d: %s is %d bytes at %d of %d, want a 32-bit value", id, datapath.LbVarLbHashSeed, v.Size, v.Offset, mp.ValueSize())
+			return 0, false, fmt.Errorf("map %d: %s is %d bytes at %d of %d, want a 32-bit value", id, name, v.Size, v.Offset, mp.ValueSize())
 		}
 		val := make([]byte, mp.ValueSize())
 		if err := mp.Lookup(uint32(0), &val); err != nil {

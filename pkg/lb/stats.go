@@ -33,6 +33,8 @@ const (
 	StatInsertFailed              // flows or tokens the datapath could not store (table full, race)
 	StatICMPTooBig                // ipip frames too long once encapsulated, answered with ICMP frag needed / packet too big
 	StatAggregate                 // frames longer than the ingress MTU (generic XDP's GRO/GSO aggregates): passed
+	StatGuarded                   // new flows over the rate guard's limit: forwarded by Maglev, not stored
+	StatLateLearn                 // third ACKs of unstored flows placed while the guard is engaged (token learned, flow stored)
 	NumStats
 )
 
@@ -40,6 +42,7 @@ var statNames = [NumStats]string{
 	"packets", "vip", "flow_hit", "new_flow", "token_learned", "join_steered", "join_unknown",
 	"join_dropped", "collision", "fwd_l2", "fwd_ipip", "no_backend", "fwd_error", "decap", "malformed",
 	"event_lost", "token_replaced", "mtu", "nonsyn_miss", "insert_failed", "icmp_too_big", "aggregate",
+	"guarded", "late_learn",
 }
 
 func (s Stat) String() string {
@@ -94,12 +97,14 @@ const (
 	VIPStatNoBackend                      // frames with no usable backend (passed)
 	VIPStatMTU                            // ipip frames too long for the egress MTU (passed)
 	VIPStatFwdError                       // encapsulation failed (passed)
+	VIPStatGuarded                        // new flows over the rate guard's limit: forwarded, not stored
 	NumVIPStats
 )
 
 var vipStatNames = [NumVIPStats]string{
 	"packets", "new_flow", "token_learned", "join_steered", "join_unknown_drop", "join_unknown_hash",
 	"join_unknown_pass", "collision", "token_replaced", "no_backend", "mtu", "fwd_error",
+	"guarded",
 }
 
 func (s VIPStat) String() string {

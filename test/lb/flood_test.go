@@ -37,8 +37,15 @@ const (
 // balancer loaded through pkg/control with floodTable-entry flow and token tables.
 func newSmallSetup(t *testing.T, o options) *setup {
 	t.Helper()
+	return newSmallSetupWith(t, o, "mxhard", lb.Config{MaxFlows: floodTable, MaxTokens: floodTable})
+}
+
+// newSmallSetupWith is newSmallSetup with the lab's name prefix and the balancer's load-time
+// configuration given.
+func newSmallSetupWith(t *testing.T, o options, prefix string, cfg lb.Config) *setup {
+	t.Helper()
 	testutil.RequireRoot(t)
-	l, err := lablb.New(lablb.Config{Prefix: "mxhard", NoEndpoints: true})
+	l, err := lablb.New(lablb.Config{Prefix: prefix, NoEndpoints: true})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -67,7 +74,7 @@ func newSmallSetup(t *testing.T, o options) *setup {
 	policy := control.DefaultPolicy
 	policy.Forward = fwd
 	spec := control.Spec{Netns: l.LB, VIPs: []netip.AddrPort{s.vip}, Policy: policy.Set(),
-		Config: lb.Config{MaxFlows: floodTable, MaxTokens: floodTable}}
+		Config: cfg}
 	for _, p := range l.Paths {
 		spec.Ifaces = append(spec.Ifaces, p.LBIf)
 	}
