@@ -225,7 +225,7 @@ static __always_inline int mx_walk_tcp(void *data, void *data_end, __u32 l4, str
 	struct tcphdr *th = data + l4;
 	if ((void *)(th + 1) > data_end)
 		return MX_PARSE_TRUNCATED;
-	__u32 hl = th->doff * 4;
+	__u64 hl = th->doff * 4;
 	if (hl < sizeof(*th)) {
 		mx_add(r, MX_MALFORMED);
 		return MX_PARSE_DONE;
@@ -235,7 +235,7 @@ static __always_inline int mx_walk_tcp(void *data, void *data_end, __u32 l4, str
 
 	int syn = th->syn, ack = th->ack;
 	__u8 *opts = (__u8 *)(th + 1);
-	__u32 optlen = hl - sizeof(*th);
+	__u64 optlen = hl - sizeof(*th);
 	__u32 off = 0;
 
 	/* The commonest option block of all, NOP, NOP, timestamps and nothing else: done. Only where
@@ -438,8 +438,8 @@ static __always_inline int mx_parse(void *data, void *data_end, struct mx_result
 	if (data + l4c + sizeof(struct tcphdr) <= data_end) {
 		/* EtherType IPv4, then version 4 and IHL 5 (the TOS byte left out); then the fragment
 		 * offset and protocol TCP (the flags and TTL left out): two loads, two tests. */
-		__u32 eth_ip = *(__u32 *)(data + 12) & bpf_htonl(0xffffff00);
-		__u32 frag_proto = *(__u32 *)(data + sizeof(struct ethhdr) + 6) & bpf_htonl(0x1fff00ff);
+		__u64 eth_ip = *(__u32 *)(data + 12) & bpf_htonl(0xffffff00);
+		__u64 frag_proto = *(__u32 *)(data + sizeof(struct ethhdr) + 6) & bpf_htonl(0x1fff00ff);
 		if (eth_ip == bpf_htonl(0x08004500) && frag_proto == bpf_htonl(IPPROTO_TCP_)) {
 			mx_set_tcp(r);
 			return mx_walk_tcp(data, data_end, l4c, r, 1);
