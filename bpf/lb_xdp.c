@@ -23,6 +23,7 @@
 #include <bpf/bpf_endian.h>
 
 #include "include/mx_lb.h"
+#include "include/mx_parse.h"
 #include "include/mx_sha256.h"
 
 #define IP_MF_OFFSET_BE bpf_htons(0x3fff)
@@ -217,6 +218,17 @@ static __always_inline void lb_scan_opts(struct xdp_md *ctx, struct lb_stats *st
 {
 	void *data = (void *)(long)ctx->data;
 	void *data_end = (void *)(long)ctx->data_end;
+
+	/* The option blocks of nearly every segment, NOP, NOP, timestamps alone or followed by one of
+	 * the DSS layouts Linux sends, hold nothing the balancer reads and are well-formed: no walk.
+	 * The tests are the counting datapath's (mx_parse.h). */
+	__u8 *opts = (__u8 *)(th + 1);
+	if ((void *)(opts + 4) <= data_end) {
+		__u64 optlen = th->doff * 4 - sizeof(*th);
+		__u64 ts = *(__u32 *)opts ^ TCPOPT_TSTAMP_PREFIX_BE;
+		if (!((optlen ^ TCPOLEN_TSTAMP_ALIGNED_) | ts) || mx_dss_layout(opts, data_end, optlen, ts))
+			return;
+	}
 	int r = lb_scan(ctx, (void *)th - data, (syn ? LB_SCAN_SYN : 0) | (ack ? LB_SCAN_ACK : 0));
 
 	if (r & (LB_SCAN_MALFORMED | LB_SCAN_UNWALKED)) {
@@ -754,7 +766,10 @@ int mptcpx_lb(struct xdp_md *ctx)
 	if (hit) {
 		/* An established flow: refresh it, and now and then its connection's token. */
 		lb_count(st, LB_STAT_FLOW_HIT);
-		f->last_ns = now;
+		/* Written once per LB_LAST_NS_GRAIN at most: on a stream of packets the flow's cache
+		 * line is only read, so CPUs that share a flow do not pass it to and fro. */
+		if (now - f->last_ns >= LB_LAST_NS_GRAIN)
+			f->last_ns = now;
 		token = f->token;
 		/* The token table is read only when the flow cannot tell that the token is fresh: its
 		 * tok_seen is the token's last_ns when this flow last read it, and last_ns only grows,

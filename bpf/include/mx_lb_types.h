@@ -92,7 +92,7 @@ enum lb_flow_flags {
 struct lb_flow {
 	__u32 backend;
 	__u32 token;    /* the server's token once learned (0 before); host order */
-	__u64 last_ns;  /* bpf_ktime_get_ns of the last packet */
+	__u64 last_ns;  /* bpf_ktime_get_ns of the last packet (up to LB_LAST_NS_GRAIN older) */
 	__u32 flags;    /* enum lb_flow_flags */
 	__u32 tok_seen; /* the token's last_ns >> LB_TOK_SEEN_SHIFT when this flow last read it (0: never) */
 };
@@ -102,6 +102,10 @@ struct lb_flow {
  * past tok_seen: never later than the token turns stale, since floor(a) - floor(b) >= floor(a - b).
  * Flows idle for 52 days (the flow table's GC removes them long before) could wrap. */
 #define LB_TOK_SEEN_SHIFT 20
+
+/* How stale a flow's last_ns may get before a packet of it writes it again: 2^20 ns (about 1 ms),
+ * far below any idle timeout, and a flow's entry is written at most a thousand times a second. */
+#define LB_LAST_NS_GRAIN (1ULL << 20)
 
 struct lb_token_key {
 	__u32 vip_id;

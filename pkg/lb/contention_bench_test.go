@@ -76,10 +76,14 @@ func BenchmarkContention(b *testing.B) {
 	// keys and, most of the time, different buckets; the LRU lists are still shared.
 	synApart := syn
 	synApart.src = netip.MustParseAddrPort("192.0.2.2:40099")
+	// join_syn_apart: likewise two joins of the same token from two client ports: different
+	// keys of the protected table; the event ring (one lock) is still shared.
+	joinApart := join
+	joinApart.src = netip.MustParseAddrPort("192.0.2.3:40098")
 	for _, c := range []struct {
 		name    string
 		s, cpu1 segment
-	}{{"flow_hit", dss, dss}, {"new_syn", syn, syn}, {"new_syn_apart", syn, synApart}, {"join_syn", join, join}} {
+	}{{"flow_hit", dss, dss}, {"new_syn", syn, syn}, {"new_syn_apart", syn, synApart}, {"join_syn", join, join}, {"join_syn_apart", join, joinApart}} {
 		frames := [][]byte{c.s.frame(b), c.cpu1.frame(b)}
 		b.Run(c.name, func(b *testing.B) {
 			const rounds = 9

@@ -57,6 +57,8 @@ const (
 	flowLearned = 1 << 1 // LB_FLOW_LEARNED
 	// tokSeenShift is LB_TOK_SEEN_SHIFT: lb_flow.tok_seen's unit, 2^20 ns.
 	tokSeenShift = 20
+	// lastNsGrain is LB_LAST_NS_GRAIN: a flow hit rewrites last_ns only when it is this old.
+	lastNsGrain = 1 << 20
 )
 
 const (
@@ -398,7 +400,9 @@ func (m *lbModel) decide(frame []byte, before tables, now uint64) outcome {
 	switch {
 	case hit:
 		o.note("follows its flow to backend %d", bid)
-		f.LastNs = now
+		if now-f.LastNs >= lastNsGrain {
+			f.LastNs = now
+		}
 		token = f.Token
 		// The token table is read only when the flow's tok_seen cannot vouch for the token
 		// (lb_xdp.c, LB_TOK_SEEN_SHIFT).
