@@ -248,50 +248,20 @@ func floodRun(t *testing.T, o options) {
 	}
 	defer f.Close()
 	frames := newSpoofFrames(t, f)
-	var sent atomic.Int64
-	stop := make(chan struct{})
-	var floodErr error
-	var floodTime time.Duration
-	var wg sync.WaitGroup
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		start := time.Now()
-		defer func() { floodTime = time.Since(start) }()
-		for i := 0; ; i++ {
-			if i >= floodMin {
-				select {
-				case <-stop:
-					return
-				default:
-				}
-			}
-			fr := frames.plain
-			if i%2 == 1 {
-				fr = frames.keys
-			}
-			f.patch(fr, i%2 == 1)
-			if floodErr = f.sendRaw(ctx, fr); floodErr != nil {
-				return
-			}
-			sent.Add(1)
+	fl := startFlood(ctx, f, func(i int) ([]byte, bool) {
+		if i%2 == 1 {
+			return frames.keys, true
 		}
-	}()
-	floodDone := false
-	defer func() {
-		if !floodDone {
-			close(stop)
-			cancel()
-			wg.Wait()
-		}
-	}()
+		return frames.plain, false
+	})
+	defer fl.abort(cancel)
 
 	// During the flood: the first half's connections join (the endpoint makes the path manager
 	// join every existing connection), and the second half opens, learns and joins.
-	for sent.Load() < floodPrefill && ctx.Err() == nil {
+	for fl.sent.Load() < floodPrefill && ctx.Err() == nil {
 		time.Sleep(10 * time.Millisecond) // until the flood alone would have filled the tables many times
 	}
-	sentAtEndpoints := sent.Load()
+	sentAtEndpoints := fl.sent.Load()
 	if err := s.AddSubflowEndpoints(); err != nil {
 		t.Fatal(err)
 	}
@@ -300,14 +270,12 @@ func floodRun(t *testing.T, o options) {
 	wctx, wcancel := context.WithTimeout(ctx, 60*time.Second)
 	s.waitJoins(wctx, t, base, floodConns)
 	wcancel()
-	sentAtJoins := sent.Load()
-	close(stop)
-	wg.Wait()
-	floodDone = true
-	if floodErr != nil {
-		t.Fatalf("flood: %v after %d frames", floodErr, sent.Load())
+	sentAtJoins := fl.sent.Load()
+	fl.stop()
+	if fl.err != nil {
+		t.Fatalf("flood: %v after %d frames", fl.err, fl.sent.Load())
 	}
-	n := sent.Load()
+	n := fl.sent.Load()
 
 	all := append(append([]*lablb.Conn(nil), first...), second...)
 	// Counted once the frames have crossed the balancer: its counters only grow, so wait until
@@ -334,7 +302,7 @@ func floodRun(t *testing.T, o options) {
 	okN, errs := transfer(ctx, all, 16<<10)
 
 	t.Logf("flood: %d spoofed frames (half forged MP_CAPABLE ACKs) in %v (%.0f/s), %d before the first join, %d by the time every join was answered; tables of %d",
-		n, floodTime.Round(time.Millisecond), float64(n)/floodTime.Seconds(), sentAtEndpoints, sentAtJoins, floodTable)
+		n, fl.took.Round(time.Millisecond), float64(n)/fl.took.Seconds(), sentAtEndpoints, sentAtJoins, floodTable)
 	t.Logf("balancer: nonsyn_miss %d new_flow %d token_learned %d join_steered %d join_unknown %d insert_failed %d collision %d; flows %d tokens %d",
 		d[lb.StatNonSYNMiss], d[lb.StatNewFlow], d[lb.StatTokenLearned], d[lb.StatJoinSteered], d[lb.StatJoinUnknown],
 		d[lb.StatInsertFailed], d[lb.StatCollision], occ.Flows, occ.Tokens)
@@ -367,5 +335,62 @@ func floodRun(t *testing.T, o options) {
 	}
 	if okN != floodConns {
 		t.Errorf("%d of %d transfers intact; first errors: %v", okN, floodConns, firstErrs(errs, 3))
+	}
+}
+
+// flooder sends forged frames from a goroutine, never fewer than floodMin, until stopped.
+type flooder struct {
+	sent    atomic.Int64
+	err     error         // of the send that ended the flood; read after stop
+	took    time.Duration // from the first frame to the last; read after stop
+	done    chan struct{}
+	wg      sync.WaitGroup
+	stopped bool
+}
+
+// startFlood sends frame(i) for i = 0, 1, ..., each patched by f (keys: an MP_CAPABLE ACK's keys
+// too) and written raw.
+func startFlood(ctx context.Context, f *forger, frame func(i int) (fr []byte, keys bool)) *flooder {
+	fl := &flooder{done: make(chan struct{})}
+	fl.wg.Add(1)
+	go func() {
+		defer fl.wg.Done()
+		start := time.Now()
+		defer func() { fl.took = time.Since(start) }()
+		for i := 0; ; i++ {
+			if i >= floodMin {
+				select {
+				case <-fl.done:
+					return
+				default:
+				}
+			}
+			fr, keys := frame(i)
+			f.patch(fr, keys)
+			if fl.err = f.sendRaw(ctx, fr); fl.err != nil {
+				return
+			}
+			fl.sent.Add(1)
+		}
+	}()
+	return fl
+}
+
+// stop ends the flood and waits for its goroutine.
+func (fl *flooder) stop() {
+	if fl.stopped {
+		return
+	}
+	fl.stopped = true
+	close(fl.done)
+	fl.wg.Wait()
+}
+
+// abort, deferred, stops a flood the test left running (it failed midway), cancelling the
+// context its sends wait on first.
+func (fl *flooder) abort(cancel context.CancelFunc) {
+	if !fl.stopped {
+		cancel()
+		fl.stop()
 	}
 }

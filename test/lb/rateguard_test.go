@@ -9,8 +9,6 @@ import (
 	"path/filepath"
 	"runtime"
 	"strings"
-	"sync"
-	"sync/atomic"
 	"testing"
 	"time"
 
@@ -99,41 +97,10 @@ func rateGuardRun(t *testing.T, o options) {
 	}
 	defer f.Close()
 	syn := synFrame(t, f)
-	var sent atomic.Int64
-	stop := make(chan struct{})
-	var floodErr error
-	var floodTime time.Duration
-	var wg sync.WaitGroup
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		start := time.Now()
-		defer func() { floodTime = time.Since(start) }()
-		for i := 0; ; i++ {
-			if i >= floodMin {
-				select {
-				case <-stop:
-					return
-				default:
-				}
-			}
-			f.patch(syn, false)
-			if floodErr = f.sendRaw(ctx, syn); floodErr != nil {
-				return
-			}
-			sent.Add(1)
-		}
-	}()
-	floodDone := false
-	defer func() {
-		if !floodDone {
-			close(stop)
-			cancel()
-			wg.Wait()
-		}
-	}()
+	fl := startFlood(ctx, f, func(int) ([]byte, bool) { return syn, false })
+	defer fl.abort(cancel)
 
-	for sent.Load() < floodPrefill && ctx.Err() == nil {
+	for fl.sent.Load() < floodPrefill && ctx.Err() == nil {
 		time.Sleep(10 * time.Millisecond)
 	}
 	if err := s.AddSubflowEndpoints(); err != nil {
@@ -144,13 +111,11 @@ func rateGuardRun(t *testing.T, o options) {
 	wctx, wcancel := context.WithTimeout(ctx, 60*time.Second)
 	s.waitJoins(wctx, t, base, floodConns)
 	wcancel()
-	close(stop)
-	wg.Wait()
-	floodDone = true
-	if floodErr != nil {
-		t.Fatalf("flood: %v after %d frames", floodErr, sent.Load())
+	fl.stop()
+	if fl.err != nil {
+		t.Fatalf("flood: %v after %d frames", fl.err, fl.sent.Load())
 	}
-	n := sent.Load()
+	n := fl.sent.Load()
 
 	all := append(append([]*lablb.Conn(nil), first...), second...)
 	// Every SYN sent is counted as a new flow, stored or guarded: wait until the counters show
@@ -180,11 +145,11 @@ func rateGuardRun(t *testing.T, o options) {
 	// touched (the first and the last partial ones included), for the flood and the legitimate
 	// SYNs together.
 	cpus := runtime.NumCPU()
-	windows := int(math.Ceil(floodTime.Seconds())) + 1
+	windows := int(math.Ceil(fl.took.Seconds())) + 1
 	allowed := uint64(guardRate * cpus * windows)
 	stored := d[lb.StatNewFlow] - d[lb.StatGuarded]
 	t.Logf("flood: %d SYNs with random 5-tuples in %v (%.0f/s); guard %d new flows/s per CPU, %d CPUs, %d windows: at most %d stored",
-		n, floodTime.Round(time.Millisecond), float64(n)/floodTime.Seconds(), guardRate, cpus, windows, allowed)
+		n, fl.took.Round(time.Millisecond), float64(n)/fl.took.Seconds(), guardRate, cpus, windows, allowed)
 	t.Logf("balancer: new_flow %d guarded %d (stored %d) late_learn %d token_learned %d join_steered %d join_unknown %d insert_failed %d; flows %d tokens %d (tables of %d)",
 		d[lb.StatNewFlow], d[lb.StatGuarded], stored, d[lb.StatLateLearn], d[lb.StatTokenLearned], d[lb.StatJoinSteered],
 		d[lb.StatJoinUnknown], d[lb.StatInsertFailed], occ.Flows, occ.Tokens, floodTable)
