@@ -79,25 +79,36 @@ __attribute__((noinline)) int lb_guard_admit(__u64 now, __u32 late)
 	__u64 *on = bpf_map_lookup_elem(&mptcpx_lb_guard_on, &zero);
 	if (!g || !on)
 		return !late;
-	if (now - g->win_ns >= LB_GUARD_WINDOW_NS) {
+	if (lb_age(now, g->win_ns) >= LB_GUARD_WINDOW_NS) {
 		g->win_ns = now;
 		g->flows = 0;
 		g->late = 0;
 	}
 	if (late) {
 		__u64 over = *on;
-		if (!over || now - over > 2 * LB_GUARD_WINDOW_NS || g->late >= rate)
+		if (!over || lb_age(now, over) > 2 * LB_GUARD_WINDOW_NS || g->late >= rate)
 			return 0;
 		g->late++;
 		return 1;
 	}
 	if (g->flows >= rate) {
-		if (now - *on >= LB_GUARD_WINDOW_NS / 8)
+		if (lb_age(now, *on) >= LB_GUARD_WINDOW_NS / 8)
 			*on = now;
 		return 0;
 	}
 	g->flows++;
 	return 1;
+}
+
+/* Would lb_guard_admit(now, 0) admit a new flow? 1 when it surely would; 0 when it may not. Changes
+ * nothing (lb_guard_admit may start a new window, and engages the guard). */
+static __always_inline int lb_guard_would_admit(__u64 now)
+{
+	__u32 zero = 0, rate = lb_new_flow_rate;
+	if (!rate)
+		return 1;
+	struct lb_guard *g = bpf_map_lookup_elem(&mptcpx_lb_guard, &zero);
+	return g && (lb_age(now, g->win_ns) >= LB_GUARD_WINDOW_NS || g->flows < rate);
 }
 
 /* Puts struct lb_event in the object's BTF for bpf2go (-type lb_event); never used. */
@@ -210,13 +221,13 @@ __attribute__((noinline)) int lb_scan(struct xdp_md *ctx, __u32 th_off, __u32 fl
 }
 
 /* The MPTCP option that matters to the balancer in the TCP header th of the frame at ctx (the header
- * checked to lie inside the frame, whose TCP options lb_scan walks), with its token or key. Options
+ * checked to lie inside the frame, th_off bytes into it, whose TCP options lb_scan walks), with its
+ * token or key. Options
  * that are malformed, or not walked to their end, are counted as malformed; a SYN of the latter
  * becomes a join of token 0 when join_unwalked (it may hide an MP_JOIN: never a new flow). */
-static __always_inline void lb_scan_opts(struct xdp_md *ctx, struct lb_stats *st, struct tcphdr *th, int syn,
-					 int ack, int join_unwalked, struct lb_mp *mp)
+static __always_inline void lb_scan_opts(struct xdp_md *ctx, struct lb_stats *st, struct tcphdr *th, __u32 th_off,
+					 int syn, int ack, int join_unwalked, struct lb_mp *mp)
 {
-	void *data = (void *)(long)ctx->data;
 	void *data_end = (void *)(long)ctx->data_end;
 
 	/* The option blocks of nearly every segment, NOP, NOP, timestamps alone or followed by one of
@@ -229,7 +240,7 @@ static __always_inline void lb_scan_opts(struct xdp_md *ctx, struct lb_stats *st
 		if (!((optlen ^ TCPOLEN_TSTAMP_ALIGNED_) | ts) || mx_dss_layout(opts, data_end, optlen, ts))
 			return;
 	}
-	int r = lb_scan(ctx, (void *)th - data, (syn ? LB_SCAN_SYN : 0) | (ack ? LB_SCAN_ACK : 0));
+	int r = lb_scan(ctx, th_off, (syn ? LB_SCAN_SYN : 0) | (ack ? LB_SCAN_ACK : 0));
 
 	if (r & (LB_SCAN_MALFORMED | LB_SCAN_UNWALKED)) {
 		lb_count(st, LB_STAT_MALFORMED);
@@ -288,7 +299,7 @@ static __always_inline __u32 lb_learn(struct lb_stats *st, struct lb_vip_stats *
 			return tk.token;
 		}
 		__u32 other = t->backend;
-		if (now - t->last_ns <= lb_collision_idle_ns) {
+		if (lb_age(now, t->last_ns) <= lb_collision_idle_ns) {
 			/* Two live connections, two backends, one token: keep the mapping we have. */
 			lb_count(st, LB_STAT_COLLISION);
 			lb_count_vip(vs, LB_VSTAT_COLLISION);
@@ -487,8 +498,8 @@ __attribute__((noinline)) int lb_too_big(struct xdp_md *ctx, __u32 mtu, __u32 wh
 
 /* Does the frame fit the MTU of device ifindex with an outer header of hdr bytes? -1 if it does (or
  * the device is unknown: left to the redirect); else what lb_too_big did, counted. who is
- * LB_TB_WHO(IPv6 frame, VIP id, backend id). Global: its stack is its own. */
-__attribute__((noinline)) int lb_ipip_mtu(struct xdp_md *ctx, __u32 ifindex, __u32 hdr, __u32 who)
+ * LB_TB_WHO(IPv6 frame, VIP id, backend id). Inlined into lb_forward, whose stack holds little. */
+static __always_inline int lb_ipip_mtu(struct xdp_md *ctx, __u32 ifindex, __u32 hdr, __u32 who)
 {
 	__u32 mtu = 0;
 	if (bpf_check_mtu(ctx, ifindex, &mtu, (int)hdr, 0) != BPF_MTU_CHK_RET_FRAG_NEEDED)
@@ -496,9 +507,28 @@ __attribute__((noinline)) int lb_ipip_mtu(struct xdp_md *ctx, __u32 ifindex, __u
 	return lb_too_big(ctx, mtu - hdr, who);
 }
 
+/* lb_forward's return: the verdict, with LB_FWD_SENT when the frame goes to the backend (the caller
+ * counts it there, with the counters it holds). */
+#define LB_FWD_SENT (1 << 8)
+#define LB_FWD_VERDICT 0xff
+
+/* Count a frame that could not be forwarded to backend bid of VIP vid. Global: the forwarding
+ * path holds no counters of its own, and this is the rare path. */
+__attribute__((noinline)) int lb_fwd_failed(__u32 vid, __u32 bid)
+{
+	__u32 zero = 0;
+	struct lb_stats *st = bpf_map_lookup_elem(&mptcpx_lb_stats, &zero);
+	struct lb_vip_stats *vs = bpf_map_lookup_elem(&mptcpx_lb_vstats, &vid);
+	struct lb_backend_stats *bs = bpf_map_lookup_elem(&mptcpx_lb_bstats, &bid);
+
+	lb_count(st, LB_STAT_FWD_ERROR);
+	lb_count_vip(vs, LB_VSTAT_FWD_ERROR);
+	lb_count_be(bs, LB_BSTAT_FWD_ERROR);
+	return 0;
+}
+
 /* Send the frame to backend be by rewriting its MACs. */
-static __always_inline int lb_fwd_l2(struct xdp_md *ctx, struct lb_stats *st, struct lb_backend_stats *bs,
-				     const struct lb_backend *be)
+static __always_inline int lb_fwd_l2(struct xdp_md *ctx, const struct lb_backend *be)
 {
 	void *data = (void *)(long)ctx->data;
 	void *data_end = (void *)(long)ctx->data_end;
@@ -507,17 +537,14 @@ static __always_inline int lb_fwd_l2(struct xdp_md *ctx, struct lb_stats *st, st
 		return XDP_PASS;
 	__builtin_memcpy(eth->h_dest, be->mac, ETH_ALEN);
 	__builtin_memcpy(eth->h_source, be->src_mac, ETH_ALEN);
-	lb_count(st, LB_STAT_FWD_L2);
-	lb_count_be(bs, LB_BSTAT_FORWARDED);
 	if (be->ifindex == ctx->ingress_ifindex)
-		return XDP_TX;
-	return bpf_redirect(be->ifindex, 0);
+		return XDP_TX | LB_FWD_SENT;
+	return bpf_redirect(be->ifindex, 0) | LB_FWD_SENT;
 }
 
 /* Send the frame to backend be inside an outer IPv4 or IPv6 header (the backend address's family)
  * to the backend's address. inner_len is the inner IP packet's length, tos its traffic class. */
-static __always_inline int lb_fwd_ipip(struct xdp_md *ctx, struct lb_stats *st, struct lb_vip_stats *vs,
-				       struct lb_backend_stats *bs, const struct lb_backend *be, __u32 who,
+static __always_inline int lb_fwd_ipip(struct xdp_md *ctx, const struct lb_backend *be, __u32 who,
 				       __u32 inner_len, __u8 tos, __u32 hash)
 {
 	int inner_v6 = who & LB_TB_V6;
@@ -536,9 +563,7 @@ static __always_inline int lb_fwd_ipip(struct xdp_md *ctx, struct lb_stats *st, 
 	if (verdict >= 0)
 		return verdict;
 	if (inner_len + hdr > 0xffff || bpf_xdp_adjust_head(ctx, -hdr)) {
-		lb_count(st, LB_STAT_FWD_ERROR);
-		lb_count_vip(vs, LB_VSTAT_FWD_ERROR);
-		lb_count_be(bs, LB_BSTAT_FWD_ERROR);
+		lb_fwd_failed((who >> 16) & 0xff, who & 0xffff);
 		return XDP_PASS;
 	}
 	void *data = (void *)(long)ctx->data;
@@ -580,42 +605,38 @@ static __always_inline int lb_fwd_ipip(struct xdp_md *ctx, struct lb_stats *st, 
 		__builtin_memcpy(&iph->daddr, be->addr + 12, 4);
 		iph->check = lb_ip4_csum(iph);
 	}
-	lb_count(st, LB_STAT_FWD_IPIP);
-	lb_count_be(bs, LB_BSTAT_FORWARDED);
 	if (be->ifindex == ctx->ingress_ifindex)
-		return XDP_TX;
-	return bpf_redirect(be->ifindex, 0);
+		return XDP_TX | LB_FWD_SENT;
+	return bpf_redirect(be->ifindex, 0) | LB_FWD_SENT;
 }
 
 /* lb_forward's who: LB_TB_WHO and the VIP's forwarding mode. */
 #define LB_FWD_WHO_IPIP (1U << 30)
 
 /* Send the frame to the backend, of the VIP, that who names (LB_TB_WHO, with LB_FWD_WHO_IPIP for an
- * ipip VIP); inner_len is the IP packet's length, tos its traffic class, hash the 5-tuple's. Global,
- * so verified once, not for every way the balancer decided (verifiers before 6.4 otherwise walk it
- * for each). */
+ * ipip VIP: the balancer rewrites l2 frames itself, with lb_fwd_l2); inner_len is the IP packet's
+ * length, tos its traffic class, hash the 5-tuple's. Returns
+ * the verdict, with LB_FWD_SENT when the frame goes to the backend: the caller counts that, so that
+ * the path of a forwarded frame looks no counter up here. Global, so verified once, not for every
+ * way the balancer decided (verifiers before 6.4 otherwise walk it for each). */
 __attribute__((noinline)) int lb_forward(struct xdp_md *ctx, __u32 who, __u32 inner_len, __u32 tos, __u32 hash)
 {
-	__u32 zero = 0, vid = (who >> 16) & 0xff, bid = who & 0xffff;
-	struct lb_stats *st = bpf_map_lookup_elem(&mptcpx_lb_stats, &zero);
-	struct lb_vip_stats *vs = bpf_map_lookup_elem(&mptcpx_lb_vstats, &vid);
-	struct lb_backend_stats *bs = bpf_map_lookup_elem(&mptcpx_lb_bstats, &bid);
+	__u32 bid = who & 0xffff;
 	struct lb_backend *be = bpf_map_lookup_elem(&mptcpx_backends, &bid);
 
-	if (!be) {
-		lb_count(st, LB_STAT_NO_BACKEND);
-		return XDP_PASS;
-	}
+	if (!be)
+		return XDP_PASS; /* unreachable: the caller found the backend */
 	/* Generic XDP runs after GRO: an aggregate forwarded whole would be refused by the egress
 	 * device (longer than its MTU) or sent unsegmented. The stack gets it, counted. Native XDP
 	 * never sees one: a frame longer than LB_WIRE_FRAME_MAX is one of a larger MTU there. */
 	if ((long)ctx->data_end - (long)ctx->data > LB_WIRE_FRAME_MAX && lb_aggregate(ctx)) {
-		lb_count(st, LB_STAT_AGGREGATE);
+		__u32 zero = 0;
+		lb_count(bpf_map_lookup_elem(&mptcpx_lb_stats, &zero), LB_STAT_AGGREGATE);
 		return XDP_PASS;
 	}
 	if (who & LB_FWD_WHO_IPIP)
-		return lb_fwd_ipip(ctx, st, vs, bs, be, who & ~LB_FWD_WHO_IPIP, inner_len, (__u8)tos, hash);
-	return lb_fwd_l2(ctx, st, bs, be);
+		return lb_fwd_ipip(ctx, be, who & ~LB_FWD_WHO_IPIP, inner_len, (__u8)tos, hash);
+	return lb_fwd_l2(ctx, be);
 }
 
 SEC("xdp")
@@ -711,7 +732,7 @@ int mptcpx_lb(struct xdp_md *ctx)
 	int steering = vip->flags & LB_VIP_JOIN_STEERING;
 	int opening = syn && !ack;
 	struct lb_mp mp = {};
-	lb_scan_opts(ctx, st, th, syn, ack, steering && opening, &mp);
+	lb_scan_opts(ctx, st, th, (void *)th - data, syn, ack, steering && opening, &mp);
 
 	/* Looked up after the option scan, and never NULL past here (the ids are below the maps'
 	 * sizes: PutVIP checks), so that the verifier does not walk the scan, or what follows,
@@ -724,16 +745,45 @@ int mptcpx_lb(struct xdp_md *ctx)
 	}
 	lb_count_vip(vs, LB_VSTAT_PACKETS);
 
-	__u64 now = bpf_ktime_get_ns();
+	__u64 now = lb_now();
 	struct lb_backend *be = NULL;
 	__u32 bid = 0, token = 0;
 	__u32 placed = LB_BSTAT_MAX; /* the per-backend counter of how it was placed, if any */
+
+	struct lb_backend_stats *bs = NULL;
+	int pmiss = 0; /* the shortcut found the 5-tuple in no protected flow */
+
+	/* The common SYN, which opens a connection and steers no join, and whose 5-tuple no flow holds:
+	 * Maglev's backend, stored with BPF_NOEXIST, which fails when the flow table has the 5-tuple.
+	 * One walk of the flow table's bucket where the general path below takes two (its lookup, then
+	 * the insert's). Any other case (a flow of that 5-tuple in either table, no backend, the rate
+	 * guard refusing, or perhaps refusing) goes on below, which decides it as it would have without
+	 * the shortcut. The guard admits the flow once it is stored: nothing runs on this CPU between
+	 * lb_guard_would_admit and lb_guard_admit. */
+	if (opening && !(steering && mp.kind == LB_MP_JOIN)) {
+		pmiss = !bpf_map_lookup_elem(&mptcpx_pflows, &fk);
+		if (pmiss)
+			be = lb_pick(vip, lb_flow_hash(&fk), &bid);
+		if (be && lb_guard_would_admit(now)) {
+			struct lb_flow nf = {.backend = bid, .last_ns = now, .flags = LB_FLOW_OPENED};
+			if (!bpf_map_update_elem(&mptcpx_flows, &fk, &nf, BPF_NOEXIST)) {
+				lb_guard_admit(now, 0);
+				bs = bpf_map_lookup_elem(&mptcpx_lb_bstats, &bid);
+				lb_count(st, LB_STAT_NEW_FLOW);
+				lb_count_vip(vs, LB_VSTAT_NEW_FLOW);
+				lb_count_be(bs, LB_BSTAT_NEW_FLOW);
+				goto forward;
+			}
+		}
+		be = NULL;
+		bid = 0;
+	}
 
 	/* The flow table (Maglev can find these again), then the protected one (steered joins, flows
 	 * of draining backends). */
 	struct lb_flow *f = bpf_map_lookup_elem(&mptcpx_flows, &fk);
 	int prot = 0;
-	if (!f) {
+	if (!f && !pmiss) {
 		f = bpf_map_lookup_elem(&mptcpx_pflows, &fk);
 		prot = f != NULL;
 	}
@@ -768,7 +818,7 @@ int mptcpx_lb(struct xdp_md *ctx)
 		lb_count(st, LB_STAT_FLOW_HIT);
 		/* Written once per LB_LAST_NS_GRAIN at most: on a stream of packets the flow's cache
 		 * line is only read, so CPUs that share a flow do not pass it to and fro. */
-		if (now - f->last_ns >= LB_LAST_NS_GRAIN)
+		if (lb_age(now, f->last_ns) >= LB_LAST_NS_GRAIN)
 			f->last_ns = now;
 		token = f->token;
 		/* The token table is read only when the flow cannot tell that the token is fresh: its
@@ -781,7 +831,7 @@ int mptcpx_lb(struct xdp_md *ctx)
 			struct lb_token_key tk = {.vip_id = vip->id, .token = token};
 			struct lb_token *t = bpf_map_lookup_elem(&mptcpx_tokens, &tk);
 			if (t && t->backend == bid) {
-				if (now - t->last_ns > lb_token_refresh_ns)
+				if (lb_age(now, t->last_ns) > lb_token_refresh_ns)
 					t->last_ns = now;
 				f->tok_seen = t->last_ns >> LB_TOK_SEEN_SHIFT;
 			}
@@ -861,7 +911,7 @@ int mptcpx_lb(struct xdp_md *ctx)
 		return XDP_PASS;
 	}
 	/* Never NULL: bid indexed the backend table, of the same size. */
-	struct lb_backend_stats *bs = bpf_map_lookup_elem(&mptcpx_lb_bstats, &bid);
+	bs = bpf_map_lookup_elem(&mptcpx_lb_bstats, &bid);
 	if (!bs) {
 		lb_count(st, LB_STAT_NO_BACKEND);
 		lb_count_vip(vs, LB_VSTAT_NO_BACKEND);
@@ -912,9 +962,25 @@ int mptcpx_lb(struct xdp_md *ctx)
 			lb_count(st, LB_STAT_INSERT_FAILED);
 	}
 
-	if (vip->forward == LB_FWD_IPIP)
-		return lb_forward(ctx, LB_TB_WHO(v6, vid, bid) | LB_FWD_WHO_IPIP, inner_len, tos, lb_flow_hash(&fk));
-	return lb_forward(ctx, LB_TB_WHO(v6, vid, bid), inner_len, tos, 0);
+forward:;
+	int ret;
+	if (vip->forward == LB_FWD_IPIP) {
+		ret = lb_forward(ctx, LB_TB_WHO(v6, vid, bid) | LB_FWD_WHO_IPIP, inner_len, tos, lb_flow_hash(&fk));
+		if (ret & LB_FWD_SENT)
+			lb_count(st, LB_STAT_FWD_IPIP);
+	} else {
+		/* l2 here, not in lb_forward: a rewrite of two addresses costs less than the call. */
+		if ((long)ctx->data_end - (long)ctx->data > LB_WIRE_FRAME_MAX && lb_aggregate(ctx)) {
+			lb_count(st, LB_STAT_AGGREGATE);
+			return XDP_PASS;
+		}
+		ret = lb_fwd_l2(ctx, be);
+		if (ret & LB_FWD_SENT)
+			lb_count(st, LB_STAT_FWD_L2);
+	}
+	if (ret & LB_FWD_SENT)
+		lb_count_be(bs, LB_BSTAT_FORWARDED);
+	return ret & LB_FWD_VERDICT;
 
 malformed:
 	lb_count(st, LB_STAT_MALFORMED);

@@ -142,7 +142,7 @@ struct {
 	__type(value, struct lb_guard);
 } mptcpx_lb_guard SEC(".maps");
 
-/* When any CPU's guard last refused a new flow (bpf_ktime_get_ns, 0: never), one entry shared by
+/* When any CPU's guard last refused a new flow (lb_now, 0: never), one entry shared by
  * every CPU: the guard is engaged for two windows after that. Written at most eight times a window
  * (a SYN and its third ACK may meet different CPUs: veth, no RSS). */
 struct {
@@ -151,6 +151,14 @@ struct {
 	__type(key, __u32);
 	__type(value, __u64);
 } mptcpx_lb_guard_on SEC(".maps");
+
+/* lb_now's cache, per CPU (struct lb_clock). */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct lb_clock);
+} mptcpx_lb_clock SEC(".maps");
 
 /* Per-CPU scratch word: a value written and read back through map memory is unknown to the
  * verifier (see mx_launder in mx_parse.h), which lets it prune the TCP options loop. */
@@ -168,6 +176,37 @@ static __always_inline __u32 lb_launder(__u32 *slot, __u32 v)
 }
 
 /* --- helpers --- */
+
+/* The balancer's clock: CLOCK_MONOTONIC (bpf_ktime_get_ns) read once per CPU per timer tick, as of
+ * the first packet this CPU saw in the tick. Reading the clock source costs a helper call, and in a
+ * VM a paravirtual clock or TSC read: a third of a flow hit's own work here (docs/benchmarks.md);
+ * the tick count (bpf_jiffies64) is inlined by the verifier into a load, and so is the per-CPU
+ * lookup (Linux 6.10 and later). The value lags the clock by less than a tick (1-10 ms), finer than
+ * anything it times (LB_LAST_NS_GRAIN, the token refresh, the collision idle time, the rate
+ * guard's window), and is never ahead of it: what the datapath stamps is never in the future of
+ * the control plane's CLOCK_MONOTONIC. A stamp the control plane wrote (lb.Monotonic) may be up to
+ * a tick ahead of lb_now: ages are taken with lb_age. */
+static __always_inline __u64 lb_now(void)
+{
+	__u32 zero = 0;
+	struct lb_clock *c = bpf_map_lookup_elem(&mptcpx_lb_clock, &zero);
+	/* jiffies + 1: the cache's zero value stands for no tick, and jiffies_64 passes 0 once. */
+	__u64 tick = bpf_jiffies64() + 1;
+
+	if (!c)
+		return bpf_ktime_get_ns();
+	if (c->tick != tick) {
+		c->tick = tick;
+		c->ns = bpf_ktime_get_ns();
+	}
+	return c->ns;
+}
+
+/* How long ago then was, at now; 0 for a then after now (a stamp of the precise clock). */
+static __always_inline __u64 lb_age(__u64 now, __u64 then)
+{
+	return now > then ? now - then : 0;
+}
 
 static __always_inline void lb_count(struct lb_stats *st, __u32 stat)
 {

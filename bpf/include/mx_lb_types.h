@@ -92,7 +92,7 @@ enum lb_flow_flags {
 struct lb_flow {
 	__u32 backend;
 	__u32 token;    /* the server's token once learned (0 before); host order */
-	__u64 last_ns;  /* bpf_ktime_get_ns of the last packet (up to LB_LAST_NS_GRAIN older) */
+	__u64 last_ns;  /* lb_now of the last packet (up to LB_LAST_NS_GRAIN older) */
 	__u32 flags;    /* enum lb_flow_flags */
 	__u32 tok_seen; /* the token's last_ns >> LB_TOK_SEEN_SHIFT when this flow last read it (0: never) */
 };
@@ -127,6 +127,13 @@ struct lb_guard {
 	__u64 win_ns;
 	__u32 flows;
 	__u32 late;
+};
+
+/* lb_now's cache on one CPU (the value of mptcpx_lb_clock): the tick (bpf_jiffies64() + 1) in which
+ * the clock was last read, and what it read. */
+struct lb_clock {
+	__u64 tick;
+	__u64 ns;
 };
 
 /* Per-CPU counters of the balancer, one slot per enum value. */

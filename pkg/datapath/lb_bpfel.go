@@ -28,6 +28,12 @@ type LbLbBackendStats struct {
 	Count [9]uint64
 }
 
+type LbLbClock struct {
+	_    structs.HostLayout
+	Tick uint64
+	Ns   uint64
+}
+
 type LbLbEvent struct {
 	_       structs.HostLayout
 	Type    uint32
@@ -111,6 +117,7 @@ const (
 	LbMapMptcpxBackends    = "mptcpx_backends"
 	LbMapMptcpxFlows       = "mptcpx_flows"
 	LbMapMptcpxLbBstats    = "mptcpx_lb_bstats"
+	LbMapMptcpxLbClock     = "mptcpx_lb_clock"
 	LbMapMptcpxLbEvts      = "mptcpx_lb_evts"
 	LbMapMptcpxLbGuard     = "mptcpx_lb_guard"
 	LbMapMptcpxLbGuardOn   = "mptcpx_lb_guard_on"
@@ -181,6 +188,7 @@ type LbMapSpecs struct {
 	MptcpxBackends  *ebpf.MapSpec `ebpf:"mptcpx_backends"`
 	MptcpxFlows     *ebpf.MapSpec `ebpf:"mptcpx_flows"`
 	MptcpxLbBstats  *ebpf.MapSpec `ebpf:"mptcpx_lb_bstats"`
+	MptcpxLbClock   *ebpf.MapSpec `ebpf:"mptcpx_lb_clock"`
 	MptcpxLbEvts    *ebpf.MapSpec `ebpf:"mptcpx_lb_evts"`
 	MptcpxLbGuard   *ebpf.MapSpec `ebpf:"mptcpx_lb_guard"`
 	MptcpxLbGuardOn *ebpf.MapSpec `ebpf:"mptcpx_lb_guard_on"`
@@ -227,6 +235,7 @@ type LbMaps struct {
 	MptcpxBackends  *ebpf.Map `ebpf:"mptcpx_backends"`
 	MptcpxFlows     *ebpf.Map `ebpf:"mptcpx_flows"`
 	MptcpxLbBstats  *ebpf.Map `ebpf:"mptcpx_lb_bstats"`
+	MptcpxLbClock   *ebpf.Map `ebpf:"mptcpx_lb_clock"`
 	MptcpxLbEvts    *ebpf.Map `ebpf:"mptcpx_lb_evts"`
 	MptcpxLbGuard   *ebpf.Map `ebpf:"mptcpx_lb_guard"`
 	MptcpxLbGuardOn *ebpf.Map `ebpf:"mptcpx_lb_guard_on"`
@@ -244,6 +253,7 @@ func (m *LbMaps) Close() error {
 		m.MptcpxBackends,
 		m.MptcpxFlows,
 		m.MptcpxLbBstats,
+		m.MptcpxLbClock,
 		m.MptcpxLbEvts,
 		m.MptcpxLbGuard,
 		m.MptcpxLbGuardOn,

@@ -8,8 +8,9 @@ package lb_test
 // State: before every frame the harness puts the tables back to one baseline (flows of every kind,
 // steered joins, tokens fresh, stale and idle, collisions waiting to happen) and tells the model
 // that baseline; afterwards it reads the whole of every table and compares it with the model's.
-// The program stamps entries with bpf_ktime_get_ns, which the harness cannot read: it brackets the
-// run with CLOCK_MONOTONIC readings and runs the model at both ends of that window. The two agree
+// The program stamps entries with its clock (lb_now: bpf_ktime_get_ns as of the first packet of the
+// timer tick on its CPU), which the harness cannot read: it brackets the run with CLOCK_MONOTONIC
+// readings, reaching back a tick, and runs the model at both ends of that window. The two agree
 // unless the run straddles an age threshold (token refresh 1 s, collision idle 5 s, against
 // baseline ages of 10 ms, 2 s and hours): such an input is skipped, saying so, and would need a run
 // that takes about a second.
@@ -42,8 +43,12 @@ import (
 const maxFrame = 3000
 
 // clockSlack widens the window of the run's timestamps on both sides (bpf_ktime_get_ns reads the
-// monotonic clock through its NMI-safe accessor, which may lag clock_gettime by a little).
-const clockSlack = uint64(time.Millisecond)
+// monotonic clock through its NMI-safe accessor, which may lag clock_gettime by a little), and
+// tickSlack reaches further back: the datapath's clock is read once per tick (at least 100 Hz).
+const (
+	clockSlack = uint64(time.Millisecond)
+	tickSlack  = uint64(10 * time.Millisecond)
+)
 
 const (
 	hashSeed      = 0x5eed0b1e // not the default, so that the seed visibly matters
@@ -53,9 +58,9 @@ const (
 	flowRate     = 2
 	tokenRefresh = time.Second
 	staleAge     = 2 * time.Second // refreshed on a hit, yet live for collisions
-	// freshAge is the age of fresh tokens: older than the run's window reaches back (clockSlack),
-	// so that no age is negative.
-	freshAge = 10 * time.Millisecond
+	// freshAge is the age of fresh tokens: older than the run's window reaches back (clockSlack and
+	// tickSlack), so that no age is negative.
+	freshAge = 50 * time.Millisecond
 )
 
 // FuzzBalancerAgreement requires the balancer program and the model to decide every frame alike.
@@ -783,7 +788,7 @@ func (h *harness) check(frame []byte, model *lbModel) (divergence, error) {
 	}
 	d.gotMalformed = c1.malformed - c0.malformed
 
-	lo, hi := t0-clockSlack, t1+clockSlack
+	lo, hi := t0-clockSlack-tickSlack, t1+clockSlack
 	early, late := model.decide(frame, before, lo), model.decide(frame, before, hi)
 	early.after, late.after = canonical(early.after, lo), canonical(late.after, hi)
 	if !sameOutcome(early, late) {

@@ -25,6 +25,8 @@ type Balancer struct {
 	guard *ebpf.Map
 	// guardOn is when any CPU's guard last refused a flow (the program's own, not pinned).
 	guardOn *ebpf.Map
+	// clock is the program's per-CPU clock cache (struct lb_clock, lb_now), its own too.
+	clock *ebpf.Map
 }
 
 // Load loads the balancer's program and creates (or, with cfg.PinPath, reuses) its maps.
@@ -53,11 +55,12 @@ func Load(cfg Config) (*Balancer, error) {
 		scratch: objs.MptcpxLbScr,
 		guard:   objs.MptcpxLbGuard,
 		guardOn: objs.MptcpxLbGuardOn,
+		clock:   objs.MptcpxLbClock,
 	}, nil
 }
 
 // Close releases the program and every map Load opened (pinned maps stay pinned).
 func (b *Balancer) Close() error {
 	err := b.Program.Close()
-	return errors.Join(err, b.Maps.Close(), b.scratch.Close(), b.guard.Close(), b.guardOn.Close())
+	return errors.Join(err, b.Maps.Close(), b.scratch.Close(), b.guard.Close(), b.guardOn.Close(), b.clock.Close())
 }

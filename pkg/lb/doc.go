@@ -5,6 +5,8 @@
 // (pkg/control) owns attaching, policy, Maglev table construction and garbage collection.
 //
 // Needs Linux 5.8 (BPF ring buffer; the objects are built for BPF ISA v3) and root (CAP_BPF,
-// CAP_NET_ADMIN). Times in the maps are CLOCK_MONOTONIC (bpf_ktime_get_ns); Monotonic reads that
-// clock for comparisons.
+// CAP_NET_ADMIN). Times in the maps are CLOCK_MONOTONIC: the datapath reads bpf_ktime_get_ns once
+// per CPU per timer tick, so its stamps lag the clock by less than a tick and are never ahead of
+// it; Monotonic reads the clock for the control plane's stamps and comparisons (a control-plane
+// stamp up to a tick ahead of the datapath's clock is age 0 to the datapath).
 package lb

@@ -116,11 +116,11 @@ func (m *lbModel) admit(o *outcome, t *tables, now uint64, late bool) bool {
 		return !late
 	}
 	g := &t.guard
-	if now-g.win >= guardWindow {
+	if age(now, g.win) >= guardWindow {
 		g.win, g.flows, g.late = now, 0, 0
 	}
 	if late {
-		if g.on == 0 || now-g.on > 2*guardWindow || g.late >= m.flowRate {
+		if g.on == 0 || age(now, g.on) > 2*guardWindow || g.late >= m.flowRate {
 			o.note("guard: not engaged, or its late budget spent: nothing placed late")
 			return false
 		}
@@ -129,7 +129,7 @@ func (m *lbModel) admit(o *outcome, t *tables, now uint64, late bool) bool {
 		return true
 	}
 	if g.flows >= m.flowRate {
-		if now-g.on >= guardWindow/8 {
+		if age(now, g.on) >= guardWindow/8 {
 			g.on = now
 		}
 		o.note("guard: %d new flows stored this window already: not stored", g.flows)
@@ -245,7 +245,7 @@ func (m *lbModel) pick(vipID, hash uint32, joinPort bool) (uint32, lb.Backend, b
 }
 
 // decide predicts what the balancer does with frame, given the tables before it and the time now
-// (CLOCK_MONOTONIC ns, as bpf_ktime_get_ns).
+// (CLOCK_MONOTONIC ns, as the datapath's lb_now).
 func (m *lbModel) decide(frame []byte, before tables, now uint64) outcome {
 	o := outcome{verdict: xdpPass, out: frame, backend: -1, after: before.clone()}
 	pass := func(why string) outcome {
@@ -400,7 +400,7 @@ func (m *lbModel) decide(frame []byte, before tables, now uint64) outcome {
 	switch {
 	case hit:
 		o.note("follows its flow to backend %d", bid)
-		if now-f.LastNs >= lastNsGrain {
+		if age(now, f.LastNs) >= lastNsGrain {
 			f.LastNs = now
 		}
 		token = f.Token
@@ -409,7 +409,7 @@ func (m *lbModel) decide(frame []byte, before tables, now uint64) outcome {
 		if token != 0 && steering && !mp.keys && uint32(now>>tokSeenShift)-f.TokSeen >= uint32(m.tokenRefresh>>tokSeenShift) {
 			tk := datapath.LbLbTokenKey{VipId: vip.ID, Token: token}
 			if tv, ok := t.tokens[tk]; ok && tv.Backend == bid {
-				if now-tv.LastNs > m.tokenRefresh {
+				if age(now, tv.LastNs) > m.tokenRefresh {
 					tv.LastNs = now
 					t.tokens[tk] = tv
 					o.note("refreshes token %08x", token)
@@ -556,7 +556,7 @@ func (m *lbModel) learn(o *outcome, vipID uint32, rkey uint64, bid uint32, now u
 		o.note("learns token %08x for backend %d", token, bid)
 	case old.KeyHash == keyHash || old.Backend == bid:
 		o.note("token %08x again (same key or same backend): refreshed, backend %d", token, bid)
-	case now-old.LastNs <= m.collisionIdle:
+	case age(now, old.LastNs) <= m.collisionIdle:
 		o.note("token %08x collides with backend %d's live connection: not learned", token, old.Backend)
 		return 0
 	default:
@@ -633,4 +633,13 @@ func ipv4Checksum(h []byte) uint16 {
 		sum = sum&0xffff + sum>>16
 	}
 	return ^uint16(sum)
+}
+
+// age is lb_age (mx_lb.h): how long ago then was at now, 0 for a then after now (the control plane
+// stamps with the precise clock, up to a tick ahead of the datapath's coarse one).
+func age(now, then uint64) uint64 {
+	if now > then {
+		return now - then
+	}
+	return 0
 }
