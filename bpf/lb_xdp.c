@@ -965,7 +965,9 @@ int mptcpx_lb(struct xdp_md *ctx)
 forward:;
 	int ret;
 	if (vip->forward == LB_FWD_IPIP) {
-		ret = lb_forward(ctx, LB_TB_WHO(v6, vid, bid) | LB_FWD_WHO_IPIP, inner_len, tos, lb_flow_hash(&fk));
+		/* The hash is the outer IPv6 header's flow label; an outer IPv4 header has none. */
+		__u32 hash = lb_is_v4mapped(be->addr) ? 0 : lb_flow_hash(&fk);
+		ret = lb_forward(ctx, LB_TB_WHO(v6, vid, bid) | LB_FWD_WHO_IPIP, inner_len, tos, hash);
 		if (ret & LB_FWD_SENT)
 			lb_count(st, LB_STAT_FWD_IPIP);
 	} else {

@@ -445,6 +445,35 @@ static __always_inline int mx_parse(void *data, void *data_end, struct mx_result
 			return mx_walk_tcp(data, data_end, l4c, r, 1);
 		}
 	}
+	/* Untagged IPv6 straight to TCP whose options are NOP, NOP, timestamps alone or followed by
+	 * one of Linux's DSS layouts (mx_dss_layout): decided here without a walk. No second copy of
+	 * the walk for IPv6 (that took the verifier to 807,530 instructions): every other IPv6 frame
+	 * takes the general path, as before, which decides these alike (the walk counts one DSS, or
+	 * nothing, and the frame is TCP). */
+	const __u32 l4v6 = sizeof(struct ethhdr) + sizeof(struct ipv6hdr);
+	if (data + l4v6 + sizeof(struct tcphdr) + 4 <= data_end) {
+		/* EtherType IPv6 and version 6 in one load; the next header after it. */
+		__u64 eth_v = *(__u32 *)(data + 12) & bpf_htonl(0xfffff000);
+		struct tcphdr *th = data + l4v6;
+		__u64 hl = th->doff * 4;
+		if (eth_v == bpf_htonl(0x86dd6000) && *(__u8 *)(data + sizeof(struct ethhdr) + 6) == IPPROTO_TCP_ &&
+		    (void *)th + hl <= data_end) {
+			__u8 *opts = (__u8 *)(th + 1);
+			__u64 optlen = hl - sizeof(*th);
+			__u64 ts = *(__u32 *)opts ^ TCPOPT_TSTAMP_PREFIX_BE;
+			__u64 miss = (optlen ^ TCPOLEN_TSTAMP_ALIGNED_) | ts;
+			asm volatile("" : "+r"(miss));
+			if (!miss) {
+				mx_set_tcp(r);
+				return MX_PARSE_DONE;
+			}
+			if (mx_dss_layout(opts, data_end, optlen, ts)) {
+				mx_set_tcp(r);
+				mx_add_const(r, MX_DSS);
+				return MX_PARSE_DONE | MX_PARSE_MPTCP;
+			}
+		}
+	}
 #endif
 	int st;
 	__u32 l4 = mx_parse_l3(data, data_end, r, &st);
