@@ -140,6 +140,7 @@ func newLBAttachCmd(g *globalFlags) *cobra.Command {
 		force          bool
 		resolveTimeout time.Duration
 		rehash         bool
+		newFlowRate    int64
 	)
 	cmd := &cobra.Command{
 		Use:   "attach IFACE...",
@@ -174,6 +175,15 @@ hold: it is refused unless --rehash is given. See docs/lb.md, "Hash seed".`,
 			ctx, cancel := context.WithTimeout(cmd.Context(), resolveTimeout)
 			defer cancel()
 			spec.Netns, spec.Ifaces, spec.Mode, spec.Force, spec.Rehash = g.netns, args, loader.XDPMode(mode), force, rehash
+			if cmd.Flags().Changed("new-flow-rate") {
+				if newFlowRate < 0 || newFlowRate >= int64(lb.NewFlowRateUnlimited) {
+					return fmt.Errorf("--new-flow-rate %d: want 0 (no guard) to %d new flows per second per CPU", newFlowRate, int64(lb.NewFlowRateUnlimited)-1)
+				}
+				spec.Config.NewFlowRate = uint32(newFlowRate)
+				if newFlowRate == 0 {
+					spec.Config.NewFlowRate = lb.NewFlowRateUnlimited
+				}
+			}
 			b, err := control.Attach(ctx, l, spec)
 			if err != nil {
 				return err
@@ -188,6 +198,7 @@ hold: it is refused unless --rehash is given. See docs/lb.md, "Hash seed".`,
 	cmd.Flags().BoolVar(&force, "force", false, "replace another tool's XDP program attached through netlink (never one held by a bpf_link); lb detach puts it back")
 	cmd.Flags().DurationVar(&resolveTimeout, "resolve-timeout", 5*time.Second, "how long to wait for a backend's neighbour to resolve")
 	cmd.Flags().BoolVar(&rehash, "rehash", false, "allow --hash-seed-file to change the seed the balancer runs (re-places every flow the flow tables do not hold)")
+	cmd.Flags().Int64Var(&newFlowRate, "new-flow-rate", lb.DefaultNewFlowRate, "new-flow rate guard: at most this many new flows stored per second per CPU, the rest forwarded by Maglev unstored; 0: no guard. Not given: the running balancer's limit is kept (docs/lb.md, \"New-flow rate guard\")")
 	_ = cmd.MarkFlagFilename("hash-seed-file")
 	for f, vals := range map[string][]string{"forward": {"l2", "ipip"}, "unknown-join": {"drop", "hash", "pass"}, "mode": {"auto", "native", "generic"}} {
 		_ = cmd.RegisterFlagCompletionFunc(f, fixedCompletion(vals))

@@ -186,6 +186,8 @@ func (c *FileConfig) check() (*Desired, error) {
 		return nil, fmt.Errorf("mode: %q: want auto, native or generic", c.Mode)
 	}
 	d.SeedFile = c.HashSeedFile
+	// Omitted: the default, given as such (Config 0 would keep what the running program has).
+	d.Config.NewFlowRate = lb.DefaultNewFlowRate
 	if r := c.NewFlowRate; r != nil {
 		if *r < 0 || *r >= int64(lb.NewFlowRateUnlimited) {
 			return nil, fmt.Errorf("new_flow_rate: %d: want 0 (no guard) to %d new flows per second per CPU", *r, int64(lb.NewFlowRateUnlimited)-1)

@@ -49,14 +49,15 @@ func TestParseConfig(t *testing.T) {
 	}
 }
 
-// new_flow_rate: omitted keeps the datapath's default (lb.Config 0), 0 turns the guard off
+// new_flow_rate: omitted is the default (lb.DefaultNewFlowRate, given explicitly: a Config 0 would
+// keep the running program's limit, and the file says the whole state), 0 turns the guard off
 // (lb.NewFlowRateUnlimited), any other value is the limit.
 func TestParseConfigNewFlowRate(t *testing.T) {
 	for _, tc := range []struct {
 		line string
 		want uint32
 	}{
-		{"", 0},
+		{"", lb.DefaultNewFlowRate},
 		{"new_flow_rate: 0\n", lb.NewFlowRateUnlimited},
 		{"new_flow_rate: 500\n", 500},
 		{"new_flow_rate: 4294967294\n", 4294967294},

@@ -32,6 +32,7 @@ type Spec struct {
 	// Config.HashSeed (lb.HashSeed.Datapath of a seed file) 0 keeps the seed the attached program
 	// runs with, or on a first attach the published default (with a warning); a seed other than
 	// the running one is refused with ErrHashSeedChange unless Rehash is set (seed.go).
+	// Config.NewFlowRate 0 keeps the running program's, or on a first attach the default.
 	Rehash bool
 }
 
@@ -114,6 +115,9 @@ func Attach(ctx context.Context, l *loader.Loader, s Spec) (_ *Balancer, err err
 	}
 	defer unlock()
 	if s.Config, err = hashSeedFor(l, s); err != nil {
+		return nil, err
+	}
+	if s.Config, err = newFlowRateFor(l, s); err != nil {
 		return nil, err
 	}
 	m, err := l.AttachLBLocked(loader.LBAttachOptions{Netns: s.Netns, Ifaces: s.Ifaces, Mode: s.Mode, Force: s.Force, Config: s.Config})

@@ -48,6 +48,34 @@ func hashSeedFor(l *loader.Loader, s Spec) (lb.Config, error) {
 // runningHashSeed reads the seed of the balancer program attached in a namespace; ok is false when
 // none is attached (or every attachment is gone with its interface).
 func runningHashSeed(l *loader.Loader, netnsName string) (seed uint32, ok bool, err error) {
+	return runningU32(l, netnsName, lb.ProgramHashSeed)
+}
+
+// newFlowRateFor is s.Config with the new-flow rate guard's limit to load: the one given, else the
+// running program's (an attach that adds an interface or a VIP changes no setting it was not
+// given), else the datapath's default.
+func newFlowRateFor(l *loader.Loader, s Spec) (lb.Config, error) {
+	cfg := s.Config
+	if cfg.NewFlowRate != 0 {
+		return cfg, nil
+	}
+	running, ok, err := runningU32(l, s.Netns, lb.ProgramNewFlowRate)
+	if err != nil {
+		return cfg, fmt.Errorf("read the running balancer's new-flow rate (to keep it): %w", err)
+	}
+	switch {
+	case !ok:
+	case running == 0:
+		cfg.NewFlowRate = lb.NewFlowRateUnlimited
+	default:
+		cfg.NewFlowRate = running
+	}
+	return cfg, nil
+}
+
+// runningU32 reads a setting (read) of the balancer program attached in a namespace; ok is false
+// when none is attached (or every attachment is gone with its interface).
+func runningU32(l *loader.Loader, netnsName string, read func(*ebpf.Program) (uint32, error)) (v uint32, ok bool, err error) {
 	links, err := l.LBLinks(netnsName, false)
 	if errors.Is(err, loader.ErrLBNotAttached) {
 		return 0, false, nil
@@ -63,12 +91,12 @@ func runningHashSeed(l *loader.Loader, netnsName string) (seed uint32, ok bool, 
 		if err != nil {
 			continue // gone since the listing
 		}
-		seed, err := lb.ProgramHashSeed(prog)
+		v, err := read(prog)
 		prog.Close()
 		if err != nil {
 			return 0, false, fmt.Errorf("program %d on %s: %w", ln.ProgID, ln.Interface, err)
 		}
-		return seed, true, nil
+		return v, true, nil
 	}
 	return 0, false, nil
 }

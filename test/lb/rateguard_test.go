@@ -242,3 +242,38 @@ func TestConfigNewFlowRate(t *testing.T) {
 	}
 	want("after the refused reload", lb.DefaultNewFlowRate)
 }
+
+// `lb attach --new-flow-rate` gives the program its limit (0: no guard); an attach without the flag
+// (one that adds an interface) keeps the running program's, and a value out of range is refused
+// naming the flag, changing nothing.
+func TestAttachNewFlowRate(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	s := newConfigSetup(ctx, t, lablb.Config{Prefix: "rga"})
+	l := s.Lab
+	attach := func(iface string, extra ...string) []string {
+		return append([]string{"--netns", l.LB, "lb", "attach", iface, "--vip", s.vip.String(), "--backend", l.Backends[0].IP4.String()}, extra...)
+	}
+	want := func(what string, rate uint32) {
+		t.Helper()
+		st := lbStatus(t, l.LB)
+		if st.NewFlowRate == nil || *st.NewFlowRate != rate {
+			t.Fatalf("%s: lb status new_flow_rate %v, want %d", what, st.NewFlowRate, rate)
+		}
+	}
+	t.Cleanup(func() { _, _ = mxErr("--netns", l.LB, "lb", "detach") })
+	mx(t, attach(l.Paths[0].LBIf)...)
+	want("first attach without the flag", lb.DefaultNewFlowRate)
+	mx(t, attach(l.Paths[0].LBIf, "--new-flow-rate", "700")...)
+	want("--new-flow-rate 700", 700)
+	mx(t, attach(l.Paths[1].LBIf)...)
+	want("an attach that adds an interface, without the flag", 700)
+	mx(t, attach(l.Paths[1].LBIf, "--new-flow-rate", "0")...)
+	want("--new-flow-rate 0", 0)
+	mx(t, attach(l.Paths[0].LBIf)...)
+	want("an attach without the flag after --new-flow-rate 0", 0)
+	if _, err := mxErr(attach(l.Paths[0].LBIf, "--new-flow-rate", "-2")...); err == nil || !strings.Contains(err.Error(), "--new-flow-rate -2") {
+		t.Errorf("--new-flow-rate -2: %v, want a refusal naming the flag", err)
+	}
+	want("after the refused attach", 0)
+}
