@@ -26,6 +26,14 @@
 #include "include/mx_parse.h"
 #include "include/mx_sha256.h"
 
+/* lb_learn's SHA-256 digest, per CPU. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct mx_sha256_digest);
+} mptcpx_lb_sha SEC(".maps");
+
 #define IP_MF_OFFSET_BE bpf_htons(0x3fff)
 #define IP_DF_BE bpf_htons(0x4000)
 #define IPPROTO_ICMP_ 1
@@ -220,6 +228,46 @@ __attribute__((noinline)) int lb_scan(struct xdp_md *ctx, __u32 th_off, __u32 fl
 	return 0;
 }
 
+/* The words of the SYN options Linux writes before any MPTCP option: MSS (its value masked),
+ * SACK-permitted with the timestamps' kind and length, then (after the timestamps' 8 bytes) NOP and
+ * window scale (the shift masked); and the MPTCP options that may follow: MP_CAPABLE of length 4
+ * (the SYN's, no key; the version masked), MP_JOIN of length 12 (the flags masked). */
+#define LB_SYN_MSS_BE bpf_htonl(0x02040000)
+#define LB_SYN_MSS_MASK_BE bpf_htonl(0xffff0000)
+#define LB_SYN_SACK_TS_BE bpf_htonl(0x0402080a)
+#define LB_SYN_WS_BE bpf_htonl(0x01030300)
+#define LB_SYN_WS_MASK_BE bpf_htonl(0xffffff00)
+#define LB_SYN_MPC_BE bpf_htonl(0x1e040000)
+#define LB_SYN_JOIN_BE bpf_htonl(0x1e0c1000)
+#define LB_SYN_MPTCP_MASK_BE bpf_htonl(0xfffff000)
+
+/* Whether the optlen bytes of options at opts (in the frame) are one of the SYN layouts Linux sends:
+ * what lb_scan would find in them, found with a few loads and no walk; a join's token goes to mp.
+ * Every option of these is well-formed and walked to the end, and only an MP_JOIN matters. */
+static __always_inline int lb_syn_layout(__u8 *opts, void *data_end, __u64 optlen, struct lb_mp *mp)
+{
+	if ((void *)(opts + 20) > data_end)
+		return 0;
+	__u64 miss = ((*(__u32 *)opts & LB_SYN_MSS_MASK_BE) ^ LB_SYN_MSS_BE) |
+		     (*(__u32 *)(opts + 4) ^ LB_SYN_SACK_TS_BE) |
+		     ((*(__u32 *)(opts + 16) & LB_SYN_WS_MASK_BE) ^ LB_SYN_WS_BE);
+	asm volatile("" : "+r"(miss));
+	if (miss)
+		return 0;
+	if (optlen == 20)
+		return 1;
+	if ((void *)(opts + 24) > data_end)
+		return 0;
+	__u32 w = *(__u32 *)(opts + 20) & LB_SYN_MPTCP_MASK_BE;
+	if (optlen == 24 && w == LB_SYN_MPC_BE)
+		return 1;
+	if (optlen != 32 || w != LB_SYN_JOIN_BE || (void *)(opts + 32) > data_end)
+		return 0;
+	mp->kind = LB_MP_JOIN;
+	mp->token = lb_load_be32(opts + 24);
+	return 1;
+}
+
 /* The MPTCP option that matters to the balancer in the TCP header th of the frame at ctx (the header
  * checked to lie inside the frame, th_off bytes into it, whose TCP options lb_scan walks), with its
  * token or key. Options
@@ -238,6 +286,10 @@ static __always_inline void lb_scan_opts(struct xdp_md *ctx, struct lb_stats *st
 		__u64 optlen = th->doff * 4 - sizeof(*th);
 		__u64 ts = *(__u32 *)opts ^ TCPOPT_TSTAMP_PREFIX_BE;
 		if (!((optlen ^ TCPOLEN_TSTAMP_ALIGNED_) | ts) || mx_dss_layout(opts, data_end, optlen, ts))
+			return;
+		/* The SYN Linux sends (tcp_options_write): MSS, SACK-permitted and timestamps, NOP and
+		 * window scale, then nothing, an MP_CAPABLE of 4 bytes (no key), or an MP_JOIN of 12. */
+		if (syn && !ack && lb_syn_layout(opts, data_end, optlen, mp))
 			return;
 	}
 	int r = lb_scan(ctx, th_off, (syn ? LB_SCAN_SYN : 0) | (ack ? LB_SCAN_ACK : 0));
@@ -273,13 +325,19 @@ static __always_inline __u32 lb_learn(struct lb_stats *st, struct lb_vip_stats *
 				      const struct lb_vip *vip, __u64 rkey, __u32 backend,
 				      const struct lb_flow_key *fk, __u64 now)
 {
-	struct mx_sha256_digest d;
-	mx_sha256_key(rkey, &d);
+	/* The digest in per-CPU map memory: on the stack it would take 32 of the 512 bytes that this
+	 * function's caller (it is inlined) and mx_sha256_key share. */
+	__u32 zero = 0;
+	struct mx_sha256_digest *d = bpf_map_lookup_elem(&mptcpx_lb_sha, &zero);
+	if (!d || mx_sha256_key(rkey, d)) {
+		lb_count(st, LB_STAT_INSERT_FAILED); /* unreachable: a per-CPU array of one entry */
+		return 0;
+	}
 
-	struct lb_token_key tk = {.vip_id = vip->id, .token = d.h[0]};
+	struct lb_token_key tk = {.vip_id = vip->id, .token = d->h[0]};
 	/* Digest bytes 4-11: bytes 24-31 are the server's initial data sequence number, which no pinned
 	 * map should hold. */
-	__u64 key_hash = ((__u64)d.h[1] << 32) | d.h[2];
+	__u64 key_hash = ((__u64)d->h[1] << 32) | d->h[2];
 	struct lb_token *t = bpf_map_lookup_elem(&mptcpx_tokens, &tk);
 
 	if (t) {

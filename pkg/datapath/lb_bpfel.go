@@ -110,6 +110,11 @@ type LbLbVipStats struct {
 	Count [13]uint64
 }
 
+type LbMxSha256Digest struct {
+	_ structs.HostLayout
+	H [8]uint32
+}
+
 // Names of all BPF objects in the ELF.
 //
 // Used for safe lookups in a Collection or CollectionSpec.
@@ -122,6 +127,7 @@ const (
 	LbMapMptcpxLbGuard     = "mptcpx_lb_guard"
 	LbMapMptcpxLbGuardOn   = "mptcpx_lb_guard_on"
 	LbMapMptcpxLbScr       = "mptcpx_lb_scr"
+	LbMapMptcpxLbSha       = "mptcpx_lb_sha"
 	LbMapMptcpxLbStats     = "mptcpx_lb_stats"
 	LbMapMptcpxLbVstats    = "mptcpx_lb_vstats"
 	LbMapMptcpxPflows      = "mptcpx_pflows"
@@ -193,6 +199,7 @@ type LbMapSpecs struct {
 	MptcpxLbGuard   *ebpf.MapSpec `ebpf:"mptcpx_lb_guard"`
 	MptcpxLbGuardOn *ebpf.MapSpec `ebpf:"mptcpx_lb_guard_on"`
 	MptcpxLbScr     *ebpf.MapSpec `ebpf:"mptcpx_lb_scr"`
+	MptcpxLbSha     *ebpf.MapSpec `ebpf:"mptcpx_lb_sha"`
 	MptcpxLbStats   *ebpf.MapSpec `ebpf:"mptcpx_lb_stats"`
 	MptcpxLbVstats  *ebpf.MapSpec `ebpf:"mptcpx_lb_vstats"`
 	MptcpxPflows    *ebpf.MapSpec `ebpf:"mptcpx_pflows"`
@@ -240,6 +247,7 @@ type LbMaps struct {
 	MptcpxLbGuard   *ebpf.Map `ebpf:"mptcpx_lb_guard"`
 	MptcpxLbGuardOn *ebpf.Map `ebpf:"mptcpx_lb_guard_on"`
 	MptcpxLbScr     *ebpf.Map `ebpf:"mptcpx_lb_scr"`
+	MptcpxLbSha     *ebpf.Map `ebpf:"mptcpx_lb_sha"`
 	MptcpxLbStats   *ebpf.Map `ebpf:"mptcpx_lb_stats"`
 	MptcpxLbVstats  *ebpf.Map `ebpf:"mptcpx_lb_vstats"`
 	MptcpxPflows    *ebpf.Map `ebpf:"mptcpx_pflows"`
@@ -258,6 +266,7 @@ func (m *LbMaps) Close() error {
 		m.MptcpxLbGuard,
 		m.MptcpxLbGuardOn,
 		m.MptcpxLbScr,
+		m.MptcpxLbSha,
 		m.MptcpxLbStats,
 		m.MptcpxLbVstats,
 		m.MptcpxPflows,

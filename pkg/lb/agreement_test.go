@@ -1038,6 +1038,34 @@ func seedFrames(tb testing.TB) []seed {
 		addP("MP_JOIN SYN, "+j.name, pkt{src: j.src, dst: j.vip, flags: "S", opts: []layers.TCPOption{optJoin(j.token), nop, optWS}})
 	}
 	addP("MP_JOIN SYN behind 28 NOPs", pkt{src: cNew, dst: vipA, flags: "S", opts: append(nops(28), optJoin(0xdeadbeef))})
+	// The SYN layouts Linux writes, which the balancer reads without walking (lb_syn_layout), and
+	// near misses that the walk decides.
+	linuxJoin := func(token uint32) []layers.TCPOption {
+		return []layers.TCPOption{optMSS, optSACKP, optTS, nop, optWS, optJoin(token)}
+	}
+	addP("Linux MP_JOIN SYN, known token", pkt{src: cNew, dst: vipA, flags: "S", opts: linuxJoin(tokenOf(keyA2))})
+	addP("Linux MP_JOIN SYN, unknown token", pkt{src: cNew, dst: vipA, flags: "S", opts: linuxJoin(0xdeadbeef)})
+	addP("Linux MP_JOIN SYN to B (hash)", pkt{src: cNw6, dst: vipB, flags: "S", opts: linuxJoin(0xdeadbeef)})
+	addP("Linux MP_JOIN SYN-ACK shape", pkt{src: cNew, dst: vipA, flags: "SA", opts: linuxJoin(tokenOf(keyA2))})
+	addP("Linux SYN without MPTCP", pkt{src: cNew, dst: vipA, flags: "S", opts: []layers.TCPOption{optMSS, optSACKP, optTS, nop, optWS}})
+	addP("Linux SYN, MP_CAPABLE, then an MP_JOIN", pkt{src: cNew, dst: vipA, flags: "S",
+		opts: []layers.TCPOption{optMSS, optSACKP, optTS, nop, optWS, optCapableSYN(), optJoin(tokenOf(keyA2))}})
+	addP("Linux MP_JOIN SYN, then a NOP", pkt{src: cNew, dst: vipA, flags: "S", opts: append(linuxJoin(tokenOf(keyA2)), nop)})
+	addP("Linux SYN, then an MP_JOIN of 16 bytes", pkt{src: cNew, dst: vipA, flags: "S",
+		opts: []layers.TCPOption{optMSS, optSACKP, optTS, nop, optWS, mptcpOpt(slices.Concat([]byte{0x10, 0x01}, be32(tokenOf(keyA2)), be32(2), be32(3))...)}})
+	addP("Linux SYN, then an MP_CAPABLE with a key", pkt{src: cNew, dst: vipA, flags: "S",
+		opts: []layers.TCPOption{optMSS, optSACKP, optTS, nop, optWS, mptcpOpt(slices.Concat([]byte{0x01, 0x81}, be32(1), be32(2))...)}})
+	patched("Linux MP_JOIN SYN, window scale of length 4", pkt{src: cNew, dst: vipA, flags: "S", opts: linuxJoin(tokenOf(keyA2))},
+		func(f []byte) []byte {
+			// The window scale's length byte: 4 would swallow the MP_JOIN's kind (malformed walk).
+			for i := len(f) - 32; i+2 < len(f); i++ {
+				if f[i] == 1 && f[i+1] == 3 && f[i+2] == 3 {
+					f[i+2] = 4
+					break
+				}
+			}
+			return f
+		})
 	addP("MP_JOIN behind an MP_JOIN of length 16", pkt{src: cNew, dst: vipA, flags: "S",
 		opts: []layers.TCPOption{mptcpOpt(slices.Concat([]byte{0x10, 0x02}, be32(1), be32(2), be32(3))...), optJoin(tokenOf(keyA2))}})
 	addP("MP_JOIN SYN-ACK shape", pkt{src: cNew, dst: vipA, flags: "SA", opts: []layers.TCPOption{optJoin(tokenOf(keyA2))}})

@@ -25,8 +25,9 @@ type Balancer struct {
 	guard *ebpf.Map
 	// guardOn is when any CPU's guard last refused a flow (the program's own, not pinned).
 	guardOn *ebpf.Map
-	// clock is the program's per-CPU clock cache (struct lb_clock, lb_now), its own too.
-	clock *ebpf.Map
+	// clock is the program's per-CPU clock cache (struct lb_clock, lb_now), sha its per-CPU
+	// SHA-256 digest: its own too.
+	clock, sha *ebpf.Map
 }
 
 // Load loads the balancer's program and creates (or, with cfg.PinPath, reuses) its maps.
@@ -56,11 +57,12 @@ func Load(cfg Config) (*Balancer, error) {
 		guard:   objs.MptcpxLbGuard,
 		guardOn: objs.MptcpxLbGuardOn,
 		clock:   objs.MptcpxLbClock,
+		sha:     objs.MptcpxLbSha,
 	}, nil
 }
 
 // Close releases the program and every map Load opened (pinned maps stay pinned).
 func (b *Balancer) Close() error {
 	err := b.Program.Close()
-	return errors.Join(err, b.Maps.Close(), b.scratch.Close(), b.guard.Close(), b.guardOn.Close(), b.clock.Close())
+	return errors.Join(err, b.Maps.Close(), b.scratch.Close(), b.guard.Close(), b.guardOn.Close(), b.clock.Close(), b.sha.Close())
 }
