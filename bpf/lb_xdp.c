@@ -809,7 +809,6 @@ int mptcpx_lb(struct xdp_md *ctx)
 	__u32 placed = LB_BSTAT_MAX; /* the per-backend counter of how it was placed, if any */
 
 	struct lb_backend_stats *bs = NULL;
-	int pmiss = 0; /* the shortcut found the 5-tuple in no protected flow */
 
 	/* The common SYN, which opens a connection and steers no join, and whose 5-tuple no flow holds:
 	 * Maglev's backend, stored with BPF_NOEXIST, which fails when the flow table has the 5-tuple.
@@ -819,8 +818,7 @@ int mptcpx_lb(struct xdp_md *ctx)
 	 * the shortcut. The guard admits the flow once it is stored: nothing runs on this CPU between
 	 * lb_guard_would_admit and lb_guard_admit. */
 	if (opening && !(steering && mp.kind == LB_MP_JOIN)) {
-		pmiss = !bpf_map_lookup_elem(&mptcpx_pflows, &fk);
-		if (pmiss)
+		if (!bpf_map_lookup_elem(&mptcpx_pflows, &fk))
 			be = lb_pick(vip, lb_flow_hash(&fk), &bid);
 		if (be && lb_guard_would_admit(now)) {
 			struct lb_flow nf = {.backend = bid, .last_ns = now, .flags = LB_FLOW_OPENED};
@@ -841,7 +839,7 @@ int mptcpx_lb(struct xdp_md *ctx)
 	 * of draining backends). */
 	struct lb_flow *f = bpf_map_lookup_elem(&mptcpx_flows, &fk);
 	int prot = 0;
-	if (!f && !pmiss) {
+	if (!f) {
 		f = bpf_map_lookup_elem(&mptcpx_pflows, &fk);
 		prot = f != NULL;
 	}
@@ -853,12 +851,17 @@ int mptcpx_lb(struct xdp_md *ctx)
 	 * says (as Katran). */
 	int follow = 0, guard = 0;
 	if (f) {
+		/* Read here, right under the test of f: clang may fuse the tests below into one flag
+		 * (f == NULL | !opening), whose bounds Linux 6.1's verifier loses, and would then see a
+		 * read of f on the way where f is NULL. */
+		__u32 ftok = f->token, fbe = f->backend;
+		asm volatile("" : "+r"(ftok), "+r"(fbe));
 		if (!opening) {
 			follow = 1;
-		} else if (f->token && !(mp.kind == LB_MP_JOIN && mp.token == f->token)) {
-			struct lb_token_key tk = {.vip_id = vip->id, .token = f->token};
+		} else if (ftok && !(mp.kind == LB_MP_JOIN && mp.token == ftok)) {
+			struct lb_token_key tk = {.vip_id = vip->id, .token = ftok};
 			struct lb_token *t = bpf_map_lookup_elem(&mptcpx_tokens, &tk);
-			guard = t && t->backend == f->backend;
+			guard = t && t->backend == fbe;
 			follow = guard && !(steering && mp.kind == LB_MP_JOIN);
 		}
 	}
