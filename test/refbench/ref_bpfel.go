@@ -20,6 +20,7 @@ type RefRbBackend struct {
 	Addr    [16]uint8
 	SrcAddr [16]uint8
 	OuterV6 uint32
+	Ifindex uint32
 }
 
 type RefRbFlowKey struct {
@@ -57,16 +58,17 @@ type RefRbVipKey struct {
 //
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
-	RefMapRbBackends   = "rb_backends"
-	RefMapRbFlows      = "rb_flows"
-	RefMapRbRing       = "rb_ring"
-	RefMapRbSinkCounts = "rb_sink_counts"
-	RefMapRbSinkOther  = "rb_sink_other"
-	RefMapRbVips       = "rb_vips"
-	RefProgRbFloor     = "rb_floor"
-	RefProgRbRefLb     = "rb_ref_lb"
-	RefProgRbSink      = "rb_sink"
-	RefVarRbHashSeed   = "rb_hash_seed"
+	RefMapRbBackends    = "rb_backends"
+	RefMapRbFlows       = "rb_flows"
+	RefMapRbRing        = "rb_ring"
+	RefMapRbSinkCounts  = "rb_sink_counts"
+	RefMapRbSinkOther   = "rb_sink_other"
+	RefMapRbVips        = "rb_vips"
+	RefProgRbFloor      = "rb_floor"
+	RefProgRbRefLb      = "rb_ref_lb"
+	RefProgRbRefLbRedir = "rb_ref_lb_redir"
+	RefProgRbSink       = "rb_sink"
+	RefVarRbHashSeed    = "rb_hash_seed"
 )
 
 // LoadRef returns the embedded CollectionSpec for Ref.
@@ -111,9 +113,10 @@ type RefSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type RefProgramSpecs struct {
-	RbFloor *ebpf.ProgramSpec `ebpf:"rb_floor"`
-	RbRefLb *ebpf.ProgramSpec `ebpf:"rb_ref_lb"`
-	RbSink  *ebpf.ProgramSpec `ebpf:"rb_sink"`
+	RbFloor      *ebpf.ProgramSpec `ebpf:"rb_floor"`
+	RbRefLb      *ebpf.ProgramSpec `ebpf:"rb_ref_lb"`
+	RbRefLbRedir *ebpf.ProgramSpec `ebpf:"rb_ref_lb_redir"`
+	RbSink       *ebpf.ProgramSpec `ebpf:"rb_sink"`
 }
 
 // RefMapSpecs contains maps before they are loaded into the kernel.
@@ -185,15 +188,17 @@ type RefVariables struct {
 //
 // It can be passed to LoadRefObjects or ebpf.CollectionSpec.LoadAndAssign.
 type RefPrograms struct {
-	RbFloor *ebpf.Program `ebpf:"rb_floor"`
-	RbRefLb *ebpf.Program `ebpf:"rb_ref_lb"`
-	RbSink  *ebpf.Program `ebpf:"rb_sink"`
+	RbFloor      *ebpf.Program `ebpf:"rb_floor"`
+	RbRefLb      *ebpf.Program `ebpf:"rb_ref_lb"`
+	RbRefLbRedir *ebpf.Program `ebpf:"rb_ref_lb_redir"`
+	RbSink       *ebpf.Program `ebpf:"rb_sink"`
 }
 
 func (p *RefPrograms) Close() error {
 	return _RefClose(
 		p.RbFloor,
 		p.RbRefLb,
+		p.RbRefLbRedir,
 		p.RbSink,
 	)
 }

@@ -9,6 +9,11 @@
  * The hash is Linux's jhash2 over the same 40-byte key as mptcp-xdp's balancer, so that both place
  * a new flow alike (pkg/lb.FlowHash computes it in Go).
  *
+ * rb_ref_lb_redir is the same balancer for a lab whose backends sit behind other interfaces than
+ * the one the packet came in on (internal/lablb): it sends each frame out of its backend's ifindex
+ * with bpf_redirect (XDP_TX when that is the ingress interface), as mptcp-xdp's balancer does.
+ * rb_ref_lb ignores the ifindex and always XDP_TXes (the refbench veth pair's one interface).
+ *
  * rb_floor forwards every frame to backend 1 (MAC rewrite): the cost of any XDP_TX program here.
  *
  * rb_sink runs on the sender's end of the veth: it counts every frame that comes back by (dst MAC,
@@ -57,6 +62,7 @@ struct rb_backend {
 	__u8 addr[16];     /* outer destination (ipip); v4-mapped for IPv4 */
 	__u8 src_addr[16]; /* outer source */
 	__u32 outer_v6;    /* 1: outer IPv6 header */
+	__u32 ifindex;     /* egress device of rb_ref_lb_redir */
 };
 
 struct rb_flow_key {
@@ -167,8 +173,16 @@ static __always_inline __u16 rb_ip4_csum(const struct iphdr *iph)
 	return (__u16)~sum;
 }
 
-SEC("xdp")
-int rb_ref_lb(struct xdp_md *ctx)
+/* How a forwarded frame leaves: XDP_TX, or (redirect) out of the backend's device. */
+static __always_inline int rb_out(struct xdp_md *ctx, const struct rb_backend *be, int redirect)
+{
+	if (!redirect || be->ifindex == ctx->ingress_ifindex)
+		return XDP_TX;
+	return bpf_redirect(be->ifindex, 0);
+}
+
+/* The balancer; redirect is a constant, so each program compiles to its own straight code. */
+static __always_inline int rb_balance(struct xdp_md *ctx, int redirect)
 {
 	void *data = (void *)(long)ctx->data;
 	void *data_end = (void *)(long)ctx->data_end;
@@ -240,7 +254,7 @@ int rb_ref_lb(struct xdp_md *ctx)
 	if (vip->forward == RB_FWD_L2) {
 		__builtin_memcpy(eth->h_dest, be->mac, ETH_ALEN);
 		__builtin_memcpy(eth->h_source, be->src_mac, ETH_ALEN);
-		return XDP_TX;
+		return rb_out(ctx, be, redirect);
 	}
 
 	/* ipip: room for the outer header in front of the inner IP packet. */
@@ -266,7 +280,7 @@ int rb_ref_lb(struct xdp_md *ctx)
 		ip6->hop_limit = 64;
 		__builtin_memcpy(&ip6->saddr, be->src_addr, 16);
 		__builtin_memcpy(&ip6->daddr, be->addr, 16);
-		return XDP_TX;
+		return rb_out(ctx, be, redirect);
 	}
 	struct iphdr *iph = (void *)(eth + 1);
 	if ((void *)(iph + 1) > data_end)
@@ -286,7 +300,19 @@ int rb_ref_lb(struct xdp_md *ctx)
 	__builtin_memcpy(&iph->saddr, be->src_addr + 12, 4);
 	__builtin_memcpy(&iph->daddr, be->addr + 12, 4);
 	iph->check = rb_ip4_csum(iph);
-	return XDP_TX;
+	return rb_out(ctx, be, redirect);
+}
+
+SEC("xdp")
+int rb_ref_lb(struct xdp_md *ctx)
+{
+	return rb_balance(ctx, 0);
+}
+
+SEC("xdp")
+int rb_ref_lb_redir(struct xdp_md *ctx)
+{
+	return rb_balance(ctx, 1);
 }
 
 /* The floor: what any XDP_TX program costs here (dispatch, the statistics' clock reads): every
