@@ -139,8 +139,47 @@ static __always_inline __u32 lb_load_be32(const __u8 *p)
 #define LB_SCAN_SYN (1 << 0) /* lb_scan's flags */
 #define LB_SCAN_ACK (1 << 1)
 
+/* What lb_parse returns: the TCP header's offset in bits 0-10, the number of VLAN tags before the
+ * IP header in bits 16-17, and flags. */
+#define LB_PARSE_L4_MASK 0x7ff
+#define LB_PARSE_TAGS_SHIFT 16
+#define LB_PARSE_TAGS_MASK 0x3
+#define LB_PARSE_V6 (1 << 24)        /* the IP header is IPv6 */
+#define LB_PARSE_PASS (1 << 25)      /* not for the balancer: not IP, not TCP, or a fragment */
+#define LB_PARSE_MALFORMED (1 << 26) /* a broken or truncated header: passed, counted */
+_Static_assert(MAX_L4_OFFSET <= LB_PARSE_L4_MASK, "lb_parse's TCP offset field");
+_Static_assert(MAX_VLAN_TAGS <= LB_PARSE_TAGS_MASK, "lb_parse's VLAN tag count field");
+
+/* Where the IP and TCP headers of the frame at ctx lie, found by the parser every program shares
+ * (mx_parse_hdrs): up to MAX_VLAN_TAGS 802.1Q/802.1AD tags, IPv4 or IPv6 with up to
+ * MAX_IPV6_EXT_HDRS extension headers. Any fragment (IPv4 MF or offset, an IPv6 fragment header)
+ * is passed, as is what carries no TCP; a TCP header deeper than MAX_L4_OFFSET is malformed.
+ * Returns the LB_PARSE_* fields. Global, so verified once, on its own: the caller sees one unknown
+ * value, not one state per shape of frame. */
+__attribute__((noinline)) int lb_parse(struct xdp_md *ctx)
+{
+	void *data = (void *)(long)ctx->data;
+	void *data_end = (void *)(long)ctx->data_end;
+	__u32 zero = 0;
+	__u32 *scr = bpf_map_lookup_elem(&mptcpx_lb_scr, &zero);
+	struct mx_hdrs h;
+
+	if (!scr)
+		return LB_PARSE_PASS;
+	int hs = mx_parse_hdrs(data, data_end, (__u16 *)scr, &h);
+	if (hs == MX_HDRS_OTHER)
+		return LB_PARSE_PASS;
+	if (hs != MX_HDRS_TCP || h.l4 > MAX_L4_OFFSET)
+		return LB_PARSE_MALFORMED;
+	if (h.frag)
+		return LB_PARSE_PASS;
+	__u32 ntags = (h.l3 - sizeof(struct ethhdr)) / sizeof(struct vlan_hdr_);
+	return (h.l4 & LB_PARSE_L4_MASK) | (ntags & LB_PARSE_TAGS_MASK) << LB_PARSE_TAGS_SHIFT |
+	       (h.v6 ? LB_PARSE_V6 : 0);
+}
+
 /* Find the MPTCP option that matters to the balancer among the TCP options of the header at th_off
- * in the frame (th_off < 128, the header already checked to lie inside the frame); flags are
+ * in the frame (th_off <= LB_PARSE_L4_MASK, the header already checked to lie inside the frame); flags are
  * LB_SCAN_SYN and LB_SCAN_ACK. Returns the LB_SCAN_* bits; the caller reads the option's fields.
  *
  * Global, so verified once, on its own: what the caller sees is one unknown return value, not one
@@ -152,7 +191,7 @@ __attribute__((noinline)) int lb_scan(struct xdp_md *ctx, __u32 th_off, __u32 fl
 	void *data_end = (void *)(long)ctx->data_end;
 	__u32 zero = 0;
 	__u32 *scr = bpf_map_lookup_elem(&mptcpx_lb_scr, &zero);
-	struct tcphdr *th = data + (th_off & 0x7f);
+	struct tcphdr *th = data + (th_off & LB_PARSE_L4_MASK);
 
 	if (!scr || (void *)(th + 1) > data_end)
 		return 0;
@@ -209,14 +248,13 @@ __attribute__((noinline)) int lb_scan(struct xdp_md *ctx, __u32 th_off, __u32 fl
 	return 0;
 }
 
-/* The MPTCP option that matters to the balancer in the TCP header th of the frame at ctx (the header
- * checked to lie inside the frame, whose TCP options lb_scan walks), with its token or key. Options
+/* The MPTCP option that matters to the balancer in the TCP header th, at offset th_off, of the frame
+ * at ctx (the header checked to lie inside the frame, whose TCP options lb_scan walks), with its token or key. Options
  * that are malformed, or not walked to their end, are counted as malformed; a SYN of the latter
  * becomes a join of token 0 when join_unwalked (it may hide an MP_JOIN: never a new flow). */
-static __always_inline void lb_scan_opts(struct xdp_md *ctx, struct lb_stats *st, struct tcphdr *th, int syn,
+static __always_inline void lb_scan_opts(struct xdp_md *ctx, struct lb_stats *st, struct tcphdr *th, __u32 th_off, int syn,
 					 int ack, int join_unwalked, struct lb_mp *mp)
 {
-	void *data = (void *)(long)ctx->data;
 	void *data_end = (void *)(long)ctx->data_end;
 
 	/* The option blocks of nearly every segment, NOP, NOP, timestamps alone or followed by one of
@@ -229,7 +267,7 @@ static __always_inline void lb_scan_opts(struct xdp_md *ctx, struct lb_stats *st
 		if (!((optlen ^ TCPOLEN_TSTAMP_ALIGNED_) | ts) || mx_dss_layout(opts, data_end, optlen, ts))
 			return;
 	}
-	int r = lb_scan(ctx, (void *)th - data, (syn ? LB_SCAN_SYN : 0) | (ack ? LB_SCAN_ACK : 0));
+	int r = lb_scan(ctx, th_off, (syn ? LB_SCAN_SYN : 0) | (ack ? LB_SCAN_ACK : 0));
 
 	if (r & (LB_SCAN_MALFORMED | LB_SCAN_UNWALKED)) {
 		lb_count(st, LB_STAT_MALFORMED);
@@ -341,7 +379,7 @@ static __always_inline __u16 lb_csum_fold(__u64 sum)
 /* What lb_icmp_too_big did with a frame. */
 enum lb_too_big_ret {
 	LB_TB_SENT = 0,   /* answered with the ICMP error */
-	LB_TB_PASS = 1,   /* IPv4 without DF, or too short to quote: untouched */
+	LB_TB_PASS = 1,   /* IPv4 without DF, VLAN-tagged, or too short to quote: untouched */
 	LB_TB_FAILED = 2, /* a helper failed once the frame was cut */
 };
 
@@ -349,13 +387,16 @@ enum lb_too_big_ret {
  * "fragmentation needed" (type 3 code 4) or ICMPv6 "packet too big" (type 2) carrying next-hop MTU
  * mtu, built in place: the frame is cut to its Ethernet header and the quote (LB_ICMP4_QUOTE /
  * LB_ICMP6_QUOTE bytes of the IP packet), the new IP and ICMP headers are put in front, from the
- * VIP (the packet's destination) to the client, and the MACs are swapped. Returns enum
- * lb_too_big_ret. */
-static __always_inline int lb_icmp_too_big(struct xdp_md *ctx, __u32 v6, __u32 mtu)
+ * VIP (the packet's destination) to the client, and the MACs are swapped. A VLAN-tagged frame (ntags
+ * tags) is not answered but passed, untouched: the stack, which knows the VLAN's device and its MTU,
+ * answers it or drops it. Returns enum lb_too_big_ret. */
+static __always_inline int lb_icmp_too_big(struct xdp_md *ctx, __u32 v6, __u32 ntags, __u32 mtu)
 {
 
 	void *data = (void *)(long)ctx->data;
 	void *data_end = (void *)(long)ctx->data_end;
+	if (ntags)
+		return LB_TB_PASS;
 	if (!v6) {
 		struct iphdr *iph = data + sizeof(struct ethhdr);
 		if ((void *)(iph + 1) > data_end || !(iph->frag_off & IP_DF_BE))
@@ -449,6 +490,9 @@ static __always_inline int lb_icmp_too_big(struct xdp_md *ctx, __u32 v6, __u32 m
 /* lb_too_big's who: the frame's family, VIP id and backend id in one argument. */
 #define LB_TB_V6 (1U << 31)
 #define LB_TB_WHO(v6, vid, bid) (((v6) ? LB_TB_V6 : 0) | ((vid) & 0xff) << 16 | ((bid) & 0xffff))
+/* ... and, or'ed in, the number of VLAN tags before the IP header (0 to MAX_VLAN_TAGS). */
+#define LB_WHO_TAGS(n) (((n) & LB_PARSE_TAGS_MASK) << 24)
+#define LB_WHO_TAGS_OF(who) (((who) >> 24) & LB_PARSE_TAGS_MASK)
 
 /* The frame for a backend does not fit the egress device, whose MTU less the outer header is mtu;
  * who is LB_TB_WHO(IPv6 frame, VIP id, backend id). An aggregate is passed (an ICMP error would
@@ -466,7 +510,7 @@ __attribute__((noinline)) int lb_too_big(struct xdp_md *ctx, __u32 mtu, __u32 wh
 		lb_count(st, LB_STAT_AGGREGATE);
 		return XDP_PASS;
 	}
-	int ret = lb_icmp_too_big(ctx, v6, mtu);
+	int ret = lb_icmp_too_big(ctx, v6, LB_WHO_TAGS_OF(who), mtu);
 	if (ret == LB_TB_SENT) {
 		lb_count(st, LB_STAT_ICMP_TOO_BIG);
 		return XDP_TX;
@@ -544,14 +588,32 @@ static __always_inline int lb_fwd_ipip(struct xdp_md *ctx, struct lb_stats *st, 
 	void *data = (void *)(long)ctx->data;
 	void *data_end = (void *)(long)ctx->data_end;
 	struct ethhdr *eth = data;
+	__u32 ntags = LB_WHO_TAGS_OF(who);
 
+	/* The VLAN tags (tag protocol and control words) move back to follow the MACs, ahead of the
+	 * outer header that now overlaps where they were; the innermost EtherType becomes the outer
+	 * header's. */
+	for (__u32 i = 0; i < MAX_VLAN_TAGS; i++) {
+		if (i >= ntags)
+			break;
+		__u32 *to = data + __builtin_offsetof(struct ethhdr, h_proto) + i * sizeof(struct vlan_hdr_);
+		__u32 *from = (void *)to + hdr;
+		if ((void *)(from + 1) > data_end)
+			return XDP_ABORTED; /* unreachable: the frame just grew by this much */
+		*to = *from;
+	}
+	void *l3 = data + sizeof(*eth) + ntags * sizeof(struct vlan_hdr_);
+	__be16 *etype = l3 - sizeof(__be16);
+
+	if ((void *)(eth + 1) > data_end)
+		return XDP_ABORTED; /* unreachable: the frame just grew by this much */
+	__builtin_memcpy(eth->h_dest, be->mac, ETH_ALEN);
+	__builtin_memcpy(eth->h_source, be->src_mac, ETH_ALEN);
 	if (outer_v6) {
-		struct ipv6hdr *ip6 = data + sizeof(*eth);
+		struct ipv6hdr *ip6 = l3;
 		if ((void *)(ip6 + 1) > data_end)
 			return XDP_ABORTED; /* unreachable: the frame just grew by this much */
-		__builtin_memcpy(eth->h_dest, be->mac, ETH_ALEN);
-		__builtin_memcpy(eth->h_source, be->src_mac, ETH_ALEN);
-		eth->h_proto = ETH_P_IPV6_BE;
+		*etype = ETH_P_IPV6_BE;
 		/* version 6, the inner traffic class, the 5-tuple's hash as flow label (ECMP entropy). */
 		__u32 vtcfl = (6U << 28) | ((__u32)tos << 20) | (hash & 0xfffff);
 		*(__be32 *)ip6 = bpf_htonl(vtcfl);
@@ -561,12 +623,10 @@ static __always_inline int lb_fwd_ipip(struct xdp_md *ctx, struct lb_stats *st, 
 		__builtin_memcpy(&ip6->saddr, be->src_addr, 16);
 		__builtin_memcpy(&ip6->daddr, be->addr, 16);
 	} else {
-		struct iphdr *iph = data + sizeof(*eth);
+		struct iphdr *iph = l3;
 		if ((void *)(iph + 1) > data_end)
 			return XDP_ABORTED; /* unreachable: the frame just grew by this much */
-		__builtin_memcpy(eth->h_dest, be->mac, ETH_ALEN);
-		__builtin_memcpy(eth->h_source, be->src_mac, ETH_ALEN);
-		eth->h_proto = ETH_P_IP_BE;
+		*etype = ETH_P_IP_BE;
 		iph->version = 4;
 		iph->ihl = 5;
 		iph->tos = tos;
@@ -634,12 +694,35 @@ int mptcpx_lb(struct xdp_md *ctx)
 
 	struct lb_flow_key fk = {.proto = IPPROTO_TCP_};
 	struct tcphdr *th;
-	__u32 inner_len;
+	__u32 inner_len, ntags = 0, l4 = 0;
 	__u8 tos;
 	int v6;
 
-	if (eth->h_proto == ETH_P_IP_BE) {
-		struct iphdr *iph = (void *)(eth + 1);
+	/* Untagged IPv4, and untagged IPv6 with TCP straight after its header, are read at constant
+	 * offsets here: the commonest frames pay for no call and no laundered offset. Every other frame
+	 * (VLAN tags, IPv6 extension headers, and whatever is not IP/TCP at all) is located by the
+	 * shared parser (lb_parse); both paths check the IP header below alike. */
+	__be16 proto = eth->h_proto;
+	struct ipv6hdr *ip6q = (void *)(eth + 1);
+	if (proto == ETH_P_IP_BE) {
+		v6 = 0;
+	} else if (proto == ETH_P_IPV6_BE && (void *)(ip6q + 1) <= data_end && ip6q->nexthdr == IPPROTO_TCP_) {
+		v6 = 1;
+		l4 = sizeof(*eth) + sizeof(*ip6q);
+	} else {
+		int r = lb_parse(ctx);
+		if (r & LB_PARSE_PASS)
+			return XDP_PASS;
+		if (r & LB_PARSE_MALFORMED)
+			goto malformed;
+		v6 = !!(r & LB_PARSE_V6);
+		ntags = (r >> LB_PARSE_TAGS_SHIFT) & LB_PARSE_TAGS_MASK;
+		l4 = r & LB_PARSE_L4_MASK;
+	}
+	void *l3 = data + sizeof(*eth) + ntags * sizeof(struct vlan_hdr_);
+
+	if (!v6) {
+		struct iphdr *iph = l3;
 		if ((void *)(iph + 1) > data_end)
 			goto malformed;
 		__u32 ihl = iph->ihl * 4;
@@ -659,38 +742,38 @@ int mptcpx_lb(struct xdp_md *ctx)
 			goto malformed;
 		}
 		th = (void *)iph + ihl;
+		l4 = sizeof(*eth) + ntags * sizeof(struct vlan_hdr_) + ihl;
 		tos = iph->tos;
-		v6 = 0;
 		((__u32 *)fk.src)[2] = bpf_htonl(0xffff);
 		((__u32 *)fk.src)[3] = iph->saddr;
 		((__u32 *)fk.dst)[2] = bpf_htonl(0xffff);
 		((__u32 *)fk.dst)[3] = iph->daddr;
-	} else if (eth->h_proto == ETH_P_IPV6_BE) {
-		struct ipv6hdr *ip6 = (void *)(eth + 1);
+	} else {
+		struct ipv6hdr *ip6 = l3;
 		if ((void *)(ip6 + 1) > data_end)
 			goto malformed;
 		if (ip6->version != 6)
 			goto malformed;
-		if (ip6->nexthdr != IPPROTO_TCP_)
-			return XDP_PASS;
+		/* The extension headers (lb_parse walked them) are part of the payload. */
+		__u32 ext = l4 - (sizeof(*eth) + ntags * sizeof(struct vlan_hdr_) + sizeof(*ip6));
 		inner_len = bpf_ntohs(ip6->payload_len) + sizeof(*ip6);
-		/* Likewise a payload length of 0 straight before TCP (BIG TCP without a jumbo option). */
+		/* Likewise a payload length of 0 (BIG TCP without a jumbo option). */
 		if (inner_len == sizeof(*ip6)) {
 			long l3_len = data_end - (void *)ip6;
 			if (l3_len <= IP_MAX_LEN + (long)sizeof(*ip6))
 				goto malformed;
 			inner_len = l3_len;
-		} else if (inner_len < sizeof(*ip6) + sizeof(*th) || (void *)ip6 + inner_len > data_end) {
+		} else if (inner_len < sizeof(*ip6) + ext + sizeof(*th) || (void *)ip6 + inner_len > data_end) {
 			goto malformed;
 		}
-		th = (void *)(ip6 + 1);
+		th = data + (l4 & LB_PARSE_L4_MASK);
 		tos = (ip6->priority << 4) | (ip6->flow_lbl[0] >> 4);
-		v6 = 1;
 		__builtin_memcpy(fk.src, &ip6->saddr, 16);
 		__builtin_memcpy(fk.dst, &ip6->daddr, 16);
-	} else {
-		return XDP_PASS;
 	}
+
+	/* The frame's shape, as lb_forward's who needs it: one value kept to the end, not two. */
+	__u32 shape = LB_TB_WHO(v6, 0, 0) | LB_WHO_TAGS(ntags);
 
 	if ((void *)(th + 1) > data_end)
 		goto malformed;
@@ -711,7 +794,7 @@ int mptcpx_lb(struct xdp_md *ctx)
 	int steering = vip->flags & LB_VIP_JOIN_STEERING;
 	int opening = syn && !ack;
 	struct lb_mp mp = {};
-	lb_scan_opts(ctx, st, th, syn, ack, steering && opening, &mp);
+	lb_scan_opts(ctx, st, th, l4, syn, ack, steering && opening, &mp);
 
 	/* Looked up after the option scan, and never NULL past here (the ids are below the maps'
 	 * sizes: PutVIP checks), so that the verifier does not walk the scan, or what follows,
@@ -913,8 +996,8 @@ int mptcpx_lb(struct xdp_md *ctx)
 	}
 
 	if (vip->forward == LB_FWD_IPIP)
-		return lb_forward(ctx, LB_TB_WHO(v6, vid, bid) | LB_FWD_WHO_IPIP, inner_len, tos, lb_flow_hash(&fk));
-	return lb_forward(ctx, LB_TB_WHO(v6, vid, bid), inner_len, tos, 0);
+		return lb_forward(ctx, LB_TB_WHO(0, vid, bid) | shape | LB_FWD_WHO_IPIP, inner_len, tos, lb_flow_hash(&fk));
+	return lb_forward(ctx, LB_TB_WHO(0, vid, bid) | shape, inner_len, tos, 0);
 
 malformed:
 	lb_count(st, LB_STAT_MALFORMED);
