@@ -360,13 +360,15 @@ static __always_inline __u32 lb_learn(struct lb_stats *st, struct lb_vip_stats *
 	return tk.token;
 }
 
-/* The frame is longer than the ingress device's MTU allows: no wire frame, but an aggregate the stack
- * built (GRO, or a local sender's GSO skb), which generic XDP shows whole. Global, as the functions
- * below: its stack is its own (the balancer's is near the verifier's limit beside the SHA-256). */
-__attribute__((noinline)) int lb_aggregate(struct xdp_md *ctx)
+/* The frame, less its ntags VLAN tags (which a device's MTU does not count), is longer than the
+ * ingress device's MTU allows: no wire frame, but an aggregate the stack built (GRO, or a local
+ * sender's GSO skb), which generic XDP shows whole. Global, as the functions below: its stack is its
+ * own (the balancer's is near the verifier's limit beside the SHA-256). */
+__attribute__((noinline)) int lb_aggregate(struct xdp_md *ctx, __u32 ntags)
 {
 	__u32 len = 0;
-	return bpf_check_mtu(ctx, 0, &len, 0, 0) == BPF_MTU_CHK_RET_FRAG_NEEDED;
+	int tags = (ntags & 3) * sizeof(struct vlan_hdr_);
+	return bpf_check_mtu(ctx, 0, &len, -tags, 0) == BPF_MTU_CHK_RET_FRAG_NEEDED;
 }
 
 static __always_inline __u16 lb_csum_fold(__u64 sum)
@@ -506,7 +508,7 @@ __attribute__((noinline)) int lb_too_big(struct xdp_md *ctx, __u32 mtu, __u32 wh
 	__u32 zero = 0, v6 = who & LB_TB_V6, vid = (who >> 16) & 0xff, bid = who & 0xffff;
 	struct lb_stats *st = bpf_map_lookup_elem(&mptcpx_lb_stats, &zero);
 
-	if (lb_aggregate(ctx)) {
+	if (lb_aggregate(ctx, LB_WHO_TAGS_OF(who))) {
 		lb_count(st, LB_STAT_AGGREGATE);
 		return XDP_PASS;
 	}
@@ -531,11 +533,13 @@ __attribute__((noinline)) int lb_too_big(struct xdp_md *ctx, __u32 mtu, __u32 wh
 
 /* Does the frame fit the MTU of device ifindex with an outer header of hdr bytes? -1 if it does (or
  * the device is unknown: left to the redirect); else what lb_too_big did, counted. who is
- * LB_TB_WHO(IPv6 frame, VIP id, backend id). Global: its stack is its own. */
+ * LB_TB_WHO(IPv6 frame, VIP id, backend id) with LB_WHO_TAGS: the VLAN tags, which the MTU does
+ * not count. Global: its stack is its own. */
 __attribute__((noinline)) int lb_ipip_mtu(struct xdp_md *ctx, __u32 ifindex, __u32 hdr, __u32 who)
 {
 	__u32 mtu = 0;
-	if (bpf_check_mtu(ctx, ifindex, &mtu, (int)hdr, 0) != BPF_MTU_CHK_RET_FRAG_NEEDED)
+	int tags = LB_WHO_TAGS_OF(who) * sizeof(struct vlan_hdr_);
+	if (bpf_check_mtu(ctx, ifindex, &mtu, (int)hdr - tags, 0) != BPF_MTU_CHK_RET_FRAG_NEEDED)
 		return -1;
 	return lb_too_big(ctx, mtu - hdr, who);
 }
@@ -669,7 +673,7 @@ __attribute__((noinline)) int lb_forward(struct xdp_md *ctx, __u32 who, __u32 in
 	/* Generic XDP runs after GRO: an aggregate forwarded whole would be refused by the egress
 	 * device (longer than its MTU) or sent unsegmented. The stack gets it, counted. Native XDP
 	 * never sees one: a frame longer than LB_WIRE_FRAME_MAX is one of a larger MTU there. */
-	if ((long)ctx->data_end - (long)ctx->data > LB_WIRE_FRAME_MAX && lb_aggregate(ctx)) {
+	if ((long)ctx->data_end - (long)ctx->data > LB_WIRE_FRAME_MAX && lb_aggregate(ctx, LB_WHO_TAGS_OF(who))) {
 		lb_count(st, LB_STAT_AGGREGATE);
 		return XDP_PASS;
 	}
