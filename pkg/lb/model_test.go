@@ -100,6 +100,10 @@ type lbModel struct {
 	ingress                     int // ingress ifindex of BPF_PROG_TEST_RUN (the netns's lo)
 	// flowRate is the loaded lb_new_flow_rate (0: no guard).
 	flowRate uint32
+	// locate and classify are pkg/mptcp's parser (mptcp.Locate, mptcp.ClassifyOption) unless a
+	// test gives the model a wrong one (TestBalancerAgreementCatchesWrongModel).
+	locate   func(frame []byte) mptcp.Headers
+	classify func(opt []byte, syn, ack bool) mptcp.Class
 }
 
 // guardWindow is LB_GUARD_WINDOW_NS.
@@ -181,13 +185,17 @@ type mpOption struct {
 // pkg/mptcp's classes: an MP_JOIN SYN (mptcp.MPJoinSYN), or an MP_CAPABLE with both keys
 // (mptcp.MPCapableACK or MPCapableData) on an ACK, of version 1. A malformed option (its length
 // byte missing, below 2 or past the block) ends the walk.
-func scanOptions(opts []byte, syn, ack bool) mpOption {
+func (m *lbModel) scanOptions(opts []byte, syn, ack bool) mpOption {
 	var mp mpOption
+	classify := mptcp.ClassifyOption
+	if m.classify != nil {
+		classify = m.classify
+	}
 	bad := mptcp.WalkOptions(opts, func(o []byte) bool {
 		if o[0] != mptcpKind {
 			return true
 		}
-		switch mptcp.ClassifyOption(o, syn, ack) {
+		switch classify(o, syn, ack) {
 		case mptcp.MPJoinSYN: // address id, then the receiver's token
 			mp.join, mp.token = true, binary.BigEndian.Uint32(o[4:8])
 			return false
@@ -252,7 +260,11 @@ func (m *lbModel) decide(frame []byte, before tables, now uint64) outcome {
 		return pass("shorter than an Ethernet header")
 	}
 	// Where the headers lie, by the one Go parser (pkg/mptcp, the reference of the shared C one).
-	h := mptcp.Locate(frame)
+	locate := mptcp.Locate
+	if m.locate != nil {
+		locate = m.locate
+	}
+	h := locate(frame)
 	switch h.Status {
 	case mptcp.HeadersOther:
 		return pass("no TCP header to read (not IP, not TCP, or a later fragment)")
@@ -313,7 +325,7 @@ func (m *lbModel) decide(frame []byte, before tables, now uint64) outcome {
 	o.note("%s -> %s: VIP id %d (steering %v, %v, unknown join %v)", key.Src, key.Dst, vip.ID, vip.JoinSteering, vip.Forward, vip.UnknownJoin)
 
 	syn, ack := th[13]&0x02 != 0, th[13]&0x10 != 0
-	mp := scanOptions(th[20:thl], syn, ack)
+	mp := m.scanOptions(th[20:thl], syn, ack)
 	switch {
 	case mp.join:
 		o.note("MP_JOIN SYN, token %08x", mp.token)
