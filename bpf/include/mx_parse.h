@@ -344,32 +344,15 @@ struct mx_hdrs {
 	__u32 frag; /* a first fragment: IPv4 with MF, or an IPv6 fragment header of offset 0 */
 };
 
-/* The link and network layers of the frame, shared by every program: Ethernet, up to MAX_VLAN_TAGS
- * 802.1Q/802.1AD tags, IPv4 (options skipped) or IPv6 and up to MAX_IPV6_EXT_HDRS hop-by-hop,
- * routing, destination options, AH and fragment headers. Returns enum mx_hdrs_status and fills h.
- * scr is a 16-bit slot of map memory through which the offset of each extension header is
- * laundered (see mx_launder). */
-static __always_inline int mx_parse_hdrs(void *data, void *data_end, __u16 *scr, struct mx_hdrs *h)
+/* The network layer from offset off of the frame, whose EtherType is proto: IPv4 (options skipped)
+ * or IPv6 and up to MAX_IPV6_EXT_HDRS hop-by-hop, routing, destination options, AH and fragment
+ * headers. Returns enum mx_hdrs_status and fills h (h->l3 = off). scr is a 16-bit slot of map memory
+ * through which the offset of each extension header is laundered (see mx_launder). */
+static __always_inline int mx_parse_ip(void *data, void *data_end, __u32 off, __be16 proto, __u16 *scr,
+				       struct mx_hdrs *h)
 {
-	__u32 off = sizeof(struct ethhdr);
-	struct ethhdr *eth = data;
-
 	h->frag = 0;
-	if ((void *)(eth + 1) > data_end)
-		return MX_HDRS_TRUNCATED;
-	__be16 proto = eth->h_proto;
-
-	for (int i = 0; i < MAX_VLAN_TAGS; i++) {
-		if (proto != ETH_P_8021Q_BE && proto != ETH_P_8021AD_BE)
-			break;
-		struct vlan_hdr_ *vh = data + off;
-		if ((void *)(vh + 1) > data_end)
-			return MX_HDRS_TRUNCATED;
-		proto = vh->encap_proto;
-		off += sizeof(*vh);
-	}
 	h->l3 = off;
-
 	if (proto == ETH_P_IP_BE) {
 		struct iphdr *iph = data + off;
 		h->v6 = 0;
@@ -441,6 +424,30 @@ static __always_inline int mx_parse_hdrs(void *data, void *data_end, __u16 *scr,
 	    next == IPPROTO_AH_ || next == IPPROTO_FRAGMENT_)
 		return MX_HDRS_MALFORMED;
 	return MX_HDRS_OTHER;
+}
+
+/* The link and network layers of the frame, shared by every program: Ethernet, up to MAX_VLAN_TAGS
+ * 802.1Q/802.1AD tags, then the network layer (mx_parse_ip). Returns enum mx_hdrs_status and fills
+ * h. */
+static __always_inline int mx_parse_hdrs(void *data, void *data_end, __u16 *scr, struct mx_hdrs *h)
+{
+	__u32 off = sizeof(struct ethhdr);
+	struct ethhdr *eth = data;
+
+	if ((void *)(eth + 1) > data_end)
+		return MX_HDRS_TRUNCATED;
+	__be16 proto = eth->h_proto;
+
+	for (int i = 0; i < MAX_VLAN_TAGS; i++) {
+		if (proto != ETH_P_8021Q_BE && proto != ETH_P_8021AD_BE)
+			break;
+		struct vlan_hdr_ *vh = data + off;
+		if ((void *)(vh + 1) > data_end)
+			return MX_HDRS_TRUNCATED;
+		proto = vh->encap_proto;
+		off += sizeof(*vh);
+	}
+	return mx_parse_ip(data, data_end, off, proto, scr, h);
 }
 
 /* The network layer: returns the offset of the TCP header, or 0 when there is none to walk. */
@@ -517,43 +524,45 @@ static __always_inline void mx_commit(struct mx_counters *c, struct mx_result *r
 /* What mx_ip_tcp_dst found. */
 enum mx_ip_dst {
 	MX_IP_DST_TCP = 0,       /* an unfragmented TCP segment: addr and port are set */
-	MX_IP_DST_OTHER = 1,     /* another protocol, a fragment, or IPv6 extension headers */
+	MX_IP_DST_OTHER = 1,     /* another protocol, or a fragment */
 	MX_IP_DST_MALFORMED = 2, /* a broken IP header, or the headers run past the frame */
 };
 
-/* The destination of the IP packet at ip (no link-layer header before it), of IP version v (4 or
- * 6): its address (IPv4 as ::ffff:a.b.c.d) and TCP destination port, as the balancer's VIP lookup
- * sees them. An IPv4 header may carry options; an IPv6 header carries TCP directly, since the
- * balancer forwards no IPv6 extension header and no fragment. Pure, like the rest of this file. */
-static __always_inline int mx_ip_tcp_dst(void *ip, void *data_end, int v, __u8 addr[16], __be16 *port)
+/* The destination of the IP packet at offset off of the frame (no link-layer header before it), of
+ * IP version v (4 or 6): its address (IPv4 as ::ffff:a.b.c.d) and TCP destination port, as the
+ * balancer's VIP lookup sees them. The headers are read as mx_parse_ip reads them (IPv4 options,
+ * IPv6 extension headers: the balancer forwards those), with scr its laundering slot. Pure, like
+ * the rest of this file. */
+static __always_inline int mx_ip_tcp_dst(void *data, void *data_end, __u32 off, int v, __u16 *scr, __u8 addr[16],
+					 __be16 *port)
 {
-	struct tcphdr *th;
+	struct mx_hdrs h;
+	int hs = mx_parse_ip(data, data_end, off, v == 4 ? ETH_P_IP_BE : ETH_P_IPV6_BE, scr, &h);
 
+	if (hs == MX_HDRS_OTHER)
+		return MX_IP_DST_OTHER;
+	if (hs != MX_HDRS_TCP || h.l4 > MAX_L4_OFFSET)
+		return MX_IP_DST_MALFORMED;
+	if (h.frag)
+		return MX_IP_DST_OTHER;
+	struct tcphdr *th = data + (h.l4 & 0x7ff);
+	if ((void *)(th + 1) > data_end)
+		return MX_IP_DST_MALFORMED;
+	*port = th->dest;
+	void *ip = data + (off & 0x7ff);
 	if (v == 4) {
 		struct iphdr *iph = ip;
 		if ((void *)(iph + 1) > data_end)
 			return MX_IP_DST_MALFORMED;
-		__u32 ihl = iph->ihl * 4;
-		if (iph->version != 4 || ihl < sizeof(*iph) || ip + ihl > data_end)
-			return MX_IP_DST_MALFORMED;
-		if (iph->protocol != IPPROTO_TCP_ || (iph->frag_off & bpf_htons(0x3fff)))
-			return MX_IP_DST_OTHER; /* MF set or an offset: a fragment */
 		__builtin_memset(addr, 0, 10);
 		addr[10] = 0xff;
 		addr[11] = 0xff;
 		__builtin_memcpy(addr + 12, &iph->daddr, 4);
-		th = ip + ihl;
 	} else {
 		struct ipv6hdr *ip6 = ip;
-		if ((void *)(ip6 + 1) > data_end || ip6->version != 6)
+		if ((void *)(ip6 + 1) > data_end)
 			return MX_IP_DST_MALFORMED;
-		if (ip6->nexthdr != IPPROTO_TCP_)
-			return MX_IP_DST_OTHER;
 		__builtin_memcpy(addr, &ip6->daddr, 16);
-		th = (void *)(ip6 + 1);
 	}
-	if ((void *)(th + 1) > data_end)
-		return MX_IP_DST_MALFORMED;
-	*port = th->dest;
 	return MX_IP_DST_TCP;
 }

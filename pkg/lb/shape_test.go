@@ -149,6 +149,28 @@ func TestForwardShapes(t *testing.T) {
 				if f := flowOf(t, b.Maps, s.key()); f.Backend != 1 {
 					t.Errorf("flow %+v, want backend 1", f)
 				}
+				if mode != ForwardIPIP || len(tc.tags) > 0 {
+					return
+				}
+				// The backends' decapsulator reads the inner packet's extension headers as the
+				// balancer does, and passes the client's packet up.
+				dc, err := LoadDecap(DecapConfig{AnyDst: true})
+				if err != nil {
+					t.Fatal(err)
+				}
+				defer dc.Close()
+				if err := dc.SetAllow(DecapAllow{Balancers: []netip.Addr{be.SrcAddr}, VIPs: []netip.AddrPort{tc.vip}}); err != nil {
+					t.Fatal(err)
+				}
+				dBefore, _ := dc.ReadStats()
+				ret, got := run(t, dc.Program, out)
+				if ret != xdpPass {
+					t.Fatalf("decap verdict %d", ret)
+				}
+				checkBytes(t, "decapsulated", serialize(t, append(link(be.SrcMAC, be.MAC, nil, l3), gopacket.Payload(inner))...), got)
+				if dAfter, _ := dc.ReadStats(); dAfter.Sub(dBefore).Decap != 1 {
+					t.Errorf("decap stats moved by %+v", dAfter.Sub(dBefore))
+				}
 			})
 		}
 	}
