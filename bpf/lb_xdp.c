@@ -17,7 +17,18 @@
  * sent back with XDP_TX; IPv4 without DF is passed to the stack. Generic XDP sees the stack's GRO
  * aggregates, larger than any wire frame: those are passed to the stack, never forwarded or answered.
  *
- * Not handled (passed untouched): VLAN-tagged frames, IPv4 fragments, IPv6 with extension headers. */
+ * The headers are found by the parser every program shares (bpf/include/mx_parse.h, mx_parse_hdrs,
+ * through lb_parse); untagged IPv4, and untagged IPv6 carrying TCP directly, the common frames, are
+ * read at constant offsets before it, at no extra cost. Frames with up to MAX_VLAN_TAGS
+ * 802.1Q/802.1AD tags, and IPv6 with hop-by-hop, routing, destination options and AH headers, are
+ * balanced. l2 rewrites the MACs
+ * and keeps the tags; ipip puts the outer header after the Ethernet header and its tags (the
+ * innermost EtherType becomes the outer header's) and encapsulates the whole IP packet, extension
+ * headers included. VLAN tags do not count against an MTU. A tagged frame too big for ipip is
+ * passed, counted in mtu, not answered with an ICMP error (the stack, which knows the VLAN's
+ * device, does that). Any fragment (IPv4 MF or offset, an IPv6 fragment header) is passed
+ * untouched; a tag or an extension header cut short, more extension headers than
+ * MAX_IPV6_EXT_HDRS, a TCP header past MAX_L4_OFFSET are malformed: passed, counted. */
 #include <linux/bpf.h>
 #include <bpf/bpf_helpers.h>
 #include <bpf/bpf_endian.h>
