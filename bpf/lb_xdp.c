@@ -21,13 +21,12 @@
  * through lb_parse); untagged IPv4, and untagged IPv6 carrying TCP directly, the common frames, are
  * read at constant offsets before it, at no extra cost. Frames with up to MAX_VLAN_TAGS
  * 802.1Q/802.1AD tags, and IPv6 with hop-by-hop, routing, destination options and AH headers, are
- * balanced. l2 rewrites the MACs
- * and keeps the tags; ipip puts the outer header after the Ethernet header and its tags (the
- * innermost EtherType becomes the outer header's) and encapsulates the whole IP packet, extension
- * headers included. VLAN tags do not count against an MTU. A tagged frame too big for ipip is
- * passed, counted in mtu, not answered with an ICMP error (the stack, which knows the VLAN's
- * device, does that). Any fragment (IPv4 MF or offset, an IPv6 fragment header) is passed
- * untouched; a tag or an extension header cut short, more extension headers than
+ * balanced. l2 rewrites the MACs and keeps the tags; ipip puts the outer header after the Ethernet
+ * header and its tags (the innermost EtherType becomes the outer header's) and encapsulates the
+ * whole IP packet, extension headers included. VLAN tags do not count against an MTU. A tagged
+ * frame too big for ipip is passed, counted in mtu, not answered with an ICMP error (the stack,
+ * which knows the VLAN's device, does that). Any fragment (IPv4 MF or offset, an IPv6 fragment
+ * header) is passed untouched; a tag or an extension header cut short, more extension headers than
  * MAX_IPV6_EXT_HDRS, a TCP header past MAX_L4_OFFSET are malformed: passed, counted. */
 #include <linux/bpf.h>
 #include <bpf/bpf_helpers.h>
@@ -190,8 +189,8 @@ __attribute__((noinline)) int lb_parse(struct xdp_md *ctx)
 }
 
 /* Find the MPTCP option that matters to the balancer among the TCP options of the header at th_off
- * in the frame (th_off <= LB_PARSE_L4_MASK, the header already checked to lie inside the frame); flags are
- * LB_SCAN_SYN and LB_SCAN_ACK. Returns the LB_SCAN_* bits; the caller reads the option's fields.
+ * in the frame (th_off <= LB_PARSE_L4_MASK, the header already checked to lie inside the frame);
+ * flags are LB_SCAN_SYN and LB_SCAN_ACK. Returns the LB_SCAN_* bits; the caller reads the option's fields.
  *
  * Global, so verified once, on its own: what the caller sees is one unknown return value, not one
  * state per way out of the walk. Verifiers before 6.4 otherwise carry every exit of the walk
@@ -260,11 +259,12 @@ __attribute__((noinline)) int lb_scan(struct xdp_md *ctx, __u32 th_off, __u32 fl
 }
 
 /* The MPTCP option that matters to the balancer in the TCP header th, at offset th_off, of the frame
- * at ctx (the header checked to lie inside the frame, whose TCP options lb_scan walks), with its token or key. Options
- * that are malformed, or not walked to their end, are counted as malformed; a SYN of the latter
- * becomes a join of token 0 when join_unwalked (it may hide an MP_JOIN: never a new flow). */
-static __always_inline void lb_scan_opts(struct xdp_md *ctx, struct lb_stats *st, struct tcphdr *th, __u32 th_off, int syn,
-					 int ack, int join_unwalked, struct lb_mp *mp)
+ * at ctx (the header checked to lie inside the frame, whose TCP options lb_scan walks), with its
+ * token or key. Options that are malformed, or not walked to their end, are counted as malformed; a
+ * SYN of the latter becomes a join of token 0 when join_unwalked (it may hide an MP_JOIN: never a
+ * new flow). */
+static __always_inline void lb_scan_opts(struct xdp_md *ctx, struct lb_stats *st, struct tcphdr *th,
+					 __u32 th_off, int syn, int ack, int join_unwalked, struct lb_mp *mp)
 {
 	void *data_end = (void *)(long)ctx->data_end;
 
@@ -684,7 +684,8 @@ __attribute__((noinline)) int lb_forward(struct xdp_md *ctx, __u32 who, __u32 in
 	/* Generic XDP runs after GRO: an aggregate forwarded whole would be refused by the egress
 	 * device (longer than its MTU) or sent unsegmented. The stack gets it, counted. Native XDP
 	 * never sees one: a frame longer than LB_WIRE_FRAME_MAX is one of a larger MTU there. */
-	if ((long)ctx->data_end - (long)ctx->data > LB_WIRE_FRAME_MAX && lb_aggregate(ctx, LB_WHO_TAGS_OF(who))) {
+	if ((long)ctx->data_end - (long)ctx->data > LB_WIRE_FRAME_MAX &&
+	    lb_aggregate(ctx, LB_WHO_TAGS_OF(who))) {
 		lb_count(st, LB_STAT_AGGREGATE);
 		return XDP_PASS;
 	}
@@ -1011,7 +1012,8 @@ int mptcpx_lb(struct xdp_md *ctx)
 	}
 
 	if (vip->forward == LB_FWD_IPIP)
-		return lb_forward(ctx, LB_TB_WHO(0, vid, bid) | shape | LB_FWD_WHO_IPIP, inner_len, tos, lb_flow_hash(&fk));
+		return lb_forward(ctx, LB_TB_WHO(0, vid, bid) | shape | LB_FWD_WHO_IPIP, inner_len, tos,
+				  lb_flow_hash(&fk));
 	return lb_forward(ctx, LB_TB_WHO(0, vid, bid) | shape, inner_len, tos, 0);
 
 malformed:

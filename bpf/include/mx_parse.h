@@ -533,8 +533,8 @@ enum mx_ip_dst {
  * balancer's VIP lookup sees them. The headers are read as mx_parse_ip reads them (IPv4 options,
  * IPv6 extension headers: the balancer forwards those), with scr its laundering slot. Pure, like
  * the rest of this file. */
-static __always_inline int mx_ip_tcp_dst(void *data, void *data_end, __u32 off, int v, __u16 *scr, __u8 addr[16],
-					 __be16 *port)
+static __always_inline int mx_ip_tcp_dst(void *data, void *data_end, __u32 off, int v, __u16 *scr,
+					 __u8 addr[16], __be16 *port)
 {
 	struct mx_hdrs h;
 	int hs = mx_parse_ip(data, data_end, off, v == 4 ? ETH_P_IP_BE : ETH_P_IPV6_BE, scr, &h);
