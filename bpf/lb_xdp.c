@@ -371,14 +371,21 @@ static __always_inline __u32 lb_learn(struct lb_stats *st, struct lb_vip_stats *
 	return tk.token;
 }
 
-/* The frame, less its ntags VLAN tags (which a device's MTU does not count), is longer than the
- * ingress device's MTU allows: no wire frame, but an aggregate the stack built (GRO, or a local
- * sender's GSO skb), which generic XDP shows whole. Global, as the functions below: its stack is its
- * own (the balancer's is near the verifier's limit beside the SHA-256). */
-__attribute__((noinline)) int lb_aggregate(struct xdp_md *ctx, __u32 ntags)
+/* The number of VLAN tags before the IP header (0 to MAX_VLAN_TAGS), in bits 24-25 of the who of
+ * lb_forward, lb_too_big and the functions between. */
+#define LB_WHO_TAGS(n) (((n) & LB_PARSE_TAGS_MASK) << 24)
+#define LB_WHO_TAGS_OF(who) (((who) >> 24) & LB_PARSE_TAGS_MASK)
+
+/* The frame, less its VLAN tags (which a device's MTU does not count; LB_WHO_TAGS_OF(who)), is
+ * longer than the ingress device's MTU allows: no wire frame, but an aggregate the stack built (GRO,
+ * or a local sender's GSO skb), which generic XDP shows whole. Global, as the functions below: its
+ * stack is its own (the balancer's is near the verifier's limit beside the SHA-256; 6.1 refuses a
+ * chain of calls whose frames, each rounded up to 32 bytes, pass 512: lb_too_big keeps who whole
+ * across this call, not its parts, to stay within 32). */
+__attribute__((noinline)) int lb_aggregate(struct xdp_md *ctx, __u32 who)
 {
 	__u32 len = 0;
-	int tags = (ntags & 3) * sizeof(struct vlan_hdr_);
+	int tags = LB_WHO_TAGS_OF(who) * sizeof(struct vlan_hdr_);
 	return bpf_check_mtu(ctx, 0, &len, -tags, 0) == BPF_MTU_CHK_RET_FRAG_NEEDED;
 }
 
@@ -400,16 +407,13 @@ enum lb_too_big_ret {
  * "fragmentation needed" (type 3 code 4) or ICMPv6 "packet too big" (type 2) carrying next-hop MTU
  * mtu, built in place: the frame is cut to its Ethernet header and the quote (LB_ICMP4_QUOTE /
  * LB_ICMP6_QUOTE bytes of the IP packet), the new IP and ICMP headers are put in front, from the
- * VIP (the packet's destination) to the client, and the MACs are swapped. A VLAN-tagged frame (ntags
- * tags) is not answered but passed, untouched: the stack, which knows the VLAN's device and its MTU,
- * answers it or drops it. Returns enum lb_too_big_ret. */
-static __always_inline int lb_icmp_too_big(struct xdp_md *ctx, __u32 v6, __u32 ntags, __u32 mtu)
+ * VIP (the packet's destination) to the client, and the MACs are swapped. The frame carries no
+ * VLAN tag (lb_too_big passes those). Returns enum lb_too_big_ret. */
+static __always_inline int lb_icmp_too_big(struct xdp_md *ctx, __u32 v6, __u32 mtu)
 {
 
 	void *data = (void *)(long)ctx->data;
 	void *data_end = (void *)(long)ctx->data_end;
-	if (ntags)
-		return LB_TB_PASS;
 	if (!v6) {
 		struct iphdr *iph = data + sizeof(struct ethhdr);
 		if ((void *)(iph + 1) > data_end || !(iph->frag_off & IP_DF_BE))
@@ -503,9 +507,7 @@ static __always_inline int lb_icmp_too_big(struct xdp_md *ctx, __u32 v6, __u32 n
 /* lb_too_big's who: the frame's family, VIP id and backend id in one argument. */
 #define LB_TB_V6 (1U << 31)
 #define LB_TB_WHO(v6, vid, bid) (((v6) ? LB_TB_V6 : 0) | ((vid) & 0xff) << 16 | ((bid) & 0xffff))
-/* ... and, or'ed in, the number of VLAN tags before the IP header (0 to MAX_VLAN_TAGS). */
-#define LB_WHO_TAGS(n) (((n) & LB_PARSE_TAGS_MASK) << 24)
-#define LB_WHO_TAGS_OF(who) (((who) >> 24) & LB_PARSE_TAGS_MASK)
+/* ... and, or'ed in, LB_WHO_TAGS: the number of VLAN tags before the IP header. */
 
 /* The frame for a backend does not fit the egress device, whose MTU less the outer header is mtu;
  * who is LB_TB_WHO(IPv6 frame, VIP id, backend id). An aggregate is passed (an ICMP error would
@@ -519,11 +521,13 @@ __attribute__((noinline)) int lb_too_big(struct xdp_md *ctx, __u32 mtu, __u32 wh
 	__u32 zero = 0, v6 = who & LB_TB_V6, vid = (who >> 16) & 0xff, bid = who & 0xffff;
 	struct lb_stats *st = bpf_map_lookup_elem(&mptcpx_lb_stats, &zero);
 
-	if (lb_aggregate(ctx, LB_WHO_TAGS_OF(who))) {
+	if (lb_aggregate(ctx, who)) {
 		lb_count(st, LB_STAT_AGGREGATE);
 		return XDP_PASS;
 	}
-	int ret = lb_icmp_too_big(ctx, v6, LB_WHO_TAGS_OF(who), mtu);
+	/* A VLAN-tagged frame is not answered but passed, untouched: the stack, which knows the VLAN's
+	 * device and its MTU, answers it or drops it. */
+	int ret = LB_WHO_TAGS_OF(who) ? LB_TB_PASS : lb_icmp_too_big(ctx, v6, mtu);
 	if (ret == LB_TB_SENT) {
 		lb_count(st, LB_STAT_ICMP_TOO_BIG);
 		return XDP_TX;
@@ -685,7 +689,7 @@ __attribute__((noinline)) int lb_forward(struct xdp_md *ctx, __u32 who, __u32 in
 	 * device (longer than its MTU) or sent unsegmented. The stack gets it, counted. Native XDP
 	 * never sees one: a frame longer than LB_WIRE_FRAME_MAX is one of a larger MTU there. */
 	if ((long)ctx->data_end - (long)ctx->data > LB_WIRE_FRAME_MAX &&
-	    lb_aggregate(ctx, LB_WHO_TAGS_OF(who))) {
+	    lb_aggregate(ctx, who)) {
 		lb_count(st, LB_STAT_AGGREGATE);
 		return XDP_PASS;
 	}
