@@ -4,7 +4,8 @@
  * the Ethernet type to the inner packet's, and passes the inner packet up the stack — only when the
  * outer destination is one of this host's addresses and the outer source one of the balancers'
  * (both in mptcpx_dc_addrs; any destination with lb_decap_any_dst), and the inner packet is an
- * unfragmented TCP segment to a VIP (mptcpx_dc_vips). An outer packet refused for any of these is
+ * unfragmented TCP segment to a VIP (mptcpx_dc_vips; IPv4 options and IPv6 extension headers read by
+ * the shared parser, mx_parse_ip). An outer packet refused for any of these is
  * counted (struct lb_decap_stats) and passed untouched: the stack, which has no tunnel for it,
  * discards it. Everything else passes untouched too. Outer headers with IPv4 options or IPv6
  * extension headers, and outer fragments, are left to the stack.
@@ -62,6 +63,15 @@ struct {
 	__type(value, struct lb_decap_stats);
 } mptcpx_dc_stats SEC(".maps");
 
+/* Per-CPU scratch word through which the inner IPv6 extension headers' offsets are laundered (see
+ * mx_launder16 in mx_parse.h). Never pinned. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u32);
+} mptcpx_dc_scr SEC(".maps");
+
 /* Whether addr is in mptcpx_dc_addrs with flag. */
 static __always_inline int dc_addr_is(const __u8 addr[16], __u32 flag)
 {
@@ -69,13 +79,17 @@ static __always_inline int dc_addr_is(const __u8 addr[16], __u32 flag)
 	return f && (*f & flag);
 }
 
-/* Whether the inner packet at in (IP version v) is a TCP segment to a VIP: MX_IP_DST_TCP if so,
- * else why not (a TCP segment to no VIP is MX_IP_DST_OTHER). */
-static __always_inline int dc_inner_ok(void *in, void *data_end, int v)
+/* Whether the inner packet at offset off of the frame (IP version v) is a TCP segment to a VIP:
+ * MX_IP_DST_TCP if so, else why not (a TCP segment to no VIP is MX_IP_DST_OTHER). */
+static __always_inline int dc_inner_ok(void *data, void *data_end, __u32 off, int v)
 {
 	struct lb_vip_key vk = {.proto = IPPROTO_TCP_};
 	__be16 port;
-	int st = mx_ip_tcp_dst(in, data_end, v, vk.addr, &port);
+	__u32 zero = 0;
+	__u32 *scr = bpf_map_lookup_elem(&mptcpx_dc_scr, &zero);
+	if (!scr)
+		return MX_IP_DST_MALFORMED; /* unreachable: a one-entry array */
+	int st = mx_ip_tcp_dst(data, data_end, off, v, (__u16 *)scr, vk.addr, &port);
 	if (st != MX_IP_DST_TCP)
 		return st;
 	vk.port = port;
@@ -150,7 +164,7 @@ int mptcpx_decap(struct xdp_md *ctx)
 		st->malformed++;
 		return XDP_PASS;
 	}
-	switch (dc_inner_ok(in, data_end, v)) {
+	switch (dc_inner_ok(data, data_end, sizeof(*eth) + outer, v)) {
 	case MX_IP_DST_TCP:
 		break;
 	case MX_IP_DST_OTHER:

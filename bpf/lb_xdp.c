@@ -17,7 +17,17 @@
  * sent back with XDP_TX; IPv4 without DF is passed to the stack. Generic XDP sees the stack's GRO
  * aggregates, larger than any wire frame: those are passed to the stack, never forwarded or answered.
  *
- * Not handled (passed untouched): VLAN-tagged frames, IPv4 fragments, IPv6 with extension headers. */
+ * The headers are found by the parser every program shares (bpf/include/mx_parse.h, mx_parse_hdrs,
+ * through lb_parse); untagged IPv4, and untagged IPv6 carrying TCP directly, the common frames, are
+ * read at constant offsets before it, at no extra cost. Frames with up to MAX_VLAN_TAGS
+ * 802.1Q/802.1AD tags, and IPv6 with hop-by-hop, routing, destination options and AH headers, are
+ * balanced. l2 rewrites the MACs and keeps the tags; ipip puts the outer header after the Ethernet
+ * header and its tags (the innermost EtherType becomes the outer header's) and encapsulates the
+ * whole IP packet, extension headers included. VLAN tags do not count against an MTU. A tagged
+ * frame too big for ipip is passed, counted in mtu, not answered with an ICMP error (the stack,
+ * which knows the VLAN's device, does that). Any fragment (IPv4 MF or offset, an IPv6 fragment
+ * header) is passed untouched; a tag or an extension header cut short, more extension headers than
+ * MAX_IPV6_EXT_HDRS, a TCP header past MAX_L4_OFFSET are malformed: passed, counted. */
 #include <linux/bpf.h>
 #include <bpf/bpf_helpers.h>
 #include <bpf/bpf_endian.h>
@@ -158,9 +168,48 @@ static __always_inline __u32 lb_load_be32(const __u8 *p)
 #define LB_SCAN_SYN (1 << 0) /* lb_scan's flags */
 #define LB_SCAN_ACK (1 << 1)
 
+/* What lb_parse returns: the TCP header's offset in bits 0-10, the number of VLAN tags before the
+ * IP header in bits 16-17, and flags. */
+#define LB_PARSE_L4_MASK 0x7ff
+#define LB_PARSE_TAGS_SHIFT 16
+#define LB_PARSE_TAGS_MASK 0x3
+#define LB_PARSE_V6 (1 << 24)        /* the IP header is IPv6 */
+#define LB_PARSE_PASS (1 << 25)      /* not for the balancer: not IP, not TCP, or a fragment */
+#define LB_PARSE_MALFORMED (1 << 26) /* a broken or truncated header: passed, counted */
+_Static_assert(MAX_L4_OFFSET <= LB_PARSE_L4_MASK, "lb_parse's TCP offset field");
+_Static_assert(MAX_VLAN_TAGS <= LB_PARSE_TAGS_MASK, "lb_parse's VLAN tag count field");
+
+/* Where the IP and TCP headers of the frame at ctx lie, found by the parser every program shares
+ * (mx_parse_hdrs): up to MAX_VLAN_TAGS 802.1Q/802.1AD tags, IPv4 or IPv6 with up to
+ * MAX_IPV6_EXT_HDRS extension headers. Any fragment (IPv4 MF or offset, an IPv6 fragment header)
+ * is passed, as is what carries no TCP; a TCP header deeper than MAX_L4_OFFSET is malformed.
+ * Returns the LB_PARSE_* fields. Global, so verified once, on its own: the caller sees one unknown
+ * value, not one state per shape of frame. */
+__attribute__((noinline)) int lb_parse(struct xdp_md *ctx)
+{
+	void *data = (void *)(long)ctx->data;
+	void *data_end = (void *)(long)ctx->data_end;
+	__u32 zero = 0;
+	__u32 *scr = bpf_map_lookup_elem(&mptcpx_lb_scr, &zero);
+	struct mx_hdrs h;
+
+	if (!scr)
+		return LB_PARSE_PASS;
+	int hs = mx_parse_hdrs(data, data_end, (__u16 *)scr, &h);
+	if (hs == MX_HDRS_OTHER)
+		return LB_PARSE_PASS;
+	if (hs != MX_HDRS_TCP || h.l4 > MAX_L4_OFFSET)
+		return LB_PARSE_MALFORMED;
+	if (h.frag)
+		return LB_PARSE_PASS;
+	__u32 ntags = (h.l3 - sizeof(struct ethhdr)) / sizeof(struct vlan_hdr_);
+	return (h.l4 & LB_PARSE_L4_MASK) | (ntags & LB_PARSE_TAGS_MASK) << LB_PARSE_TAGS_SHIFT |
+	       (h.v6 ? LB_PARSE_V6 : 0);
+}
+
 /* Find the MPTCP option that matters to the balancer among the TCP options of the header at th_off
- * in the frame (th_off < 128, the header already checked to lie inside the frame); flags are
- * LB_SCAN_SYN and LB_SCAN_ACK. Returns the LB_SCAN_* bits; the caller reads the option's fields.
+ * in the frame (th_off <= LB_PARSE_L4_MASK, the header already checked to lie inside the frame);
+ * flags are LB_SCAN_SYN and LB_SCAN_ACK. Returns the LB_SCAN_* bits; the caller reads the option's fields.
  *
  * Global, so verified once, on its own: what the caller sees is one unknown return value, not one
  * state per way out of the walk. Verifiers before 6.4 otherwise carry every exit of the walk
@@ -171,7 +220,7 @@ __attribute__((noinline)) int lb_scan(struct xdp_md *ctx, __u32 th_off, __u32 fl
 	void *data_end = (void *)(long)ctx->data_end;
 	__u32 zero = 0;
 	__u32 *scr = bpf_map_lookup_elem(&mptcpx_lb_scr, &zero);
-	struct tcphdr *th = data + (th_off & 0x7f);
+	struct tcphdr *th = data + (th_off & LB_PARSE_L4_MASK);
 
 	if (!scr || (void *)(th + 1) > data_end)
 		return 0;
@@ -268,13 +317,13 @@ static __always_inline int lb_syn_layout(__u8 *opts, void *data_end, __u64 optle
 	return 1;
 }
 
-/* The MPTCP option that matters to the balancer in the TCP header th of the frame at ctx (the header
- * checked to lie inside the frame, th_off bytes into it, whose TCP options lb_scan walks), with its
- * token or key. Options
- * that are malformed, or not walked to their end, are counted as malformed; a SYN of the latter
- * becomes a join of token 0 when join_unwalked (it may hide an MP_JOIN: never a new flow). */
-static __always_inline void lb_scan_opts(struct xdp_md *ctx, struct lb_stats *st, struct tcphdr *th, __u32 th_off,
-					 int syn, int ack, int join_unwalked, struct lb_mp *mp)
+/* The MPTCP option that matters to the balancer in the TCP header th, at offset th_off, of the frame
+ * at ctx (the header checked to lie inside the frame, whose TCP options lb_scan walks), with its
+ * token or key. Options that are malformed, or not walked to their end, are counted as malformed; a
+ * SYN of the latter becomes a join of token 0 when join_unwalked (it may hide an MP_JOIN: never a
+ * new flow). */
+static __always_inline void lb_scan_opts(struct xdp_md *ctx, struct lb_stats *st, struct tcphdr *th,
+					 __u32 th_off, int syn, int ack, int join_unwalked, struct lb_mp *mp)
 {
 	void *data_end = (void *)(long)ctx->data_end;
 
@@ -391,13 +440,22 @@ static __always_inline __u32 lb_learn(struct lb_stats *st, struct lb_vip_stats *
 	return tk.token;
 }
 
-/* The frame is longer than the ingress device's MTU allows: no wire frame, but an aggregate the stack
- * built (GRO, or a local sender's GSO skb), which generic XDP shows whole. Global, as the functions
- * below: its stack is its own (the balancer's is near the verifier's limit beside the SHA-256). */
-__attribute__((noinline)) int lb_aggregate(struct xdp_md *ctx)
+/* The number of VLAN tags before the IP header (0 to MAX_VLAN_TAGS), in bits 24-25 of the who of
+ * lb_forward, lb_too_big and the functions between. */
+#define LB_WHO_TAGS(n) (((n) & LB_PARSE_TAGS_MASK) << 24)
+#define LB_WHO_TAGS_OF(who) (((who) >> 24) & LB_PARSE_TAGS_MASK)
+
+/* The frame, less its VLAN tags (which a device's MTU does not count; LB_WHO_TAGS_OF(who)), is
+ * longer than the ingress device's MTU allows: no wire frame, but an aggregate the stack built (GRO,
+ * or a local sender's GSO skb), which generic XDP shows whole. Global, as the functions below: its
+ * stack is its own (the balancer's is near the verifier's limit beside the SHA-256; 6.1 refuses a
+ * chain of calls whose frames, each rounded up to 32 bytes, pass 512: lb_too_big keeps who whole
+ * across this call, not its parts, to stay within 32). */
+__attribute__((noinline)) int lb_aggregate(struct xdp_md *ctx, __u32 who)
 {
 	__u32 len = 0;
-	return bpf_check_mtu(ctx, 0, &len, 0, 0) == BPF_MTU_CHK_RET_FRAG_NEEDED;
+	int tags = LB_WHO_TAGS_OF(who) * sizeof(struct vlan_hdr_);
+	return bpf_check_mtu(ctx, 0, &len, -tags, 0) == BPF_MTU_CHK_RET_FRAG_NEEDED;
 }
 
 static __always_inline __u16 lb_csum_fold(__u64 sum)
@@ -410,7 +468,7 @@ static __always_inline __u16 lb_csum_fold(__u64 sum)
 /* What lb_icmp_too_big did with a frame. */
 enum lb_too_big_ret {
 	LB_TB_SENT = 0,   /* answered with the ICMP error */
-	LB_TB_PASS = 1,   /* IPv4 without DF, or too short to quote: untouched */
+	LB_TB_PASS = 1,   /* IPv4 without DF, VLAN-tagged, or too short to quote: untouched */
 	LB_TB_FAILED = 2, /* a helper failed once the frame was cut */
 };
 
@@ -418,8 +476,8 @@ enum lb_too_big_ret {
  * "fragmentation needed" (type 3 code 4) or ICMPv6 "packet too big" (type 2) carrying next-hop MTU
  * mtu, built in place: the frame is cut to its Ethernet header and the quote (LB_ICMP4_QUOTE /
  * LB_ICMP6_QUOTE bytes of the IP packet), the new IP and ICMP headers are put in front, from the
- * VIP (the packet's destination) to the client, and the MACs are swapped. Returns enum
- * lb_too_big_ret. */
+ * VIP (the packet's destination) to the client, and the MACs are swapped. The frame carries no
+ * VLAN tag (lb_too_big passes those). Returns enum lb_too_big_ret. */
 static __always_inline int lb_icmp_too_big(struct xdp_md *ctx, __u32 v6, __u32 mtu)
 {
 
@@ -518,6 +576,7 @@ static __always_inline int lb_icmp_too_big(struct xdp_md *ctx, __u32 v6, __u32 m
 /* lb_too_big's who: the frame's family, VIP id and backend id in one argument. */
 #define LB_TB_V6 (1U << 31)
 #define LB_TB_WHO(v6, vid, bid) (((v6) ? LB_TB_V6 : 0) | ((vid) & 0xff) << 16 | ((bid) & 0xffff))
+/* ... and, or'ed in, LB_WHO_TAGS: the number of VLAN tags before the IP header. */
 
 /* The frame for a backend does not fit the egress device, whose MTU less the outer header is mtu;
  * who is LB_TB_WHO(IPv6 frame, VIP id, backend id). An aggregate is passed (an ICMP error would
@@ -531,11 +590,13 @@ __attribute__((noinline)) int lb_too_big(struct xdp_md *ctx, __u32 mtu, __u32 wh
 	__u32 zero = 0, v6 = who & LB_TB_V6, vid = (who >> 16) & 0xff, bid = who & 0xffff;
 	struct lb_stats *st = bpf_map_lookup_elem(&mptcpx_lb_stats, &zero);
 
-	if (lb_aggregate(ctx)) {
+	if (lb_aggregate(ctx, who)) {
 		lb_count(st, LB_STAT_AGGREGATE);
 		return XDP_PASS;
 	}
-	int ret = lb_icmp_too_big(ctx, v6, mtu);
+	/* A VLAN-tagged frame is not answered but passed, untouched: the stack, which knows the VLAN's
+	 * device and its MTU, answers it or drops it. */
+	int ret = LB_WHO_TAGS_OF(who) ? LB_TB_PASS : lb_icmp_too_big(ctx, v6, mtu);
 	if (ret == LB_TB_SENT) {
 		lb_count(st, LB_STAT_ICMP_TOO_BIG);
 		return XDP_TX;
@@ -556,11 +617,13 @@ __attribute__((noinline)) int lb_too_big(struct xdp_md *ctx, __u32 mtu, __u32 wh
 
 /* Does the frame fit the MTU of device ifindex with an outer header of hdr bytes? -1 if it does (or
  * the device is unknown: left to the redirect); else what lb_too_big did, counted. who is
- * LB_TB_WHO(IPv6 frame, VIP id, backend id). Inlined into lb_forward, whose stack holds little. */
+ * LB_TB_WHO(IPv6 frame, VIP id, backend id) with LB_WHO_TAGS: the VLAN tags, which the MTU does
+ * not count. Inlined into lb_forward, whose stack holds little. */
 static __always_inline int lb_ipip_mtu(struct xdp_md *ctx, __u32 ifindex, __u32 hdr, __u32 who)
 {
 	__u32 mtu = 0;
-	if (bpf_check_mtu(ctx, ifindex, &mtu, (int)hdr, 0) != BPF_MTU_CHK_RET_FRAG_NEEDED)
+	int tags = LB_WHO_TAGS_OF(who) * sizeof(struct vlan_hdr_);
+	if (bpf_check_mtu(ctx, ifindex, &mtu, (int)hdr - tags, 0) != BPF_MTU_CHK_RET_FRAG_NEEDED)
 		return -1;
 	return lb_too_big(ctx, mtu - hdr, who);
 }
@@ -627,14 +690,32 @@ static __always_inline int lb_fwd_ipip(struct xdp_md *ctx, const struct lb_backe
 	void *data = (void *)(long)ctx->data;
 	void *data_end = (void *)(long)ctx->data_end;
 	struct ethhdr *eth = data;
+	__u32 ntags = LB_WHO_TAGS_OF(who);
 
+	/* The VLAN tags (tag protocol and control words) move back to follow the MACs, ahead of the
+	 * outer header that now overlaps where they were; the innermost EtherType becomes the outer
+	 * header's. */
+	for (__u32 i = 0; i < MAX_VLAN_TAGS; i++) {
+		if (i >= ntags)
+			break;
+		__u32 *to = data + __builtin_offsetof(struct ethhdr, h_proto) + i * sizeof(struct vlan_hdr_);
+		__u32 *from = (void *)to + hdr;
+		if ((void *)(from + 1) > data_end)
+			return XDP_ABORTED; /* unreachable: the frame just grew by this much */
+		*to = *from;
+	}
+	void *l3 = data + sizeof(*eth) + ntags * sizeof(struct vlan_hdr_);
+	__be16 *etype = l3 - sizeof(__be16);
+
+	if ((void *)(eth + 1) > data_end)
+		return XDP_ABORTED; /* unreachable: the frame just grew by this much */
+	__builtin_memcpy(eth->h_dest, be->mac, ETH_ALEN);
+	__builtin_memcpy(eth->h_source, be->src_mac, ETH_ALEN);
 	if (outer_v6) {
-		struct ipv6hdr *ip6 = data + sizeof(*eth);
+		struct ipv6hdr *ip6 = l3;
 		if ((void *)(ip6 + 1) > data_end)
 			return XDP_ABORTED; /* unreachable: the frame just grew by this much */
-		__builtin_memcpy(eth->h_dest, be->mac, ETH_ALEN);
-		__builtin_memcpy(eth->h_source, be->src_mac, ETH_ALEN);
-		eth->h_proto = ETH_P_IPV6_BE;
+		*etype = ETH_P_IPV6_BE;
 		/* version 6, the inner traffic class, the 5-tuple's hash as flow label (ECMP entropy). */
 		__u32 vtcfl = (6U << 28) | ((__u32)tos << 20) | (hash & 0xfffff);
 		*(__be32 *)ip6 = bpf_htonl(vtcfl);
@@ -644,12 +725,10 @@ static __always_inline int lb_fwd_ipip(struct xdp_md *ctx, const struct lb_backe
 		__builtin_memcpy(&ip6->saddr, be->src_addr, 16);
 		__builtin_memcpy(&ip6->daddr, be->addr, 16);
 	} else {
-		struct iphdr *iph = data + sizeof(*eth);
+		struct iphdr *iph = l3;
 		if ((void *)(iph + 1) > data_end)
 			return XDP_ABORTED; /* unreachable: the frame just grew by this much */
-		__builtin_memcpy(eth->h_dest, be->mac, ETH_ALEN);
-		__builtin_memcpy(eth->h_source, be->src_mac, ETH_ALEN);
-		eth->h_proto = ETH_P_IP_BE;
+		*etype = ETH_P_IP_BE;
 		iph->version = 4;
 		iph->ihl = 5;
 		iph->tos = tos;
@@ -687,7 +766,7 @@ __attribute__((noinline)) int lb_forward(struct xdp_md *ctx, __u32 who, __u32 in
 	/* Generic XDP runs after GRO: an aggregate forwarded whole would be refused by the egress
 	 * device (longer than its MTU) or sent unsegmented. The stack gets it, counted. Native XDP
 	 * never sees one: a frame longer than LB_WIRE_FRAME_MAX is one of a larger MTU there. */
-	if ((long)ctx->data_end - (long)ctx->data > LB_WIRE_FRAME_MAX && lb_aggregate(ctx)) {
+	if ((long)ctx->data_end - (long)ctx->data > LB_WIRE_FRAME_MAX && lb_aggregate(ctx, who)) {
 		__u32 zero = 0;
 		lb_count(bpf_map_lookup_elem(&mptcpx_lb_stats, &zero), LB_STAT_AGGREGATE);
 		return XDP_PASS;
@@ -713,12 +792,35 @@ int mptcpx_lb(struct xdp_md *ctx)
 
 	struct lb_flow_key fk = {.proto = IPPROTO_TCP_};
 	struct tcphdr *th;
-	__u32 inner_len;
+	__u32 inner_len, ntags = 0, l4 = 0;
 	__u8 tos;
 	int v6;
 
-	if (eth->h_proto == ETH_P_IP_BE) {
-		struct iphdr *iph = (void *)(eth + 1);
+	/* Untagged IPv4, and untagged IPv6 with TCP straight after its header, are read at constant
+	 * offsets here: the commonest frames pay for no call and no laundered offset. Every other frame
+	 * (VLAN tags, IPv6 extension headers, and whatever is not IP/TCP at all) is located by the
+	 * shared parser (lb_parse); both paths check the IP header below alike. */
+	__be16 proto = eth->h_proto;
+	struct ipv6hdr *ip6q = (void *)(eth + 1);
+	if (proto == ETH_P_IP_BE) {
+		v6 = 0;
+	} else if (proto == ETH_P_IPV6_BE && (void *)(ip6q + 1) <= data_end && ip6q->nexthdr == IPPROTO_TCP_) {
+		v6 = 1;
+		l4 = sizeof(*eth) + sizeof(*ip6q);
+	} else {
+		int r = lb_parse(ctx);
+		if (r & LB_PARSE_PASS)
+			return XDP_PASS;
+		if (r & LB_PARSE_MALFORMED)
+			goto malformed;
+		v6 = !!(r & LB_PARSE_V6);
+		ntags = (r >> LB_PARSE_TAGS_SHIFT) & LB_PARSE_TAGS_MASK;
+		l4 = r & LB_PARSE_L4_MASK;
+	}
+	void *l3 = data + sizeof(*eth) + ntags * sizeof(struct vlan_hdr_);
+
+	if (!v6) {
+		struct iphdr *iph = l3;
 		if ((void *)(iph + 1) > data_end)
 			goto malformed;
 		__u32 ihl = iph->ihl * 4;
@@ -738,38 +840,38 @@ int mptcpx_lb(struct xdp_md *ctx)
 			goto malformed;
 		}
 		th = (void *)iph + ihl;
+		l4 = sizeof(*eth) + ntags * sizeof(struct vlan_hdr_) + ihl;
 		tos = iph->tos;
-		v6 = 0;
 		((__u32 *)fk.src)[2] = bpf_htonl(0xffff);
 		((__u32 *)fk.src)[3] = iph->saddr;
 		((__u32 *)fk.dst)[2] = bpf_htonl(0xffff);
 		((__u32 *)fk.dst)[3] = iph->daddr;
-	} else if (eth->h_proto == ETH_P_IPV6_BE) {
-		struct ipv6hdr *ip6 = (void *)(eth + 1);
+	} else {
+		struct ipv6hdr *ip6 = l3;
 		if ((void *)(ip6 + 1) > data_end)
 			goto malformed;
 		if (ip6->version != 6)
 			goto malformed;
-		if (ip6->nexthdr != IPPROTO_TCP_)
-			return XDP_PASS;
+		/* The extension headers (lb_parse walked them) are part of the payload. */
+		__u32 ext = l4 - (sizeof(*eth) + ntags * sizeof(struct vlan_hdr_) + sizeof(*ip6));
 		inner_len = bpf_ntohs(ip6->payload_len) + sizeof(*ip6);
-		/* Likewise a payload length of 0 straight before TCP (BIG TCP without a jumbo option). */
+		/* Likewise a payload length of 0 (BIG TCP without a jumbo option). */
 		if (inner_len == sizeof(*ip6)) {
 			long l3_len = data_end - (void *)ip6;
 			if (l3_len <= IP_MAX_LEN + (long)sizeof(*ip6))
 				goto malformed;
 			inner_len = l3_len;
-		} else if (inner_len < sizeof(*ip6) + sizeof(*th) || (void *)ip6 + inner_len > data_end) {
+		} else if (inner_len < sizeof(*ip6) + ext + sizeof(*th) || (void *)ip6 + inner_len > data_end) {
 			goto malformed;
 		}
-		th = (void *)(ip6 + 1);
+		th = data + (l4 & LB_PARSE_L4_MASK);
 		tos = (ip6->priority << 4) | (ip6->flow_lbl[0] >> 4);
-		v6 = 1;
 		__builtin_memcpy(fk.src, &ip6->saddr, 16);
 		__builtin_memcpy(fk.dst, &ip6->daddr, 16);
-	} else {
-		return XDP_PASS;
 	}
+
+	/* The frame's shape, as lb_forward's who needs it: one value kept to the end, not two. */
+	__u32 shape = LB_TB_WHO(v6, 0, 0) | LB_WHO_TAGS(ntags);
 
 	if ((void *)(th + 1) > data_end)
 		goto malformed;
@@ -790,7 +892,7 @@ int mptcpx_lb(struct xdp_md *ctx)
 	int steering = vip->flags & LB_VIP_JOIN_STEERING;
 	int opening = syn && !ack;
 	struct lb_mp mp = {};
-	lb_scan_opts(ctx, st, th, (void *)th - data, syn, ack, steering && opening, &mp);
+	lb_scan_opts(ctx, st, th, l4, syn, ack, steering && opening, &mp);
 
 	/* Looked up after the option scan, and never NULL past here (the ids are below the maps'
 	 * sizes: PutVIP checks), so that the verifier does not walk the scan, or what follows,
@@ -1028,12 +1130,12 @@ forward:;
 	if (vip->forward == LB_FWD_IPIP) {
 		/* The hash is the outer IPv6 header's flow label; an outer IPv4 header has none. */
 		__u32 hash = lb_is_v4mapped(be->addr) ? 0 : lb_flow_hash(&fk);
-		ret = lb_forward(ctx, LB_TB_WHO(v6, vid, bid) | LB_FWD_WHO_IPIP, inner_len, tos, hash);
+		ret = lb_forward(ctx, LB_TB_WHO(0, vid, bid) | shape | LB_FWD_WHO_IPIP, inner_len, tos, hash);
 		if (ret & LB_FWD_SENT)
 			lb_count(st, LB_STAT_FWD_IPIP);
 	} else {
 		/* l2 here, not in lb_forward: a rewrite of two addresses costs less than the call. */
-		if ((long)ctx->data_end - (long)ctx->data > LB_WIRE_FRAME_MAX && lb_aggregate(ctx)) {
+		if ((long)ctx->data_end - (long)ctx->data > LB_WIRE_FRAME_MAX && lb_aggregate(ctx, shape)) {
 			lb_count(st, LB_STAT_AGGREGATE);
 			return XDP_PASS;
 		}

@@ -9,6 +9,7 @@
 #define ETH_P_8021Q_BE bpf_htons(0x8100)
 #define ETH_P_8021AD_BE bpf_htons(0x88A8)
 #define IP_OFFSET_MASK_BE bpf_htons(0x1FFF)
+#define IP_MF_BE bpf_htons(0x2000)
 #define IP6_OFFSET_MASK_BE bpf_htons(0xFFF8)
 
 #define IPPROTO_HOPOPTS_ 0

@@ -46,11 +46,17 @@ enum mx_parse_status {
 	MX_PARSE_MPTCP = 2, /* direct mode only, or'ed in: the frame carries an MPTCP option */
 };
 
-/* The verifier forgets where v came from: it reloads it from map memory as an unknown 16-bit value. */
+/* The verifier forgets where v came from: it reloads it from map memory (slot) as an unknown 16-bit
+ * value. */
+static __always_inline __u32 mx_launder16(__u16 *slot, __u32 v)
+{
+	*(volatile __u16 *)slot = v;
+	return *(volatile __u16 *)slot;
+}
+
 static __always_inline __u32 mx_launder(struct mx_result *r, __u32 v)
 {
-	*(volatile __u16 *)&r->launder = v;
-	return *(volatile __u16 *)&r->launder;
+	return mx_launder16(&r->launder, v);
 }
 
 /* Count one option of class cls. The class goes through map memory (as r->last, which mx_commit
@@ -322,84 +328,80 @@ static __always_inline int mx_parse_tcp(void *data, void *data_end, __u32 l4, st
 	return mx_walk_tcp(data, data_end, l4, r, 0);
 }
 
-/* The network layer: returns the offset of the TCP header, or 0 when there is none to walk. */
-static __always_inline __u32 mx_parse_l3(void *data, void *data_end, struct mx_result *r, int *st)
+/* What mx_parse_hdrs found. */
+enum mx_hdrs_status {
+	MX_HDRS_TCP = 0,       /* a TCP header at h->l4 (of an unfragmented packet, or a first fragment) */
+	MX_HDRS_OTHER = 1,     /* nothing to walk: not IP, another protocol, or a later fragment */
+	MX_HDRS_MALFORMED = 2, /* a broken IP header, or more IPv6 extension headers than walked */
+	MX_HDRS_TRUNCATED = 3, /* a header runs past the frame, or an extension header past MAX_L4_OFFSET */
+};
+
+/* Where the headers of a frame lie, as mx_parse_hdrs found them. */
+struct mx_hdrs {
+	__u32 l3;   /* offset of the IP header: after Ethernet and at most MAX_VLAN_TAGS tags */
+	__u32 l4;   /* offset of the TCP header (MX_HDRS_TCP; it may lie past MAX_L4_OFFSET) */
+	__u32 v6;   /* the IP header is IPv6 */
+	__u32 frag; /* a first fragment: IPv4 with MF, or an IPv6 fragment header of offset 0 */
+};
+
+/* The network layer from offset off of the frame, whose EtherType is proto: IPv4 (options skipped)
+ * or IPv6 and up to MAX_IPV6_EXT_HDRS hop-by-hop, routing, destination options, AH and fragment
+ * headers. Returns enum mx_hdrs_status and fills h (h->l3 = off). scr is a 16-bit slot of map memory
+ * through which the offset of each extension header is laundered (see mx_launder). */
+static __always_inline int mx_parse_ip(void *data, void *data_end, __u32 off, __be16 proto, __u16 *scr,
+				       struct mx_hdrs *h)
 {
-	__u32 off = sizeof(struct ethhdr);
-	struct ethhdr *eth = data;
-
-	*st = MX_PARSE_TRUNCATED;
-	if ((void *)(eth + 1) > data_end)
-		return 0;
-	__be16 proto = eth->h_proto;
-
-	for (int i = 0; i < MAX_VLAN_TAGS; i++) {
-		if (proto != ETH_P_8021Q_BE && proto != ETH_P_8021AD_BE)
-			break;
-		struct vlan_hdr_ *vh = data + off;
-		if ((void *)(vh + 1) > data_end)
-			return 0;
-		proto = vh->encap_proto;
-		off += sizeof(*vh);
-	}
-	*st = MX_PARSE_DONE;
-
+	h->frag = 0;
+	h->l3 = off;
 	if (proto == ETH_P_IP_BE) {
 		struct iphdr *iph = data + off;
-		if ((void *)(iph + 1) > data_end) {
-			*st = MX_PARSE_TRUNCATED;
-			return 0;
-		}
+		h->v6 = 0;
+		if ((void *)(iph + 1) > data_end)
+			return MX_HDRS_TRUNCATED;
 		__u32 ihl = iph->ihl * 4;
-		if (iph->version != 4 || ihl < sizeof(*iph)) {
-			mx_add(r, MX_MALFORMED);
-			return 0;
-		}
-		if ((void *)iph + ihl > data_end) {
-			*st = MX_PARSE_TRUNCATED;
-			return 0;
-		}
+		if (iph->version != 4 || ihl < sizeof(*iph))
+			return MX_HDRS_MALFORMED;
+		if ((void *)iph + ihl > data_end)
+			return MX_HDRS_TRUNCATED;
 		/* A non-first fragment has no TCP header to read. */
 		if (iph->protocol != IPPROTO_TCP_ || (iph->frag_off & IP_OFFSET_MASK_BE))
-			return 0;
-		return off + ihl;
+			return MX_HDRS_OTHER;
+		h->frag = (iph->frag_off & IP_MF_BE) != 0;
+		h->l4 = off + ihl;
+		return MX_HDRS_TCP;
 	}
 
 	if (proto != ETH_P_IPV6_BE)
-		return 0;
+		return MX_HDRS_OTHER;
 	struct ipv6hdr *ip6 = data + off;
-	if ((void *)(ip6 + 1) > data_end) {
-		*st = MX_PARSE_TRUNCATED;
-		return 0;
-	}
-	if (ip6->version != 6) {
-		mx_add(r, MX_MALFORMED);
-		return 0;
-	}
+	h->v6 = 1;
+	if ((void *)(ip6 + 1) > data_end)
+		return MX_HDRS_TRUNCATED;
+	if (ip6->version != 6)
+		return MX_HDRS_MALFORMED;
 	__u8 next = ip6->nexthdr;
 	off += sizeof(*ip6);
 
 	for (int i = 0; i < MAX_IPV6_EXT_HDRS; i++) {
-		if (next == IPPROTO_TCP_)
-			return off;
+		if (next == IPPROTO_TCP_) {
+			h->l4 = off;
+			return MX_HDRS_TCP;
+		}
 		if (next != IPPROTO_HOPOPTS_ && next != IPPROTO_ROUTING_ && next != IPPROTO_DSTOPTS_ &&
 		    next != IPPROTO_AH_ && next != IPPROTO_FRAGMENT_)
-			return 0; /* another upper-layer protocol */
-		off = mx_launder(r, off);
-		if (off > MAX_L4_OFFSET) {
-			*st = MX_PARSE_TRUNCATED;
-			return 0;
-		}
+			return MX_HDRS_OTHER; /* another upper-layer protocol */
+		off = mx_launder16(scr, off);
+		if (off > MAX_L4_OFFSET)
+			return MX_HDRS_TRUNCATED;
 		struct ipv6_ext_hdr_ *eh = data + off;
-		if ((void *)eh + sizeof(struct frag_hdr_) > data_end) {
-			/* Every extension header is at least 8 bytes long. */
-			*st = MX_PARSE_TRUNCATED;
-			return 0;
-		}
+		/* Every extension header is at least 8 bytes long. */
+		if ((void *)eh + sizeof(struct frag_hdr_) > data_end)
+			return MX_HDRS_TRUNCATED;
 		if (next == IPPROTO_FRAGMENT_) {
 			/* A non-first fragment has no TCP header to read. */
 			if (((struct frag_hdr_ *)eh)->frag_off & IP6_OFFSET_MASK_BE)
-				return 0;
+				return MX_HDRS_OTHER;
+			h->frag = 1;
 			next = eh->nexthdr;
 			off += sizeof(struct frag_hdr_);
 		} else if (next == IPPROTO_AH_) {
@@ -410,16 +412,56 @@ static __always_inline __u32 mx_parse_l3(void *data, void *data_end, struct mx_r
 			off += (eh->hdrlen + 1) * 8;
 		}
 		/* The whole extension header must be there, whatever follows it. */
-		if (data + off > data_end) {
-			*st = MX_PARSE_TRUNCATED;
-			return 0;
-		}
+		if (data + off > data_end)
+			return MX_HDRS_TRUNCATED;
 	}
-	if (next == IPPROTO_TCP_)
-		return off;
+	if (next == IPPROTO_TCP_) {
+		h->l4 = off;
+		return MX_HDRS_TCP;
+	}
 	/* More extension headers than we walk: we cannot tell what follows. */
 	if (next == IPPROTO_HOPOPTS_ || next == IPPROTO_ROUTING_ || next == IPPROTO_DSTOPTS_ ||
 	    next == IPPROTO_AH_ || next == IPPROTO_FRAGMENT_)
+		return MX_HDRS_MALFORMED;
+	return MX_HDRS_OTHER;
+}
+
+/* The link and network layers of the frame, shared by every program: Ethernet, up to MAX_VLAN_TAGS
+ * 802.1Q/802.1AD tags, then the network layer (mx_parse_ip). Returns enum mx_hdrs_status and fills
+ * h. */
+static __always_inline int mx_parse_hdrs(void *data, void *data_end, __u16 *scr, struct mx_hdrs *h)
+{
+	__u32 off = sizeof(struct ethhdr);
+	struct ethhdr *eth = data;
+
+	if ((void *)(eth + 1) > data_end)
+		return MX_HDRS_TRUNCATED;
+	__be16 proto = eth->h_proto;
+
+	for (int i = 0; i < MAX_VLAN_TAGS; i++) {
+		if (proto != ETH_P_8021Q_BE && proto != ETH_P_8021AD_BE)
+			break;
+		struct vlan_hdr_ *vh = data + off;
+		if ((void *)(vh + 1) > data_end)
+			return MX_HDRS_TRUNCATED;
+		proto = vh->encap_proto;
+		off += sizeof(*vh);
+	}
+	return mx_parse_ip(data, data_end, off, proto, scr, h);
+}
+
+/* The network layer: returns the offset of the TCP header, or 0 when there is none to walk. */
+static __always_inline __u32 mx_parse_l3(void *data, void *data_end, struct mx_result *r, int *st)
+{
+	struct mx_hdrs h;
+	int hs = mx_parse_hdrs(data, data_end, &r->launder, &h);
+
+	*st = MX_PARSE_DONE;
+	if (hs == MX_HDRS_TCP)
+		return h.l4;
+	if (hs == MX_HDRS_TRUNCATED)
+		*st = MX_PARSE_TRUNCATED;
+	else if (hs == MX_HDRS_MALFORMED)
 		mx_add(r, MX_MALFORMED);
 	return 0;
 }
@@ -511,43 +553,45 @@ static __always_inline void mx_commit(struct mx_counters *c, struct mx_result *r
 /* What mx_ip_tcp_dst found. */
 enum mx_ip_dst {
 	MX_IP_DST_TCP = 0,       /* an unfragmented TCP segment: addr and port are set */
-	MX_IP_DST_OTHER = 1,     /* another protocol, a fragment, or IPv6 extension headers */
+	MX_IP_DST_OTHER = 1,     /* another protocol, or a fragment */
 	MX_IP_DST_MALFORMED = 2, /* a broken IP header, or the headers run past the frame */
 };
 
-/* The destination of the IP packet at ip (no link-layer header before it), of IP version v (4 or
- * 6): its address (IPv4 as ::ffff:a.b.c.d) and TCP destination port, as the balancer's VIP lookup
- * sees them. An IPv4 header may carry options; an IPv6 header carries TCP directly, since the
- * balancer forwards no IPv6 extension header and no fragment. Pure, like the rest of this file. */
-static __always_inline int mx_ip_tcp_dst(void *ip, void *data_end, int v, __u8 addr[16], __be16 *port)
+/* The destination of the IP packet at offset off of the frame (no link-layer header before it), of
+ * IP version v (4 or 6): its address (IPv4 as ::ffff:a.b.c.d) and TCP destination port, as the
+ * balancer's VIP lookup sees them. The headers are read as mx_parse_ip reads them (IPv4 options,
+ * IPv6 extension headers: the balancer forwards those), with scr its laundering slot. Pure, like
+ * the rest of this file. */
+static __always_inline int mx_ip_tcp_dst(void *data, void *data_end, __u32 off, int v, __u16 *scr,
+					 __u8 addr[16], __be16 *port)
 {
-	struct tcphdr *th;
+	struct mx_hdrs h;
+	int hs = mx_parse_ip(data, data_end, off, v == 4 ? ETH_P_IP_BE : ETH_P_IPV6_BE, scr, &h);
 
+	if (hs == MX_HDRS_OTHER)
+		return MX_IP_DST_OTHER;
+	if (hs != MX_HDRS_TCP || h.l4 > MAX_L4_OFFSET)
+		return MX_IP_DST_MALFORMED;
+	if (h.frag)
+		return MX_IP_DST_OTHER;
+	struct tcphdr *th = data + (h.l4 & 0x7ff);
+	if ((void *)(th + 1) > data_end)
+		return MX_IP_DST_MALFORMED;
+	*port = th->dest;
+	void *ip = data + (off & 0x7ff);
 	if (v == 4) {
 		struct iphdr *iph = ip;
 		if ((void *)(iph + 1) > data_end)
 			return MX_IP_DST_MALFORMED;
-		__u32 ihl = iph->ihl * 4;
-		if (iph->version != 4 || ihl < sizeof(*iph) || ip + ihl > data_end)
-			return MX_IP_DST_MALFORMED;
-		if (iph->protocol != IPPROTO_TCP_ || (iph->frag_off & bpf_htons(0x3fff)))
-			return MX_IP_DST_OTHER; /* MF set or an offset: a fragment */
 		__builtin_memset(addr, 0, 10);
 		addr[10] = 0xff;
 		addr[11] = 0xff;
 		__builtin_memcpy(addr + 12, &iph->daddr, 4);
-		th = ip + ihl;
 	} else {
 		struct ipv6hdr *ip6 = ip;
-		if ((void *)(ip6 + 1) > data_end || ip6->version != 6)
+		if ((void *)(ip6 + 1) > data_end)
 			return MX_IP_DST_MALFORMED;
-		if (ip6->nexthdr != IPPROTO_TCP_)
-			return MX_IP_DST_OTHER;
 		__builtin_memcpy(addr, &ip6->daddr, 16);
-		th = (void *)(ip6 + 1);
 	}
-	if ((void *)(th + 1) > data_end)
-		return MX_IP_DST_MALFORMED;
-	*port = th->dest;
 	return MX_IP_DST_TCP;
 }

@@ -43,6 +43,7 @@ type LbDecapLbVipKey struct {
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
 	LbDecapMapMptcpxDcAddrs = "mptcpx_dc_addrs"
+	LbDecapMapMptcpxDcScr   = "mptcpx_dc_scr"
 	LbDecapMapMptcpxDcStats = "mptcpx_dc_stats"
 	LbDecapMapMptcpxDcVips  = "mptcpx_dc_vips"
 	LbDecapProgMptcpxDecap  = "mptcpx_decap"
@@ -99,6 +100,7 @@ type LbDecapProgramSpecs struct {
 // It can be passed ebpf.CollectionSpec.Assign.
 type LbDecapMapSpecs struct {
 	MptcpxDcAddrs *ebpf.MapSpec `ebpf:"mptcpx_dc_addrs"`
+	MptcpxDcScr   *ebpf.MapSpec `ebpf:"mptcpx_dc_scr"`
 	MptcpxDcStats *ebpf.MapSpec `ebpf:"mptcpx_dc_stats"`
 	MptcpxDcVips  *ebpf.MapSpec `ebpf:"mptcpx_dc_vips"`
 }
@@ -131,6 +133,7 @@ func (o *LbDecapObjects) Close() error {
 // It can be passed to LoadLbDecapObjects or ebpf.CollectionSpec.LoadAndAssign.
 type LbDecapMaps struct {
 	MptcpxDcAddrs *ebpf.Map `ebpf:"mptcpx_dc_addrs"`
+	MptcpxDcScr   *ebpf.Map `ebpf:"mptcpx_dc_scr"`
 	MptcpxDcStats *ebpf.Map `ebpf:"mptcpx_dc_stats"`
 	MptcpxDcVips  *ebpf.Map `ebpf:"mptcpx_dc_vips"`
 }
@@ -138,6 +141,7 @@ type LbDecapMaps struct {
 func (m *LbDecapMaps) Close() error {
 	return _LbDecapClose(
 		m.MptcpxDcAddrs,
+		m.MptcpxDcScr,
 		m.MptcpxDcStats,
 		m.MptcpxDcVips,
 	)

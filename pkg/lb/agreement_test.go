@@ -36,6 +36,7 @@ import (
 	"github.com/mptcp-xdp/mptcp-xdp/pkg/control"
 	"github.com/mptcp-xdp/mptcp-xdp/pkg/datapath"
 	"github.com/mptcp-xdp/mptcp-xdp/pkg/lb"
+	"github.com/mptcp-xdp/mptcp-xdp/pkg/mptcp"
 )
 
 // maxFrame keeps frames inside what BPF_PROG_TEST_RUN takes for XDP without fragments (a page less
@@ -120,6 +121,36 @@ func TestBalancerAgreementCatchesWrongModel(t *testing.T) {
 			func(d divergence) bool { return d.tables && !d.verdict && !d.output }},
 		{"rate guard's limit", func(m *lbModel) { m.flowRate = 3 },
 			func(d divergence) bool { return d.tables && !d.verdict && !d.output }},
+		// The parsing the fuzz compares with pkg/mptcp's: a model that read headers or options
+		// otherwise than the reference parser would be caught.
+		{"parser that ignores VLAN tags", func(m *lbModel) {
+			m.locate = func(f []byte) mptcp.Headers {
+				if len(f) >= 14 && (f[12] == 0x81 || f[12] == 0x88) {
+					return mptcp.Headers{Status: mptcp.HeadersOther}
+				}
+				return mptcp.Locate(f)
+			}
+		}, func(d divergence) bool { return d.verdict || d.malformed }},
+		{"parser that stops at IPv6 extension headers", func(m *lbModel) {
+			m.locate = func(f []byte) mptcp.Headers {
+				h := mptcp.Locate(f)
+				if h.IPv6 && h.L4 != h.L3+40 {
+					return mptcp.Headers{Status: mptcp.HeadersOther}
+				}
+				return h
+			}
+		}, func(d divergence) bool { return d.verdict || d.malformed }},
+		{"parser that reads one VLAN tag only", func(m *lbModel) {
+			m.locate = func(f []byte) mptcp.Headers {
+				if h := mptcp.Locate(f); h.VLANTags < 2 {
+					return h
+				}
+				return mptcp.Headers{Status: mptcp.HeadersOther}
+			}
+		}, func(d divergence) bool { return d.verdict || d.malformed }},
+		{"option classes that ignore the ACK flag", func(m *lbModel) {
+			m.classify = func(o []byte, syn, _ bool) mptcp.Class { return mptcp.ClassifyOption(o, syn, false) }
+		}, func(d divergence) bool { return d.diverged() }},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			wrong := h.model.clone()
@@ -1107,6 +1138,82 @@ func seedFrames(tb testing.TB) []seed {
 		hbh := []byte{protoTCP, 0, 1, 4, 0, 0, 0, 0} // TCP next, 8 bytes, PadN
 		return slices.Concat(f[:54], hbh, f[54:])
 	})
+	// Other shapes of frame, which the balancer reads with the shared parser (mx_parse_hdrs) and
+	// the model with pkg/mptcp's: VLAN tags (802.1Q, 802.1ad), IPv6 extension headers.
+	tagged := func(name string, p pkt, tags ...[]byte) {
+		patched(name, p, func(f []byte) []byte { return slices.Concat(f[:12], slices.Concat(tags...), f[12:]) })
+	}
+	q1 := []byte{0x81, 0x00, 0x20, 0x64}   // 802.1Q, priority 1, VLAN 100
+	qinq := []byte{0x88, 0xa8, 0xa7, 0xd0} // 802.1ad, priority 5, VLAN 2000
+	tagged("two tags: SYN to C (ipip)", pkt{src: cNew, dst: vipC, flags: "S", opts: linuxSYN}, qinq, q1)
+	tagged("one tag: SYN to B (ipip, IPv6)", pkt{src: cNw6, dst: vipB, flags: "S", opts: linuxSYN}, q1)
+	tagged("two tags: SYN to D (l2, IPv6)", pkt{src: cNw6, dst: vipD, flags: "S", opts: linuxSYN}, qinq, q1)
+	tagged("one tag: data of a2", pkt{src: cA2, dst: vipA, flags: "PA", opts: []layers.TCPOption{nop, nop, optDSS()}, payload: []byte("data")}, q1)
+	tagged("two tags: data of b1 (ipip)", pkt{src: cB1, dst: vipB, flags: "PA", opts: []layers.TCPOption{nop, nop, optDSS()}, payload: []byte("data")}, qinq, q1)
+	tagged("one tag: MP_JOIN SYN, known token", pkt{src: cNew, dst: vipA, flags: "S", opts: []layers.TCPOption{optJoin(tokenOf(keyA2)), nop, optWS}}, q1)
+	tagged("two tags: MP_JOIN SYN, unknown token (drop)", pkt{src: cNew, dst: vipA, flags: "S", opts: []layers.TCPOption{optJoin(0xdeadbeef)}}, qinq, q1)
+	tagged("one tag: MP_CAPABLE ACK on a1", pkt{src: cA1, dst: vipA, flags: "A", opts: []layers.TCPOption{nop, nop, optCapableACK(keyFresh)}}, q1)
+	tagged("three tags: not read past two", pkt{src: cNew, dst: vipA, flags: "S"}, qinq, q1, q1)
+	tagged("one tag: IPv4 first fragment", pkt{src: cNew, dst: vipA, flags: "S"}, q1)
+	out[len(out)-1].frame[18+6] |= 0x20
+	tagged("one tag, IPv4 version 5", pkt{src: cNew, dst: vipA, flags: "S"}, q1)
+	out[len(out)-1].frame[18] = 0x55
+	head := pkt{src: cNew, dst: vipA, flags: "S"}.frame(tb)[:12]
+	add("one tag, cut", slices.Concat(head, q1[:3]))
+	add("two tags, the second cut", slices.Concat(head, qinq, q1[:2]))
+	add("one tag, IPv4 header cut", slices.Concat(head, q1, []byte{0x08, 0x00, 0x45, 0}))
+	ext := func(name string, p pkt, hdrs ...[]byte) {
+		// hdrs: each an extension header whose first byte is its own protocol number, which becomes
+		// the previous header's next header; the last one's next header is TCP.
+		patched(name, p, func(f []byte) []byte {
+			var chain []byte
+			prev := 14 + 6 // the IPv6 header's next header
+			for _, h := range hdrs {
+				h = slices.Clone(h)
+				f[prev] = h[0]
+				f = slices.Concat(f[:54+len(chain)], h, f[54+len(chain):])
+				prev = 54 + len(chain)
+				f[prev] = protoTCP
+				chain = append(chain, h...)
+			}
+			binary.BigEndian.PutUint16(f[18:], binary.BigEndian.Uint16(f[18:])+uint16(len(chain)))
+			return f
+		})
+	}
+	hbh := []byte{0, 0, 1, 4, 0, 0, 0, 0}                    // hop-by-hop, PadN
+	rt := []byte{43, 0, 4, 0, 0, 0, 0, 0}                    // routing, type 4, segments left 0
+	dst := append([]byte{60, 1, 1, 12}, make([]byte, 12)...) // destination options, 16 bytes, PadN
+	frag0 := []byte{44, 0, 0, 0, 1, 2, 3, 4}                 // fragment header, offset 0, last
+	frag0m := []byte{44, 0, 0, 1, 1, 2, 3, 4}                // offset 0, more
+	fragLater := []byte{44, 0, 0, 0x40, 1, 2, 3, 4}          // offset 8
+	ah := []byte{51, 1, 0, 0, 0, 0, 0, 1, 0, 0, 0, 2}        // AH, 12 bytes (SPI, sequence number)
+	ext("IPv6 SYN to B (ipip) behind hop-by-hop, routing, destination options", pkt{src: cNw6, dst: vipB, flags: "S", opts: linuxSYN}, hbh, rt, dst)
+	ext("IPv6 SYN to D (l2) behind destination options", pkt{src: cNw6, dst: vipD, flags: "S", opts: linuxSYN}, dst)
+	ext("IPv6 data of b1 behind a routing header", pkt{src: cB1, dst: vipB, flags: "PA", opts: []layers.TCPOption{nop, nop, optDSS()}, payload: []byte("data")}, rt)
+	ext("IPv6 MP_JOIN SYN to B behind hop-by-hop, idle token", pkt{src: cNw6, dst: vipB, flags: "S", opts: []layers.TCPOption{optJoin(tokenOf(keyB1))}}, hbh)
+	ext("IPv6 MP_CAPABLE ACK on b2 behind hop-by-hop", pkt{src: cB2, dst: vipB, flags: "A", opts: []layers.TCPOption{optCapableACK(keyFresh)}}, hbh)
+	ext("IPv6 SYN to B behind AH", pkt{src: cNw6, dst: vipB, flags: "S"}, ah)
+	ext("IPv6 first fragment (last) to B", pkt{src: cNw6, dst: vipB, flags: "S"}, frag0)
+	ext("IPv6 first fragment (more) to D", pkt{src: cNw6, dst: vipD, flags: "S"}, hbh, frag0m)
+	ext("IPv6 later fragment to B", pkt{src: cNw6, dst: vipB, flags: "S"}, fragLater)
+	nine := make([][]byte, 9)
+	for i := range nine {
+		nine[i] = []byte{60, 0, 1, 4, 0, 0, 0, 0}
+	}
+	ext("IPv6 nine destination options headers", pkt{src: cNw6, dst: vipB, flags: "S"}, nine...)
+	ext("IPv6 eight destination options headers", pkt{src: cNw6, dst: vipB, flags: "S"}, nine[:8]...)
+	ext("IPv6 hop-by-hop header past the frame", pkt{src: cNw6, dst: vipB, flags: "S"}, []byte{0, 200, 1, 4, 0, 0, 0, 0})
+	ext("IPv6 payload length short of the extension headers", pkt{src: cNw6, dst: vipB, flags: "S"}, hbh, rt)
+	out[len(out)-1].frame[19] -= 16
+	tagged("two tags: IPv6 SYN to B", pkt{src: cNw6, dst: vipB, flags: "S", opts: linuxSYN}, qinq, q1)
+	{ // two tags and a hop-by-hop header
+		f := slices.Clone(out[len(out)-1].frame)
+		f[22+6] = 0
+		f = slices.Concat(f[:62], hbh, f[62:])
+		f[62] = protoTCP
+		f[22+5] += 8
+		add("two tags: IPv6 SYN to B behind hop-by-hop", f)
+	}
 	patched("IPv6 to the IPv4-mapped form of A", pkt{src: cNw6, dst: netip.AddrPortFrom(netip.AddrFrom16(vipA.Addr().As16()), 80), flags: "S"},
 		func(f []byte) []byte { return f })
 

@@ -178,7 +178,7 @@ func TestMalformedPasses(t *testing.T) {
 		{"ipv6 payload length past the frame", mod(v6, func(f []byte) []byte { f[18], f[19] = 0x05, 0xdc; return f }), true},
 		{"ipv4 fragment", mod(v4, func(f []byte) []byte { f[20], f[21] = 0x20, 0x10; return f }), false},
 		{"udp to the vip", mod(v4, func(f []byte) []byte { f[14+9] = 17; return f }), false},
-		{"ipv6 with a hop-by-hop header", mod(v6, func(f []byte) []byte { f[20] = 0; return f }), false},
+		{"ipv6 hop-by-hop header past the frame", mod(v6, func(f []byte) []byte { f[20], f[14+40+1] = 0, 200; return f }), true},
 		{"not a vip port", mod(v4, func(f []byte) []byte { f[14+20+2], f[14+20+3] = 0, 81; return f }), false},
 		{"not a vip address", mod(v4, func(f []byte) []byte { f[14+19] = 99; return f }), false},
 		{"arp", mod(v4, func(f []byte) []byte { f[12], f[13] = 0x08, 0x06; return f }), false},

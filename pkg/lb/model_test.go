@@ -5,9 +5,12 @@ package lb_test
 // afterwards. FuzzBalancerAgreement (agreement_test.go) runs the same frames through the loaded
 // program and this model and requires the same answers.
 //
-// The model parses frames with its own byte-level reader (Ethernet II, IPv4 with options, IPv6
-// without extension headers, TCP and its options) and decides from the configuration the harness
-// loaded and the table contents before the frame. It computes the Maglev slot with lb.FlowHash
+// The model finds the headers with pkg/mptcp (mptcp.Locate: Ethernet, VLAN tags, IPv4 with options,
+// IPv6 with extension headers), walks and classifies the TCP options with it (mptcp.WalkOptions,
+// mptcp.ClassifyOption), so that the fuzz compares the balancer's parsing with the reference
+// parser the counting datapath is fuzzed against; it reads the fields the balancer uses (lengths,
+// addresses, ports, token, key) itself, and decides from the configuration the harness loaded and
+// the table contents before the frame. It computes the Maglev slot with lb.FlowHash
 // over rings from control.Maglev, and tokens with lb.ServerToken; nothing is asked of the program.
 //
 // Where docs/lb.md is silent, the model follows what the C source does, and says so:
@@ -31,6 +34,7 @@ import (
 
 	"github.com/mptcp-xdp/mptcp-xdp/pkg/datapath"
 	"github.com/mptcp-xdp/mptcp-xdp/pkg/lb"
+	"github.com/mptcp-xdp/mptcp-xdp/pkg/mptcp"
 )
 
 // XDP verdicts.
@@ -96,6 +100,10 @@ type lbModel struct {
 	ingress                     int // ingress ifindex of BPF_PROG_TEST_RUN (the netns's lo)
 	// flowRate is the loaded lb_new_flow_rate (0: no guard).
 	flowRate uint32
+	// locate and classify are pkg/mptcp's parser (mptcp.Locate, mptcp.ClassifyOption) unless a
+	// test gives the model a wrong one (TestBalancerAgreementCatchesWrongModel).
+	locate   func(frame []byte) mptcp.Headers
+	classify func(opt []byte, syn, ack bool) mptcp.Class
 }
 
 // guardWindow is LB_GUARD_WINDOW_NS.
@@ -172,44 +180,34 @@ type mpOption struct {
 	malformed  bool
 }
 
-// scanOptions walks the option block to its end (docs/lb.md: the walk covers all 40 option bytes,
-// any number of NOPs) and stops at the first option that matters: an MP_JOIN of length 12 on a SYN
-// without ACK, or a version-1 MP_CAPABLE of length 20, 22 or 24 (both keys) on an ACK without SYN.
-// An option whose length byte is missing, below 2 or past the block is malformed and ends the walk.
-func scanOptions(opts []byte, syn, ack bool) mpOption {
+// scanOptions walks the option block as pkg/mptcp walks it (mptcp.WalkOptions: all 40 option bytes,
+// any number of NOPs, as docs/lb.md says) and stops at the first option that matters, by
+// pkg/mptcp's classes: an MP_JOIN SYN (mptcp.MPJoinSYN), or an MP_CAPABLE with both keys
+// (mptcp.MPCapableACK or MPCapableData) on an ACK, of version 1. A malformed option (its length
+// byte missing, below 2 or past the block) ends the walk.
+func (m *lbModel) scanOptions(opts []byte, syn, ack bool) mpOption {
 	var mp mpOption
-	for off := 0; off < len(opts); {
-		kind := opts[off]
-		switch kind {
-		case 0: // EOL
-			return mp
-		case 1: // NOP
-			off++
-			continue
-		}
-		if off+2 > len(opts) {
-			mp.malformed = true
-			return mp
-		}
-		n := int(opts[off+1])
-		if n < 2 || off+n > len(opts) {
-			mp.malformed = true
-			return mp
-		}
-		o := opts[off : off+n]
-		if kind == mptcpKind && n >= 12 {
-			sub := o[2] >> 4
-			if sub == mpJoin && syn && !ack && n == 12 {
-				mp.join, mp.token = true, binary.BigEndian.Uint32(o[4:8])
-				return mp
-			}
-			if sub == mpCapable && !syn && ack && o[2]&0x0f == 1 && (n == 20 || n == 22 || n == 24) {
-				mp.keys, mp.rkey = true, binary.BigEndian.Uint64(o[12:20])
-				return mp
-			}
-		}
-		off += n
+	classify := mptcp.ClassifyOption
+	if m.classify != nil {
+		classify = m.classify
 	}
+	bad := mptcp.WalkOptions(opts, func(o []byte) bool {
+		if o[0] != mptcpKind {
+			return true
+		}
+		switch classify(o, syn, ack) {
+		case mptcp.MPJoinSYN: // address id, then the receiver's token
+			mp.join, mp.token = true, binary.BigEndian.Uint32(o[4:8])
+			return false
+		case mptcp.MPCapableACK, mptcp.MPCapableData: // flags, sender's key, receiver's key
+			if ack && o[2]&0x0f == 1 {
+				mp.keys, mp.rkey = true, binary.BigEndian.Uint64(o[12:20])
+				return false
+			}
+		}
+		return true
+	})
+	mp.malformed = bad != nil
 	return mp
 }
 
@@ -261,30 +259,37 @@ func (m *lbModel) decide(frame []byte, before tables, now uint64) outcome {
 	if len(frame) < ethHLen {
 		return pass("shorter than an Ethernet header")
 	}
+	// Where the headers lie, by the one Go parser (pkg/mptcp, the reference of the shared C one).
+	locate := mptcp.Locate
+	if m.locate != nil {
+		locate = m.locate
+	}
+	h := locate(frame)
+	switch h.Status {
+	case mptcp.HeadersOther:
+		return pass("no TCP header to read (not IP, not TCP, or a later fragment)")
+	case mptcp.HeadersMalformed:
+		return malformed("broken IP header, or too many IPv6 extension headers")
+	case mptcp.HeadersTruncated:
+		return malformed("a header runs past the frame")
+	}
+	if h.L4 > mptcp.MaxL4Offset {
+		return malformed(fmt.Sprintf("TCP header at %d, past MaxL4Offset", h.L4))
+	}
+	if h.Fragment {
+		return pass("first fragment")
+	}
 	var (
 		src, dst [16]byte
-		ipOff    = ethHLen
+		ipOff    = h.L3
 		ipLen    int // the IP packet's length (header included), from its header
-		tcpOff   int
+		tcpOff   = h.L4
 		tos      uint8
-		v6       bool
+		v6       = h.IPv6
 	)
-	switch be16(frame[12:14]) {
-	case ethPIPv4:
-		if len(frame) < ipOff+20 {
-			return malformed("IPv4 header truncated")
-		}
-		ip := frame[ipOff:]
-		ihl := int(ip[0]&0x0f) * 4
-		if ip[0]>>4 != 4 || ihl < 20 || ipOff+ihl > len(frame) {
-			return malformed(fmt.Sprintf("IPv4 version %d, header length %d", ip[0]>>4, ihl))
-		}
-		if ip[9] != protoTCP {
-			return pass(fmt.Sprintf("IPv4 protocol %d, not TCP", ip[9]))
-		}
-		if be16(ip[6:8])&0x3fff != 0 {
-			return pass("IPv4 fragment")
-		}
+	ip := frame[ipOff:]
+	if !v6 {
+		ihl := tcpOff - ipOff
 		ipLen = int(be16(ip[2:4]))
 		if ipLen < ihl+20 || ipOff+ipLen > len(frame) {
 			return malformed(fmt.Sprintf("IPv4 total length %d", ipLen))
@@ -292,28 +297,17 @@ func (m *lbModel) decide(frame []byte, before tables, now uint64) outcome {
 		tos = ip[1]
 		src = netip.AddrFrom4([4]byte(ip[12:16])).As16()
 		dst = netip.AddrFrom4([4]byte(ip[16:20])).As16()
-		tcpOff = ipOff + ihl
-	case ethPIPv6:
-		if len(frame) < ipOff+40 {
-			return malformed("IPv6 header truncated")
-		}
-		ip := frame[ipOff:]
-		if ip[0]>>4 != 6 {
-			return malformed(fmt.Sprintf("IPv6 version %d", ip[0]>>4))
-		}
-		if ip[6] != protoTCP {
-			return pass(fmt.Sprintf("IPv6 next header %d, not TCP (extension headers are not handled)", ip[6]))
-		}
+	} else {
+		// The extension headers are part of the payload.
 		ipLen = int(be16(ip[4:6])) + 40
-		if ipLen < 40+20 || ipOff+ipLen > len(frame) {
+		if ipLen < tcpOff-ipOff+20 || ipOff+ipLen > len(frame) {
 			return malformed(fmt.Sprintf("IPv6 payload length %d", ipLen-40))
 		}
 		tos = ip[0]<<4 | ip[1]>>4
 		src, dst = [16]byte(ip[8:24]), [16]byte(ip[24:40])
-		tcpOff = ipOff + 40
-		v6 = true
-	default:
-		return pass(fmt.Sprintf("ethertype %#04x", be16(frame[12:14])))
+	}
+	if len(frame) < tcpOff+20 {
+		return malformed("TCP header truncated")
 	}
 	th := frame[tcpOff:]
 	thl := int(th[12]>>4) * 4
@@ -331,7 +325,7 @@ func (m *lbModel) decide(frame []byte, before tables, now uint64) outcome {
 	o.note("%s -> %s: VIP id %d (steering %v, %v, unknown join %v)", key.Src, key.Dst, vip.ID, vip.JoinSteering, vip.Forward, vip.UnknownJoin)
 
 	syn, ack := th[13]&0x02 != 0, th[13]&0x10 != 0
-	mp := scanOptions(th[20:thl], syn, ack)
+	mp := m.scanOptions(th[20:thl], syn, ack)
 	switch {
 	case mp.join:
 		o.note("MP_JOIN SYN, token %08x", mp.token)
@@ -539,7 +533,7 @@ func (m *lbModel) decide(frame []byte, before tables, now uint64) outcome {
 		o.note("encapsulated length %d over 65535: XDP_PASS, untouched", ipLen+outerLen(be))
 		return o
 	}
-	o.out = encapsulate(frame, be, v6, ipLen, tos, hash)
+	o.out = encapsulate(frame, be, ipOff, v6, ipLen, tos, hash)
 	o.note("ipip to %s: %s", be.Addr, verdictName(o.verdict))
 	return o
 }
@@ -567,9 +561,10 @@ func (m *lbModel) learn(o *outcome, vipID uint32, rkey uint64, bid uint32, now u
 }
 
 // encapsulate is the frame sent to backend be in ipip mode: an Ethernet header to the backend's
-// next hop, an outer header of be.Addr's family, then the client's IP packet and whatever followed
-// it in the frame.
-func encapsulate(frame []byte, be lb.Backend, innerV6 bool, innerLen int, tos uint8, hash uint32) []byte {
+// next hop with the frame's VLAN tags (the IP header was at ipOff), the innermost EtherType the
+// outer header's, an outer header of be.Addr's family, then the client's IP packet and whatever
+// followed it in the frame.
+func encapsulate(frame []byte, be lb.Backend, ipOff int, innerV6 bool, innerLen int, tos uint8, hash uint32) []byte {
 	proto := byte(protoIPIP)
 	if innerV6 {
 		proto = protoIPv6
@@ -602,9 +597,10 @@ func encapsulate(frame []byte, be lb.Backend, innerV6 bool, innerLen int, tos ui
 	out := make([]byte, 0, len(frame)+len(outer))
 	out = append(out, be.MAC...)
 	out = append(out, be.SrcMAC...)
+	out = append(out, frame[12:ipOff-2]...) // the tags
 	out = binary.BigEndian.AppendUint16(out, ethType)
 	out = append(out, outer...)
-	return append(out, frame[ethHLen:]...)
+	return append(out, frame[ipOff:]...)
 }
 
 // outerLen is the length of the outer IP header toward be.

@@ -62,47 +62,53 @@ func (r *Result) Packets() [NumPacketCounters]uint64 {
 
 // Wire constants.
 const (
-	etherTypeIPv4   = 0x0800
-	etherTypeIPv6   = 0x86dd
-	etherTypeVLAN   = 0x8100 // 802.1Q
-	etherTypeQinQ   = 0x88a8 // 802.1ad
-	ethHeaderLen    = 14
-	vlanTagLen      = 4
-	ipv4MinHeader   = 20
-	ipv6HeaderLen   = 40
-	ipv6FragHdrLen  = 8
-	tcpMinHeader    = 20
-	protoHopByHop   = 0
-	protoTCP        = 6
-	protoRouting    = 43
-	protoFragment   = 44
-	protoAH         = 51
-	protoDestOpts   = 60
-	tcpOptEOL       = 0
-	tcpOptNOP       = 1
-	tcpOptMPTCP     = 30
-	tcpFlagSYN      = 0x02
-	tcpFlagACK      = 0x10
-	ipv4OffsetMask  = 0x1fff
-	ipv6OffsetMask  = 0xfff8
-	addAddrEchoFlag = 0x01
+	etherTypeIPv4     = 0x0800
+	etherTypeIPv6     = 0x86dd
+	etherTypeVLAN     = 0x8100 // 802.1Q
+	etherTypeQinQ     = 0x88a8 // 802.1ad
+	ethHeaderLen      = 14
+	vlanTagLen        = 4
+	ipv4MinHeader     = 20
+	ipv6HeaderLen     = 40
+	ipv6FragHdrLen    = 8
+	tcpMinHeader      = 20
+	protoHopByHop     = 0
+	protoTCP          = 6
+	protoRouting      = 43
+	protoFragment     = 44
+	protoAH           = 51
+	protoDestOpts     = 60
+	tcpOptEOL         = 0
+	tcpOptNOP         = 1
+	tcpOptMPTCP       = 30
+	tcpFlagSYN        = 0x02
+	tcpFlagACK        = 0x10
+	ipv4OffsetMask    = 0x1fff
+	ipv4MoreFragments = 0x2000
+	ipv6OffsetMask    = 0xfff8
+	addAddrEchoFlag   = 0x01
 )
 
-// parser carries the result through one frame. A method returns false when the frame turned out to
-// be shorter than its headers claim.
+// parser carries the result through one frame.
 type parser struct {
-	r     Result
-	frame int // length of the whole frame, to tell offsets from it
+	r Result
 }
-
-// offset is where b starts in the frame.
-func (p *parser) offset(b []byte) int { return p.frame - len(b) }
 
 // Parse reads one Ethernet frame and returns what the datapath counts for it. It never fails: every
 // frame, however short or broken, is counted (in total, and in malformed when it is broken).
 func Parse(frame []byte) Result {
-	p := parser{frame: len(frame)}
-	if !p.ethernet(frame) {
+	var p parser
+	h := Locate(frame)
+	ok := true
+	switch h.Status {
+	case HeadersTruncated:
+		ok = false
+	case HeadersMalformed:
+		p.malformed()
+	case HeadersTCP:
+		ok = p.tcp(frame, h.L4)
+	}
+	if !ok {
 		p.r.Truncated = true
 		p.r.Options[Malformed]++
 	}
@@ -111,110 +117,143 @@ func Parse(frame []byte) Result {
 
 func (p *parser) malformed() { p.r.Options[Malformed]++ }
 
-func (p *parser) ethernet(b []byte) bool {
-	if len(b) < ethHeaderLen {
-		return false
+// HeaderStatus is what Locate found in a frame.
+type HeaderStatus uint8
+
+// The statuses, as enum mx_hdrs_status in bpf/include/mx_parse.h.
+const (
+	HeadersTCP       HeaderStatus = iota // a TCP header at Headers.L4 (unfragmented, or a first fragment)
+	HeadersOther                         // nothing to walk: not IP, another protocol, a later fragment
+	HeadersMalformed                     // a broken IP header, or more IPv6 extension headers than walked
+	HeadersTruncated                     // a header runs past the frame, or an extension header past MaxL4Offset
+)
+
+// Headers is where the link, network and transport headers of a frame lie: what mx_parse_hdrs
+// (bpf/include/mx_parse.h), the parser every eBPF program shares, finds.
+type Headers struct {
+	Status   HeaderStatus
+	VLANTags int  // 802.1Q/802.1ad tags before the IP header (at most MaxVLANTags)
+	L3       int  // offset of the IP header (when one was found)
+	L4       int  // offset of the TCP header (HeadersTCP; it may lie past MaxL4Offset)
+	IPv6     bool // the IP header is IPv6
+	// Fragment: a first fragment (IPv4 with MF set, or an IPv6 fragment header of offset 0). A
+	// later fragment is HeadersOther.
+	Fragment bool
+}
+
+// Locate finds the headers of one Ethernet frame by the rules in this file's comment: Ethernet, at
+// most MaxVLANTags tags, IPv4 (options skipped) or IPv6 and at most MaxIPv6ExtHeaders extension
+// headers, up to the TCP header. It reads nothing of the TCP header.
+func Locate(frame []byte) Headers {
+	var h Headers
+	if len(frame) < ethHeaderLen {
+		h.Status = HeadersTruncated
+		return h
 	}
-	etherType := binary.BigEndian.Uint16(b[12:])
-	b = b[ethHeaderLen:]
+	etherType := binary.BigEndian.Uint16(frame[12:])
+	off := ethHeaderLen
 	for range MaxVLANTags {
 		if etherType != etherTypeVLAN && etherType != etherTypeQinQ {
 			break
 		}
-		if len(b) < vlanTagLen {
-			return false
+		if len(frame) < off+vlanTagLen {
+			h.Status = HeadersTruncated
+			return h
 		}
-		etherType = binary.BigEndian.Uint16(b[2:]) // after the tag control information
-		b = b[vlanTagLen:]
+		etherType = binary.BigEndian.Uint16(frame[off+2:]) // after the tag control information
+		off += vlanTagLen
+		h.VLANTags++
 	}
+	h.L3 = off
 	switch etherType {
 	case etherTypeIPv4:
-		return p.ipv4(b)
+		h.Status = locateIPv4(frame, &h)
 	case etherTypeIPv6:
-		return p.ipv6(b)
+		h.IPv6 = true
+		h.Status = locateIPv6(frame, &h)
+	default:
+		h.Status = HeadersOther
 	}
-	return true
+	return h
 }
 
-func (p *parser) ipv4(b []byte) bool {
+func locateIPv4(frame []byte, h *Headers) HeaderStatus {
+	b := frame[h.L3:]
 	if len(b) < ipv4MinHeader {
-		return false
+		return HeadersTruncated
 	}
 	version, headerLen := b[0]>>4, int(b[0]&0x0f)*4
 	if version != 4 || headerLen < ipv4MinHeader {
-		p.malformed()
-		return true
+		return HeadersMalformed
 	}
 	if len(b) < headerLen {
-		return false
+		return HeadersTruncated
 	}
-	if b[9] != protoTCP {
-		return true
+	fragOff := binary.BigEndian.Uint16(b[6:])
+	if b[9] != protoTCP || fragOff&ipv4OffsetMask != 0 {
+		return HeadersOther // a later fragment: its bytes are payload, not a TCP header
 	}
-	if binary.BigEndian.Uint16(b[6:])&ipv4OffsetMask != 0 {
-		return true // a later fragment: its bytes are payload, not a TCP header
-	}
-	return p.tcp(b[headerLen:])
+	h.Fragment = fragOff&ipv4MoreFragments != 0
+	h.L4 = h.L3 + headerLen
+	return HeadersTCP
 }
 
-func (p *parser) ipv6(b []byte) bool {
-	if len(b) < ipv6HeaderLen {
-		return false
+func locateIPv6(frame []byte, h *Headers) HeaderStatus {
+	off := h.L3
+	if len(frame) < off+ipv6HeaderLen {
+		return HeadersTruncated
 	}
-	if b[0]>>4 != 6 {
-		p.malformed()
-		return true
+	if frame[off]>>4 != 6 {
+		return HeadersMalformed
 	}
-	next := b[6]
-	b = b[ipv6HeaderLen:]
+	next := frame[off+6]
+	off += ipv6HeaderLen
 	for skipped := 0; ; skipped++ {
 		if next == protoTCP {
-			return p.tcp(b)
+			h.L4 = off
+			return HeadersTCP
 		}
 		var size int
 		switch next {
 		case protoHopByHop, protoRouting, protoDestOpts, protoAH, protoFragment:
 		default:
-			return true // another upper-layer protocol
+			return HeadersOther // another upper-layer protocol
 		}
 		if skipped == MaxIPv6ExtHeaders {
-			p.malformed() // more headers than the datapath walks: what follows is unknown
-			return true
+			return HeadersMalformed // more headers than the datapath walks: what follows is unknown
 		}
-		if p.offset(b) > MaxL4Offset {
-			return false
+		if off > MaxL4Offset {
+			return HeadersTruncated
+		}
+		b := frame[off:]
+		if len(b) < ipv6FragHdrLen {
+			return HeadersTruncated // every extension header is at least 8 bytes long
 		}
 		switch next {
 		case protoFragment:
-			if len(b) < ipv6FragHdrLen {
-				return false
-			}
 			if binary.BigEndian.Uint16(b[2:])&ipv6OffsetMask != 0 {
-				return true // a later fragment
+				return HeadersOther // a later fragment
 			}
+			h.Fragment = true
 			size = ipv6FragHdrLen
 		case protoAH:
-			if len(b) < 2 {
-				return false
-			}
 			size = (int(b[1]) + 2) * 4 // RFC 4302: length in 4-octet units, minus 2
 		default:
-			if len(b) < 2 {
-				return false
-			}
 			size = (int(b[1]) + 1) * 8 // RFC 8200: length in 8-octet units, not counting the first
 		}
 		if len(b) < size {
-			return false
+			return HeadersTruncated
 		}
 		next = b[0]
-		b = b[size:]
+		off += size
 	}
 }
 
-func (p *parser) tcp(b []byte) bool {
+// tcp walks the TCP header at offset off of the frame.
+func (p *parser) tcp(frame []byte, off int) bool {
 	p.r.TCP = true
-	if p.offset(b) > MaxL4Offset || len(b) < tcpMinHeader {
+	b := frame[off:]
+	if off > MaxL4Offset || len(b) < tcpMinHeader {
 		return false
 	}
 	headerLen := int(b[12]>>4) * 4
@@ -226,29 +265,46 @@ func (p *parser) tcp(b []byte) bool {
 		return false
 	}
 	syn, ack := b[13]&tcpFlagSYN != 0, b[13]&tcpFlagACK != 0
-	opts := b[tcpMinHeader:headerLen]
+	bad := WalkOptions(b[tcpMinHeader:headerLen], func(opt []byte) bool {
+		if opt[0] == tcpOptMPTCP {
+			p.r.MPTCP = true
+			p.r.Options[ClassifyOption(opt, syn, ack)]++
+		}
+		return true
+	})
+	if bad != nil {
+		if bad[0] == tcpOptMPTCP {
+			p.r.MPTCP = true // even a broken kind-30 option marks the packet
+		}
+		p.malformed()
+	}
+	return true
+}
+
+// WalkOptions walks a block of TCP options (the bytes after the fixed TCP header, up to its data
+// offset) as the datapath does: EOL ends the walk, NOP is skipped, and every other option, whole
+// (kind, length and body), goes to fn, which returns false to end the walk there. An option whose
+// length byte is missing, below 2, or runs past the block is malformed and ends the walk: WalkOptions
+// returns the rest of the block from it. Otherwise it returns nil.
+func WalkOptions(opts []byte, fn func(opt []byte) bool) []byte {
 	for len(opts) > 0 {
-		kind := opts[0]
-		switch kind {
+		switch opts[0] {
 		case tcpOptEOL:
-			return true
+			return nil
 		case tcpOptNOP:
 			opts = opts[1:]
 			continue
-		case tcpOptMPTCP:
-			p.r.MPTCP = true
 		}
 		if len(opts) < 2 || opts[1] < 2 || int(opts[1]) > len(opts) {
-			p.malformed()
-			return true
+			return opts
 		}
 		n := int(opts[1])
-		if kind == tcpOptMPTCP {
-			p.r.Options[ClassifyOption(opts[:n], syn, ack)]++
+		if !fn(opts[:n]) {
+			return nil
 		}
 		opts = opts[n:]
 	}
-	return true
+	return nil
 }
 
 // ClassifyOption returns the class of one complete MPTCP option (kind, length, subtype byte and

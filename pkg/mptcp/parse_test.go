@@ -304,3 +304,38 @@ func TestPackets(t *testing.T) {
 		t.Errorf("got %v", got)
 	}
 }
+
+// TestLocate checks the offsets, tag count, family and fragment flag Locate reports, and its
+// statuses at each header.
+func TestLocate(t *testing.T) {
+	const vlan, qinq, v4, v6 = 0x8100, 0x88a8, 0x0800, 0x86dd
+	mf := ipv4(protoTCP, 0)
+	mf[6] = 0x20 // MF, offset 0
+	later := ipv4(protoTCP, 0)
+	later[7] = 1 // offset 8
+	hbh := []byte{protoRouting, 0, 1, 4, 0, 0, 0, 0}
+	rt := []byte{protoTCP, 1, 4, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0} // 16 bytes
+	frag0 := []byte{protoTCP, 0, 0, 1, 1, 2, 3, 4}                      // offset 0, more
+	for _, tc := range []struct {
+		name  string
+		frame []byte
+		want  Headers
+	}{
+		{"untagged IPv4 with options", cat(eth(v4), ipv4(protoTCP, 8), tcp(0)), Headers{Status: HeadersTCP, L3: 14, L4: 42}},
+		{"one tag", cat(eth(vlan, v4), ipv4(protoTCP, 0), tcp(0)), Headers{Status: HeadersTCP, VLANTags: 1, L3: 18, L4: 38}},
+		{"two tags, IPv6", cat(eth(qinq, vlan, v6), ipv6(protoTCP), tcp(0)), Headers{Status: HeadersTCP, VLANTags: 2, L3: 22, L4: 62, IPv6: true}},
+		{"three tags", cat(eth(qinq, vlan, vlan, v4), ipv4(protoTCP, 0), tcp(0)), Headers{Status: HeadersOther, VLANTags: 2, L3: 22}},
+		{"IPv4 first fragment", cat(eth(v4), mf, tcp(0)), Headers{Status: HeadersTCP, L3: 14, L4: 34, Fragment: true}},
+		{"IPv4 later fragment", cat(eth(v4), later, tcp(0)), Headers{Status: HeadersOther, L3: 14}},
+		{"IPv6 hop-by-hop and routing", cat(eth(v6), ipv6(protoHopByHop, cat(hbh, rt)...), tcp(0)), Headers{Status: HeadersTCP, L3: 14, L4: 78, IPv6: true}},
+		{"IPv6 first fragment", cat(eth(vlan, v6), ipv6(protoFragment, frag0...), tcp(0)), Headers{Status: HeadersTCP, VLANTags: 1, L3: 18, L4: 66, IPv6: true, Fragment: true}},
+		{"IPv6 routing header cut", cat(eth(v6), ipv6(protoRouting, rt[:12]...)), Headers{Status: HeadersTruncated, L3: 14, IPv6: true}},
+		{"tag cut", cat(eth(vlan, v4))[:16], Headers{Status: HeadersTruncated}},
+		{"IPv4 version 5", cat(eth(v4), []byte{0x55}, make([]byte, 19)), Headers{Status: HeadersMalformed, L3: 14}},
+		{"ARP", cat(eth(0x0806), make([]byte, 28)), Headers{Status: HeadersOther, L3: 14}},
+	} {
+		if got := Locate(tc.frame); got != tc.want {
+			t.Errorf("%s: %+v, want %+v", tc.name, got, tc.want)
+		}
+	}
+}
