@@ -63,6 +63,7 @@ SMOKE_RUNS ?= 2000000x
 bench-smoke: ## the per-packet benchmarks, briefly (CI): ratios printed, not asserted
 	$(GO) test -count=1 -run '^$$' -bench '^(BenchmarkXDP|BenchmarkBalancer)$$' -benchtime $(SMOKE_RUNS) ./pkg/datapath/ ./pkg/lb/
 	$(GO) test -count=1 -run '^$$' -bench '^BenchmarkVsReference$$' -benchtime 2x ./test/refbench/
+	$(GO) test -count=1 -run '^$$' -bench '^BenchmarkHotVsReference$$' -benchtime $(SMOKE_RUNS) ./test/refbench/
 	$(GO) test -count=1 -run '^$$' -bench '^BenchmarkLBThroughputSwap$$' -benchtime 1x ./test/refbench/ -args -lbswap.blocks 1
 
 # make bench-replay: REPLAY_BYTES is the size of the generated capture (internal/capgen), written to

@@ -39,7 +39,12 @@ var cases = []kase{
 			}
 			w := counts(m, be)
 			return round{frames: frames, want: [2]map[RefRbSinkKey]uint64{w, w},
-				check: func(d lb.Stats) error { return want(d, lb.StatNewFlow, n) },
+				check: func(d lb.Stats) error {
+					if err := want(d, lb.StatGuarded, 0); err != nil {
+						return err
+					}
+					return want(d, lb.StatNewFlow, n)
+				},
 				teardown: func() error {
 					if e.full {
 						return nil
