@@ -108,9 +108,11 @@ func balancerDies(t *testing.T, c dieCase) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	// 4 MiB each, 32 KiB every 40 ms: at least 5 s of transfer.
+	// 8 MiB each, 32 KiB every 40 ms: at least 10 s of transfer, so that it outlasts the failover
+	// (1.5 s, the router's convergence, 1.5 s) also when other tests load the machine and the
+	// router takes seconds to converge (CI once saw 5 s run out).
 	done := make(chan []error, 1)
-	go func() { done <- labfleet.TransferAll(ctx, conns, 4<<20, 32<<10, 40*time.Millisecond) }()
+	go func() { done <- labfleet.TransferAll(ctx, conns, 8<<20, 32<<10, 40*time.Millisecond) }()
 	time.Sleep(1500 * time.Millisecond)
 
 	// The instance with most flows dies; which subflows (client source addresses) it carried.
@@ -162,8 +164,9 @@ func balancerDies(t *testing.T, c dieCase) {
 	// a subflow on the dead instance, from the client's subflows (ss -ti), and the backends' view.
 	time.Sleep(1500 * time.Millisecond)
 	select {
-	case <-done:
-		t.Fatal("the transfers ended before the failover could be observed")
+	case errs := <-done:
+		t.Fatalf("the transfers ended %v after the instance went down, before the failover could be observed (R converged after %v); errors: %v",
+			time.Since(down).Round(time.Millisecond), left.Round(time.Millisecond), errs)
 	default:
 	}
 	subs, err := (&lablb.Lab{}).Subflows(f.Client)
