@@ -219,9 +219,11 @@ func TestHealthCheck(t *testing.T) {
 			downAt = be.Health[0].Since.Sub(t0)
 		}
 	}
-	// Fall checks in a row, the first within an interval of the stop; a second of slack for a
-	// shared machine.
-	if lim := (fall+1)*interval + timeout + testutil.Scaled(time.Second); downAt <= 0 || downAt > lim {
+	// Fall checks in a row, the first within an interval of the stop; three seconds of slack for a
+	// shared machine, as the bound above (CI, with the other packages' tests running beside it,
+	// once took 1.88 s against a second of slack). That it took fall checks, not more, is the
+	// reason's text above.
+	if lim := (fall+1)*interval + timeout + testutil.Scaled(3*time.Second); downAt <= 0 || downAt > lim {
 		t.Errorf("lb run took backend 0 down %v after its listener stopped, want within %v", downAt, lim)
 	}
 	if st.VIPs[0].BackendsInTable != 2 {
