@@ -615,15 +615,22 @@ __attribute__((noinline)) int lb_too_big(struct xdp_md *ctx, __u32 mtu, __u32 wh
 	return XDP_DROP;
 }
 
-/* Does the frame fit the MTU of device ifindex with an outer header of hdr bytes? -1 if it does (or
- * the device is unknown: left to the redirect); else what lb_too_big did, counted. who is
+/* Does the frame fit the MTU of backend be's device with an outer header of hdr bytes? -1 if it
+ * does (or the device is unknown: left to the redirect); else what lb_too_big did, counted. who is
  * LB_TB_WHO(IPv6 frame, VIP id, backend id) with LB_WHO_TAGS: the VLAN tags, which the MTU does
- * not count. Inlined into lb_forward, whose stack holds little. */
-static __always_inline int lb_ipip_mtu(struct xdp_md *ctx, __u32 ifindex, __u32 hdr, __u32 who)
+ * not count. A frame within the MTU the control plane wrote into the backend (be->mtu) fits with
+ * no helper call, which costs more than the rest of the check; any other frame, and every frame of
+ * a backend whose MTU is not known, asks bpf_check_mtu, which decides (so an MTU raised since is
+ * still used). Inlined into lb_forward, whose stack holds little. */
+static __always_inline int lb_ipip_mtu(struct xdp_md *ctx, const struct lb_backend *be, __u32 hdr, __u32 who)
 {
 	__u32 mtu = 0;
 	int tags = LB_WHO_TAGS_OF(who) * sizeof(struct vlan_hdr_);
-	if (bpf_check_mtu(ctx, ifindex, &mtu, (int)hdr - tags, 0) != BPF_MTU_CHK_RET_FRAG_NEEDED)
+	long len = (long)ctx->data_end - (long)ctx->data;
+	asm volatile("" : "+r"(len)); /* a length, not pkt_end moved (which the verifier refuses) */
+	if (len - (long)sizeof(struct ethhdr) - tags + (long)hdr <= be->mtu)
+		return -1;
+	if (bpf_check_mtu(ctx, be->ifindex, &mtu, (int)hdr - tags, 0) != BPF_MTU_CHK_RET_FRAG_NEEDED)
 		return -1;
 	return lb_too_big(ctx, mtu - hdr, who);
 }
@@ -680,7 +687,7 @@ static __always_inline int lb_fwd_ipip(struct xdp_md *ctx, const struct lb_backe
 	 * (the balancer fragments nothing, and its decapsulator reassembles nothing). An aggregate is
 	 * no packet of the sender's: an ICMP error would give it a wrong MTU. An unknown ifindex
 	 * (< 0) is left to the redirect, as before. */
-	int verdict = lb_ipip_mtu(ctx, be->ifindex, hdr, who);
+	int verdict = lb_ipip_mtu(ctx, be, hdr, who);
 	if (verdict >= 0)
 		return verdict;
 	if (inner_len + hdr > 0xffff || bpf_xdp_adjust_head(ctx, -hdr)) {

@@ -71,7 +71,12 @@ struct lb_backend {
 	__u8 mac[6];      /* next-hop MAC, resolved by the control plane from the neighbour table */
 	__u8 src_mac[6];  /* MAC of the egress interface */
 	__u32 ifindex;    /* egress interface */
-	__u32 flags;      /* enum lb_backend_flags */
+	__u16 flags;      /* enum lb_backend_flags */
+	/* The egress interface's MTU as the control plane last saw it (0: not known). An ipip frame
+	 * that fits it is sent without asking the kernel; any other goes to bpf_check_mtu. The two
+	 * 16-bit fields were one 32-bit flags word, of which only the low bits were ever used: the
+	 * layout is unchanged. */
+	__u16 mtu;
 	__u8 src_addr[16]; /* outer source address for ipip (the balancer's address on the egress link) */
 };
 

@@ -845,7 +845,7 @@ and the balancer is left as it was.`,
 	cmd.Flags().DurationVar(&cfg.GCInterval, "gc-interval", 30*time.Second, "how often to collect idle flows and tokens")
 	cmd.Flags().DurationVar(&cfg.GC.FlowIdle, "flow-idle", 10*time.Minute, "forget a flow without packets for this long")
 	cmd.Flags().DurationVar(&cfg.GC.TokenIdle, "token-idle", 30*time.Minute, "forget a token not refreshed for this long")
-	cmd.Flags().DurationVar(&cfg.RefreshInterval, "refresh-interval", 30*time.Second, "re-check next hops this often besides neighbour events")
+	cmd.Flags().DurationVar(&cfg.RefreshInterval, "refresh-interval", 30*time.Second, "re-check next hops this often besides neighbour and link events")
 	cmd.Flags().DurationVar(&cfg.SummaryInterval, "summary-interval", time.Minute, "log counters this often")
 	cmd.Flags().StringVar(&logLevel, "log-level", "info", "debug, info, warn or error (debug logs every event)")
 	return cmd

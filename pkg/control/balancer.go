@@ -564,10 +564,19 @@ func (b *Balancer) purge(id uint32) error {
 	return errors.Join(errs...)
 }
 
+// mtuOf is the MTU the backend entry holds for next hop nh (lb.Backend.MTU: 0 for one that does
+// not fit it).
+func mtuOf(nh NextHop) int {
+	if nh.MTU <= 0 || nh.MTU > 0xffff {
+		return 0
+	}
+	return nh.MTU
+}
+
 func (b *Balancer) putBackend(be Backend, nh NextHop) error {
 	return b.Maps.PutBackend(lb.Backend{
 		ID: be.ID, Addr: be.Addr, SrcAddr: nh.SrcAddr, MAC: nh.DstMAC, SrcMAC: nh.SrcMAC,
-		Ifindex: nh.Ifindex, Draining: be.State == Draining,
+		Ifindex: nh.Ifindex, Draining: be.State == Draining, MTU: nh.MTU,
 	})
 }
 
@@ -711,7 +720,7 @@ func (b *Balancer) RefreshNextHops(ctx context.Context) ([]Backend, error) {
 			continue
 		}
 		if bytes.Equal(nh.DstMAC, cur.MAC) && bytes.Equal(nh.SrcMAC, cur.SrcMAC) && nh.Ifindex == cur.Ifindex &&
-			(!nh.SrcAddr.IsValid() || nh.SrcAddr == cur.SrcAddr) {
+			(!nh.SrcAddr.IsValid() || nh.SrcAddr == cur.SrcAddr) && mtuOf(nh) == cur.MTU {
 			continue
 		}
 		if !nh.SrcAddr.IsValid() {
@@ -721,7 +730,8 @@ func (b *Balancer) RefreshNextHops(ctx context.Context) ([]Backend, error) {
 			errs = append(errs, err)
 			continue
 		}
-		slog.Info("backend next hop changed", "addr", be.Addr, "id", be.ID, "mac", nh.DstMAC.String(), "was", cur.MAC.String(), "iface", nh.Iface)
+		slog.Info("backend next hop changed", "addr", be.Addr, "id", be.ID, "mac", nh.DstMAC.String(), "was", cur.MAC.String(),
+			"iface", nh.Iface, "mtu", nh.MTU, "mtu_was", cur.MTU)
 		changed = append(changed, be)
 	}
 	return changed, errors.Join(slices.DeleteFunc(errs, func(e error) bool { return e == nil })...)

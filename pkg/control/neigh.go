@@ -26,6 +26,7 @@ type NextHop struct {
 	SrcMAC  net.HardwareAddr `json:"src_mac"`
 	DstMAC  net.HardwareAddr `json:"dst_mac"`
 	SrcAddr netip.Addr       `json:"src_addr"` // the balancer's address toward Addr
+	MTU     int              `json:"mtu"`      // the egress interface's MTU (0: not known)
 	State   string           `json:"state"`    // neighbour state: reachable, stale, delay, probe, permanent
 }
 
@@ -137,7 +138,7 @@ func (r *Resolver) Route(addr netip.Addr, onLink bool) (NextHop, error) {
 	if lnk.Attrs().Flags&net.FlagLoopback != 0 {
 		return nh, fmt.Errorf("backend %s is a local address of the balancer", addr)
 	}
-	nh.Ifindex, nh.Iface, nh.SrcMAC = rt.LinkIndex, lnk.Attrs().Name, lnk.Attrs().HardwareAddr
+	nh.Ifindex, nh.Iface, nh.SrcMAC, nh.MTU = rt.LinkIndex, lnk.Attrs().Name, lnk.Attrs().HardwareAddr, lnk.Attrs().MTU
 	if rt.Src != nil {
 		nh.SrcAddr, _ = netip.AddrFromSlice(rt.Src)
 		nh.SrcAddr = nh.SrcAddr.Unmap()
@@ -223,17 +224,21 @@ func (r *Resolver) solicit(nh NextHop) error {
 	})
 }
 
-// NeighEvent is a change of one neighbour entry.
+// NeighEvent is a change of one neighbour entry, or (Link) of one link.
 type NeighEvent struct {
 	Ifindex int
 	Addr    netip.Addr
 	MAC     net.HardwareAddr // nil when the entry is gone or unusable
 	State   string
 	Deleted bool
+	// Link: a change of link Ifindex itself (its MTU, addresses or state), not of a neighbour;
+	// Addr, MAC and State are then unset, and MTU is the link's.
+	Link bool
+	MTU  int
 }
 
-// Watch calls fn for every change of the namespace's neighbour table until ctx ends (then it
-// returns nil) or the subscription fails.
+// Watch calls fn for every change of the namespace's neighbour table, and of any of its links,
+// until ctx ends (then it returns nil) or a subscription fails.
 func (r *Resolver) Watch(ctx context.Context, fn func(NeighEvent)) error {
 	if r.static != nil {
 		<-ctx.Done() // a static table never changes
@@ -251,26 +256,44 @@ func (r *Resolver) Watch(ctx context.Context, fn func(NeighEvent)) error {
 	}
 	defer h.Close()
 	ch := make(chan netlink.NeighUpdate, 256)
+	lch := make(chan netlink.LinkUpdate, 64)
 	done := make(chan struct{})
 	defer close(done)
 	errc := make(chan error, 1)
+	report := func(err error) {
+		select {
+		case errc <- err:
+		default:
+		}
+	}
 	if err := netlink.NeighSubscribeWithOptions(ch, done, netlink.NeighSubscribeOptions{
-		Namespace: &h,
-		ErrorCallback: func(err error) {
-			select {
-			case errc <- err:
-			default:
-			}
-		},
+		Namespace:     &h,
+		ErrorCallback: report,
 	}); err != nil {
 		return fmt.Errorf("subscribe to neighbour changes: %w", err)
+	}
+	if err := netlink.LinkSubscribeWithOptions(lch, done, netlink.LinkSubscribeOptions{
+		Namespace:     &h,
+		ErrorCallback: report,
+	}); err != nil {
+		return fmt.Errorf("subscribe to link changes: %w", err)
 	}
 	for {
 		select {
 		case <-ctx.Done():
 			return nil
 		case err := <-errc:
-			return fmt.Errorf("neighbour subscription: %w", err)
+			return fmt.Errorf("neighbour or link subscription: %w", err)
+		case u, ok := <-lch:
+			if !ok {
+				return errors.New("link subscription closed")
+			}
+			ev := NeighEvent{Ifindex: int(u.Index), Link: true, Deleted: u.Header.Type == unix.RTM_DELLINK}
+			if u.Link != nil {
+				ev.MTU = u.Link.Attrs().MTU
+			}
+			slog.Debug("link change", "ifindex", ev.Ifindex, "mtu", ev.MTU, "deleted", ev.Deleted)
+			fn(ev)
 		case u, ok := <-ch:
 			if !ok {
 				return errors.New("neighbour subscription closed")

@@ -60,6 +60,7 @@ type BackendStatus struct {
 	MAC       string `json:"mac"`
 	SrcMAC    string `json:"src_mac"`
 	SrcAddr   string `json:"src_addr,omitempty"`
+	MTU       int    `json:"mtu"`        // the egress interface's MTU the datapath holds (0: not known)
 	RingSlots int    `json:"ring_slots"` // slots of the first service VIP's Maglev table
 	Flows     int    `json:"flows"`
 	Tokens    int    `json:"tokens"`
@@ -174,7 +175,7 @@ func (b *Balancer) Status() (*Status, error) {
 			return nil, err
 		}
 		row := BackendStatus{ID: be.ID, Addr: be.Addr.String(), Weight: be.Weight, State: string(be.State),
-			Ifindex: e.Ifindex, MAC: e.MAC.String(), SrcMAC: e.SrcMAC.String(), RingSlots: first[be.ID],
+			Ifindex: e.Ifindex, MAC: e.MAC.String(), SrcMAC: e.SrcMAC.String(), MTU: e.MTU, RingSlots: first[be.ID],
 			Flows: flowPerBE[be.ID], Tokens: tokPerBE[be.ID]}
 		for k, h := range b.health {
 			if k.Backend != be.ID || vipAddr[k.VIP] == "" {

@@ -19,7 +19,8 @@ type LbLbBackend struct {
 	Mac     [6]uint8
 	SrcMac  [6]uint8
 	Ifindex uint32
-	Flags   uint32
+	Flags   uint16
+	Mtu     uint16
 	SrcAddr [16]uint8
 }
 

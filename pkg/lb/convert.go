@@ -84,7 +84,7 @@ func toFlow(f Flow) datapath.LbLbFlow {
 }
 
 func toBackend(b Backend) datapath.LbLbBackend {
-	flags := uint32(backendActive)
+	flags := uint16(backendActive)
 	if b.Draining {
 		flags |= backendDraining
 	}
@@ -94,8 +94,18 @@ func toBackend(b Backend) datapath.LbLbBackend {
 		SrcMac:  mac6(b.SrcMAC),
 		Ifindex: uint32(b.Ifindex),
 		Flags:   flags,
+		Mtu:     mtu16(b.MTU),
 		SrcAddr: addr16(b.SrcAddr),
 	}
+}
+
+// mtu16 is an MTU as the backend entry holds it: 0 (not known) for one that 16 bits cannot hold or
+// that is negative, so that the datapath asks the kernel for every frame.
+func mtu16(mtu int) uint16 {
+	if mtu <= 0 || mtu > 0xffff {
+		return 0
+	}
+	return uint16(mtu)
 }
 
 func fromBackend(id uint32, v datapath.LbLbBackend) Backend {
@@ -105,6 +115,7 @@ func fromBackend(id uint32, v datapath.LbLbBackend) Backend {
 		SrcMAC:   net.HardwareAddr(append([]byte(nil), v.SrcMac[:]...)),
 		Ifindex:  int(v.Ifindex),
 		Draining: v.Flags&backendDraining != 0,
+		MTU:      int(v.Mtu),
 	}
 	if v.Addr != ([16]byte{}) {
 		b.Addr = addrFrom16(v.Addr)

@@ -130,6 +130,12 @@ type Backend struct {
 	SrcMAC   net.HardwareAddr // MAC of the egress interface
 	Ifindex  int              // egress interface (XDP_TX when it is the ingress one, else redirect)
 	Draining bool             // no new flows; existing flows and joins of its connections still reach it
+	// MTU is the egress interface's MTU as the control plane last saw it (0: not known). An ipip
+	// frame within it is encapsulated with no bpf_check_mtu; any other frame, and every frame when
+	// it is 0, is checked against the device's MTU by the kernel. One higher than the device's
+	// lets frames through that the device then drops: the control plane follows the device
+	// (control.Balancer.RefreshNextHops, on every link change while `lb run` runs).
+	MTU int
 }
 
 // FlowKey is a TCP 5-tuple as the client sent it (Dst is the VIP).

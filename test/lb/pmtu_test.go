@@ -370,3 +370,85 @@ func TestGenericMode(t *testing.T) {
 		})
 	}
 }
+
+// TestIPIPMTUFollowsLink: the datapath encapsulates a frame that fits the egress MTU it holds for
+// the backend (`lb status`'s backends[].mtu) without asking the kernel, so that figure must follow
+// the link. The backend links start at MTU 1600, where a client's full-size segment fits inside the
+// tunnel; `lb run` runs; then both ends of every backend link go down to 1500. lb run sees the link
+// change and writes 1500 into every backend entry (well before its 30-second refresh), and the
+// client's full-size segments are answered with ICMP: its path MTU to the VIP becomes 1480 (1460
+// in 6in6) and every transfer completes. Had the entries kept 1600, those segments would be sent
+// to a veth whose peer's MTU is 1500, which drops them silently: the transfers would stall and the
+// client would learn no path MTU.
+func TestIPIPMTUFollowsLink(t *testing.T) {
+	for _, o := range []options{{forward: "ipip"}, {forward: "ipip", v6: true}} {
+		t.Run(o.String(), func(t *testing.T) {
+			s := newMTUSetup(t, o, mtuOpts{backendMTU: 1600})
+			want, icmpKey := 1480, "Icmp.InDestUnreachs"
+			if o.v6 {
+				want, icmpKey = 1460, "Icmp6.InPktTooBigs"
+			}
+			mtus := func() map[string]int {
+				m := map[string]int{}
+				for _, b := range lbStatus(t, s.LB).Backends {
+					m[b.Addr] = b.MTU
+				}
+				return m
+			}
+			for a, mtu := range mtus() {
+				if mtu != 1600 {
+					t.Fatalf("backend %s: the datapath holds MTU %d after attach, want the link's 1600", a, mtu)
+				}
+			}
+			cp := startControlPlane(t, s.LB, "--refresh-interval", "30s")
+			for _, b := range s.Backends {
+				for _, e := range [][2]string{{s.LB, b.LBIf}, {b.Netns, b.If}} {
+					if _, err := s.IP(e[0], "link", "set", e[1], "mtu", "1500"); err != nil {
+						t.Fatal(err)
+					}
+				}
+			}
+			deadline := time.Now().Add(5 * time.Second)
+			for {
+				m, stale := mtus(), 0
+				for _, mtu := range m {
+					if mtu != 1500 {
+						stale++
+					}
+				}
+				if stale == 0 {
+					break
+				}
+				if time.Now().After(deadline) {
+					t.Fatalf("5 s after the links went to MTU 1500 the datapath holds %v\nlb run:\n%s", m, cp.logs)
+				}
+				time.Sleep(50 * time.Millisecond)
+			}
+			c0, err := s.MIB(s.Client)
+			if err != nil {
+				t.Fatal(err)
+			}
+			st0 := lbStatus(t, s.LB).Stats
+			const n, size = 4, 1 << 20
+			ok, errs, took := s.transferAll(t, n, size, false, 60*time.Second)
+			st1 := lbStatus(t, s.LB).Stats
+			c1, err := s.MIB(s.Client)
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Logf("%d of %d transfers of %d KiB intact in %v; balancer: icmp_too_big %+d fwd_ipip %+d; client: %s", ok, n, size>>10,
+				took.Round(time.Millisecond), delta(st1, st0, "icmp_too_big"), delta(st1, st0, "fwd_ipip"), mibDelta(c1, c0, icmpKey))
+			if ok != n {
+				t.Errorf("%d of %d transfers intact; first errors: %v", ok, n, firstErrs(errs, 3))
+			}
+			for i := range s.Paths {
+				if mtu, route := s.clientPMTU(t, i); mtu != want {
+					t.Errorf("path %d: the client's path MTU to the VIP is %d, want %d (%s)", i, mtu, want, route)
+				}
+			}
+			if d := delta(st1, st0, "icmp_too_big"); d == 0 || int64(c1[icmpKey]-c0[icmpKey]) < d {
+				t.Errorf("balancer sent %d ICMP errors, the client received %d (%s)", d, c1[icmpKey]-c0[icmpKey], icmpKey)
+			}
+		})
+	}
+}

@@ -165,6 +165,7 @@ func newEnv(tb testing.TB, cfg envConfig) *env {
 
 	for i := uint32(1); i <= 8; i++ {
 		b := backend(i, e.lab.balIdx)
+		b.MTU = e.lab.balMTU // as the control plane writes it (control.NextHop.MTU)
 		if err := e.mx.PutBackend(b); err != nil {
 			tb.Fatal(err)
 		}

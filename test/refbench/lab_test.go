@@ -29,6 +29,7 @@ type lab struct {
 	sendNS, balNS   string
 	sendIf, balIf   string
 	sendIdx, balIdx int
+	balMTU          int // of balIf, which the backends' frames leave by
 	fd              int // AF_PACKET socket on sendIf
 	sinkLink        link.Link
 	balLink         link.Link
@@ -140,7 +141,7 @@ func newLab(tb testing.TB, sink, first *ebpf.Program) *lab {
 		if err != nil {
 			return err
 		}
-		l.balIdx = ifc.Index
+		l.balIdx, l.balMTU = ifc.Index, ifc.MTU
 		if l.balLink, err = link.AttachXDP(link.XDPOptions{Program: first, Interface: ifc.Index, Flags: link.XDPDriverMode}); err != nil {
 			return fmt.Errorf("attach balancer to %s (native): %w", l.balIf, err)
 		}

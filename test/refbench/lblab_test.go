@@ -89,8 +89,8 @@ func newLBLab(tb testing.TB, fwd lb.Forward, v6 bool) *lbLab {
 	})
 	ll.vip = netip.AddrPortFrom(vip, uint16(ll.srv.port))
 
-	// Backends as the control plane resolves them: the backend's MAC, the balancer's MAC and
-	// ifindex on the backend's link, the tunnel's addresses.
+	// Backends as the control plane resolves them: the backend's MAC, the balancer's MAC, ifindex
+	// and MTU on the backend's link, the tunnel's addresses.
 	var backends []lb.Backend
 	var entries []control.MaglevEntry
 	for _, b := range l.Backends {
@@ -103,7 +103,7 @@ func newLBLab(tb testing.TB, fwd lb.Forward, v6 bool) *lbLab {
 			if err != nil {
 				return err
 			}
-			be.SrcMAC, be.Ifindex = ifc.HardwareAddr, ifc.Index
+			be.SrcMAC, be.Ifindex, be.MTU = ifc.HardwareAddr, ifc.Index, ifc.MTU
 			return nil
 		})
 		if err == nil {
