@@ -905,6 +905,9 @@ int mptcpx_lb(struct xdp_md *ctx)
 	 * sizes: PutVIP checks), so that the verifier does not walk the scan, or what follows,
 	 * once more for a NULL pointer. */
 	__u32 vid = vip->id;
+	/* The flow tables' key: the 5-tuple's first 24 bytes, with the VIP's id. */
+	fk.vip_id = vid;
+	struct lb_flow_id *fid = (struct lb_flow_id *)&fk;
 	struct lb_vip_stats *vs = bpf_map_lookup_elem(&mptcpx_lb_vstats, &vid);
 	if (!vs) {
 		lb_count(st, LB_STAT_NO_BACKEND);
@@ -927,11 +930,11 @@ int mptcpx_lb(struct xdp_md *ctx)
 	 * the shortcut. The guard admits the flow once it is stored: nothing runs on this CPU between
 	 * lb_guard_would_admit and lb_guard_admit. */
 	if (opening && !(steering && mp.kind == LB_MP_JOIN)) {
-		if (!bpf_map_lookup_elem(&mptcpx_pflows, &fk))
+		if (!bpf_map_lookup_elem(&mptcpx_pflows, fid))
 			be = lb_pick(vip, lb_flow_hash(&fk), &bid);
 		if (be && lb_guard_would_admit(now)) {
 			struct lb_flow nf = {.backend = bid, .last_ns = now, .flags = LB_FLOW_OPENED};
-			if (!bpf_map_update_elem(&mptcpx_flows, &fk, &nf, BPF_NOEXIST)) {
+			if (!bpf_map_update_elem(&mptcpx_flows, fid, &nf, BPF_NOEXIST)) {
 				lb_guard_admit(now, 0);
 				bs = bpf_map_lookup_elem(&mptcpx_lb_bstats, &bid);
 				lb_count(st, LB_STAT_NEW_FLOW);
@@ -946,10 +949,10 @@ int mptcpx_lb(struct xdp_md *ctx)
 
 	/* The flow table (Maglev can find these again), then the protected one (steered joins, flows
 	 * of draining backends). */
-	struct lb_flow *f = bpf_map_lookup_elem(&mptcpx_flows, &fk);
+	struct lb_flow *f = bpf_map_lookup_elem(&mptcpx_flows, fid);
 	int prot = 0;
 	if (!f) {
-		f = bpf_map_lookup_elem(&mptcpx_pflows, &fk);
+		f = bpf_map_lookup_elem(&mptcpx_pflows, fid);
 		prot = f != NULL;
 	}
 	/* A packet of a known flow follows it. A SYN never re-places a flow that holds a live token,
@@ -1010,13 +1013,13 @@ int mptcpx_lb(struct xdp_md *ctx)
 		if (!prot && (be->flags & LB_BACKEND_DRAINING)) {
 			struct lb_flow pf = *f;
 			struct lb_flow *pp = NULL;
-			if (bpf_map_update_elem(&mptcpx_pflows, &fk, &pf, BPF_NOEXIST))
+			if (bpf_map_update_elem(&mptcpx_pflows, fid, &pf, BPF_NOEXIST))
 				lb_count(st, LB_STAT_INSERT_FAILED);
 			else
-				pp = bpf_map_lookup_elem(&mptcpx_pflows, &fk);
+				pp = bpf_map_lookup_elem(&mptcpx_pflows, fid);
 			if (pp) {
 				/* What this packet changes below (a token learned) goes to the copy. */
-				bpf_map_delete_elem(&mptcpx_flows, &fk);
+				bpf_map_delete_elem(&mptcpx_flows, fid);
 				f = pp;
 				prot = 1;
 			}
@@ -1096,7 +1099,7 @@ int mptcpx_lb(struct xdp_md *ctx)
 		lb_count_vip(vs, LB_VSTAT_GUARDED);
 		insert = 0;
 		if (f)
-			bpf_map_delete_elem(prot ? (void *)&mptcpx_pflows : (void *)&mptcpx_flows, &fk);
+			bpf_map_delete_elem(prot ? (void *)&mptcpx_pflows : (void *)&mptcpx_flows, fid);
 	}
 
 	/* A token is learned on a flow whose SYN the balancer placed, once; or on a third ACK placed
@@ -1120,13 +1123,13 @@ int mptcpx_lb(struct xdp_md *ctx)
 		 * it again). The protected one refuses when full: counted, the packet still goes. */
 		long err;
 		if (insert == 2) {
-			err = bpf_map_update_elem(&mptcpx_pflows, &fk, &nf, BPF_ANY);
+			err = bpf_map_update_elem(&mptcpx_pflows, fid, &nf, BPF_ANY);
 			if (!err && f && !prot)
-				bpf_map_delete_elem(&mptcpx_flows, &fk);
+				bpf_map_delete_elem(&mptcpx_flows, fid);
 		} else {
-			err = bpf_map_update_elem(&mptcpx_flows, &fk, &nf, BPF_ANY);
+			err = bpf_map_update_elem(&mptcpx_flows, fid, &nf, BPF_ANY);
 			if (!err && prot)
-				bpf_map_delete_elem(&mptcpx_pflows, &fk);
+				bpf_map_delete_elem(&mptcpx_pflows, fid);
 		}
 		if (err)
 			lb_count(st, LB_STAT_INSERT_FAILED);

@@ -87,7 +87,7 @@ struct {
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
 	__uint(max_entries, LB_MAX_FLOWS);
-	__type(key, struct lb_flow_key);
+	__type(key, struct lb_flow_id);
 	__type(value, struct lb_flow);
 } mptcpx_flows SEC(".maps");
 
@@ -96,7 +96,7 @@ struct {
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, LB_MAX_PFLOWS);
-	__type(key, struct lb_flow_key);
+	__type(key, struct lb_flow_id);
 	__type(value, struct lb_flow);
 } mptcpx_pflows SEC(".maps");
 
@@ -179,7 +179,8 @@ static __always_inline __u32 lb_launder(__u32 *slot, __u32 v)
 
 /* The balancer's clock: CLOCK_MONOTONIC (bpf_ktime_get_ns) read once per CPU per timer tick, as of
  * the first packet this CPU saw in the tick. Reading the clock source costs a helper call, and in a
- * VM a paravirtual clock or TSC read: a third of a flow hit's own work here (docs/benchmarks.md);
+ * VM a paravirtual clock or TSC read: about a quarter of a flow hit's own work in a profile here
+ * (docs/lb.md, "What a packet costs");
  * the tick count (bpf_jiffies64) is inlined by the verifier into a load, and so is the per-CPU
  * lookup (Linux 6.10 and later). The value lags the clock by less than a tick (1-10 ms), finer than
  * anything it times (LB_LAST_NS_GRAIN, the token refresh, the collision idle time, the rate
@@ -190,7 +191,8 @@ static __always_inline __u64 lb_now(void)
 {
 	__u32 zero = 0;
 	struct lb_clock *c = bpf_map_lookup_elem(&mptcpx_lb_clock, &zero);
-	/* jiffies + 1: the cache's zero value stands for no tick, and jiffies_64 passes 0 once. */
+	/* jiffies + 1: the cache's zero value stands for no tick yet, and jiffies_64 may be 0 (it
+	 * starts near its 32-bit wrap, not at 0, but nothing here relies on that). */
 	__u64 tick = bpf_jiffies64() + 1;
 
 	if (!c)
@@ -281,21 +283,24 @@ static __always_inline __u32 lb_rol32(__u32 w, __u32 s)
 		c ^= b; c -= lb_rol32(b, 24);         \
 	} while (0)
 
-/* The 5-tuple hash: Linux's jhash2 over the ten 32-bit words of struct lb_flow_key (addresses, ports,
- * protocol; padding zero), read in host order. pkg/lb.FlowHash is the same function in Go. */
+/* The 5-tuple hash: Linux's jhash2 over ten 32-bit words, read in host order: the source address,
+ * the destination address, the ports, the protocol (with three zero bytes). pkg/lb.FlowHash is the
+ * same function in Go. struct lb_flow_key holds the words in another order (its first 24 bytes are
+ * the flow tables' key), and the VIP's id is not hashed: the hash is the 5-tuple's alone. */
 static __always_inline __u32 lb_flow_hash(const struct lb_flow_key *fk)
 {
 	const __u32 *k = (const __u32 *)fk;
+	/* The words of fk: src 0-3, ports 4, vip_id 5, dst 6-9, proto 10. */
 	__u32 a, b, c;
 
 	a = b = c = 0xdeadbeef + (10 << 2) + lb_hash_seed;
 	a += k[0]; b += k[1]; c += k[2];
 	LB_JHASH_MIX(a, b, c);
-	a += k[3]; b += k[4]; c += k[5];
+	a += k[3]; b += k[6]; c += k[7];
 	LB_JHASH_MIX(a, b, c);
-	a += k[6]; b += k[7]; c += k[8];
+	a += k[8]; b += k[9]; c += k[4];
 	LB_JHASH_MIX(a, b, c);
-	a += k[9];
+	a += k[10];
 	LB_JHASH_FINAL(a, b, c);
 	return c;
 }

@@ -545,7 +545,7 @@ func (b *Balancer) purge(id uint32) error {
 	var errs []error
 	for _, f := range flows {
 		if f.Backend == id {
-			if err := b.Maps.DeleteFlow(f.FlowKey); err != nil {
+			if err := b.Maps.DeleteFlows([]lb.Flow{f}); err != nil {
 				errs = append(errs, err)
 			}
 		}

@@ -94,7 +94,7 @@ func (b *Balancer) GC(cfg GCConfig, now time.Duration) (GCResult, error) {
 		if why(f) == 0 {
 			continue
 		}
-		cur, ok, err := b.Maps.LookupFlow(f.FlowKey)
+		cur, ok, err := b.Maps.LookupFlowOf(f)
 		if err != nil {
 			errs = append(errs, err)
 			continue
@@ -103,7 +103,7 @@ func (b *Balancer) GC(cfg GCConfig, now time.Duration) (GCResult, error) {
 		if !ok || w == 0 {
 			continue
 		}
-		if err := b.Maps.DeleteFlow(f.FlowKey); err != nil {
+		if err := b.Maps.DeleteFlows([]lb.Flow{f}); err != nil {
 			errs = append(errs, err)
 			continue
 		}

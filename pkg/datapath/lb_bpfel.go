@@ -42,6 +42,7 @@ type LbLbEvent struct {
 	Backend uint32
 	Other   uint32
 	Flow    LbLbFlowKey
+	_       [4]byte
 	TsNs    uint64
 }
 
@@ -54,12 +55,21 @@ type LbLbFlow struct {
 	TokSeen uint32
 }
 
+type LbLbFlowId struct {
+	_     structs.HostLayout
+	Src   [16]uint8
+	Sport uint16
+	Dport uint16
+	VipId uint32
+}
+
 type LbLbFlowKey struct {
 	_     structs.HostLayout
 	Src   [16]uint8
-	Dst   [16]uint8
 	Sport uint16
 	Dport uint16
+	VipId uint32
+	Dst   [16]uint8
 	Proto uint8
 	Pad   [3]uint8
 }

@@ -391,16 +391,7 @@ func newHarness(tb testing.TB) *harness {
 		}
 		model.rings[id] = ring
 	}
-	for _, v := range []lb.VIP{
-		{Addr: vipA, ID: 0, JoinSteering: true, Forward: lb.ForwardL2, UnknownJoin: lb.JoinDrop},
-		{Addr: vipB, ID: 0, JoinSteering: true, Forward: lb.ForwardIPIP, UnknownJoin: lb.JoinHash},
-		{Addr: vipC, ID: 1, JoinSteering: true, Forward: lb.ForwardIPIP, UnknownJoin: lb.JoinPass},
-		{Addr: vipD, ID: 1, JoinSteering: false, Forward: lb.ForwardL2, UnknownJoin: lb.JoinDrop},
-		{Addr: vipE, ID: 2, JoinSteering: true, Forward: lb.ForwardL2, UnknownJoin: lb.JoinHash},
-		{Addr: vipF, ID: 3, JoinSteering: true, Forward: lb.ForwardIPIP, UnknownJoin: lb.JoinDrop},
-		{Addr: vipG, ID: 3, JoinSteering: true, Forward: lb.Forward(5), UnknownJoin: lb.UnknownJoin(9)},
-		{Addr: vipH, ID: 2, JoinSteering: true, Forward: lb.ForwardIPIP, UnknownJoin: lb.JoinHash},
-	} {
+	for _, v := range agreementVIPs {
 		if err := h.m.PutVIP(v); err != nil {
 			tb.Fatal(err)
 		}
@@ -424,12 +415,31 @@ func monotonic() uint64 {
 	return uint64(ts.Nano())
 }
 
-func flowKeyOf(src, dst netip.AddrPort) datapath.LbLbFlowKey {
-	var k datapath.LbLbFlowKey
-	k.Src, k.Dst = src.Addr().As16(), dst.Addr().As16()
+// agreementVIPs are the harness's VIPs. VIPs of one id differ in family (dual stack) or port, as
+// PutVIP requires: the flow tables key a flow by its VIP's id, not its address.
+var agreementVIPs = []lb.VIP{
+	{Addr: vipA, ID: 0, JoinSteering: true, Forward: lb.ForwardL2, UnknownJoin: lb.JoinDrop},
+	{Addr: vipB, ID: 0, JoinSteering: true, Forward: lb.ForwardIPIP, UnknownJoin: lb.JoinHash},
+	{Addr: vipC, ID: 1, JoinSteering: true, Forward: lb.ForwardIPIP, UnknownJoin: lb.JoinPass},
+	{Addr: vipD, ID: 1, JoinSteering: false, Forward: lb.ForwardL2, UnknownJoin: lb.JoinDrop},
+	{Addr: vipE, ID: 2, JoinSteering: true, Forward: lb.ForwardL2, UnknownJoin: lb.JoinHash},
+	{Addr: vipF, ID: 3, JoinSteering: true, Forward: lb.ForwardIPIP, UnknownJoin: lb.JoinDrop},
+	{Addr: vipG, ID: 3, JoinSteering: true, Forward: lb.Forward(5), UnknownJoin: lb.UnknownJoin(9)},
+	{Addr: vipH, ID: 2, JoinSteering: true, Forward: lb.ForwardIPIP, UnknownJoin: lb.JoinHash},
+}
+
+// flowKeyOf is the flow tables' key of a flow from src to dst, one of agreementVIPs.
+func flowKeyOf(src, dst netip.AddrPort) datapath.LbLbFlowId {
+	var k datapath.LbLbFlowId
+	k.Src = src.Addr().As16()
 	k.Sport, k.Dport = hostOrder(src.Port()), hostOrder(dst.Port())
-	k.Proto = protoTCP
-	return k
+	for _, v := range agreementVIPs {
+		if v.Addr == dst {
+			k.VipId = v.ID
+			return k
+		}
+	}
+	panic(fmt.Sprintf("flow to %s: not a VIP of the harness", dst))
 }
 
 // hostOrder is the uint16 whose memory holds port in network order (a __be16 field).
@@ -453,7 +463,7 @@ var guardStates = []struct {
 
 // baseline is the tables as restore writes them, at time now, for a frame of n bytes.
 func baseline(now uint64, n int) tables {
-	t := tables{flows: map[datapath.LbLbFlowKey]datapath.LbLbFlow{}, pflows: map[datapath.LbLbFlowKey]datapath.LbLbFlow{},
+	t := tables{flows: map[datapath.LbLbFlowId]datapath.LbLbFlow{}, pflows: map[datapath.LbLbFlowId]datapath.LbLbFlow{},
 		tokens: map[datapath.LbLbTokenKey]datapath.LbLbToken{}}
 	g := guardStates[n%len(guardStates)]
 	t.guard = guardState{win: now - uint64(g.winAge), flows: g.flows, late: g.late}
@@ -503,10 +513,10 @@ func dump[K comparable, V any](m *ebpf.Map) (map[K]V, error) {
 func (h *harness) read() (tables, error) {
 	var t tables
 	var err error
-	if t.flows, err = dump[datapath.LbLbFlowKey, datapath.LbLbFlow](h.m.Flows); err != nil {
+	if t.flows, err = dump[datapath.LbLbFlowId, datapath.LbLbFlow](h.m.Flows); err != nil {
 		return t, err
 	}
-	if t.pflows, err = dump[datapath.LbLbFlowKey, datapath.LbLbFlow](h.m.PFlows); err != nil {
+	if t.pflows, err = dump[datapath.LbLbFlowId, datapath.LbLbFlow](h.m.PFlows); err != nil {
 		return t, err
 	}
 	t.tokens, err = dump[datapath.LbLbTokenKey, datapath.LbLbToken](h.m.Tokens)
@@ -667,7 +677,7 @@ const stampedSeen = ^uint32(0)
 // canonical replaces the model's timestamps "now" by stamped (stampedSeen for tok_seen).
 func canonical(t tables, now uint64) tables {
 	c := t.clone()
-	for _, flows := range []map[datapath.LbLbFlowKey]datapath.LbLbFlow{c.flows, c.pflows} {
+	for _, flows := range []map[datapath.LbLbFlowId]datapath.LbLbFlow{c.flows, c.pflows} {
 		for k, v := range flows {
 			if v.LastNs == now {
 				v.LastNs = stamped
@@ -731,7 +741,7 @@ func diffTable[K comparable, V any](name string, want, got map[K]V, last func(V)
 
 // matchTokSeen gives each flow of want whose tok_seen the model stamped the program's, when that
 // lies in [lo, hi] in tok_seen's unit.
-func matchTokSeen(want, got map[datapath.LbLbFlowKey]datapath.LbLbFlow, lo, hi uint64) {
+func matchTokSeen(want, got map[datapath.LbLbFlowId]datapath.LbLbFlow, lo, hi uint64) {
 	for k, w := range want {
 		g, ok := got[k]
 		if w.TokSeen != stampedSeen || !ok {
@@ -762,10 +772,10 @@ func valueString(v any) string {
 
 func keyString(k any) string {
 	switch k := k.(type) {
-	case datapath.LbLbFlowKey:
+	case datapath.LbLbFlowId:
 		port := func(p uint16) uint16 { return hostOrder(p) }
-		return fmt.Sprintf("flow %s -> %s", netip.AddrPortFrom(netip.AddrFrom16(k.Src).Unmap(), port(k.Sport)),
-			netip.AddrPortFrom(netip.AddrFrom16(k.Dst).Unmap(), port(k.Dport)))
+		return fmt.Sprintf("flow %s -> vip id %d port %d", netip.AddrPortFrom(netip.AddrFrom16(k.Src).Unmap(), port(k.Sport)),
+			k.VipId, port(k.Dport))
 	case datapath.LbLbTokenKey:
 		return fmt.Sprintf("token %08x of vip id %d", k.Token, k.VipId)
 	}

@@ -40,16 +40,17 @@ func vipKey(a netip.AddrPort) datapath.LbLbVipKey {
 	return datapath.LbLbVipKey{Addr: addr16(a.Addr()), Port: netOrder16(a.Port()), Proto: ipprotoTCP}
 }
 
-func flowKey(k FlowKey) datapath.LbLbFlowKey {
-	return datapath.LbLbFlowKey{
+// flowID is the flow tables' key of flow k to the VIP of id vipID (struct lb_flow_id).
+func flowID(k FlowKey, vipID uint32) datapath.LbLbFlowId {
+	return datapath.LbLbFlowId{
 		Src:   addr16(k.Src.Addr()),
-		Dst:   addr16(k.Dst.Addr()),
 		Sport: netOrder16(k.Src.Port()),
 		Dport: netOrder16(k.Dst.Port()),
-		Proto: ipprotoTCP,
+		VipId: vipID,
 	}
 }
 
+// fromFlowKey is the 5-tuple of an event (struct lb_flow_key).
 func fromFlowKey(k datapath.LbLbFlowKey) FlowKey {
 	return FlowKey{
 		Src: netip.AddrPortFrom(addrFrom16(k.Src), netOrder16(k.Sport)),
@@ -57,7 +58,8 @@ func fromFlowKey(k datapath.LbLbFlowKey) FlowKey {
 	}
 }
 
-// marshalFlowKey is struct lb_flow_key's memory image.
+// marshalFlowKey is the 5-tuple as lb_flow_hash reads it: source and destination addresses,
+// ports, protocol (struct lb_flow_key's memory image before the flow tables' key came first in it).
 func marshalFlowKey(k FlowKey) (b [40]byte) {
 	src, dst := addr16(k.Src.Addr()), addr16(k.Dst.Addr())
 	copy(b[0:16], src[:])
@@ -68,9 +70,44 @@ func marshalFlowKey(k FlowKey) (b [40]byte) {
 	return b
 }
 
-func fromFlow(k datapath.LbLbFlowKey, v datapath.LbLbFlow, protected bool) Flow {
-	return Flow{FlowKey: fromFlowKey(k), Backend: v.Backend, Token: v.Token, LastSeen: time.Duration(v.LastNs),
+// fromFlow is the flow of table entry k, v; vips gives the VIP its key names (by id and port), and
+// a flow of a VIP that is gone has an invalid destination address (and its port).
+func fromFlow(k datapath.LbLbFlowId, v datapath.LbLbFlow, protected bool, vips vipIndex) Flow {
+	dst, ok := vips.byID[vipPort{k.VipId, netOrder16(k.Dport)}]
+	if !ok {
+		dst = netip.AddrPortFrom(netip.Addr{}, netOrder16(k.Dport))
+	}
+	return Flow{FlowKey: FlowKey{Src: netip.AddrPortFrom(addrFrom16(k.Src), netOrder16(k.Sport)), Dst: dst},
+		VIPID: k.VipId, Backend: v.Backend, Token: v.Token, LastSeen: time.Duration(v.LastNs),
 		Opened: v.Flags&flowOpened != 0, Learned: v.Flags&flowLearned != 0, Protected: protected}
+}
+
+// vipPort is a VIP's id and port: what names a VIP in the flow tables' key.
+type vipPort struct {
+	id   uint32
+	port uint16
+}
+
+// vipIndex resolves between a VIP's address and the id the flow tables name it by.
+type vipIndex struct {
+	byID   map[vipPort]netip.AddrPort
+	byAddr map[netip.AddrPort]uint32
+}
+
+func newVIPIndex(vips []VIP) vipIndex {
+	x := vipIndex{byID: make(map[vipPort]netip.AddrPort, len(vips)), byAddr: make(map[netip.AddrPort]uint32, len(vips))}
+	for _, v := range vips {
+		a := netip.AddrPortFrom(v.Addr.Addr().Unmap(), v.Addr.Port())
+		x.byID[vipPort{v.ID, v.Addr.Port()}] = a
+		x.byAddr[a] = v.ID
+	}
+	return x
+}
+
+// id is the id of the VIP k.Dst names.
+func (x vipIndex) id(k FlowKey) (uint32, bool) {
+	id, ok := x.byAddr[netip.AddrPortFrom(k.Dst.Addr().Unmap(), k.Dst.Port())]
+	return id, ok
 }
 
 // toFlow is a flow as the control plane writes it: opened (it vouches for it), and learned when it

@@ -338,6 +338,9 @@ func TestOccupancy(t *testing.T) {
 		flows = append(flows, Flow{FlowKey: FlowKey{Src: netip.AddrPortFrom(netip.AddrFrom4([4]byte{192, 0, byte(i >> 8), byte(i)}), uint16(1024+i%60000)), Dst: vip4},
 			Backend: uint32(i % 3)})
 	}
+	if err := b.PutVIP(VIP{Addr: vip4, ID: 0}); err != nil {
+		t.Fatal(err)
+	}
 	if err := b.PutFlows(flows); err != nil {
 		t.Fatal(err)
 	}

@@ -68,7 +68,7 @@ func balancer(t *testing.T) *Balancer {
 	}
 	clearMap("flows", func() ([]any, error) {
 		var (
-			k    datapath.LbLbFlowKey
+			k    datapath.LbLbFlowId
 			v    datapath.LbLbFlow
 			keys []any
 		)
@@ -80,7 +80,7 @@ func balancer(t *testing.T) *Balancer {
 	}, func(k any) error { return m.Flows.Delete(k) })
 	clearMap("protected flows", func() ([]any, error) {
 		var (
-			k    datapath.LbLbFlowKey
+			k    datapath.LbLbFlowId
 			v    datapath.LbLbFlow
 			keys []any
 		)

@@ -15,6 +15,17 @@ func (m *Maps) PutVIP(v VIP) error {
 	if v.ID >= MaxVIPs {
 		return fmt.Errorf("vip %s: id %d out of range (< %d)", v.Addr, v.ID, MaxVIPs)
 	}
+	// The flow tables key a flow by its VIP's id, source and ports: two VIPs of one id would
+	// share flows if they had the same family and port.
+	vips, err := m.ListVIPs()
+	if err != nil {
+		return fmt.Errorf("put vip %s: %w", v.Addr, err)
+	}
+	for _, o := range vips {
+		if o.ID == v.ID && o.Addr != v.Addr && o.Addr.Port() == v.Addr.Port() && o.Addr.Addr().Unmap().Is4() == v.Addr.Addr().Unmap().Is4() {
+			return fmt.Errorf("vip %s: id %d is %s's, of the same family and port (VIPs of one id must differ in either)", v.Addr, v.ID, o.Addr)
+		}
+	}
 	val := datapath.LbLbVip{Id: v.ID, Forward: uint32(v.Forward), UnknownJoin: uint32(v.UnknownJoin)}
 	if v.JoinSteering {
 		val.Flags |= vipJoinSteering
@@ -173,15 +184,29 @@ func (m *Maps) flowMaps() []*ebpf.Map {
 	return []*ebpf.Map{m.Flows, m.PFlows}
 }
 
+// vipIndex reads the VIP table, which names the VIPs the flow tables key flows by.
+func (m *Maps) vipIndex() (vipIndex, error) {
+	vips, err := m.ListVIPs()
+	if err != nil {
+		return vipIndex{}, err
+	}
+	return newVIPIndex(vips), nil
+}
+
 // ListFlows returns every flow of the flow table and of the protected table (steered joins, flows
 // of draining backends; Flow.Protected), each flow of a table once however the datapath changes
 // it meanwhile (walk); a flow that the datapath moves to the protected table during the call may
-// be listed from both.
+// be listed from both. A flow of a VIP deleted since has no destination address (Flow.VIPID
+// still names it, and DeleteFlows removes it).
 func (m *Maps) ListFlows() ([]Flow, error) {
+	vips, err := m.vipIndex()
+	if err != nil {
+		return nil, fmt.Errorf("list flows: %w", err)
+	}
 	var out []Flow
 	for i, mp := range m.flowMaps() {
-		err := walk(mp, func(k *datapath.LbLbFlowKey, v *datapath.LbLbFlow) error {
-			out = append(out, fromFlow(*k, *v, i == 1))
+		err := walk(mp, func(k *datapath.LbLbFlowId, v *datapath.LbLbFlow) error {
+			out = append(out, fromFlow(*k, *v, i == 1, vips))
 			return nil
 		})
 		if err != nil {
@@ -192,36 +217,76 @@ func (m *Maps) ListFlows() ([]Flow, error) {
 }
 
 // LookupFlow reads one flow, from the flow table or the protected one (where the datapath looks).
+// A flow to an address that is no VIP is not there.
 func (m *Maps) LookupFlow(k FlowKey) (f Flow, ok bool, err error) {
+	var vip datapath.LbLbVip
+	err = m.VIPs.Lookup(vipKey(k.Dst), &vip)
+	if errors.Is(err, ebpf.ErrKeyNotExist) {
+		return Flow{}, false, nil
+	}
+	if err != nil {
+		return Flow{}, false, fmt.Errorf("lookup flow %s -> %s: vip: %w", k.Src, k.Dst, err)
+	}
+	id := flowID(k, vip.Id)
 	for i, mp := range m.flowMaps() {
 		var v datapath.LbLbFlow
-		err = mp.Lookup(flowKey(k), &v)
+		err = mp.Lookup(id, &v)
 		if errors.Is(err, ebpf.ErrKeyNotExist) {
 			continue
 		}
 		if err != nil {
 			return Flow{}, false, fmt.Errorf("lookup flow %s -> %s: %w", k.Src, k.Dst, err)
 		}
-		return fromFlow(flowKey(k), v, i == 1), true, nil
+		f := fromFlow(id, v, i == 1, vipIndex{})
+		f.Dst = k.Dst
+		return f, true, nil
+	}
+	return Flow{}, false, nil
+}
+
+// LookupFlowOf reads flow f again, as ListFlows gave it (by VIPID, source and ports: a flow of a VIP
+// deleted since too), from the flow table or the protected one; Dst is f's.
+func (m *Maps) LookupFlowOf(f Flow) (cur Flow, ok bool, err error) {
+	id := flowID(f.FlowKey, f.VIPID)
+	for i, mp := range m.flowMaps() {
+		var v datapath.LbLbFlow
+		err = mp.Lookup(id, &v)
+		if errors.Is(err, ebpf.ErrKeyNotExist) {
+			continue
+		}
+		if err != nil {
+			return Flow{}, false, fmt.Errorf("lookup flow %s -> %s: %w", f.Src, f.Dst, err)
+		}
+		cur = fromFlow(id, v, i == 1, vipIndex{})
+		cur.Dst = f.Dst
+		return cur, true, nil
 	}
 	return Flow{}, false, nil
 }
 
 // PutFlows writes flows in batches (restoring state, pre-placing flows, benchmarks), each to the
 // table its Protected field names, as opened by a SYN (Flow.Opened: the control plane vouches for
-// them).
+// them). Every flow's Dst must be a VIP (PutVIP first): the tables key a flow by its VIP's id.
 func (m *Maps) PutFlows(flows []Flow) error {
+	vips, err := m.vipIndex()
+	if err != nil {
+		return fmt.Errorf("put flows: %w", err)
+	}
 	const batch = 65536
 	for len(flows) > 0 {
 		n := min(batch, len(flows))
-		var keys [2][]datapath.LbLbFlowKey
+		var keys [2][]datapath.LbLbFlowId
 		var vals [2][]datapath.LbLbFlow
 		for _, f := range flows[:n] {
 			i := 0
 			if f.Protected && m.PFlows != nil {
 				i = 1
 			}
-			keys[i] = append(keys[i], flowKey(f.FlowKey))
+			id, ok := vips.id(f.FlowKey)
+			if !ok {
+				return fmt.Errorf("put flow %s -> %s: %s is not a VIP", f.Src, f.Dst, f.Dst)
+			}
+			keys[i] = append(keys[i], flowID(f.FlowKey, id))
 			vals[i] = append(vals[i], toFlow(f))
 		}
 		for i, mp := range m.flowMaps() {
@@ -237,12 +302,30 @@ func (m *Maps) PutFlows(flows []Flow) error {
 	return nil
 }
 
-// DeleteFlow removes one flow from both tables (garbage collection); a missing flow is not an
-// error.
+// DeleteFlow removes one flow from both tables; a missing flow, or one to an address that is no
+// VIP, is not an error (DeleteFlows removes flows of VIPs deleted since, as ListFlows gives them).
 func (m *Maps) DeleteFlow(k FlowKey) error {
-	for _, mp := range m.flowMaps() {
-		if err := mp.Delete(flowKey(k)); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
-			return fmt.Errorf("delete flow %s -> %s: %w", k.Src, k.Dst, err)
+	var vip datapath.LbLbVip
+	err := m.VIPs.Lookup(vipKey(k.Dst), &vip)
+	if errors.Is(err, ebpf.ErrKeyNotExist) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("delete flow %s -> %s: vip: %w", k.Src, k.Dst, err)
+	}
+	f := Flow{FlowKey: k, VIPID: vip.Id}
+	return m.DeleteFlows([]Flow{f})
+}
+
+// DeleteFlows removes flows, as ListFlows gives them (by VIPID, source and ports: a flow of a VIP
+// deleted since too), from both tables (garbage collection); a missing flow is not an error.
+func (m *Maps) DeleteFlows(flows []Flow) error {
+	for _, f := range flows {
+		id := flowID(f.FlowKey, f.VIPID)
+		for _, mp := range m.flowMaps() {
+			if err := mp.Delete(id); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+				return fmt.Errorf("delete flow %s -> %s: %w", f.Src, f.Dst, err)
+			}
 		}
 	}
 	return nil
@@ -258,10 +341,10 @@ func (m *Maps) ProtectFlows(id uint32) (int, error) {
 		return 0, nil
 	}
 	var (
-		keys []datapath.LbLbFlowKey
+		keys []datapath.LbLbFlowId
 		vals []datapath.LbLbFlow
 	)
-	err := walk(m.Flows, func(k *datapath.LbLbFlowKey, v *datapath.LbLbFlow) error {
+	err := walk(m.Flows, func(k *datapath.LbLbFlowId, v *datapath.LbLbFlow) error {
 		if v.Backend == id {
 			keys, vals = append(keys, *k), append(vals, *v)
 		}
@@ -359,7 +442,7 @@ func readStats(mp *ebpf.Map) (Stats, error) {
 func (m *Maps) ListFlowsCount() (int, error) {
 	n := 0
 	for _, mp := range m.flowMaps() {
-		err := walk(mp, func(*datapath.LbLbFlowKey, *datapath.LbLbFlow) error {
+		err := walk(mp, func(*datapath.LbLbFlowId, *datapath.LbLbFlow) error {
 			n++
 			return nil
 		})

@@ -149,7 +149,7 @@ func (m *lbModel) admit(o *outcome, t *tables, now uint64, late bool) bool {
 
 // tables are the flow table, the protected flow table and the token table.
 type tables struct {
-	flows, pflows map[datapath.LbLbFlowKey]datapath.LbLbFlow
+	flows, pflows map[datapath.LbLbFlowId]datapath.LbLbFlow
 	tokens        map[datapath.LbLbTokenKey]datapath.LbLbToken
 	guard         guardState // the rate guard's, as the frame's CPU sees it
 }
@@ -315,13 +315,14 @@ func (m *lbModel) decide(frame []byte, before tables, now uint64) outcome {
 		return malformed(fmt.Sprintf("TCP header length %d", thl))
 	}
 	sport, dport := be16(th[0:2]), be16(th[2:4])
-	fk := datapath.LbLbFlowKey{Src: src, Dst: dst, Sport: binary.NativeEndian.Uint16(th[0:2]),
-		Dport: binary.NativeEndian.Uint16(th[2:4]), Proto: protoTCP}
 	key := lb.FlowKey{Src: netip.AddrPortFrom(netip.AddrFrom16(src).Unmap(), sport), Dst: netip.AddrPortFrom(netip.AddrFrom16(dst).Unmap(), dport)}
 	vip, ok := m.vips[vipKey{addr: dst, port: dport}]
 	if !ok {
 		return pass(fmt.Sprintf("%s -> %s: no VIP", key.Src, key.Dst))
 	}
+	// The flow tables' key: the VIP by its id.
+	fk := datapath.LbLbFlowId{Src: src, Sport: binary.NativeEndian.Uint16(th[0:2]),
+		Dport: binary.NativeEndian.Uint16(th[2:4]), VipId: vip.ID}
 	o.note("%s -> %s: VIP id %d (steering %v, %v, unknown join %v)", key.Src, key.Dst, vip.ID, vip.JoinSteering, vip.Forward, vip.UnknownJoin)
 
 	syn, ack := th[13]&0x02 != 0, th[13]&0x10 != 0
@@ -384,7 +385,7 @@ func (m *lbModel) decide(frame []byte, before tables, now uint64) outcome {
 		}
 	}
 	hit := have
-	store := func(k datapath.LbLbFlowKey, v datapath.LbLbFlow, protected bool) {
+	store := func(k datapath.LbLbFlowId, v datapath.LbLbFlow, protected bool) {
 		if protected {
 			t.pflows[k] = v
 		} else {

@@ -20,7 +20,7 @@ type Occupancy struct {
 func (m *Maps) Occupancy() (Occupancy, error) {
 	o := Occupancy{FlowsByBackend: map[uint32]int{}, TokensByBackend: map[uint32]int{}}
 	for _, mp := range m.flowMaps() {
-		err := walk(mp, func(_ *datapath.LbLbFlowKey, v *datapath.LbLbFlow) error {
+		err := walk(mp, func(_ *datapath.LbLbFlowId, v *datapath.LbLbFlow) error {
 			o.Flows++
 			o.FlowsByBackend[v.Backend]++
 			return nil

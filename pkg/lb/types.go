@@ -146,6 +146,10 @@ type FlowKey struct {
 // Flow is an entry of the flow table.
 type Flow struct {
 	FlowKey
+	// VIPID is the id of the VIP the flow goes to, which the flow tables key it by (with its
+	// source and ports) in place of the VIP's address: set by ListFlows and LookupFlow, where a
+	// flow of a VIP deleted since has no Dst address (only its port). PutFlows reads Dst.
+	VIPID    uint32
 	Backend  uint32
 	Token    uint32        // the server's token once learned (0 before)
 	LastSeen time.Duration // CLOCK_MONOTONIC of the last packet

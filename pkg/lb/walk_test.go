@@ -34,10 +34,29 @@ func tableMaps(t *testing.T, entries uint32) *Maps {
 		}
 	}
 	t.Cleanup(func() { m.Close() })
+	withVIP(t, m)
 	if m.Flows.Type() != ebpf.LRUHash || m.Tokens.Type() != ebpf.LRUHash {
 		t.Fatalf("flow table %v, token table %v: want LRU hash maps", m.Flows.Type(), m.Tokens.Type())
 	}
 	return m
+}
+
+// withVIP gives m a VIP table holding vip4 (id 0), the VIP of churnFlowKey's flows: PutFlows keys a
+// flow by its VIP's id.
+func withVIP(t *testing.T, m *Maps) {
+	t.Helper()
+	spec, err := Spec(Config{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if m.VIPs, err = ebpf.NewMap(spec.Maps[MapVIPs].Copy()); err != nil {
+		t.Fatal(err)
+	}
+	vips := m.VIPs
+	t.Cleanup(func() { vips.Close() })
+	if err := m.PutVIP(VIP{Addr: vip4, ID: 0}); err != nil {
+		t.Fatal(err)
+	}
 }
 
 // withoutBatch makes every batch lookup fail as on a kernel without them, counting the attempts.
@@ -95,7 +114,7 @@ func TestWalkUnderChurn(t *testing.T) {
 							return
 						default:
 						}
-						f := flowKey(churnFlowKey(i))
+						f := flowID(churnFlowKey(i), 0)
 						tk := datapath.LbLbTokenKey{VipId: 1, Token: uint32(i)}
 						if round%2 == 0 {
 							_ = m.Flows.Put(f, datapath.LbLbFlow{Backend: 2})
@@ -189,6 +208,7 @@ func TestWalkGrowsBatch(t *testing.T) {
 	}
 	defer mp.Close()
 	m := &Maps{Flows: mp}
+	withVIP(t, m)
 	const n = 64 // as many as the buckets: some hold two or more
 	want := map[FlowKey]bool{}
 	var flows []Flow
@@ -200,8 +220,9 @@ func TestWalkGrowsBatch(t *testing.T) {
 		t.Fatal(err)
 	}
 	got := map[FlowKey]int{}
-	err = walkN(m.Flows, 1, func(k *datapath.LbLbFlowKey, _ *datapath.LbLbFlow) error {
-		got[fromFlowKey(*k)]++
+	idx := newVIPIndex([]VIP{{Addr: vip4, ID: 0}})
+	err = walkN(m.Flows, 1, func(k *datapath.LbLbFlowId, v *datapath.LbLbFlow) error {
+		got[fromFlow(*k, *v, false, idx).FlowKey]++
 		return nil
 	})
 	if err != nil {
@@ -234,7 +255,7 @@ func TestWalkStopsOnError(t *testing.T) {
 			}
 			stop := errors.New("stop")
 			calls := 0
-			err := walk(m.Flows, func(*datapath.LbLbFlowKey, *datapath.LbLbFlow) error {
+			err := walk(m.Flows, func(*datapath.LbLbFlowId, *datapath.LbLbFlow) error {
 				calls++
 				if calls == 10 {
 					return stop

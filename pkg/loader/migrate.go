@@ -10,8 +10,10 @@ package loader
 // again (entries it added, counter increments), and the new maps replace the old pins.
 
 import (
+	"encoding/binary"
 	"errors"
 	"fmt"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"time"
@@ -31,6 +33,11 @@ type migration struct {
 	from, to   [2]btf.Type // key, value
 	first      map[string][]byte
 	perCPU     bool
+	// rekey, when set, completes a converted key from the old one (ok false: the entry is
+	// dropped): what the new key holds that no member of the old one does.
+	rekey func(old, nk []byte) (ok bool, err error)
+	// dropped counts the entries rekey dropped.
+	dropped int
 }
 
 // migratable is the error for a pinned map that cannot be reused and cannot be migrated.
@@ -97,6 +104,11 @@ func planMigrations(spec *ebpf.CollectionSpec, dir string) (_ []*migration, err 
 		m := &migration{name: name, path: path, old: old, new: nm, from: [2]btf.Type{key, value}, to: [2]btf.Type{ms.Key, ms.Value},
 			perCPU: ms.Type == ebpf.PerCPUArray || ms.Type == ebpf.PerCPUHash || ms.Type == ebpf.LRUCPUHash}
 		out = append(out, m)
+		if isFlowID(ms.Key) && hasMember(key, "dst") {
+			if m.rekey, err = flowRekey(dir, key, ms.Key); err != nil {
+				return nil, fmt.Errorf("upgrade %s: %w", name, err)
+			}
+		}
 		if ms.Type == ebpf.RingBuf {
 			continue // events in flight are the old program's: the control plane has read them or reads the new ring
 		}
@@ -157,6 +169,18 @@ func (m *migration) copy(since map[string][]byte) (map[string][]byte, error) {
 		nk, err := convert(key, m.from[0], m.to[0])
 		if err != nil {
 			return nil, fmt.Errorf("key: %w", err)
+		}
+		if m.rekey != nil {
+			ok, err := m.rekey(key, nk)
+			if err != nil {
+				return nil, fmt.Errorf("key: %w", err)
+			}
+			if !ok {
+				if since == nil {
+					m.dropped++
+				}
+				continue
+			}
 		}
 		out := make([][]byte, ncpu)
 		for c, v := range vals {
@@ -236,6 +260,9 @@ func (m *migration) finish() error {
 	if err := os.Rename(tmp, m.path); err != nil {
 		_ = os.Remove(tmp)
 		return fmt.Errorf("replace the pin of %s: %w", m.name, err)
+	}
+	if m.dropped > 0 {
+		slog.Info("upgrade: flows of addresses that are no VIP any more dropped", "map", m.name, "flows", m.dropped)
 	}
 	return nil
 }
@@ -372,4 +399,100 @@ func intLeaves(t btf.Type, off int, fn func(off, size int)) {
 			intLeaves(m.Type, off+int(m.Offset.Bytes()), fn)
 		}
 	}
+}
+
+// isFlowID reports whether t is the flow tables' key of a balancer that keys flows by VIP id
+// (struct lb_flow_id).
+func isFlowID(t btf.Type) bool {
+	st, ok := btf.UnderlyingType(t).(*btf.Struct)
+	return ok && st.Name == "lb_flow_id"
+}
+
+func hasMember(t btf.Type, name string) bool {
+	_, _, ok := member(t, name)
+	return ok
+}
+
+// member is the offset and size of member name of struct t.
+func member(t btf.Type, name string) (off, size int, ok bool) {
+	st, isStruct := btf.UnderlyingType(t).(*btf.Struct)
+	if !isStruct {
+		return 0, 0, false
+	}
+	for _, m := range st.Members {
+		if m.Name == name {
+			n, err := btf.Sizeof(m.Type)
+			if err != nil {
+				return 0, 0, false
+			}
+			return int(m.Offset.Bytes()), n, true
+		}
+	}
+	return 0, 0, false
+}
+
+// flowRekey upgrades a flow table keyed by the 5-tuple (struct lb_flow_key, before the balancer
+// keyed flows by their VIP's id): the new key's vip_id is the id of the VIP the old key's
+// destination address and port name in the pinned VIP table (dir/mptcpx_vips, read through its
+// own BTF), and a flow to an address that is no VIP any more is dropped (its packets pass to the
+// stack now anyway).
+func flowRekey(dir string, from, to btf.Type) (func(old, nk []byte) (bool, error), error) {
+	dstOff, dstSize, ok1 := member(from, "dst")
+	dportOff, _, ok2 := member(from, "dport")
+	vidOff, vidSize, ok3 := member(to, "vip_id")
+	if !ok1 || !ok2 || !ok3 || dstSize != 16 || vidSize != 4 {
+		return nil, errors.New("flow keys of an unknown layout")
+	}
+	vips, err := ebpf.LoadPinnedMap(filepath.Join(dir, "mptcpx_vips"), &ebpf.LoadPinOptions{ReadOnly: true})
+	if errors.Is(err, os.ErrNotExist) {
+		return func([]byte, []byte) (bool, error) { return false, nil }, nil // no VIPs: no flow is any VIP's
+	}
+	if err != nil {
+		return nil, fmt.Errorf("open the pinned VIP table: %w", err)
+	}
+	// Read once: the VIP table is the control plane's, which the upgrading attach holds the lock of.
+	vk, vv, err := mapBTFTypes(vips)
+	if err == nil && (vk == nil || vv == nil) {
+		err = errors.New("it has no BTF")
+	}
+	if err != nil {
+		vips.Close()
+		return nil, fmt.Errorf("the pinned VIP table: %w", err)
+	}
+	addrOff, _, okA := member(vk, "addr")
+	portOff, _, okP := member(vk, "port")
+	protoOff, _, okR := member(vk, "proto")
+	idOff, _, okI := member(vv, "id")
+	if !okA || !okP || !okR || !okI {
+		vips.Close()
+		return nil, errors.New("the pinned VIP table has an unknown layout")
+	}
+	ids := map[[18]byte]uint32{} // address and port (network order) -> id
+	var k, v []byte
+	it := vips.Iterate()
+	for it.Next(&k, &v) {
+		if k[protoOff] != 6 {
+			continue
+		}
+		var a [18]byte
+		copy(a[:16], k[addrOff:addrOff+16])
+		copy(a[16:], k[portOff:portOff+2])
+		ids[a] = binary.NativeEndian.Uint32(v[idOff:])
+	}
+	err = it.Err()
+	vips.Close()
+	if err != nil {
+		return nil, fmt.Errorf("read the pinned VIP table: %w", err)
+	}
+	return func(old, nk []byte) (bool, error) {
+		var a [18]byte
+		copy(a[:16], old[dstOff:dstOff+16])
+		copy(a[16:], old[dportOff:dportOff+2])
+		id, ok := ids[a]
+		if !ok {
+			return false, nil
+		}
+		binary.NativeEndian.PutUint32(nk[vidOff:], id)
+		return true, nil
+	}, nil
 }

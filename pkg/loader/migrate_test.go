@@ -144,12 +144,35 @@ func TestUpgradeInPlace(t *testing.T) {
 	defer oldFlows.Close()
 	defer oldStats.Close()
 
-	// Flows and tokens of the previous layout.
-	const nflows = 1000
+	// A VIP, and flows and tokens of the previous layout. The previous flow key is the 5-tuple; the
+	// new one names the VIP by its id (3 here), which the upgrade reads from the pinned VIP table.
+	// Flows to an address that is no VIP (a tenth of them) are dropped by the upgrade.
+	const nflows, vipID = 1000, 3
+	oldVIPs, err := ebpf.LoadPinnedMap(filepath.Join(dir, lb.MapVIPs), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	vk, vv := make([]byte, oldVIPs.KeySize()), make([]byte, oldVIPs.ValueSize())
+	vipAddr := netip.MustParseAddr("10.0.0.10").As16()
+	copy(vk, vipAddr[:]) // addr, port 80 (network order), TCP
+	vk[16], vk[17], vk[18] = 0, 80, 6
+	field(t, vv, old.Maps[lb.MapVIPs].Value, "id", vipID)
+	if err := oldVIPs.Put(vk, vv); err != nil {
+		t.Fatal(err)
+	}
+	oldVIPs.Close()
+	toVIP := func(i int) bool { return i%10 != 0 }
 	fvType := old.Maps[lb.MapFlows].Value
 	for i := range nflows {
 		k := make([]byte, old.Maps[lb.MapFlows].KeySize)
 		binary.BigEndian.PutUint32(k[12:], 0x0a000000|uint32(i))
+		binary.BigEndian.PutUint16(k[32:], uint16(40000+i)) // sport
+		binary.BigEndian.PutUint16(k[34:], 80)              // dport
+		k[36] = 6
+		copy(k[16:32], vipAddr[:])
+		if !toVIP(i) {
+			k[31]++ // 10.0.0.11: no VIP
+		}
 		v := make([]byte, 16)
 		field(t, v, fvType, "backend", uint64(i%3))
 		field(t, v, fvType, "token", uint64(0x1000+i))
@@ -234,24 +257,36 @@ func TestUpgradeInPlace(t *testing.T) {
 	if err != nil || len(links) != 1 || links[0].LinkID != uint32(linkID) {
 		t.Fatalf("links after the upgrade %+v (%v), want link %d updated in place", links, err, linkID)
 	}
-	if m.Flows.ValueSize() != 24 {
-		t.Errorf("pinned flows after the upgrade: %d-byte values, want 24", m.Flows.ValueSize())
+	if m.Flows.ValueSize() != 24 || m.Flows.KeySize() != 24 {
+		t.Errorf("pinned flows after the upgrade: %d-byte keys and %d-byte values, want 24 and 24", m.Flows.KeySize(), m.Flows.ValueSize())
 	}
 	newSpec, err := lb.Spec(lb.Config{})
 	if err != nil {
 		t.Fatal(err)
 	}
 	nfv := newSpec.Maps[lb.MapFlows].Value
+	nfk := newSpec.Maps[lb.MapFlows].Key
 	var k, v []byte
-	n := 0
+	n, wantFlows := 0, 0
+	for i := range nflows {
+		if toVIP(i) {
+			wantFlows++
+		}
+	}
 	for it := m.Flows.Iterate(); it.Next(&k, &v); n++ {
 		i := binary.BigEndian.Uint32(k[12:]) &^ 0x0a000000
+		if !toVIP(int(i)) {
+			t.Errorf("flow %d to an address that is no VIP kept by the upgrade", i)
+		}
 		if got := [3]uint64{readField(t, v, nfv, "backend"), readField(t, v, nfv, "token"), readField(t, v, nfv, "last_ns")}; got != [3]uint64{uint64(i % 3), uint64(0x1000 + i), uint64(1e9 + i)} {
 			t.Errorf("flow %d after the upgrade: backend, token, last_ns %v", i, got)
 		}
+		if got := [3]uint64{readField(t, k, nfk, "vip_id"), uint64(binary.BigEndian.Uint16(k[16:])), uint64(binary.BigEndian.Uint16(k[18:]))}; got != [3]uint64{vipID, uint64(40000 + i), 80} {
+			t.Errorf("flow %d after the upgrade: vip_id, sport, dport %v, want %d, %d, 80", i, got, vipID, 40000+i)
+		}
 	}
-	if n != nflows {
-		t.Errorf("%d flows after the upgrade, want %d", n, nflows)
+	if n != wantFlows {
+		t.Errorf("%d flows after the upgrade, want %d (of %d, the rest to no VIP)", n, wantFlows, nflows)
 	}
 	var tk [8]byte
 	var tv [24]byte

@@ -220,7 +220,7 @@ func newEnv(tb testing.TB, cfg envConfig) *env {
 	return e
 }
 
-// fillFlows writes n flows to an address no VIP has into both flow tables.
+// fillFlows writes n flows to an address no frame of the benchmark goes to into both flow tables.
 func (e *env) fillFlows(n uint32) error {
 	dst := netip.MustParseAddrPort("192.0.2.1:80")
 	keys := make([]RefRbFlowKey, n)
@@ -237,6 +237,11 @@ func (e *env) fillFlows(n uint32) error {
 		if _, err := e.ref.RbFlows.BatchUpdate(keys[off:end], vals[off:end], nil); err != nil {
 			return fmt.Errorf("fill the reference's flow table: %w", err)
 		}
+	}
+	// mptcp-xdp keys a flow by its VIP's id: the filler's address is a VIP of its own to it (id 0
+	// with port 80, which no frame of the benchmark is sent to).
+	if err := e.mx.PutVIP(lb.VIP{Addr: dst, ID: 0, Forward: lb.ForwardL2}); err != nil {
+		return fmt.Errorf("fill mptcp-xdp's flow table: %w", err)
 	}
 	if err := e.mx.PutFlows(flows); err != nil {
 		return fmt.Errorf("fill mptcp-xdp's flow table: %w", err)
