@@ -930,7 +930,7 @@ int mptcpx_lb(struct xdp_md *ctx)
 	 * the shortcut. The guard admits the flow once it is stored: nothing runs on this CPU between
 	 * lb_guard_would_admit and lb_guard_admit. */
 	if (opening && !(steering && mp.kind == LB_MP_JOIN)) {
-		if (!bpf_map_lookup_elem(&mptcpx_pflows, fid))
+		if (!lb_phint_may_hold(fid) || !bpf_map_lookup_elem(&mptcpx_pflows, fid))
 			be = lb_pick(vip, lb_flow_hash(&fk), &bid);
 		if (be && lb_guard_would_admit(now)) {
 			struct lb_flow nf = {.backend = bid, .last_ns = now, .flags = LB_FLOW_OPENED};
@@ -1013,6 +1013,7 @@ int mptcpx_lb(struct xdp_md *ctx)
 		if (!prot && (be->flags & LB_BACKEND_DRAINING)) {
 			struct lb_flow pf = *f;
 			struct lb_flow *pp = NULL;
+			lb_phint_mark(fid);
 			if (bpf_map_update_elem(&mptcpx_pflows, fid, &pf, BPF_NOEXIST))
 				lb_count(st, LB_STAT_INSERT_FAILED);
 			else
@@ -1123,6 +1124,7 @@ int mptcpx_lb(struct xdp_md *ctx)
 		 * it again). The protected one refuses when full: counted, the packet still goes. */
 		long err;
 		if (insert == 2) {
+			lb_phint_mark(fid);
 			err = bpf_map_update_elem(&mptcpx_pflows, fid, &nf, BPF_ANY);
 			if (!err && f && !prot)
 				bpf_map_delete_elem(&mptcpx_flows, fid);

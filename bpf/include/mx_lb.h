@@ -175,6 +175,70 @@ static __always_inline __u32 lb_launder(__u32 *slot, __u32 v)
 	return *(volatile __u32 *)slot;
 }
 
+/* The protected table's hint: slot lb_phint_slot(k) of a key k holds the low byte of the epoch in
+ * which k was last marked (struct lb_phint; epoch 0: no control plane keeps the hint, and it says
+ * nothing). Every key is marked with the current epoch before it is put into the protected table,
+ * by the datapath and the control plane alike, and the control plane's GC marks every key of the
+ * table again and then moves to the next epoch: so a key the table holds has a slot of this epoch
+ * or the one before, and a slot older than that proves the table does not hold the key. A new SYN
+ * then skips the table's lookup, a cold bucket in a table of its own, for one byte of a 64-KiB
+ * array. Slots are shared (a hash of the key), and a byte's epoch wraps, which only ever makes a
+ * lookup happen that was not needed. The array is memory-mapped: the control plane writes single
+ * bytes, never a whole value over the datapath's marks. Epoch 1 marks but is not trusted: the
+ * control plane starts the hint in it, marks every key the table holds, and then moves to
+ * LB_PHINT_TRUSTED (pkg/lb.Maps.RefreshProtectHint). */
+#define LB_PHINT_SLOTS 65536
+#define LB_PHINT_TRUSTED 2
+struct lb_phint {
+	__u32 epoch; /* written by the control plane only */
+	__u32 pad;
+	__u8 slot[LB_PHINT_SLOTS];
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__uint(map_flags, BPF_F_MMAPABLE);
+	__type(key, __u32);
+	__type(value, struct lb_phint);
+} mptcpx_lb_phint SEC(".maps");
+
+/* Key k's slot: a mix of its words, as pkg/lb.protectHintSlot. */
+static __always_inline __u32 lb_phint_slot(const struct lb_flow_id *k)
+{
+	const __u32 *w = (const __u32 *)k;
+	__u32 h = (w[0] ^ w[1] ^ w[2] ^ w[3]) * 0x9e3779b1U;
+	h ^= w[4] * 0x85ebca6bU;
+	h ^= w[5] * 0xc2b2ae35U;
+	h ^= h >> 15;
+	h *= 0x2c1b3c6dU;
+	h ^= h >> 12;
+	return h & (LB_PHINT_SLOTS - 1);
+}
+
+/* Mark key k, before it goes into the protected table. */
+static __always_inline void lb_phint_mark(const struct lb_flow_id *k)
+{
+	__u32 zero = 0;
+	struct lb_phint *h = bpf_map_lookup_elem(&mptcpx_lb_phint, &zero);
+	if (!h)
+		return;
+	__u32 e = h->epoch;
+	if (e)
+		h->slot[lb_phint_slot(k)] = (__u8)e;
+}
+
+/* Whether the protected table may hold key k: 0 only when the hint proves it does not. */
+static __always_inline int lb_phint_may_hold(const struct lb_flow_id *k)
+{
+	__u32 zero = 0;
+	struct lb_phint *h = bpf_map_lookup_elem(&mptcpx_lb_phint, &zero);
+	if (!h)
+		return 1;
+	__u32 e = h->epoch;
+	return e < LB_PHINT_TRUSTED || (__u8)(e - h->slot[lb_phint_slot(k)]) <= 1;
+}
+
 /* --- helpers --- */
 
 /* The balancer's clock: CLOCK_MONOTONIC (bpf_ktime_get_ns) read once per CPU per timer tick, as of

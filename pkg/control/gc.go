@@ -148,5 +148,9 @@ func (b *Balancer) GC(cfg GCConfig, now time.Duration) (GCResult, error) {
 	}
 	r.FlowsAfter = r.Flows - r.IdleFlows - r.OrphanFlows
 	r.TokensAfter = r.Tokens - r.IdleTokens - r.OrphanTokens
+	// The protected flows just deleted stop counting for new SYNs once their hint slots age.
+	if err := b.Maps.RefreshProtectHint(); err != nil {
+		errs = append(errs, err)
+	}
 	return r, errors.Join(errs...)
 }

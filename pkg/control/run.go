@@ -150,6 +150,8 @@ func (b *Balancer) Run(ctx context.Context, cfg RunConfig) error {
 		}
 	}
 	checkHealth() // also deletes the entries of VIPs no longer checked
+	// New SYNs skip the protected table's lookup from here on (the hint is kept by each GC).
+	locked("protected table hint", b.Maps.RefreshProtectHint)
 	gcT := time.NewTicker(cfg.GCInterval)
 	defer gcT.Stop()
 	refT := time.NewTicker(cfg.RefreshInterval)

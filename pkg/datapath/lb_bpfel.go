@@ -81,6 +81,13 @@ type LbLbGuard struct {
 	Late  uint32
 }
 
+type LbLbPhint struct {
+	_     structs.HostLayout
+	Epoch uint32
+	Pad   uint32
+	Slot  [65536]uint8
+}
+
 type LbLbStats struct {
 	_     structs.HostLayout
 	Count [24]uint64
@@ -137,6 +144,7 @@ const (
 	LbMapMptcpxLbEvts      = "mptcpx_lb_evts"
 	LbMapMptcpxLbGuard     = "mptcpx_lb_guard"
 	LbMapMptcpxLbGuardOn   = "mptcpx_lb_guard_on"
+	LbMapMptcpxLbPhint     = "mptcpx_lb_phint"
 	LbMapMptcpxLbScr       = "mptcpx_lb_scr"
 	LbMapMptcpxLbSha       = "mptcpx_lb_sha"
 	LbMapMptcpxLbStats     = "mptcpx_lb_stats"
@@ -209,6 +217,7 @@ type LbMapSpecs struct {
 	MptcpxLbEvts    *ebpf.MapSpec `ebpf:"mptcpx_lb_evts"`
 	MptcpxLbGuard   *ebpf.MapSpec `ebpf:"mptcpx_lb_guard"`
 	MptcpxLbGuardOn *ebpf.MapSpec `ebpf:"mptcpx_lb_guard_on"`
+	MptcpxLbPhint   *ebpf.MapSpec `ebpf:"mptcpx_lb_phint"`
 	MptcpxLbScr     *ebpf.MapSpec `ebpf:"mptcpx_lb_scr"`
 	MptcpxLbSha     *ebpf.MapSpec `ebpf:"mptcpx_lb_sha"`
 	MptcpxLbStats   *ebpf.MapSpec `ebpf:"mptcpx_lb_stats"`
@@ -257,6 +266,7 @@ type LbMaps struct {
 	MptcpxLbEvts    *ebpf.Map `ebpf:"mptcpx_lb_evts"`
 	MptcpxLbGuard   *ebpf.Map `ebpf:"mptcpx_lb_guard"`
 	MptcpxLbGuardOn *ebpf.Map `ebpf:"mptcpx_lb_guard_on"`
+	MptcpxLbPhint   *ebpf.Map `ebpf:"mptcpx_lb_phint"`
 	MptcpxLbScr     *ebpf.Map `ebpf:"mptcpx_lb_scr"`
 	MptcpxLbSha     *ebpf.Map `ebpf:"mptcpx_lb_sha"`
 	MptcpxLbStats   *ebpf.Map `ebpf:"mptcpx_lb_stats"`
@@ -276,6 +286,7 @@ func (m *LbMaps) Close() error {
 		m.MptcpxLbEvts,
 		m.MptcpxLbGuard,
 		m.MptcpxLbGuardOn,
+		m.MptcpxLbPhint,
 		m.MptcpxLbScr,
 		m.MptcpxLbSha,
 		m.MptcpxLbStats,

@@ -51,7 +51,7 @@ func Load(cfg Config) (*Balancer, error) {
 			VIPs: objs.MptcpxVips, Backends: objs.MptcpxBackends, Ring: objs.MptcpxRing,
 			Flows: objs.MptcpxFlows, Tokens: objs.MptcpxTokens, Stats: objs.MptcpxLbStats,
 			Events: objs.MptcpxLbEvts, VIPStats: objs.MptcpxLbVstats, BackendStats: objs.MptcpxLbBstats,
-			PFlows: objs.MptcpxPflows,
+			PFlows: objs.MptcpxPflows, PHint: objs.MptcpxLbPhint,
 		},
 		scratch: objs.MptcpxLbScr,
 		guard:   objs.MptcpxLbGuard,

@@ -52,6 +52,9 @@ type Maps struct {
 	// PFlows holds the flows Maglev cannot find again (steered joins, flows of draining backends),
 	// out of the flow table's LRU.
 	PFlows *ebpf.Map
+	// PHint is the protected table's hint (RefreshProtectHint); nil for a balancer pinned by a
+	// mptcp-xdp without it, whose datapath has none.
+	PHint *ebpf.Map
 }
 
 // Spec returns the balancer's collection spec with cfg applied.
@@ -108,7 +111,7 @@ func Spec(cfg Config) (*ebpf.CollectionSpec, error) {
 		for _, m := range spec.Maps {
 			if m.Name == MapVIPs || m.Name == MapBackends || m.Name == MapRing || m.Name == MapFlows ||
 				m.Name == MapTokens || m.Name == MapStats || m.Name == MapEvents || m.Name == MapVIPStats ||
-				m.Name == MapBEStats || m.Name == MapPFlows {
+				m.Name == MapBEStats || m.Name == MapPFlows || m.Name == MapPHint {
 				m.Pinning = ebpf.PinByName
 			}
 		}
@@ -125,9 +128,12 @@ func OpenPinnedMaps(dir string) (*Maps, error) {
 	}{
 		{MapVIPs, &m.VIPs}, {MapBackends, &m.Backends}, {MapRing, &m.Ring}, {MapFlows, &m.Flows},
 		{MapTokens, &m.Tokens}, {MapStats, &m.Stats}, {MapEvents, &m.Events},
-		{MapVIPStats, &m.VIPStats}, {MapBEStats, &m.BackendStats}, {MapPFlows, &m.PFlows},
+		{MapVIPStats, &m.VIPStats}, {MapBEStats, &m.BackendStats}, {MapPFlows, &m.PFlows}, {MapPHint, &m.PHint},
 	} {
 		mp, err := ebpf.LoadPinnedMap(dir+"/"+p.name, nil)
+		if errors.Is(err, fs.ErrNotExist) && p.name == MapPHint {
+			continue // pinned by an older mptcp-xdp: its datapath keeps no hint
+		}
 		if err != nil {
 			m.Close()
 			if errors.Is(err, fs.ErrNotExist) && (p.name == MapVIPStats || p.name == MapBEStats || p.name == MapPFlows) {
@@ -143,7 +149,7 @@ func OpenPinnedMaps(dir string) (*Maps, error) {
 // Close closes every map that is open.
 func (m *Maps) Close() error {
 	var errs []error
-	for _, mp := range []*ebpf.Map{m.VIPs, m.Backends, m.Ring, m.Flows, m.Tokens, m.Stats, m.Events, m.VIPStats, m.BackendStats, m.PFlows} {
+	for _, mp := range []*ebpf.Map{m.VIPs, m.Backends, m.Ring, m.Flows, m.Tokens, m.Stats, m.Events, m.VIPStats, m.BackendStats, m.PFlows, m.PHint} {
 		if mp != nil {
 			errs = append(errs, mp.Close())
 		}

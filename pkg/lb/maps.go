@@ -289,6 +289,11 @@ func (m *Maps) PutFlows(flows []Flow) error {
 			keys[i] = append(keys[i], flowID(f.FlowKey, id))
 			vals[i] = append(vals[i], toFlow(f))
 		}
+		if len(keys[1]) != 0 {
+			if err := m.markProtected(keys[1]); err != nil {
+				return err
+			}
+		}
 		for i, mp := range m.flowMaps() {
 			if len(keys[i]) == 0 {
 				continue
@@ -351,6 +356,9 @@ func (m *Maps) ProtectFlows(id uint32) (int, error) {
 		return nil
 	})
 	if err != nil {
+		return 0, fmt.Errorf("protect flows of backend %d: %w", id, err)
+	}
+	if err := m.markProtected(keys); err != nil {
 		return 0, fmt.Errorf("protect flows of backend %d: %w", id, err)
 	}
 	n := 0

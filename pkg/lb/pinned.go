@@ -21,6 +21,9 @@ func openPinnedMaps(dir string, opts *ebpf.LoadPinOptions) (*Maps, error) {
 	m := &Maps{}
 	for _, p := range m.pinned() {
 		mp, err := ebpf.LoadPinnedMap(dir+"/"+p.name, opts)
+		if errors.Is(err, fs.ErrNotExist) && p.name == MapPHint {
+			continue // pinned by an older mptcp-xdp: its datapath keeps no hint
+		}
 		if err != nil {
 			m.Close()
 			if errors.Is(err, fs.ErrNotExist) && (p.name == MapVIPStats || p.name == MapBEStats || p.name == MapPFlows) {
@@ -44,6 +47,6 @@ func (m *Maps) pinned() []struct {
 	}{
 		{MapVIPs, &m.VIPs}, {MapBackends, &m.Backends}, {MapRing, &m.Ring}, {MapFlows, &m.Flows},
 		{MapTokens, &m.Tokens}, {MapStats, &m.Stats}, {MapEvents, &m.Events},
-		{MapVIPStats, &m.VIPStats}, {MapBEStats, &m.BackendStats}, {MapPFlows, &m.PFlows},
+		{MapVIPStats, &m.VIPStats}, {MapBEStats, &m.BackendStats}, {MapPFlows, &m.PFlows}, {MapPHint, &m.PHint},
 	}
 }

@@ -24,6 +24,7 @@ const (
 const (
 	ProgName     = datapath.LbProgMptcpxLb
 	MapVIPs      = datapath.LbMapMptcpxVips
+	MapPHint     = datapath.LbMapMptcpxLbPhint
 	MapBackends  = datapath.LbMapMptcpxBackends
 	MapRing      = datapath.LbMapMptcpxRing
 	MapFlows     = datapath.LbMapMptcpxFlows

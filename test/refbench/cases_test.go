@@ -141,6 +141,13 @@ func prepareJoin(tb testing.TB, e *env, m mode, n int) func() round {
 						return err
 					}
 				}
+				// The hint slots of the joins' protected flows age out after two GC cycles
+				// of lb run (a minute at its default interval): as if they had passed.
+				for range 2 {
+					if err := e.mx.Maps.RefreshProtectHint(); err != nil {
+						return err
+					}
+				}
 				if e.full {
 					return nil
 				}

@@ -217,6 +217,10 @@ func newEnv(tb testing.TB, cfg envConfig) *env {
 			tb.Fatal(err)
 		}
 	}
+	// What lb run's GC keeps (and the join rounds' protected flows keep marked as they go).
+	if err := e.mx.Maps.RefreshProtectHint(); err != nil {
+		tb.Fatal(err)
+	}
 	return e
 }
 
