@@ -227,21 +227,7 @@ func (m *Maps) LookupFlow(k FlowKey) (f Flow, ok bool, err error) {
 	if err != nil {
 		return Flow{}, false, fmt.Errorf("lookup flow %s -> %s: vip: %w", k.Src, k.Dst, err)
 	}
-	id := flowID(k, vip.Id)
-	for i, mp := range m.flowMaps() {
-		var v datapath.LbLbFlow
-		err = mp.Lookup(id, &v)
-		if errors.Is(err, ebpf.ErrKeyNotExist) {
-			continue
-		}
-		if err != nil {
-			return Flow{}, false, fmt.Errorf("lookup flow %s -> %s: %w", k.Src, k.Dst, err)
-		}
-		f := fromFlow(id, v, i == 1, vipIndex{})
-		f.Dst = k.Dst
-		return f, true, nil
-	}
-	return Flow{}, false, nil
+	return m.LookupFlowOf(Flow{FlowKey: k, VIPID: vip.Id})
 }
 
 // LookupFlowOf reads flow f again, as ListFlows gave it (by VIPID, source and ports: a flow of a VIP

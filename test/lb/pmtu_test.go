@@ -179,6 +179,23 @@ func (s *setup) dialTCP(ctx context.Context) (*lablb.Conn, error) {
 	return &lablb.Conn{Conn: c, Backend: int(b[0])}, nil
 }
 
+// countedTransfers is transferAll of n MPTCP transfers of size bytes (60 s at most) between reads
+// of the balancer's counters (st0, st1) and the client's MIB (c0, c1).
+func (s *setup) countedTransfers(t *testing.T, n, size int) (ok int, errs []error, took time.Duration, st0, st1 map[string]uint64, c0, c1 lab.MIB) {
+	t.Helper()
+	var err error
+	if c0, err = s.MIB(s.Client); err != nil {
+		t.Fatal(err)
+	}
+	st0 = lbStatus(t, s.LB).Stats
+	ok, errs, took = s.transferAll(t, n, size, false, 60*time.Second)
+	st1 = lbStatus(t, s.LB).Stats
+	if c1, err = s.MIB(s.Client); err != nil {
+		t.Fatal(err)
+	}
+	return ok, errs, took, st0, st1, c0, c1
+}
+
 func mibDelta(after, before lab.MIB, keys ...string) string {
 	var b strings.Builder
 	for _, k := range keys {
@@ -208,18 +225,8 @@ func TestIPIPPathMTU(t *testing.T) {
 					t.Fatalf("path %d: the client holds path MTU %d before any traffic: %s", i, mtu, route)
 				}
 			}
-			c0, err := s.MIB(s.Client)
-			if err != nil {
-				t.Fatal(err)
-			}
-			st0 := lbStatus(t, s.LB).Stats
 			const n, size = 8, 1 << 20
-			ok, errs, took := s.transferAll(t, n, size, false, 60*time.Second)
-			st1 := lbStatus(t, s.LB).Stats
-			c1, err := s.MIB(s.Client)
-			if err != nil {
-				t.Fatal(err)
-			}
+			ok, errs, took, st0, st1, c0, c1 := s.countedTransfers(t, n, size)
 			t.Logf("%d of %d transfers of %d KiB intact in %v", ok, n, size>>10, took.Round(time.Millisecond))
 			t.Logf("balancer: icmp_too_big %+d mtu %+d fwd_ipip %+d aggregate %+d", delta(st1, st0, "icmp_too_big"),
 				delta(st1, st0, "mtu"), delta(st1, st0, "fwd_ipip"), delta(st1, st0, "aggregate"))
@@ -424,18 +431,8 @@ func TestIPIPMTUFollowsLink(t *testing.T) {
 				}
 				time.Sleep(50 * time.Millisecond)
 			}
-			c0, err := s.MIB(s.Client)
-			if err != nil {
-				t.Fatal(err)
-			}
-			st0 := lbStatus(t, s.LB).Stats
 			const n, size = 4, 1 << 20
-			ok, errs, took := s.transferAll(t, n, size, false, 60*time.Second)
-			st1 := lbStatus(t, s.LB).Stats
-			c1, err := s.MIB(s.Client)
-			if err != nil {
-				t.Fatal(err)
-			}
+			ok, errs, took, st0, st1, c0, c1 := s.countedTransfers(t, n, size)
 			t.Logf("%d of %d transfers of %d KiB intact in %v; balancer: icmp_too_big %+d fwd_ipip %+d; client: %s", ok, n, size>>10,
 				took.Round(time.Millisecond), delta(st1, st0, "icmp_too_big"), delta(st1, st0, "fwd_ipip"), mibDelta(c1, c0, icmpKey))
 			if ok != n {
